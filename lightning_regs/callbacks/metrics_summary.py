@@ -1,0 +1,71 @@
+"""Print the run's final metrics and wall time, so a finished run says how it went."""
+
+from __future__ import annotations
+
+import time
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+__all__ = ["MetricsSummary"]
+
+
+class MetricsSummary(Callback):
+    """At the end of ``fit``, ``validate`` and ``test``, print the logged metrics and the wall time.
+
+    Printed on global rank zero only, sorted by name, as a two-column table. The values are
+    ``trainer.callback_metrics`` (the last epoch's, already reduced across ranks).
+
+    Args:
+        prefixes: print only metrics whose name starts with one of these (all when empty).
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> trainer = Trainer(callbacks=[MetricsSummary(prefixes=("val/",))], logger=False)
+    """
+
+    def __init__(self, prefixes: tuple[str, ...] = ()) -> None:
+        self.prefixes = tuple(prefixes)
+        self._started: dict[str, float] = {}
+
+    def _start(self, stage: str) -> None:
+        self._started[stage] = time.perf_counter()
+
+    def format_summary(self, trainer: pl.Trainer, stage: str) -> str:
+        """The table :meth:`report` prints."""
+        elapsed = time.perf_counter() - self._started.get(stage, time.perf_counter())
+        metrics = {
+            name: float(value)
+            for name, value in trainer.callback_metrics.items()
+            if value.numel() == 1 and (not self.prefixes or name.startswith(self.prefixes))
+        }
+        width = max((len(name) for name in metrics), default=10)
+        lines = [f"{stage} finished in {elapsed:.1f} s (epochs: {trainer.current_epoch}, steps: {trainer.global_step})"]
+        lines += [f"  {name:<{width}}  {value:.4f}" for name, value in sorted(metrics.items())]
+        return "\n".join(lines)
+
+    @rank_zero_only
+    def report(self, trainer: pl.Trainer, stage: str) -> None:
+        print(self.format_summary(trainer, stage), flush=True)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start("fit")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.report(trainer, "fit")
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._start("validate")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self.report(trainer, "validate")
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start("test")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.report(trainer, "test")

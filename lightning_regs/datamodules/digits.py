@@ -1,0 +1,165 @@
+"""scikit-learn's bundled digits as a LightningDataModule: the data set that runs anywhere, offline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+
+from lightning_regs.datamodules.batch import TensorDictDataset
+
+__all__ = ["DigitsDataModule"]
+
+_SPLITS = ("train", "val", "test")
+
+
+class DigitsDataModule(pl.LightningDataModule):
+    """The 1,797 real 8×8 handwritten digits bundled with scikit-learn, in 10 classes.
+
+    No download: the data ships inside scikit-learn. A seeded random split into train, validation
+    and test is drawn once and kept in :meth:`state_dict`, so a resumed run sees the same split.
+    Pixels (0..16) are scaled to [0, 1], optionally resized (bilinear) and repeated to ``channels``,
+    then normalized with the training split's mean and standard deviation. ``predict`` uses the
+    test split. Batches are dicts with ``image``, ``target`` and ``index`` (the position in the
+    stage's split).
+
+    Args:
+        batch_size: samples per batch on each process.
+        val_fraction: share of the samples held out for validation.
+        test_fraction: share of the samples held out for testing.
+        seed: seed of the split; the split does not depend on the global RNG.
+        image_size: resize the 8×8 images to this side (e.g. 32 so CIFAR models run); ``None`` keeps 8.
+        channels: 1, or 3 to feed models built for RGB input.
+        num_workers: DataLoader workers (0 is fastest for this in-memory data).
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers`` (only with ``num_workers > 0``).
+
+    Example::
+
+        >>> dm = DigitsDataModule(batch_size=4, image_size=32, channels=3)
+        >>> dm.setup("fit")
+        >>> batch = next(iter(dm.train_dataloader()))
+        >>> batch["image"].shape, batch["target"].dtype, dm.num_classes
+        (torch.Size([4, 3, 32, 32]), torch.int64, 10)
+    """
+
+    num_classes: int = 10
+    class_names: tuple[str, ...] = tuple(str(digit) for digit in range(10))
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+        image_size: int | None = None,
+        channels: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(
+                f"val_fraction={val_fraction} and test_fraction={test_fraction} must lie in (0, 1) and [0, 1) "
+                "and leave samples to train on (their sum below 1)."
+            )
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}.")
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size must be a positive side length or None, got {image_size}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.image_size = image_size
+        self.channels = channels
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.split_indices: dict[str, torch.Tensor] = {}
+        self.datasets: dict[str, TensorDictDataset] = {}
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images this module yields."""
+        side = self.image_size or 8
+        return (self.channels, side, side)
+
+    def draw_split(self, num_samples: int) -> dict[str, torch.Tensor]:
+        """The seeded split of ``range(num_samples)`` into train, validation and test indices."""
+        order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(self.seed))
+        num_val = round(num_samples * self.val_fraction)
+        num_test = round(num_samples * self.test_fraction)
+        return {
+            "val": order[:num_val].sort().values,
+            "test": order[num_val : num_val + num_test].sort().values,
+            "train": order[num_val + num_test :].sort().values,
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        targets = torch.as_tensor(digits.target, dtype=torch.long)
+        if not self.split_indices:
+            self.split_indices = self.draw_split(len(targets))
+        if self.image_size is not None and self.image_size != 8:
+            images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
+        images = images.expand(-1, self.channels, -1, -1).contiguous()
+        train_images = images[self.split_indices["train"]]
+        mean, std = train_images.mean(), train_images.std()
+        images = (images - mean) / std
+        self.datasets = {
+            split: TensorDictDataset(images[indices], targets[indices]) for split, indices in self.split_indices.items()
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, **{f"{split}_indices": self.split_indices[split] for split in self.split_indices}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = {split: state_dict[f"{split}_indices"] for split in _SPLITS if f"{split}_indices" in state_dict}
+        if not saved:
+            return
+        if state_dict.get("seed") != self.seed:
+            rank_zero_warn(
+                f"DigitsDataModule: the checkpoint's split was drawn with seed {state_dict.get('seed')}, this "
+                f"module's seed is {self.seed}; the checkpoint's split is used so the run continues on the same data."
+            )
+        self.split_indices = {split: torch.as_tensor(indices, dtype=torch.long) for split, indices in saved.items()}
+        self.datasets = {}
+        self.setup()
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,37 @@
+"""Classifiers that follow the layer-sequence contract ``forward(x) == head(layers(x))``.
+
+``layers`` is a named :class:`torch.nn.Sequential` that local learning splits and monitors hook;
+``head`` turns its output into logits. See :mod:`lightning_regs.models.layered`.
+"""
+
+from __future__ import annotations
+
+from lightning_regs.models.cifar_resnet import (
+    BasicBlock,
+    CifarResNet,
+    resnet20,
+    resnet32,
+    resnet44,
+    resnet56,
+    resnet110,
+)
+from lightning_regs.models.layered import LayeredModel, layer_sequence
+from lightning_regs.models.mlp import MLP
+from lightning_regs.models.preact_resnet import PreActBlock, PreActResNet18
+from lightning_regs.models.small_cnn import SmallCNN
+
+__all__ = [
+    "LayeredModel",
+    "layer_sequence",
+    "CifarResNet",
+    "BasicBlock",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "PreActResNet18",
+    "PreActBlock",
+    "MLP",
+    "SmallCNN",
+]

@@ -1,0 +1,194 @@
+"""A ready image classifier that honours the dict batch contract and the papers' training recipes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+
+from lightning_regs.datamodules.batch import unpack_batch
+from lightning_regs.functional.classification import classification_loss, hard_labels
+from lightning_regs.tasks.optim import OptimizerName, SchedulerName, WarmupSchedule, build_optimizer
+
+__all__ = ["ImageClassifier"]
+
+try:  # the CLI hands the backbone's config here; outside the CLI the backbone is a live module
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+except ImportError:  # pragma: no cover - a Lightning without it: always leave the module out of hparams
+    _given_hyperparameters = None
+
+
+class ImageClassifier(pl.LightningModule):
+    """Classify ``batch["image"]`` into ``num_classes`` with cross-entropy on hard or soft targets.
+
+    ``training_step`` returns ``{"loss", "logits"}`` (logits detached) so callbacks can read the
+    predictions. Targets may be int64 class ids ``(B,)`` or float probabilities ``(B, C)`` (what
+    target-refining callbacks such as PS-KD put in the batch); accuracy and calibration use the
+    arg-max of soft targets. Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
+    ``val/ece`` and ``test/*`` alike.
+
+    Args:
+        backbone: the network mapping images to ``num_classes`` logits (any ``nn.Module``; the models
+            in :mod:`lightning_regs.models` also expose their layer sequence).
+        num_classes: number of classes; checked against the backbone, the DataModule and the logits.
+        optimizer: ``sgd`` (momentum, Nesterov) or ``adamw``.
+        lr: base learning rate.
+        momentum: SGD momentum.
+        nesterov: SGD Nesterov momentum.
+        weight_decay: L2 weight decay (decoupled for AdamW).
+        scheduler: ``constant``, ``step`` (×``gamma`` at ``milestones`` epochs) or ``cosine``; stepped
+            every optimizer step.
+        warmup_epochs: linear warm-up length in (possibly fractional) epochs.
+        milestones: epochs at which the ``step`` schedule decays.
+        gamma: the ``step`` decay factor.
+        min_lr_ratio: the ``cosine`` floor as a fraction of ``lr``.
+        label_smoothing: cross-entropy label smoothing.
+        ece_bins: number of bins of the expected calibration error (15 as in the PS-KD paper).
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_regs.models import SmallCNN
+        >>> task = ImageClassifier(SmallCNN(num_classes=10), num_classes=10)
+        >>> batch = {"image": torch.randn(4, 1, 8, 8), "target": torch.tensor([0, 1, 2, 3])}
+        >>> out = task.training_step(batch, 0)
+        >>> sorted(out), out["logits"].shape
+        (['logits', 'loss'], torch.Size([4, 10]))
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        optimizer: OptimizerName = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 5e-4,
+        scheduler: SchedulerName = "cosine",
+        warmup_epochs: float = 0.0,
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+        min_lr_ratio: float = 0.0,
+        label_smoothing: float = 0.0,
+        ece_bins: int = 15,
+    ) -> None:
+        super().__init__()
+        backbone_classes = getattr(backbone, "num_classes", None)
+        if isinstance(backbone_classes, int) and backbone_classes != num_classes:
+            raise ValueError(
+                f"The backbone {type(backbone).__name__} produces {backbone_classes} logits but num_classes="
+                f"{num_classes}. Give both the same number of classes (the DataModule's `num_classes`)."
+            )
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+        if _given_hyperparameters is not None and _given_hyperparameters.get() is not None:
+            self.save_hyperparameters()  # the CLI's config: the backbone as class_path/init_args
+        else:
+            self.save_hyperparameters(ignore=["backbone"])
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.metrics = nn.ModuleDict(
+            {
+                "train_acc": MulticlassAccuracy(num_classes, average="micro"),
+                "val_acc": MulticlassAccuracy(num_classes, average="micro"),
+                "val_ece": MulticlassCalibrationError(num_classes, n_bins=ece_bins, norm="l1"),
+                "test_acc": MulticlassAccuracy(num_classes, average="micro"),
+                "test_ece": MulticlassCalibrationError(num_classes, n_bins=ece_bins, norm="l1"),
+            }
+        )
+        self._targets_checked = False
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.backbone(image)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if isinstance(data_classes, int) and data_classes != self.num_classes:
+            raise ValueError(
+                f"The DataModule {type(datamodule).__name__} has {data_classes} classes but the model was built "
+                f"with num_classes={self.num_classes}. Set model num_classes (and the backbone's) to {data_classes}."
+            )
+
+    def _logits_and_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image, target = unpack_batch(batch)
+        logits = self(image)
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"The backbone returned logits of shape {tuple(logits.shape)}; expected (batch, {self.num_classes}). "
+                "Build the backbone with the same num_classes as the task."
+            )
+        if not self._targets_checked:
+            self._check_target_range(target)
+        loss = classification_loss(logits, target, self.hparams.label_smoothing)
+        return logits, loss, hard_labels(target)
+
+    def _check_target_range(self, target: torch.Tensor) -> None:
+        # Once per run: an out-of-range class id is a device-side assert on CUDA, far from its cause.
+        labels = hard_labels(target)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(
+                f"Targets hold class ids in [{int(labels.min())}, {int(labels.max())}] but num_classes="
+                f"{self.num_classes}: the data has more classes than the model, or labels are not 0-based."
+            )
+        self._targets_checked = True
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        logits, loss, labels = self._logits_and_loss(batch)
+        self.metrics["train_acc"](logits.detach(), labels)
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
+        return {"loss": loss, "logits": logits.detach()}
+
+    def _evaluate(self, batch: Any, stage: str) -> None:
+        logits, loss, labels = self._logits_and_loss(batch)
+        probabilities = logits.float().softmax(dim=-1)
+        self.metrics[f"{stage}_acc"](probabilities, labels)
+        self.metrics[f"{stage}_ece"](probabilities, labels)
+        self.log(f"{stage}/loss", loss, sync_dist=True)
+        self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], prog_bar=stage == "val")
+        self.log(f"{stage}/ece", self.metrics[f"{stage}_ece"])
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if isinstance(batch, Mapping):
+            image = batch["image"]
+        else:
+            image = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(image).softmax(dim=-1)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = build_optimizer(
+            self.parameters(), hp.optimizer, hp.lr, hp.weight_decay, momentum=hp.momentum, nesterov=hp.nesterov
+        )
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or max_epochs < 1:
+            if hp.scheduler == "step" or hp.warmup_epochs:
+                raise ValueError(
+                    "The 'step' schedule and warm-up are set in epochs: give the Trainer max_epochs "
+                    "(it has none), or use scheduler='cosine' or 'constant' without warm-up."
+                )
+            max_epochs = 1
+        schedule = WarmupSchedule(
+            hp.scheduler,
+            total_steps=total_steps,
+            steps_per_epoch=total_steps / max_epochs,
+            warmup_epochs=hp.warmup_epochs,
+            milestones=hp.milestones,
+            gamma=hp.gamma,
+            min_lr_ratio=hp.min_lr_ratio,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
