@@ -106,12 +106,8 @@ def test_resnet20_exact_parameter_count() -> None:
     assert n_params(resnet20(num_classes=100)) == 272_474 + 90 * 65
 
 
-@pytest.mark.parametrize(
-    ("factory", "reference"), [(resnet32, 0.46e6), (resnet56, 0.85e6), (resnet110, 1.7e6)]
-)
-def test_cifar_resnet_parameter_counts_match_paper(
-    factory: Callable[[], CifarResNet], reference: float
-) -> None:
+@pytest.mark.parametrize(("factory", "reference"), [(resnet32, 0.46e6), (resnet56, 0.85e6), (resnet110, 1.7e6)])
+def test_cifar_resnet_parameter_counts_match_paper(factory: Callable[[], CifarResNet], reference: float) -> None:
     assert abs(n_params(factory()) - reference) / reference < 0.03
 
 
@@ -232,10 +228,7 @@ def test_mlp_layers_and_depth() -> None:
     assert sum(isinstance(m, nn.Linear) for m in model.modules()) == 3
     deeper = MLP(in_features=64, width=16, depth=5)
     assert deeper.layer_names == ("fc1", "fc2", "fc3", "fc4")
-    assert (
-        n_params(MLP(in_features=784, width=200, depth=3))
-        == 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10
-    )
+    assert n_params(MLP(in_features=784, width=200, depth=3)) == 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10
     assert n_params(MLP(in_features=64, width=16, depth=2, bias=False)) == 64 * 16 + 16 * 10
 
 

@@ -2,5 +2,14 @@
 
 from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET, TensorDictDataset, unpack_batch
 from lightning_regs.datamodules.digits import DigitsDataModule
+from lightning_regs.datamodules.samplers import EpochShuffleSampler
 
-__all__ = ["IMAGE", "INDEX", "TARGET", "DigitsDataModule", "TensorDictDataset", "unpack_batch"]
+__all__ = [
+    "IMAGE",
+    "INDEX",
+    "TARGET",
+    "DigitsDataModule",
+    "EpochShuffleSampler",
+    "TensorDictDataset",
+    "unpack_batch",
+]

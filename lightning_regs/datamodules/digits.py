@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lightning_regs.datamodules.batch import TensorDictDataset
+from lightning_regs.datamodules.samplers import EpochShuffleSampler
 
 __all__ = ["DigitsDataModule"]
 
@@ -25,7 +26,9 @@ class DigitsDataModule(pl.LightningDataModule):
     Pixels (0..16) are scaled to [0, 1], optionally resized (bilinear) and repeated to ``channels``,
     then normalized with the training split's mean and standard deviation. ``predict`` uses the
     test split. Batches are dicts with ``image``, ``target`` and ``index`` (the position in the
-    stage's split).
+    stage's split). The training order is a function of ``seed`` and the epoch
+    (:class:`~lightning_regs.datamodules.samplers.EpochShuffleSampler`), so a resumed run sees the
+    batches an uninterrupted one would.
 
     Args:
         batch_size: samples per batch on each process.
@@ -125,7 +128,10 @@ class DigitsDataModule(pl.LightningDataModule):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, **{f"{split}_indices": self.split_indices[split] for split in self.split_indices}}
+        return {
+            "seed": self.seed,
+            **{f"{split}_indices": self.split_indices[split] for split in self.split_indices},
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = {split: state_dict[f"{split}_indices"] for split in _SPLITS if f"{split}_indices" in state_dict}
@@ -143,10 +149,11 @@ class DigitsDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

@@ -83,9 +83,7 @@ class CifarResNet(LayeredModel):
         torch.Size([2, 10])
     """
 
-    def __init__(
-        self, depth: int = 32, num_classes: int = 10, in_channels: int = 3, base_width: int = 16
-    ) -> None:
+    def __init__(self, depth: int = 32, num_classes: int = 10, in_channels: int = 3, base_width: int = 16) -> None:
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(
                 f"CifarResNet depth must be 6n + 2 for an integer n >= 1 (8, 14, 20, 32, 44, 56, 110, ...); "

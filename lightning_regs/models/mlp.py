@@ -67,9 +67,7 @@ class MLP(LayeredModel):
         bias: bool = True,
     ) -> None:
         if depth < 2:
-            raise ValueError(
-                f"MLP depth counts Linear modules and must be >= 2 (one hidden layer); got {depth}."
-            )
+            raise ValueError(f"MLP depth counts Linear modules and must be >= 2 (one hidden layer); got {depth}.")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"Unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}.")
         make_activation = _ACTIVATIONS[activation]
@@ -78,12 +76,8 @@ class MLP(LayeredModel):
             ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(in_features, width, bias=bias), make_activation()))
         ]
         for index in range(2, depth):
-            layers.append(
-                (f"fc{index}", nn.Sequential(nn.Linear(width, width, bias=bias), make_activation()))
-            )
-        super().__init__(
-            layers=layers, head=nn.Linear(width, num_classes, bias=bias), num_classes=num_classes
-        )
+            layers.append((f"fc{index}", nn.Sequential(nn.Linear(width, width, bias=bias), make_activation())))
+        super().__init__(layers=layers, head=nn.Linear(width, num_classes, bias=bias), num_classes=num_classes)
         self.in_features = in_features
         self.width = width
         self.depth = depth

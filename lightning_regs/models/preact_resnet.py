@@ -1,9 +1,11 @@
 """The CIFAR pre-activation ResNet-18 of He et al. (2016), "Identity Mappings in Deep Residual Networks".
 
-This is the variant PS-KD trains on CIFAR: a stride-1 3x3 stem with nothing after it, four stages of two
-:class:`PreActBlock` s (widths ``k, 2k, 4k, 8k``, strides ``1, 2, 2, 2``), and a BN → ReLU → pool → linear
-head. With ``use_batchnorm=False`` every BatchNorm becomes :class:`torch.nn.Identity`, as in the width-16
-network of the grokking local-complexity study.
+A stride-1 3x3 stem with nothing after it, four stages of two :class:`PreActBlock` s (widths
+``k, 2k, 4k, 8k``, strides ``1, 2, 2, 2``) and the paper's final BN → ReLU before pooling and the linear
+classifier. This is the PreActResNet-18 used for CIFAR in PS-KD; implementations differ only in the
+non-residual BN: the head BN here has ``16k`` parameters, pytorch-cifar has none, and PS-KD's code
+has a ``2k``-parameter BN after the stem instead. With ``use_batchnorm=False`` every BatchNorm becomes
+:class:`torch.nn.Identity`, as in the width-16 network of the grokking local-complexity study.
 """
 
 from __future__ import annotations

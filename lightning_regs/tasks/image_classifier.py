@@ -170,7 +170,12 @@ class ImageClassifier(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = build_optimizer(
-            self.parameters(), hp.optimizer, hp.lr, hp.weight_decay, momentum=hp.momentum, nesterov=hp.nesterov
+            self.parameters(),
+            hp.optimizer,
+            hp.lr,
+            hp.weight_decay,
+            momentum=hp.momentum,
+            nesterov=hp.nesterov,
         )
         total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         max_epochs = self.trainer.max_epochs

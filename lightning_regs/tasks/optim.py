@@ -33,7 +33,11 @@ def build_optimizer(
     """
     if name == "sgd":
         return torch.optim.SGD(
-            parameters, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=weight_decay
+            parameters,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov and momentum > 0,
+            weight_decay=weight_decay,
         )
     if name == "adamw":
         return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
