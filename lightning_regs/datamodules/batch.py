@@ -4,7 +4,8 @@ Keys (see ``shared/DESIGN.md``):
 
 * ``image``: float tensor ``(B, C, H, W)``, normalized;
 * ``target``: int64 class ids ``(B,)`` (a task may also accept float class probabilities ``(B, C)``);
-* ``index``: int64 position of each sample in its stage's data set, stable across epochs and ranks.
+* ``index``: int64 position of each sample in its stage's data set, stable across epochs and ranks;
+* ``hard_target`` (optional): the original class ids, added by callbacks that make ``target`` soft.
 
 Example::
 
@@ -23,11 +24,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE", "INDEX", "TARGET", "TensorDictDataset", "unpack_batch"]
+__all__ = ["HARD_TARGET", "IMAGE", "INDEX", "TARGET", "TensorDictDataset", "unpack_batch"]
 
 IMAGE = "image"
 TARGET = "target"
 INDEX = "index"
+# Set by callbacks that replace ``target`` with soft targets (PS-KD): the original class ids.
+HARD_TARGET = "hard_target"
 
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

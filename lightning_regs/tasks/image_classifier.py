@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from lightning_regs.datamodules.batch import unpack_batch
+from lightning_regs.datamodules.batch import HARD_TARGET, unpack_batch
 from lightning_regs.functional.classification import classification_loss, hard_labels
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, WarmupSchedule, build_optimizer
 
@@ -28,7 +28,8 @@ class ImageClassifier(pl.LightningModule):
     ``training_step`` returns ``{"loss", "logits"}`` (logits detached) so callbacks can read the
     predictions. Targets may be int64 class ids ``(B,)`` or float probabilities ``(B, C)`` (what
     target-refining callbacks such as PS-KD put in the batch); accuracy and calibration use the
-    arg-max of soft targets. Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
+    arg-max of soft targets, or ``batch["hard_target"]`` when a callback put the labels there.
+    Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
     ``val/ece`` and ``test/*`` alike.
 
     Args:
@@ -140,6 +141,8 @@ class ImageClassifier(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         logits, loss, labels = self._logits_and_loss(batch)
+        if isinstance(batch, Mapping) and HARD_TARGET in batch:
+            labels = batch[HARD_TARGET]
         self.metrics["train_acc"](logits.detach(), labels)
         self.log("train/loss", loss.detach(), prog_bar=True)
         self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)

@@ -1,0 +1,269 @@
+"""PS-KD as a callback: the model's own last predictions progressively refine its training targets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_regs.datamodules.batch import HARD_TARGET, INDEX, TARGET
+from lightning_regs.functional.prediction_table import PredictionTable, Storage
+from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
+
+__all__ = ["ProgressiveSelfKD"]
+
+
+class ProgressiveSelfKD(Callback):
+    """Progressive self-knowledge distillation (Kim et al., ICCV 2021) for any module that honours the batch contract.
+
+    Before each training step, replaces ``batch["target"]`` (int64 class ids) with
+    ``(1 − α_e)·onehot(y) + α_e·p(x)``, where ``p(x)`` is the softmax of the logits the model produced
+    for that sample the last time it was trained on (stored in a per-sample table keyed by
+    ``batch["index"]``), and ``α_e = α_T·(e + 1)/T``. The first epoch trains on one-hot targets. The
+    original ids stay in ``batch["hard_target"]`` so accuracy is still measured against the labels.
+    After the step, the softmax of ``training_step``'s returned ``"logits"`` is written to the table;
+    under DDP the (index, probabilities) pairs of all ranks are gathered first so every rank holds
+    the same table. The table is saved in checkpoints with the schedule's ``T``.
+
+    The module needs: dict batches with ``target`` and ``index``, a loss that accepts ``(B, C)``
+    probabilities (``F.cross_entropy`` does), and ``training_step`` returning ``{"loss", "logits"}``.
+    :class:`~lightning_regs.tasks.ImageClassifier` does all three.
+
+    Args:
+        alpha_T: α at the last epoch (0.8 in the paper for CIFAR-100 and ImageNet).
+        total_epochs: ``T``; by default the Trainer's ``max_epochs`` (required when training by steps).
+        storage: ``float32`` or ``float16`` table values.
+        top_k: keep only the ``k`` largest probabilities per sample (renormalized); ``None`` keeps all.
+        num_samples: table rows; by default the length of the training DataLoader's dataset.
+        num_classes: table columns; by default the module's or DataModule's ``num_classes``, else the logits' width.
+        table_device: where the table lives (e.g. ``"cpu"`` for ImageNet-scale tables); by default the module's device.
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_regs.datamodules import DigitsDataModule
+        >>> from lightning_regs.models import SmallCNN
+        >>> from lightning_regs.tasks import ImageClassifier
+        >>> trainer = Trainer(max_epochs=2, callbacks=[ProgressiveSelfKD(alpha_T=0.8)], logger=False,
+        ...                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(ImageClassifier(SmallCNN(width=8), num_classes=10), DigitsDataModule())
+        >>> callback = trainer.callbacks[0]
+        >>> bool(callback.table.seen.all()), callback.total_epochs
+        (True, 2)
+    """
+
+    def __init__(
+        self,
+        alpha_T: float = 0.8,
+        total_epochs: int | None = None,
+        storage: Storage = "float32",
+        top_k: int | None = None,
+        num_samples: int | None = None,
+        num_classes: int | None = None,
+        table_device: str | None = None,
+    ) -> None:
+        if not 0.0 <= alpha_T <= 1.0:
+            raise ValueError(f"alpha_T must lie in [0, 1], got {alpha_T}.")
+        if total_epochs is not None and total_epochs < 1:
+            raise ValueError(f"total_epochs must be a positive number of epochs or None, got {total_epochs}.")
+        if storage not in ("float32", "float16"):
+            raise ValueError(f"storage must be 'float32' or 'float16', got {storage!r}.")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be a positive number of classes or None, got {top_k}.")
+        self.alpha_T = float(alpha_T)
+        self.requested_total_epochs = total_epochs
+        self.storage = storage
+        self.top_k = top_k
+        self.num_samples = num_samples
+        self.num_classes = num_classes
+        self.table_device = table_device
+        self.total_epochs: int | None = None
+        self.table: PredictionTable | None = None
+        self._restored_table: dict[str, Any] | None = None
+        self._pending_index: torch.Tensor | None = None
+        self._check_indices = True
+
+    @property
+    def state_key(self) -> str:
+        return "ProgressiveSelfKD"
+
+    def alpha(self, epoch: int) -> float:
+        """``α`` at the 0-based ``epoch``."""
+        if self.total_epochs is None:
+            raise RuntimeError("ProgressiveSelfKD.alpha() is known once training starts (T comes from the Trainer).")
+        return pskd_alpha(epoch, self.alpha_T, self.total_epochs)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._resolve_total_epochs(trainer)
+        device = torch.device(self.table_device) if self.table_device else pl_module.device
+        if self._restored_table is not None:
+            self.table = PredictionTable.from_state_dict(self._restored_table, device=device)
+            self._restored_table = None
+            expected_rows = self._resolve_num_samples(trainer, required=False)
+            if expected_rows is not None and expected_rows != self.table.num_samples:
+                raise ValueError(
+                    f"The checkpoint's PS-KD table has {self.table.num_samples} rows but the training set has "
+                    f"{expected_rows} samples: resume with the data the run was started with."
+                )
+        elif self.table is None:
+            num_classes = self.num_classes or _num_classes_of(trainer, pl_module)
+            if num_classes is not None:
+                self._allocate(trainer, num_classes, device)
+        elif self.table.device != device:
+            self.table.to(device)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        index, labels = _read_batch(batch)
+        epoch = trainer.current_epoch
+        alpha = self.alpha(epoch)
+        pl_module.log("pskd/alpha", alpha, on_step=False, on_epoch=True, batch_size=len(labels))
+        if self.table is not None and self._check_indices:
+            _check_index_range(index, self.table.num_samples)
+        self._pending_index = index
+        if epoch == 0 or self.table is None:
+            return
+        table_index = index.to(self.table.device)
+        previous = self.table.read(table_index).to(labels.device)
+        seen = self.table.seen[table_index].to(labels.device)
+        batch[HARD_TARGET] = labels
+        batch[TARGET] = pskd_targets(labels, previous, alpha, seen)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        index, self._pending_index = self._pending_index, None
+        if outputs is None or index is None:  # training_step returned None: the batch was skipped
+            return
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(
+                "ProgressiveSelfKD reads the model's predictions from training_step's output, but it returned "
+                f"{_describe(outputs)}. Return {{'loss': loss, 'logits': logits}} from training_step "
+                "(lightning_regs.tasks.ImageClassifier does)."
+            )
+        if logits.dim() != 2 or logits.shape[0] != len(index):
+            raise ValueError(
+                f"training_step returned logits of shape {tuple(logits.shape)} for a batch of {len(index)} samples; "
+                "ProgressiveSelfKD needs (batch, classes) logits, one row per sample of the batch."
+            )
+        if self.table is not None and logits.shape[1] != self.table.num_classes:
+            raise ValueError(
+                f"training_step returned {logits.shape[1]} logits per sample but the PS-KD table has "
+                f"{self.table.num_classes} classes."
+            )
+        probabilities = logits.detach().float().softmax(dim=-1)
+        if trainer.world_size > 1:
+            probabilities = pl_module.all_gather(probabilities).flatten(0, 1)
+            index = pl_module.all_gather(index).flatten()
+        if self.table is None:
+            device = torch.device(self.table_device) if self.table_device else pl_module.device
+            self._allocate(trainer, logits.shape[1], device)
+            _check_index_range(index, self.table.num_samples)
+        self.table.write(index, probabilities)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After one epoch every index of the data set has been range-checked; later checks would only cost syncs.
+        self._check_indices = self.table is None
+
+    def state_dict(self) -> dict[str, Any]:
+        table = self.table.state_dict() if self.table is not None else self._restored_table
+        return {"alpha_T": self.alpha_T, "total_epochs": self.total_epochs, "table": table}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.total_epochs = state_dict["total_epochs"]
+        self._restored_table = state_dict["table"]
+        self.table = None
+        if state_dict["alpha_T"] != self.alpha_T:
+            rank_zero_warn(
+                f"ProgressiveSelfKD: the checkpoint was trained with alpha_T={state_dict['alpha_T']}, this callback "
+                f"has alpha_T={self.alpha_T}; the new value is used from here on."
+            )
+
+    def _resolve_total_epochs(self, trainer: pl.Trainer) -> None:
+        wanted = self.requested_total_epochs or trainer.max_epochs
+        if self.total_epochs is not None:  # restored from a checkpoint: the schedule does not change
+            if wanted not in (None, -1, self.total_epochs):
+                rank_zero_warn(
+                    f"ProgressiveSelfKD: the run was started with T={self.total_epochs} epochs and now asks for "
+                    f"{wanted}; the schedule keeps T={self.total_epochs} so alpha is the one the run started with. "
+                    "Start a new run (or a fresh callback) to change it."
+                )
+            return
+        if wanted is None or wanted < 1:
+            raise ValueError(
+                "ProgressiveSelfKD needs the total number of epochs T of its schedule: the Trainer has no "
+                "max_epochs (training by steps?). Pass ProgressiveSelfKD(total_epochs=T)."
+            )
+        self.total_epochs = int(wanted)
+
+    def _resolve_num_samples(self, trainer: pl.Trainer, required: bool = True) -> int | None:
+        if self.num_samples is not None:
+            return self.num_samples
+        dataset = getattr(trainer.train_dataloader, "dataset", None)
+        try:
+            return len(dataset)
+        except TypeError:
+            if not required:
+                return None
+            raise ValueError(
+                "ProgressiveSelfKD cannot tell how many training samples there are (the training DataLoader has no "
+                "sized dataset). Pass ProgressiveSelfKD(num_samples=N), N larger than every batch['index']."
+            ) from None
+
+    def _allocate(self, trainer: pl.Trainer, num_classes: int, device: torch.device) -> None:
+        self.table = PredictionTable(
+            self._resolve_num_samples(trainer), num_classes, self.storage, self.top_k, device=device
+        )
+
+
+def _read_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, Mapping) or INDEX not in batch or TARGET not in batch:
+        keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+        raise TypeError(
+            f"ProgressiveSelfKD keys its per-sample table by batch['{INDEX}'] and refines batch['{TARGET}'], but the "
+            f"batch is {keys}. Yield dict batches with '{TARGET}' (int64 class ids) and '{INDEX}' (each sample's "
+            "position in the training set), as every lightning_regs DataModule does."
+        )
+    index, labels = batch[INDEX], batch[TARGET]
+    if labels.is_floating_point() or labels.dim() != 1:
+        raise ValueError(
+            f"ProgressiveSelfKD needs hard class ids in batch['{TARGET}'] (int64, shape (B,)), got dtype "
+            f"{labels.dtype} and shape {tuple(labels.shape)}. Targets that are already soft (MixUp, CutMix, "
+            "label smoothing applied in the data) cannot be refined: apply those after PS-KD or not at all."
+        )
+    if index.is_floating_point() or index.shape != labels.shape:
+        raise ValueError(
+            f"batch['{INDEX}'] must be int64 of shape {tuple(labels.shape)}, one per sample; got dtype {index.dtype} "
+            f"and shape {tuple(index.shape)}."
+        )
+    return index, labels
+
+
+def _check_index_range(index: torch.Tensor, num_samples: int) -> None:
+    # A device sync, so it runs only until every index has been seen once (the first epoch).
+    if bool(((index < 0) | (index >= num_samples)).any()):
+        raise IndexError(
+            f"batch['{INDEX}'] holds values in [{int(index.min())}, {int(index.max())}] but the PS-KD table has "
+            f"{num_samples} rows: indices must be positions in the training set, 0 <= index < len(train set). Pass "
+            "ProgressiveSelfKD(num_samples=N) if the training DataLoader's dataset is not the indexed one."
+        )
+
+
+def _num_classes_of(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
+    for owner in (pl_module, getattr(trainer, "datamodule", None)):
+        value = getattr(owner, "num_classes", None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _describe(outputs: Any) -> str:
+    if isinstance(outputs, Mapping):
+        return f"a dict with keys {sorted(outputs)}"
+    return f"a {type(outputs).__name__}"
