@@ -116,13 +116,15 @@ class ProgressiveSelfKD(Callback):
         elif self.table.device != device:
             self.table.to(device)
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.log("pskd/alpha", self.alpha(trainer.current_epoch), on_step=False, on_epoch=True)
+
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         index, labels = _read_batch(batch)
         epoch = trainer.current_epoch
         alpha = self.alpha(epoch)
-        pl_module.log("pskd/alpha", alpha, on_step=False, on_epoch=True, batch_size=len(labels))
         if self.table is not None and self._check_indices:
             _check_index_range(index, self.table.num_samples)
         self._pending_index = index
@@ -165,7 +167,8 @@ class ProgressiveSelfKD(Callback):
             device = torch.device(self.table_device) if self.table_device else pl_module.device
             self._allocate(trainer, logits.shape[1], device)
             _check_index_range(index, self.table.num_samples)
-        self.table.write(index, probabilities)
+        # Only gathered batches can repeat an index (DistributedSampler pads with duplicates).
+        self.table.write(index, probabilities, deduplicate=trainer.world_size > 1)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After one epoch every index of the data set has been range-checked; later checks would only cost syncs.

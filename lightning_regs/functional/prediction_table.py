@@ -92,12 +92,17 @@ class PredictionTable:
         dense = torch.zeros(len(index), self.num_classes, device=self.device)
         return dense.scatter_(1, self.classes[index].long(), self.values[index].float())
 
-    def write(self, index: torch.Tensor, probabilities: torch.Tensor) -> None:
-        """Store ``probabilities`` ``(n, C)`` at rows ``index`` ``(n,)``; of repeated indices, the first is kept."""
-        index = index.to(self.device)
+    def write(self, index: torch.Tensor, probabilities: torch.Tensor, deduplicate: bool = True) -> None:
+        """Store ``probabilities`` ``(n, C)`` at rows ``index`` ``(n,)``.
+
+        With ``deduplicate`` the first of repeated indices is kept (deterministic on every device); pass
+        ``False`` to skip that work when ``index`` is known to hold no repeats.
+        """
+        rows = index.to(self.device)
         probabilities = probabilities.detach().to(self.device, torch.float32)
-        rows, first = _first_occurrences(index)
-        probabilities = probabilities[first]
+        if deduplicate:
+            rows, first = _first_occurrences(rows)
+            probabilities = probabilities[first]
         if self.classes is None:
             self.values[rows] = probabilities.to(self.values.dtype)
         else:
