@@ -1,15 +1,28 @@
 """DataModules yielding the dict batch contract (``image``, ``target``, ``index``)."""
 
-from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET, TensorDictDataset, unpack_batch
+from lightning_regs.datamodules.batch import HARD_TARGET, IMAGE, INDEX, TARGET, TensorDictDataset, unpack_batch
+from lightning_regs.datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
+from lightning_regs.datamodules.cub import CUB200DataModule
 from lightning_regs.datamodules.digits import DigitsDataModule
+from lightning_regs.datamodules.download import download_file, extract_archive
+from lightning_regs.datamodules.mvtec import MVTecADDataModule
+from lightning_regs.datamodules.radimagenet import RadImageNetDataModule
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
 
 __all__ = [
+    "HARD_TARGET",
     "IMAGE",
     "INDEX",
     "TARGET",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "CUB200DataModule",
     "DigitsDataModule",
     "EpochShuffleSampler",
+    "MVTecADDataModule",
+    "RadImageNetDataModule",
     "TensorDictDataset",
+    "download_file",
+    "extract_archive",
     "unpack_batch",
 ]

@@ -1,12 +1,32 @@
 """Pure torch computations behind every method: no Lightning import, tested against equations."""
 
+from lightning_regs.functional.anomaly import (
+    auroc_from_counts,
+    binned_auroc_counts,
+    binned_auroc_error_bound,
+    image_auroc,
+    pixel_auroc,
+    rank_auroc,
+)
 from lightning_regs.functional.classification import classification_loss, hard_labels, is_soft_target
+from lightning_regs.functional.distributed import all_gather_variable, gather_unique_by_index, unique_by_index
+from lightning_regs.functional.gcd import gcd_accuracy
 from lightning_regs.functional.prediction_table import PredictionTable
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
 
 __all__ = [
     "PredictionTable",
+    "all_gather_variable",
+    "auroc_from_counts",
+    "binned_auroc_counts",
+    "binned_auroc_error_bound",
+    "gather_unique_by_index",
+    "image_auroc",
+    "pixel_auroc",
+    "rank_auroc",
+    "unique_by_index",
     "classification_loss",
+    "gcd_accuracy",
     "hard_labels",
     "is_soft_target",
     "pskd_alpha",

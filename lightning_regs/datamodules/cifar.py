@@ -1,0 +1,368 @@
+"""CIFAR-10 and CIFAR-100 from the official python tarballs, verified by sha256 and loaded without unsafe pickle."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
+from lightning_regs.datamodules.download import download_file, extract_archive
+from lightning_regs.datamodules.samplers import EpochShuffleSampler
+
+__all__ = ["CIFAR10DataModule", "CIFAR100DataModule", "load_cifar_pickle"]
+
+_reconstruct = np.empty(0).__reduce__()[0]  # numpy's array reconstructor, whatever its module in this numpy
+
+# The official batches were pickled by Python 2 and only reference these globals; anything else is refused.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"Refusing to unpickle the global {module}.{name}: a CIFAR batch only references numpy's array "
+                "reconstruction. The file is not an official CIFAR batch; delete the folder and download it again."
+            ) from None
+
+
+def load_cifar_pickle(path: str | Path) -> dict[str, Any]:
+    """Load one CIFAR batch or meta file through an unpickler that allows numpy arrays only.
+
+    Raises:
+        pickle.UnpicklingError: the file references any other global (e.g. ``os.system``) or is not a pickle.
+    """
+    with open(path, "rb") as handle:
+        try:
+            content = _RestrictedUnpickler(handle, encoding="latin1").load()
+        except pickle.UnpicklingError as error:
+            raise pickle.UnpicklingError(f"{path}: {error}") from None
+    if not isinstance(content, dict):
+        raise pickle.UnpicklingError(f"{path} holds a {type(content).__name__}, not the dict of a CIFAR batch.")
+    return content
+
+
+class _CIFARImages(Dataset):
+    """uint8 ``(N, 3, 32, 32)`` images and their targets as dict samples; ``index`` is the position here."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, transform: nn.Module | None) -> None:
+        self.images, self.targets, self.transform = images, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image = self.images[index]
+        image = self.transform(image) if self.transform is not None else image.float().div_(255)
+        return {IMAGE: image, TARGET: self.targets[index], INDEX: torch.tensor(index, dtype=torch.long)}
+
+
+class _CIFARDataModule(pl.LightningDataModule):
+    """Shared logic of :class:`CIFAR10DataModule` and :class:`CIFAR100DataModule` (see their docstrings)."""
+
+    num_classes: ClassVar[int]
+    base_folder: ClassVar[str]
+    url: ClassVar[str]
+    filename: ClassVar[str]
+    sha256: ClassVar[str]
+    train_files: ClassVar[tuple[str, ...]]
+    test_files: ClassVar[tuple[str, ...]]
+    meta_file: ClassVar[str]
+    meta_key: ClassVar[str]
+    label_key: ClassVar[str]
+    mean: ClassVar[tuple[float, float, float]]
+    std: ClassVar[tuple[float, float, float]]
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 128,
+        val_fraction: float = 0.0,
+        seed: int = 0,
+        download: bool = False,
+        train_transform: nn.Module | None = None,
+        eval_transform: nn.Module | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in [0, 1) (0: validate on the test split), got {val_fraction}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {num_workers}.")
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.download = download
+        self.train_transform = train_transform if train_transform is not None else self.default_train_transform()
+        self.eval_transform = eval_transform if eval_transform is not None else self.default_eval_transform()
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.split_indices: dict[str, torch.Tensor] = {}
+        self.datasets: dict[str, _CIFARImages] = {}
+        self._class_names: tuple[str, ...] | None = None
+
+    @classmethod
+    def default_train_transform(cls) -> nn.Module:
+        """RandomCrop(32, padding=4), horizontal flip, scale to [0, 1], normalize with the training set's mean/std."""
+        return v2.Compose(
+            [
+                v2.RandomCrop(32, padding=4),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(list(cls.mean), list(cls.std)),
+            ]
+        )
+
+    @classmethod
+    def default_eval_transform(cls) -> nn.Module:
+        """Scale to [0, 1] and normalize with the training set's mean/std."""
+        return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cls.mean), list(cls.std))])
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.base_folder
+
+    def _missing_files(self) -> list[str]:
+        names = (*self.train_files, *self.test_files, self.meta_file)
+        return [name for name in names if not (self.folder / name).is_file()]
+
+    def _layout_error(self, missing: list[str]) -> FileNotFoundError:
+        expected = ", ".join((*self.train_files, *self.test_files, self.meta_file))
+        return FileNotFoundError(
+            f"{type(self).__name__}: {self.folder} lacks {missing}. Expected the official python version: "
+            f"{self.folder}/{{{expected}}}, as extracted from {self.filename} ({self.url}, sha256 {self.sha256}). "
+            "Pass download=True (or --data.init_args.download=true) to fetch and verify it, "
+            f"or extract it into {self.root}."
+        )
+
+    def prepare_data(self) -> None:
+        """Download and extract the tarball when ``download=True`` and the batch files are missing."""
+        if not self._missing_files() or not self.download:
+            return
+        archive = download_file(self.url, self.root / self.filename, sha256=self.sha256)
+        extract_archive(archive, self.root, overwrite=True)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The class names from the meta file, in target order."""
+        if self._class_names is None:
+            if not (self.folder / self.meta_file).is_file():
+                raise self._layout_error([self.meta_file])
+            names = load_cifar_pickle(self.folder / self.meta_file).get(self.meta_key)
+            if not isinstance(names, list) or len(names) != self.num_classes:
+                raise ValueError(
+                    f"{self.folder / self.meta_file} must hold {self.num_classes} names under '{self.meta_key}'; "
+                    "the file is malformed: delete the folder and extract the tarball again."
+                )
+            self._class_names = tuple(str(name) for name in names)
+        return self._class_names
+
+    def _load(self, files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets = [], []
+        for name in files:
+            path = self.folder / name
+            content = load_cifar_pickle(path)
+            data, labels = content.get("data"), content.get(self.label_key)
+            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+                raise ValueError(f"{path}: 'data' must be a uint8 array of shape (N, 3072); the file is malformed.")
+            if labels is None or len(labels) != len(data):
+                raise ValueError(f"{path}: '{self.label_key}' must hold one label per image; the file is malformed.")
+            labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+            if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise ValueError(f"{path}: labels must lie in [0, {self.num_classes}); the file is malformed.")
+            images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
+            targets.append(labels)
+        return torch.cat(images), torch.cat(targets)
+
+    def draw_split(self, num_train: int) -> dict[str, torch.Tensor]:
+        """The seeded carve of ``range(num_train)`` into train and validation indices (train only without one)."""
+        if self.val_fraction == 0:
+            return {"train": torch.arange(num_train)}
+        order = torch.randperm(num_train, generator=torch.Generator().manual_seed(self.seed))
+        num_val = round(num_train * self.val_fraction)
+        return {"train": order[num_val:].sort().values, "val": order[:num_val].sort().values}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        missing = self._missing_files()
+        if missing:
+            raise self._layout_error(missing)
+        _ = self.class_names
+        train_images, train_targets = self._load(self.train_files)
+        test_images, test_targets = self._load(self.test_files)
+        if not self.split_indices:
+            self.split_indices = self.draw_split(len(train_targets))
+        needed = int(torch.cat(list(self.split_indices.values())).max()) + 1
+        if needed > len(train_targets):
+            raise ValueError(
+                f"The saved split indexes {needed} training images but {self.folder} holds {len(train_targets)}: "
+                "the data set on disk changed since the checkpoint."
+            )
+        train = self.split_indices["train"]
+        self.datasets = {
+            "train": _CIFARImages(train_images[train], train_targets[train], self.train_transform),
+            "test": _CIFARImages(test_images, test_targets, self.eval_transform),
+        }
+        if "val" in self.split_indices:
+            val = self.split_indices["val"]
+            self.datasets["val"] = _CIFARImages(train_images[val], train_targets[val], self.eval_transform)
+        else:
+            self.datasets["val"] = self.datasets["test"]
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self.split_indices:
+            return {}
+        return {"seed": self.seed, **{f"{split}_indices": indices for split, indices in self.split_indices.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = {
+            split: state_dict[f"{split}_indices"] for split in ("train", "val") if f"{split}_indices" in state_dict
+        }
+        if not saved:
+            return
+        if state_dict.get("seed") != self.seed or ("val" in saved) != (self.val_fraction > 0):
+            rank_zero_warn(
+                f"{type(self).__name__}: the checkpoint's split (seed {state_dict.get('seed')}, "
+                f"{'with' if 'val' in saved else 'without'} a validation carve) differs from this module's "
+                f"(seed {self.seed}, val_fraction {self.val_fraction}); the checkpoint's split is used."
+            )
+        self.split_indices = {split: torch.as_tensor(indices, dtype=torch.long) for split, indices in saved.items()}
+        self.datasets = {}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        dataset = self.datasets[split]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+_CIFAR_DOC = """{title} from the official python tarball, as dict batches (``image``, ``target``, ``index``).
+
+    ``prepare_data`` downloads ``{filename}`` only when ``download=True`` and the batch files are
+    missing, checks its sha256 before extracting it (safely) into ``root``; no other hook touches
+    the network. The batch files are read through a restricted unpickler that accepts numpy arrays
+    only, never plain ``pickle.load``. The official test split is ``test`` (and ``predict``).
+
+    **What "val" means:** by default (``val_fraction=0``) there is no validation carve and the
+    validation loader serves the official *test* split, as most papers report. With
+    ``val_fraction > 0`` a seeded share of the training images is held out as validation (kept in
+    :meth:`state_dict`, so a resumed run sees the same split) and the rest is trained on.
+
+    Training uses RandomCrop(32, padding=4), horizontal flips and normalization with the training
+    set's per-channel mean/std; evaluation normalizes only. Both can be replaced from YAML with any
+    ``torchvision.transforms.v2`` pipeline taking a uint8 ``(3, 32, 32)`` tensor. The training order
+    is a function of ``seed`` and the epoch (:class:`~lightning_regs.datamodules.samplers.EpochShuffleSampler`).
+    ``index`` is the position of a sample in its stage's data set.
+
+    Layout: ``root/{base_folder}/{{{files}}}``.
+
+    Args:
+        root: the folder holding ``{base_folder}`` (and the tarball once downloaded).
+        batch_size: samples per batch on each process.
+        val_fraction: share of the training images held out for validation (0: validate on the test split).
+        seed: seed of the validation carve and of the training order.
+        download: let ``prepare_data`` fetch the tarball from {url}.
+        train_transform: replaces the training transforms.
+        eval_transform: replaces the validation/test transforms.
+        num_workers: DataLoader workers.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers`` (only with ``num_workers > 0``).
+
+    Example::
+
+        >>> dm = {name}(root="/nonexistent", num_workers=0)
+        >>> dm.num_classes, dm.val_fraction
+        ({num_classes}, 0.0)
+        >>> dm.setup("fit")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: {name}: /nonexistent/{base_folder} lacks [...]...
+    """
+
+
+class CIFAR10DataModule(_CIFARDataModule):
+    num_classes = 10
+    base_folder = "cifar-10-batches-py"
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    filename = "cifar-10-python.tar.gz"
+    sha256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+    train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
+    test_files = ("test_batch",)
+    meta_file = "batches.meta"
+    meta_key = "label_names"
+    label_key = "labels"
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+
+
+class CIFAR100DataModule(_CIFARDataModule):
+    num_classes = 100
+    base_folder = "cifar-100-python"
+    url = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    filename = "cifar-100-python.tar.gz"
+    sha256 = "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"
+    train_files = ("train",)
+    test_files = ("test",)
+    meta_file = "meta"
+    meta_key = "fine_label_names"
+    label_key = "fine_labels"
+    mean = (0.5071, 0.4865, 0.4409)
+    std = (0.2673, 0.2564, 0.2762)
+
+
+for _cls, _title in (
+    (CIFAR10DataModule, "CIFAR-10 (60,000 32×32 images, 10 classes)"),
+    (CIFAR100DataModule, "CIFAR-100 (60,000 32×32 images, 100 fine classes)"),
+):
+    _cls.__doc__ = _CIFAR_DOC.format(
+        title=_title,
+        name=_cls.__name__,
+        filename=_cls.filename,
+        base_folder=_cls.base_folder,
+        files=", ".join((*_cls.train_files, *_cls.test_files, _cls.meta_file)),
+        url=_cls.url,
+        num_classes=_cls.num_classes,
+    )

@@ -1,0 +1,384 @@
+"""CUB-200-2011 from its own text files: the official split, bounding-box crops and a GCD mode."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
+from lightning_regs.datamodules.samplers import EpochShuffleSampler
+
+__all__ = ["CUB200DataModule"]
+
+LABELED = "labeled"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt", "bounding_boxes.txt")
+_SOURCE = (
+    "CUB-200-2011 is not downloaded automatically (its old address is dead and no sha256 is established). "
+    "Get CUB_200_2011.tgz from CaltechDATA (https://data.caltech.edu/records/65de6-vp158, md5 "
+    "97eceeb196236b17998738112f37df78) and extract it into {root}, so that {root}/CUB_200_2011/ holds "
+    "images.txt, image_class_labels.txt, train_test_split.txt, classes.txt, bounding_boxes.txt and "
+    "images/<class folder>/<image>.jpg."
+)
+
+
+def _read_table(path: Path, columns: int, kinds: tuple[type, ...]) -> dict[int, tuple]:
+    """``{id: values}`` from a whitespace-separated CUB text file whose first column is a 1-based id."""
+    rows: dict[int, tuple] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        try:
+            if len(fields) != columns:
+                raise ValueError
+            key = int(fields[0])
+            values = tuple(kind(field) for kind, field in zip(kinds, fields[1:], strict=True))
+        except ValueError:
+            raise ValueError(
+                f"{path}, line {number}: expected {columns} fields (<id> then {[k.__name__ for k in kinds]}), "
+                f"got {line!r}. The file is malformed: extract CUB_200_2011.tgz again."
+            ) from None
+        if key in rows:
+            raise ValueError(f"{path}, line {number}: the id {key} appears twice; extract CUB_200_2011.tgz again.")
+        rows[key] = values
+    return rows
+
+
+class _CUBImages(Dataset):
+    """JPEG files decoded with PIL into uint8 tensors, optionally cropped to their box, as dict samples."""
+
+    def __init__(
+        self,
+        paths: np.ndarray,
+        targets: torch.Tensor,
+        transform: nn.Module | None,
+        boxes: torch.Tensor | None = None,
+        labeled: torch.Tensor | None = None,
+    ) -> None:
+        # numpy strings, not a list: forked workers would copy a list of Python objects page by page
+        self.paths, self.targets, self.transform, self.boxes, self.labeled = paths, targets, transform, boxes, labeled
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        # PIL, as ImageFolder: torchvision.io's decoders are deprecated in favour of TorchCodec (not a dependency)
+        with Image.open(str(self.paths[index])) as opened:
+            image = pil_to_tensor(opened if opened.mode == "RGB" else opened.convert("RGB"))
+        if self.boxes is not None:
+            x, y, width, height = self.boxes[index].tolist()
+            left, top = max(0, math.floor(x)), max(0, math.floor(y))
+            image = image[:, top : max(top + 1, math.ceil(y + height)), left : max(left + 1, math.ceil(x + width))]
+        image = self.transform(image) if self.transform is not None else image.float().div_(255)
+        sample = {IMAGE: image, TARGET: self.targets[index], INDEX: torch.tensor(index, dtype=torch.long)}
+        if self.labeled is not None:
+            sample[LABELED] = self.labeled[index]
+        return sample
+
+
+class CUB200DataModule(pl.LightningDataModule):
+    """CUB-200-2011 (11,788 bird images, 200 classes) from its text files, as dict batches.
+
+    Reads ``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt`` and ``classes.txt``
+    (plus ``bounding_boxes.txt`` with ``crop_to_bbox``), whose 1-based ids become 0-based targets;
+    the official split (5,994 train / 5,794 test) is used as is. ``setup`` checks the tree (files,
+    fields, matching ids, every listed image present) and names what is wrong. There is no automatic
+    download: see ``docs/datasets/cub200.md`` (CaltechDATA record 65de6-vp158).
+
+    **What "val" means:** without GCD, the validation loader serves the official *test* split. In
+    GCD mode (``gcd=True``) it serves the *unlabeled training images* with evaluation transforms
+    (the transductive protocol of SimGCD, scored with :func:`lightning_regs.functional.gcd.gcd_accuracy`),
+    and ``test``/``predict`` serve the official test split.
+
+    **GCD mode:** ``known_classes`` (0-based original ids; default the first half of the classes,
+    i.e. 0..99) or a JSON ``gcd_split_file`` with ``known_classes`` and ``unknown_classes`` (a list,
+    or lists under ``Easy``/``Medium``/``Hard`` as in the SSB splits) choose the known classes;
+    ``labeled_fraction`` of the known-class training images, drawn with a local generator seeded by
+    ``seed``, are labeled (``batch["labeled"]``), every other training image is unlabeled. Targets
+    are remapped so the known classes come first (``0..num_known_classes-1``, in the order given),
+    then the novel ones; ``class_order[t]`` is the original class of target ``t``. The labeled
+    indices and known classes are kept in :meth:`state_dict`.
+
+    Args:
+        root: the folder holding ``CUB_200_2011`` (or that folder itself).
+        batch_size: samples per batch on each process.
+        image_size: side of the square crops the default transforms produce.
+        crop_to_bbox: crop every image to its box from ``bounding_boxes.txt`` before the transforms.
+        gcd: generalized category discovery mode (see above).
+        known_classes: known classes for GCD, 0-based; ``None``: the first half.
+        gcd_split_file: a JSON file with ``known_classes`` and ``unknown_classes`` (0-based).
+        labeled_fraction: share of the known-class training images that are labeled in GCD mode.
+        seed: seed of the labeled subset and of the training order.
+        train_transform: replaces the training transforms (input: uint8 ``(3, H, W)`` tensor).
+        eval_transform: replaces the evaluation transforms.
+        num_workers: DataLoader workers.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers`` (only with ``num_workers > 0``).
+
+    Example::
+
+        >>> dm = CUB200DataModule(root="/nonexistent", gcd=True, num_workers=0)
+        >>> dm.setup("fit")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: /nonexistent/CUB_200_2011 lacks [...]. CUB-200-2011 is not downloaded automatically...
+    """
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 64,
+        image_size: int = 224,
+        crop_to_bbox: bool = False,
+        gcd: bool = False,
+        known_classes: list[int] | None = None,
+        gcd_split_file: str | None = None,
+        labeled_fraction: float = 0.5,
+        seed: int = 0,
+        train_transform: nn.Module | None = None,
+        eval_transform: nn.Module | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0 < labeled_fraction <= 1:
+            raise ValueError(f"labeled_fraction must lie in (0, 1], got {labeled_fraction}.")
+        if known_classes is not None and gcd_split_file is not None:
+            raise ValueError("Give either known_classes or gcd_split_file, not both.")
+        if (known_classes is not None or gcd_split_file is not None) and not gcd:
+            raise ValueError("known_classes and gcd_split_file only apply with gcd=True; set gcd=True or drop them.")
+        if batch_size < 1 or image_size < 1:
+            raise ValueError(f"batch_size and image_size must be positive, got {batch_size} and {image_size}.")
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
+        root_path = Path(root)
+        self.folder = root_path if (root_path / "images.txt").is_file() else root_path / "CUB_200_2011"
+        self.root = root_path
+        self.batch_size, self.image_size, self.crop_to_bbox = batch_size, image_size, crop_to_bbox
+        self.gcd, self.labeled_fraction, self.seed = gcd, labeled_fraction, seed
+        self.gcd_split_file = gcd_split_file
+        self._requested_known = None if known_classes is None else [int(c) for c in known_classes]
+        self.train_transform = train_transform if train_transform is not None else self.default_train_transform()
+        self.eval_transform = eval_transform if eval_transform is not None else self.default_eval_transform()
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self._class_folders: list[str] | None = None
+        self.known_classes: tuple[int, ...] = ()
+        self.class_order = torch.empty(0, dtype=torch.long)
+        self.labeled_indices: torch.Tensor | None = None
+        self.datasets: dict[str, _CUBImages] = {}
+
+    def default_train_transform(self) -> nn.Module:
+        """RandomResizedCrop(image_size), horizontal flip, scale to [0, 1], ImageNet normalization."""
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(self.image_size, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD)),
+            ]
+        )
+
+    def default_eval_transform(self) -> nn.Module:
+        """Resize to image_size / 0.875, center crop image_size, scale to [0, 1], ImageNet normalization."""
+        return v2.Compose(
+            [
+                v2.Resize(int(self.image_size / 0.875), antialias=True),
+                v2.CenterCrop(self.image_size),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD)),
+            ]
+        )
+
+    def _check_files(self) -> None:
+        needed = _FILES if self.crop_to_bbox else _FILES[:4]
+        missing = [name for name in (*needed, "images") if not (self.folder / name).exists()]
+        if missing:
+            raise FileNotFoundError(f"{self.folder} lacks {missing}. " + _SOURCE.format(root=self.root))
+
+    def _read_classes(self) -> list[str]:
+        if self._class_folders is None:
+            self._check_files()
+            classes = _read_table(self.folder / "classes.txt", 2, (str,))
+            if sorted(classes) != list(range(1, len(classes) + 1)):
+                raise ValueError(f"{self.folder / 'classes.txt'} must number its classes 1..N without gaps.")
+            self._class_folders = [classes[k][0] for k in range(1, len(classes) + 1)]
+        return self._class_folders
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes in ``classes.txt`` (200 for CUB-200-2011)."""
+        return len(self._read_classes())
+
+    @property
+    def num_known_classes(self) -> int:
+        """Known classes in GCD mode (targets ``0..num_known_classes-1``); all classes otherwise."""
+        return len(self.known_classes) if self.gcd else self.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names in target order, without the ``001.`` prefix of the folder names."""
+        names = [folder.split(".", 1)[-1] for folder in self._read_classes()]
+        order = self.class_order.tolist() if len(self.class_order) else range(len(names))
+        return tuple(names[c] for c in order)
+
+    def _resolve_known_classes(self, num_classes: int) -> tuple[list[int], list[int]]:
+        if self.gcd_split_file is not None:
+            spec = json.loads(Path(self.gcd_split_file).read_text())
+            if not isinstance(spec, dict) or "known_classes" not in spec or "unknown_classes" not in spec:
+                raise ValueError(
+                    f"{self.gcd_split_file} must be a JSON object with 'known_classes' and 'unknown_classes'."
+                )
+            unknown = spec["unknown_classes"]
+            if isinstance(unknown, dict):  # SSB: difficulty -> classes, listed Hard + Medium + Easy as in SimGCD
+                unknown = [c for level in ("Hard", "Medium", "Easy") for c in unknown.get(level, [])]
+            known, novel = [int(c) for c in spec["known_classes"]], [int(c) for c in unknown]
+            if sorted(known + novel) != list(range(num_classes)):
+                raise ValueError(
+                    f"{self.gcd_split_file}: known_classes and unknown_classes must together hold every class id "
+                    f"0..{num_classes - 1} exactly once (0-based)."
+                )
+            return known, novel
+        known = self._requested_known if self._requested_known is not None else list(range(num_classes // 2))
+        if not known or len(set(known)) != len(known) or min(known) < 0 or max(known) >= num_classes:
+            raise ValueError(f"known_classes must be distinct 0-based ids in [0, {num_classes}), got {known}.")
+        return known, [c for c in range(num_classes) if c not in set(known)]
+
+    def _read_records(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        num_classes = len(self._read_classes())
+        images = _read_table(self.folder / "images.txt", 2, (str,))
+        labels = _read_table(self.folder / "image_class_labels.txt", 2, (int,))
+        split = _read_table(self.folder / "train_test_split.txt", 2, (int,))
+        tables = {"image_class_labels.txt": labels, "train_test_split.txt": split}
+        if self.crop_to_bbox:
+            tables["bounding_boxes.txt"] = _read_table(self.folder / "bounding_boxes.txt", 5, (float,) * 4)
+        for name, table in tables.items():
+            if table.keys() != images.keys():
+                odd = sorted(table.keys() ^ images.keys())[:5]
+                raise ValueError(f"{self.folder / name} and images.txt list different image ids (e.g. {odd}).")
+        ids = sorted(images)
+        bad = [i for i in ids if not 1 <= labels[i][0] <= num_classes or split[i][0] not in (0, 1)][:5]
+        if bad:
+            raise ValueError(
+                f"Images {bad} have a class id outside 1..{num_classes} (classes.txt) or a train/test flag other "
+                f"than 0/1 in {self.folder}."
+            )
+        paths = np.array([str(self.folder / "images" / images[i][0]) for i in ids])
+        absent = [p for p in paths if not Path(p).is_file()]
+        if absent:
+            raise FileNotFoundError(
+                f"{len(absent)} image(s) listed in images.txt are missing, e.g. {absent[:3]}. "
+                + _SOURCE.format(root=self.root)
+            )
+        targets = torch.tensor([labels[i][0] - 1 for i in ids], dtype=torch.long)
+        is_train = torch.tensor([split[i][0] == 1 for i in ids])
+        boxes = torch.tensor([tables["bounding_boxes.txt"][i] for i in ids]) if self.crop_to_bbox else None
+        if boxes is not None and bool((boxes[:, 2:] <= 0).any()):
+            raise ValueError(f"{self.folder / 'bounding_boxes.txt'} has boxes with a non-positive width or height.")
+        return paths, targets, is_train, boxes
+
+    def draw_labeled(self, train_targets: torch.Tensor) -> torch.Tensor:
+        """Positions (in the training set) of the labeled images: a seeded share of the known-class ones."""
+        candidates = torch.nonzero(train_targets < len(self.known_classes)).flatten()
+        order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(self.seed))
+        return candidates[order[: int(self.labeled_fraction * len(candidates))]].sort().values
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        paths, original, is_train, boxes = self._read_records()
+        num_classes = self.num_classes
+        if self.gcd:
+            known, novel = self._resolve_known_classes(num_classes)
+            self.known_classes = tuple(known)
+            self.class_order = torch.tensor(known + novel, dtype=torch.long)
+        else:
+            self.class_order = torch.arange(num_classes)
+        target_of = torch.empty(num_classes, dtype=torch.long)
+        target_of[self.class_order] = torch.arange(num_classes)
+        targets = target_of[original]
+        train, test = torch.nonzero(is_train).flatten(), torch.nonzero(~is_train).flatten()
+
+        def subset(rows: torch.Tensor, transform: nn.Module, labeled: torch.Tensor | None = None) -> _CUBImages:
+            crop = boxes[rows] if boxes is not None else None
+            return _CUBImages(paths[rows.numpy()], targets[rows], transform, crop, labeled)
+
+        self.datasets = {"test": subset(test, self.eval_transform)}
+        if self.gcd:
+            test_labeled = torch.zeros(len(test), dtype=torch.bool)
+            self.datasets["test"] = subset(test, self.eval_transform, test_labeled)
+            if self.labeled_indices is None:
+                self.labeled_indices = self.draw_labeled(targets[train])
+            if len(self.labeled_indices) and int(self.labeled_indices.max()) >= len(train):
+                raise ValueError("The saved labeled indices exceed the training set: the data on disk changed.")
+            labeled = torch.zeros(len(train), dtype=torch.bool)
+            labeled[self.labeled_indices] = True
+            self.datasets["train"] = subset(train, self.train_transform, labeled)
+            self.datasets["val"] = subset(
+                train[~labeled], self.eval_transform, torch.zeros(int((~labeled).sum()), dtype=torch.bool)
+            )
+        else:
+            self.datasets["train"] = subset(train, self.train_transform)
+            self.datasets["val"] = self.datasets["test"]
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self.gcd or self.labeled_indices is None:
+            return {}
+        return {
+            "seed": self.seed,
+            "labeled_indices": self.labeled_indices,
+            "known_classes": torch.tensor(self.known_classes, dtype=torch.long),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "labeled_indices" not in state_dict:
+            return
+        if not self.gcd:
+            raise ValueError("The checkpoint holds a GCD split but this CUB200DataModule has gcd=False; set gcd=True.")
+        saved_known = tuple(torch.as_tensor(state_dict["known_classes"]).tolist())
+        known, _ = self._resolve_known_classes(self.num_classes)
+        if tuple(known) != saved_known:
+            raise ValueError(
+                f"The checkpoint was trained with known classes {list(saved_known)[:10]}... but this module has "
+                f"{known[:10]}...; the targets would change meaning. Use the same known_classes/gcd_split_file."
+            )
+        self.labeled_indices = torch.as_tensor(state_dict["labeled_indices"], dtype=torch.long)
+        self.datasets = {}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        dataset = self.datasets[split]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

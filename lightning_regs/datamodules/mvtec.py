@@ -1,0 +1,360 @@
+"""MVTec AD (Bergmann et al., CVPR 2019) as a LightningDataModule: one category, image labels and pixel masks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
+from lightning_regs.datamodules.samplers import EpochShuffleSampler
+
+__all__ = ["CATEGORIES", "MVTecADDataModule"]
+
+CATEGORIES = (
+    "bottle",
+    "cable",
+    "capsule",
+    "carpet",
+    "grid",
+    "hazelnut",
+    "leather",
+    "metal_nut",
+    "pill",
+    "screw",
+    "tile",
+    "toothbrush",
+    "transistor",
+    "wood",
+    "zipper",
+)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MASK, LABEL = "mask", "label"
+_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
+_LAYOUT = (
+    "Expected the MVTec AD layout (one folder per category under root):\n"
+    "  <root>/<category>/train/good/000.png ...\n"
+    "  <root>/<category>/test/good/000.png ...\n"
+    "  <root>/<category>/test/<defect>/000.png ...\n"
+    "  <root>/<category>/ground_truth/<defect>/000_mask.png ...  (one mask per anomalous test image)\n"
+    f"Get the data by hand from {_URL} (licence CC BY-NC-SA 4.0, non-commercial; the download address has "
+    "moved before, so it is not fetched automatically) and extract <category>.tar.xz (or the full archive) into root."
+)
+
+
+def read_png(path: Path, mode: str) -> torch.Tensor:
+    """Decode an image file to a ``(C, H, W)`` uint8 tensor in PIL ``mode`` ("RGB" or "L")."""
+    with Image.open(path) as image:
+        return v2.functional.pil_to_tensor(image.convert(mode))
+
+
+def _pngs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".png")
+
+
+def scan_category(category_dir: Path) -> tuple[list[Path], list[tuple[Path, Path | None, str]]]:
+    """The train images and ``(image, mask or None, defect)`` test triples of one category folder.
+
+    Masks are paired with images by file stem (``000.png`` with ``000_mask.png``); every problem found
+    is listed in one ``FileNotFoundError``/``ValueError`` with the expected layout.
+    """
+    problems: list[str] = []
+    train_dir, test_dir, truth_dir = (
+        category_dir / "train" / "good",
+        category_dir / "test",
+        category_dir / "ground_truth",
+    )
+    train = _pngs(train_dir) if train_dir.is_dir() else []
+    if not train:
+        problems.append(f"no training images: {train_dir} is missing or holds no .png files")
+    test: list[tuple[Path, Path | None, str]] = []
+    defects = sorted(d.name for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []
+    if not test_dir.is_dir():
+        problems.append(f"{test_dir} is missing")
+    elif "good" not in defects:
+        problems.append(f"{test_dir / 'good'} is missing (the normal test images)")
+    if test_dir.is_dir() and not [d for d in defects if d != "good"]:
+        problems.append(f"{test_dir} has no defect folder besides 'good'")
+    for defect in defects:
+        images = _pngs(test_dir / defect)
+        if not images:
+            problems.append(f"{test_dir / defect} holds no .png images")
+        if defect == "good":
+            test.extend((image, None, defect) for image in images)
+            continue
+        mask_dir = truth_dir / defect
+        if not mask_dir.is_dir():
+            problems.append(f"{mask_dir} is missing (the masks of test/{defect})")
+            continue
+        masks = {mask.stem: mask for mask in _pngs(mask_dir)}
+        for image in images:
+            mask = masks.pop(f"{image.stem}_mask", None)
+            if mask is None:
+                problems.append(f"no mask for {image}: expected {mask_dir / (image.stem + '_mask.png')}")
+            test.append((image, mask, defect))
+        problems.extend(
+            f"mask {mask} has no test image (expected {test_dir / defect / (stem.removesuffix('_mask') + '.png')})"
+            for stem, mask in sorted(masks.items())
+        )
+    if truth_dir.is_dir():
+        problems.extend(
+            f"{truth_dir / d.name} has no matching test folder {test_dir / d.name}"
+            for d in sorted(truth_dir.iterdir())
+            if d.is_dir() and d.name not in defects
+        )
+    if problems:
+        raise ValueError(f"MVTec AD category {category_dir} is malformed:\n- " + "\n- ".join(problems) + "\n" + _LAYOUT)
+    return train, test
+
+
+class _MVTecImages(Dataset):
+    """Decodes one sample: RGB image and binary mask (zeros for good images) through a joint v2 transform."""
+
+    def __init__(self, items: Sequence[tuple[Path, Path | None, int]], transform: Callable[..., Any]) -> None:
+        self.items = list(items)
+        self.labels = torch.tensor([label for _, _, label in self.items], dtype=torch.long)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image_path, mask_path, label = self.items[index]
+        image = read_png(image_path, "RGB")
+        if mask_path is None:
+            mask = torch.zeros((1, *image.shape[1:]), dtype=torch.uint8)
+        else:
+            mask = (read_png(mask_path, "L") > 0).to(torch.uint8)
+            if mask.shape[1:] != image.shape[1:]:
+                raise ValueError(
+                    f"Mask {mask_path} is {tuple(mask.shape[1:])} but image {image_path} is {tuple(image.shape[1:])}; "
+                    "re-extract the MVTec AD archive (masks have the size of their images)."
+                )
+        image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return {
+            IMAGE: image.as_subclass(torch.Tensor),
+            MASK: mask.as_subclass(torch.Tensor).to(torch.float32),
+            LABEL: torch.tensor(label, dtype=torch.long),
+            TARGET: torch.tensor(label, dtype=torch.long),
+            INDEX: torch.tensor(index, dtype=torch.long),
+        }
+
+
+def default_transform(
+    image_size: int | tuple[int, int] | None, mean: Sequence[float], std: Sequence[float]
+) -> v2.Compose:
+    """Resize (bilinear for the image, nearest for the mask), scale to [0, 1], normalize the image."""
+    steps: list[Any] = []
+    if image_size is not None:
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        steps.append(v2.Resize(size, antialias=True))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)
+
+
+class MVTecADDataModule(pl.LightningDataModule):
+    """One MVTec AD category: train on ``train/good``, evaluate on ``test/<defect>`` with pixel masks.
+
+    Batches are dicts with ``image`` (normalized float ``(B, 3, H, W)``; grey categories are
+    repeated to RGB), ``mask`` (float ``(B, 1, H, W)`` in {0, 1}, resized with nearest neighbour,
+    zeros for good images), ``label`` (0 good, 1 anomalous), ``target`` (= ``label``) and ``index``
+    (position in the stage's set). Masks are paired with test images by file stem; a missing or
+    extra mask is an error naming the file. ``setup`` validates the tree and names the expected
+    layout; there is no download (licence CC BY-NC-SA 4.0; get the data from the MVTec site).
+
+    Validation: MVTec AD has no validation split and its training set holds only good images, so by
+    default (``val_split="test"``) validation runs on the test set, as anomalib's ``SAME_AS_TEST``.
+    With ``val_split="from_test"`` a seeded, per-label share ``val_fraction`` of the test images
+    is held out for validation and the test set is the rest (indices kept in :meth:`state_dict`).
+    ``predict`` uses the test set.
+
+    Args:
+        root: the folder holding the category folders (``<root>/<category>/train/good/...``).
+        category: one of the 15 categories (:data:`CATEGORIES`).
+        image_size: side (or ``(H, W)``) the images and masks are resized to; ``None`` keeps the originals.
+        batch_size: training samples per batch on each process.
+        eval_batch_size: validation/test/predict batch size (default ``batch_size``).
+        val_split: ``"test"`` (validate on the test set) or ``"from_test"`` (a seeded split of it).
+        val_fraction: share of each label's test images held out for validation with ``"from_test"``.
+        seed: seed of the training order and of the ``"from_test"`` split.
+        mean: normalization mean (ImageNet by default).
+        std: normalization standard deviation (ImageNet by default).
+        transform: replaces the default; called as ``transform(image, mask)`` on a
+            ``tv_tensors.Image`` (uint8) and ``tv_tensors.Mask``, returns both (a torchvision v2 transform).
+        num_workers: DataLoader workers.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers`` (only with ``num_workers > 0``).
+
+    Example::
+
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> from tests.helpers.fake_datasets_medical import make_mvtec
+        >>> root = make_mvtec(tmp.name)
+        >>> dm = MVTecADDataModule(root, "bottle", image_size=16, batch_size=2)
+        >>> dm.setup("test")
+        >>> batch = next(iter(dm.test_dataloader()))
+        >>> batch["image"].shape, batch["mask"].shape, dm.defect_types
+        (torch.Size([2, 3, 16, 16]), torch.Size([2, 1, 16, 16]), ('broken_large', 'contamination'))
+        >>> tmp.cleanup()
+    """
+
+    num_classes: int = 2
+    class_names: tuple[str, ...] = ("good", "anomalous")
+
+    def __init__(
+        self,
+        root: str | Path,
+        category: str,
+        image_size: int | tuple[int, int] | None = 256,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        val_split: Literal["test", "from_test"] = "test",
+        val_fraction: float = 0.5,
+        seed: int = 0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        transform: Callable[..., Any] | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        if category not in CATEGORIES:
+            raise ValueError(f"Unknown MVTec AD category {category!r}; choose one of {', '.join(CATEGORIES)}.")
+        if val_split not in ("test", "from_test"):
+            raise ValueError(f"val_split must be 'test' or 'from_test', got {val_split!r}.")
+        if val_split == "from_test" and not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in (0, 1) with val_split='from_test', got {val_fraction}.")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(f"batch sizes must be at least 1, got {batch_size} and {eval_batch_size}.")
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}.")
+        self.save_hyperparameters(ignore=["transform"])
+        self.hparams["root"] = str(root)  # a Path would not load with torch.load(weights_only=True)
+        self.root = Path(root).expanduser()
+        self.category = category
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_split = val_split
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.transform = transform if transform is not None else default_transform(image_size, mean, std)
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.defect_types: tuple[str, ...] = ()
+        self.split_indices: dict[str, torch.Tensor] = {}
+        self.num_test_files: int | None = None
+        self.datasets: dict[str, _MVTecImages] = {}
+
+    @property
+    def category_dir(self) -> Path:
+        return self.root / self.category
+
+    def _check_root(self) -> None:
+        if self.category_dir.is_dir():
+            return
+        hint = f" {self.root} does not exist."
+        if (self.root / "train").is_dir() and (self.root / "test").is_dir():
+            hint = f" root looks like a category folder itself; pass its parent {self.root.parent} as root."
+        elif self.root.is_dir():
+            found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name in CATEGORIES)
+            hint = f" root holds the categories {found}." if found else " root holds no MVTec AD category folder."
+        raise FileNotFoundError(f"MVTec AD category folder {self.category_dir} not found.{hint}\n{_LAYOUT}")
+
+    def draw_split(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Seeded per-label split of the test set into ``val`` and ``test`` positions (``"from_test"`` mode)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        val_parts, test_parts = [], []
+        for label in (0, 1):
+            members = (labels == label).nonzero().flatten()
+            members = members[torch.randperm(len(members), generator=generator)]
+            num_val = min(max(round(len(members) * self.val_fraction), 1), len(members) - 1)
+            val_parts.append(members[:num_val])
+            test_parts.append(members[num_val:])
+        return {"val": torch.cat(val_parts).sort().values, "test": torch.cat(test_parts).sort().values}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self._check_root()
+        train, test = scan_category(self.category_dir)
+        self.defect_types = tuple(sorted({defect for _, _, defect in test} - {"good"}))
+        test_items = [(image, mask, int(defect != "good")) for image, mask, defect in test]
+        all_test = _MVTecImages(test_items, self.transform)
+        if self.num_test_files is not None and self.num_test_files != len(test_items):
+            raise ValueError(
+                f"The checkpoint's val/test split was drawn over {self.num_test_files} test images but "
+                f"{self.category_dir / 'test'} now holds {len(test_items)}: the data changed since the checkpoint."
+            )
+        self.num_test_files = len(test_items)
+        self.datasets = {"train": _MVTecImages([(image, None, 0) for image in train], self.transform)}
+        if self.val_split == "test":
+            self.datasets["val"] = self.datasets["test"] = all_test
+            return
+        if not self.split_indices:
+            self.split_indices = self.draw_split(all_test.labels)
+        for split in ("val", "test"):
+            self.datasets[split] = _MVTecImages(
+                [test_items[i] for i in self.split_indices[split].tolist()], self.transform
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"seed": self.seed, "val_split": self.val_split, "num_test_files": self.num_test_files}
+        state.update({f"{split}_indices": indices for split, indices in self.split_indices.items()})
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("val_split", self.val_split) != self.val_split:
+            rank_zero_warn(
+                f"MVTecADDataModule: the checkpoint used val_split={state_dict.get('val_split')!r}, this module "
+                f"{self.val_split!r}; this module's setting is kept."
+            )
+            return
+        saved = {split: state_dict[f"{split}_indices"] for split in ("val", "test") if f"{split}_indices" in state_dict}
+        if not saved:
+            return
+        if state_dict.get("seed") != self.seed:
+            rank_zero_warn(
+                f"MVTecADDataModule: the checkpoint's split was drawn with seed {state_dict.get('seed')}, this "
+                f"module's seed is {self.seed}; the checkpoint's split is used so the run continues on the same data."
+            )
+        self.split_indices = {split: torch.as_tensor(indices, dtype=torch.long) for split, indices in saved.items()}
+        self.num_test_files = state_dict.get("num_test_files")
+        self.datasets = {}
+        self.setup()
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        dataset = self.datasets[split]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

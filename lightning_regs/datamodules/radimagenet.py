@@ -1,0 +1,376 @@
+"""RadImageNet (Mei et al., Radiology: AI 2022) as a LightningDataModule: CT, MR and US images in 165 classes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
+from lightning_regs.datamodules.image_report import REPORT_KINDS, format_report, image_report
+from lightning_regs.datamodules.mvtec import IMAGENET_MEAN, IMAGENET_STD
+from lightning_regs.datamodules.samplers import EpochShuffleSampler
+
+__all__ = ["RadImageNetDataModule"]
+
+SPLITS = ("train", "val", "test")
+MODALITIES, IMAGE_SUFFIXES = ("CT", "MR", "US"), (".png", ".jpg", ".jpeg")
+_LAYOUT = (
+    "Expected the RadImageNet layout:\n"
+    "  <root>/RadiologyAI_train.csv, RadiologyAI_val.csv, RadiologyAI_test.csv  (columns filename,label; "
+    "filenames relative to root)\n"
+    "  <root>/radiology_ai/<CT|MR>/<anatomy>/<label>/<image>.png\n"
+    "  <root>/radiology_ai/US/<label>/<image>.png  (ultrasound has no anatomy level)\n"
+    "The data is available only by request under a data-use agreement (https://www.radimagenet.com, "
+    "github.com/BMEII-AI/RadImageNet); it is never downloaded automatically."
+)
+
+
+def _levels(filename: str) -> tuple[str, str]:
+    """``(modality, anatomy)`` of a path ``.../<CT|MR>/<anatomy>/<label>/x.png`` or ``.../US/<label>/x.png``."""
+    parts = Path(filename).parts
+    for position, part in enumerate(parts[:-2]):
+        if part.upper() in MODALITIES:
+            modality = part.upper()
+            return modality, modality if modality == "US" else f"{modality}/{parts[position + 1]}"
+    raise ValueError(
+        f"Cannot read the modality and anatomy of {filename!r}: no CT/MR/US folder in its path. Use "
+        f"label_level='label', or keep the original paths.\n{_LAYOUT}"
+    )
+
+
+class _RadImages(Dataset):
+    def __init__(self, items: Sequence[tuple[Path, int]], transform: Callable[..., Any], mode: str) -> None:
+        self.items = list(items)
+        self.targets = torch.tensor([target for _, target in self.items], dtype=torch.long)
+        self.transform = transform
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        path, target = self.items[index]
+        with Image.open(path) as image:
+            pixels = v2.functional.pil_to_tensor(image.convert(self.mode))
+        return {
+            IMAGE: self.transform(tv_tensors.Image(pixels)).as_subclass(torch.Tensor),
+            TARGET: torch.tensor(target, dtype=torch.long),
+            INDEX: torch.tensor(index, dtype=torch.long),
+        }
+
+
+class RadImageNetDataModule(pl.LightningDataModule):
+    """RadImageNet from its split CSVs (``mode="csv"``) or its folder tree (``mode="folder"``).
+
+    CSV mode reads ``RadiologyAI_{train,val,test}.csv`` (``filename,label``; filenames relative to
+    ``root``) and uses the official splits. Folder mode walks ``radiology_ai/<CT|MR>/<anatomy>/<label>``
+    and ``radiology_ai/US/<label>`` (class names ``CT/abd/normal``, ``US/ovary``) and draws a seeded
+    split kept in :meth:`state_dict`. ``label_level`` picks the classes: ``label`` (165 in the real
+    data; the CSV's label column in CSV mode), ``anatomy`` (``CT/abd``; all ultrasound is ``US``) or
+    ``modality`` (``CT``, ``MR``, ``US``). The class-to-index mapping is the sorted training class
+    names; it is saved in :meth:`state_dict` (and restored from it), optionally read from or written to
+    ``class_index_path`` (JSON), and otherwise written as ``radimagenet_classes.json`` in the Trainer's
+    log directory.
+
+    ``setup`` checks every image before a worker sees it and stores :attr:`report` (``missing``,
+    ``unreadable``, ``blank`` = constant, ``duplicates`` = same sha256, groups of filenames).
+    ``bad_images="warn"`` drops missing and unreadable files and warns; ``"drop"`` also drops blank
+    images and every copy of a duplicate after the first (train, then val, then test); ``"raise"``
+    raises on any finding. ``check_images="exists"`` only checks that files exist (fast, for 1.35M
+    files); the full check reads every file once. There is no download: the data comes by request.
+
+    Args:
+        root: the data folder (holding the CSVs and ``radiology_ai/``).
+        mode: ``"csv"`` or ``"folder"``.
+        label_level: ``"label"``, ``"anatomy"`` or ``"modality"``.
+        image_size: side images are resized (eval) or crop-resized (train) to; ``None`` keeps their size.
+        batch_size: training samples per batch on each process.
+        eval_batch_size: validation/test/predict batch size (default ``batch_size``).
+        val_fraction: folder mode: share of the files held out for validation (``test_fraction``: for testing).
+        seed: seed of the folder-mode split and of the training order.
+        check_images: ``"full"`` (decode and hash every file) or ``"exists"``.
+        bad_images: ``"warn"``, ``"drop"`` or ``"raise"`` (see above).
+        class_index_path: JSON class list to reuse when it exists, else to write.
+        augment: training augmentation (random resized crop, scale 0.5-1, and horizontal flip).
+        channels: 3 (RGB, for ImageNet backbones) or 1.
+        mean: normalization mean per channel; ``std``: standard deviation per channel.
+        check_workers: threads used by the image check.
+        num_workers: DataLoader workers.
+        pin_memory: DataLoader ``pin_memory``; ``persistent_workers`` likewise (only with ``num_workers > 0``).
+
+    Example::
+
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> from tests.helpers.fake_datasets_medical import make_radimagenet
+        >>> root = make_radimagenet(tmp.name)["root"]
+        >>> dm = RadImageNetDataModule(root, image_size=16, batch_size=4)
+        >>> dm.setup("fit")
+        >>> dm.num_classes, dm.class_names[:2], next(iter(dm.train_dataloader()))["image"].shape
+        (4, ('CT/abd/cyst', 'CT/abd/normal'), torch.Size([4, 3, 16, 16]))
+        >>> tmp.cleanup()
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        mode: Literal["csv", "folder"] = "csv",
+        label_level: Literal["label", "anatomy", "modality"] = "label",
+        image_size: int | None = 224,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 0,
+        check_images: Literal["full", "exists"] = "full",
+        bad_images: Literal["warn", "drop", "raise"] = "warn",
+        class_index_path: str | Path | None = None,
+        augment: bool = True,
+        channels: int = 3,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        check_workers: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        choices = {"mode": ("csv", "folder"), "label_level": ("label", "anatomy", "modality")}
+        choices.update(check_images=("full", "exists"), bad_images=("warn", "drop", "raise"))
+        given = {"mode": mode, "label_level": label_level, "check_images": check_images, "bad_images": bad_images}
+        for name, value in given.items():
+            if value not in choices[name]:
+                raise ValueError(f"{name} must be one of {choices[name]}, got {value!r}.")
+        if mode == "folder" and not (val_fraction > 0 and test_fraction > 0 and val_fraction + test_fraction < 1):
+            raise ValueError(f"val_fraction={val_fraction}, test_fraction={test_fraction} must be > 0 with sum < 1.")
+        if channels not in (1, 3) or len(mean) != channels or len(std) != channels:
+            raise ValueError(f"channels must be 1 or 3 with as many mean/std values; got {channels}, {mean}, {std}.")
+        self.save_hyperparameters()
+        # Paths would not load with torch.load(weights_only=True)
+        index_path = None if class_index_path is None else str(class_index_path)
+        self.hparams.update(root=str(root), class_index_path=index_path)
+        self.root = Path(root).expanduser()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.class_names: tuple[str, ...] = ()
+        self.split_indices: dict[str, torch.Tensor] = {}
+        self.num_files: int | None = None
+        self.report: dict[str, Any] = {}
+        self.datasets: dict[str, _RadImages] = {}
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes at ``label_level`` (known after :meth:`setup`)."""
+        return len(self.class_names) or None
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return {name: position for position, name in enumerate(self.class_names)}
+
+    def _transform(self, train: bool) -> v2.Compose:
+        size = self.hparams.image_size
+        steps: list[Any] = []
+        if size is not None and train and self.hparams.augment:
+            steps += [v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        elif size is not None:
+            steps.append(v2.Resize((size, size), antialias=True))
+        elif train and self.hparams.augment:
+            steps.append(v2.RandomHorizontalFlip())
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.hparams.mean), list(self.hparams.std))]
+        return v2.Compose(steps)
+
+    def _read_csvs(self) -> dict[str, list[tuple[str, str]]]:
+        rows: dict[str, list[tuple[str, str]]] = {}
+        for split in SPLITS:
+            path = self.root / f"RadiologyAI_{split}.csv"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found (mode='csv').\n{_LAYOUT}")
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                if not {"filename", "label"} <= set(reader.fieldnames or ()):
+                    raise ValueError(f"{path} has columns {reader.fieldnames}; expected filename,label.\n{_LAYOUT}")
+                rows[split] = [(row["filename"], row["label"]) for row in reader]
+        return rows
+
+    def _walk_folders(self) -> dict[str, list[tuple[str, str]]]:
+        base = self.root / "radiology_ai" if (self.root / "radiology_ai").is_dir() else self.root
+        if not base.is_dir():
+            raise FileNotFoundError(f"{base} not found (mode='folder').\n{_LAYOUT}")
+        found: list[tuple[str, str]] = []
+        for modality in sorted(d for d in base.iterdir() if d.is_dir() and d.name.upper() in MODALITIES):
+            is_us = modality.name.upper() == "US"  # ultrasound has no anatomy level
+            groups = [modality] if is_us else sorted(d for d in modality.iterdir() if d.is_dir())
+            for group in groups:
+                for label in sorted(d for d in group.iterdir() if d.is_dir()):
+                    name = label.relative_to(base).as_posix()
+                    found += [
+                        (path.relative_to(self.root).as_posix(), name)
+                        for path in sorted(label.iterdir())
+                        if path.suffix.lower() in IMAGE_SUFFIXES
+                    ]
+        if not found:
+            raise FileNotFoundError(f"No images under {base} in <CT|MR>/<anatomy>/<label>/ or US/<label>/.\n{_LAYOUT}")
+        if self.num_files is not None and self.num_files != len(found):
+            raise ValueError(
+                f"The checkpoint's split was drawn over {self.num_files} files but {base} now holds {len(found)}: "
+                "the data changed since the checkpoint."
+            )
+        self.num_files = len(found)
+        if not self.split_indices:
+            order = torch.randperm(len(found), generator=torch.Generator().manual_seed(self.seed))
+            num_val = max(round(len(found) * self.hparams.val_fraction), 1)
+            num_test = max(round(len(found) * self.hparams.test_fraction), 1)
+            parts = (order[num_val + num_test :], order[:num_val], order[num_val : num_val + num_test])
+            self.split_indices = {split: part.sort().values for split, part in zip(SPLITS, parts, strict=True)}
+        return {split: [found[i] for i in self.split_indices[split].tolist()] for split in SPLITS}
+
+    def check(self, rows: dict[str, list[tuple[str, str]]]) -> tuple[dict[str, Any], set[str]]:
+        """The image report over all rows, and the filenames to drop under ``bad_images``."""
+        filenames = list(dict.fromkeys(filename for split in SPLITS for filename, _ in rows[split]))
+        full = self.hparams.check_images == "full"
+        report = image_report(self.root, filenames, full, self.hparams.check_workers)
+        drop = set(report["missing"]) | set(report["unreadable"])
+        if self.hparams.bad_images == "drop":
+            drop |= set(report["blank"]) | {name for group in report["duplicates"] for name in group[1:]}
+        return report, drop
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"RadImageNet root {self.root} does not exist.\n{_LAYOUT}")
+        rows = self._read_csvs() if self.hparams.mode == "csv" else self._walk_folders()
+        level = self.hparams.label_level
+        if level != "label":
+            index = 0 if level == "modality" else 1
+            rows = {split: [(f, _levels(f)[index]) for f, _ in split_rows] for split, split_rows in rows.items()}
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:  # one rank reads the files, the others get its verdict
+            self.report, drop = trainer.strategy.broadcast(self.check(rows) if trainer.is_global_zero else None)
+        else:
+            self.report, drop = self.check(rows)
+        problems = sum(len(self.report[kind]) for kind in REPORT_KINDS)
+        summary = format_report(self.report, "RadImageNet image check")
+        if problems and self.hparams.bad_images == "raise":
+            raise ValueError(f"{summary}\nFix the files, or set bad_images='drop' or 'warn'.")
+        if problems:
+            rank_zero_warn(f"{summary}\n{len(drop)} files dropped (bad_images='{self.hparams.bad_images}').")
+        rows = {split: [(f, label) for f, label in split_rows if f not in drop] for split, split_rows in rows.items()}
+        self._set_classes(sorted({label for _, label in rows["train"]}))
+        mapping = self.class_to_idx
+        for split, split_rows in rows.items():
+            unknown = [(f, label) for f, label in split_rows if label not in mapping]
+            if unknown:
+                raise ValueError(
+                    f"{len(unknown)} {split} images have classes outside the class index, e.g. {unknown[0]}; the "
+                    f"index ({len(mapping)} classes) comes from the training split, a checkpoint or class_index_path."
+                )
+        pil_mode = "RGB" if self.hparams.channels == 3 else "L"
+        for split, split_rows in rows.items():
+            items = [(self.root / f, mapping[label]) for f, label in split_rows]
+            self.datasets[split] = _RadImages(items, self._transform(split == "train"), pil_mode)
+        self._write_files()
+
+    def _set_classes(self, train_classes: list[str]) -> None:
+        path = self.hparams.class_index_path
+        if not self.class_names and path is not None and Path(path).is_file():
+            self.class_names = tuple(json.loads(Path(path).read_text())["class_names"])
+        if not self.class_names:
+            self.class_names = tuple(train_classes)
+            return
+        unknown = sorted(set(train_classes) - set(self.class_names))
+        if unknown:
+            raise ValueError(
+                f"Training classes {unknown[:5]} are not in the saved class index ({len(self.class_names)} classes); "
+                "the data or label_level changed. Delete class_index_path or start from a matching checkpoint."
+            )
+
+    def save_class_index(self, path: str | Path) -> Path:
+        """Write ``{"label_level", "class_names", "class_to_idx"}`` as JSON (atomically) and return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        content: dict[str, Any] = {"label_level": self.hparams.label_level, "class_names": self.class_names}
+        content["class_to_idx"] = self.class_to_idx
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(content, indent=1))
+        os.replace(temporary, path)
+        return path
+
+    def _write_files(self) -> None:
+        trainer = self.trainer
+        log_dir = trainer.log_dir if trainer is not None else None  # a collective: every rank calls it
+        if trainer is not None and not trainer.is_global_zero:
+            return
+        path = self.hparams.class_index_path
+        if path is not None and not Path(path).is_file():
+            self.save_class_index(path)
+        elif path is None and log_dir is not None:
+            self.save_class_index(Path(log_dir) / "radimagenet_classes.json")
+            (Path(log_dir) / "radimagenet_image_report.json").write_text(json.dumps(self.report, indent=1))
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"class_names": list(self.class_names), "label_level": self.hparams.label_level}
+        state.update(seed=self.seed, num_files=self.num_files)
+        state.update({f"{split}_indices": indices for split, indices in self.split_indices.items()})
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("label_level", self.hparams.label_level) != self.hparams.label_level:
+            raise ValueError(
+                f"The checkpoint's classes are at label_level={state_dict['label_level']!r}, this module's at "
+                f"{self.hparams.label_level!r}; use the checkpoint's label_level to resume."
+            )
+        class_names = tuple(state_dict.get("class_names", ()))
+        saved = {split: state_dict[f"{split}_indices"] for split in SPLITS if f"{split}_indices" in state_dict}
+        same_split = all(
+            torch.equal(torch.as_tensor(v), self.split_indices.get(k, torch.empty(0))) for k, v in saved.items()
+        )
+        if self.datasets and class_names == self.class_names and same_split:
+            return  # already set up with this state: skip re-reading every file
+        self.class_names = class_names
+        if saved and self.hparams.mode == "folder":
+            self.split_indices = {split: torch.as_tensor(indices, dtype=torch.long) for split, indices in saved.items()}
+            self.num_files = state_dict.get("num_files")
+        self.datasets = {}
+        self.setup()
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        dataset = self.datasets[split]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:  # the test split
+        return self._loader("test", shuffle=False)
