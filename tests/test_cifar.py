@@ -84,6 +84,10 @@ def test_seeded_validation_carve_is_kept_in_state_dict(tmp_path):
     restored.setup()
     assert torch.equal(restored.split_indices["val"], val)
     assert torch.equal(restored.datasets["val"].images, dm.datasets["val"].images)
+    # the checkpoint's seed also orders the training samples, as in the uninterrupted run
+    assert restored.seed == 3
+    orders = [[int(i) for b in module.train_dataloader() for i in b["index"]] for module in (dm, restored, other)]
+    assert orders[0] == orders[1] != orders[2]
 
 
 def test_download_from_a_file_url_verifies_and_extracts(tmp_path, monkeypatch):
@@ -220,13 +224,14 @@ def test_ddp_every_sample_seen_once_per_epoch_apart_from_padding(tmp_path):
 
 def test_the_split_travels_in_a_trainer_checkpoint_and_is_restored_on_resume(tmp_path):
     write_cifar(tmp_path / "data", train_per_batch=4)
-    common = {"root": str(tmp_path / "data"), "batch_size": 8, "val_fraction": 0.2, "num_workers": 0}
+    common = {"root": tmp_path / "data", "batch_size": 8, "val_fraction": 0.2, "num_workers": 0}  # a Path root
     dm = CIFAR10DataModule(seed=1, **common)
     model = ImageClassifier(SmallCNN(num_classes=10, in_channels=3, width=4), num_classes=10)
     trainer = pl.Trainer(max_epochs=1, default_root_dir=tmp_path, **QUIET)
     trainer.fit(model, datamodule=dm)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
-    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)  # hparams hold builtins only
+    assert checkpoint["datamodule_hyper_parameters"]["root"] == str(tmp_path / "data")
     assert torch.equal(checkpoint["CIFAR10DataModule"]["val_indices"], dm.split_indices["val"])
     resumed = CIFAR10DataModule(seed=2, **common)  # another seed: the checkpoint's split must win
     model = ImageClassifier(SmallCNN(num_classes=10, in_channels=3, width=4), num_classes=10)
@@ -235,3 +240,4 @@ def test_the_split_travels_in_a_trainer_checkpoint_and_is_restored_on_resume(tmp
         trainer.fit(model, datamodule=resumed, ckpt_path=tmp_path / "last.ckpt")
     assert torch.equal(resumed.split_indices["val"], dm.split_indices["val"])
     assert torch.equal(resumed.datasets["val"].targets, dm.datasets["val"].targets)
+    assert resumed.seed == 1  # the training order continues as in the uninterrupted run

@@ -5,11 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Trainer
 from torchvision.transforms import v2
 
 from lightning_regs.cli import LightningRegsCLI
 from lightning_regs.datamodules.cub import CUB200DataModule
+from lightning_regs.models import SmallCNN
+from lightning_regs.tasks import ImageClassifier
 from tests.helpers.fake_datasets_vision import write_cub
+from tests.helpers.trainers import QUIET
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = {"num_workers": 0, "eval_transform": v2.ToDtype(torch.float32, scale=True)}
@@ -72,17 +76,29 @@ def test_gcd_mode_defaults(tmp_path, cub):
     dm.setup("fit")
     assert dm.known_classes == (0, 1) and dm.num_known_classes == 2
     train = dm.datasets["train"]
-    known_train = [k for k, c in enumerate(train.targets.tolist()) if c < 2]
+    written = [c - 1 for c, t in zip(cub["class_ids"], cub["is_train"], strict=True) if t]  # known 0, 1 stay first
+    assert train.true_targets.tolist() == written
+    known_train = [k for k, c in enumerate(written) if c < 2]
     assert len(known_train) == 4
     labeled = torch.nonzero(train.labeled).flatten().tolist()
     assert len(labeled) == 2 and set(labeled) <= set(known_train)  # half of the known-class training images
     assert torch.equal(dm.labeled_indices, torch.tensor(labeled))
+    # the training targets hide every unlabeled image's class (novel ones included): only labeled rows have one
+    assert train.targets.tolist() == [c if k in labeled else -1 for k, c in enumerate(written)]
     val = dm.datasets["val"]  # the unlabeled training images, for transductive GCD evaluation
     assert len(val) == 6 and not val.labeled.any()
     assert sorted(val.paths.tolist() + train.paths[labeled].tolist()) == sorted(train.paths.tolist())
-    batch = next(iter(dm.train_dataloader()))
-    assert batch["labeled"].dtype == torch.bool
+    unlabeled = [k for k in range(len(written)) if k not in labeled]
+    assert val.targets.tolist() == val.true_targets.tolist() == [written[k] for k in unlabeled]  # evaluation: truth
+    batches = list(dm.train_dataloader())
+    batch = {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
+    assert sorted(batch) == ["image", "index", "labeled", "target", "true_target"]
+    assert batch["labeled"].dtype == torch.bool and batch["true_target"].dtype == torch.int64
+    assert torch.equal(batch["target"] == -1, ~batch["labeled"])
+    assert batch["true_target"].tolist() == [written[k] for k in batch["index"].tolist()]
     assert not dm.datasets["test"].labeled.any()
+    test = next(iter(dm.test_dataloader()))
+    assert torch.equal(test["target"], test["true_target"]) and (test["target"] >= 0).all()
     different = [CUB200DataModule(root=str(tmp_path), gcd=True, seed=s, **RAW) for s in range(8)]
     for other in different:
         other.setup()
@@ -98,7 +114,9 @@ def test_gcd_known_classes_come_first_in_the_targets(tmp_path, cub):
     written = [remap[c - 1] for c, t in zip(cub["class_ids"], cub["is_train"], strict=True) if not t]
     assert dm.datasets["test"].targets.tolist() == written
     train = dm.datasets["train"]
-    assert (train.targets[train.labeled] < 2).all()
+    assert (train.targets[train.labeled] < 2).all() and (train.targets[~train.labeled] == -1).all()
+    written_train = [remap[c - 1] for c, t in zip(cub["class_ids"], cub["is_train"], strict=True) if t]
+    assert train.true_targets.tolist() == written_train
 
 
 def test_gcd_split_from_json(tmp_path, cub):
@@ -223,3 +241,27 @@ def test_example_config_parses(tmp_path, cub, monkeypatch):
     assert cli.model.backbone.fc.out_features == 200
     cli.datamodule.setup("fit")
     assert len(cli.datamodule.datasets["train"]) == 8
+
+
+def test_a_plain_classifier_refuses_gcd_training_batches(tmp_path, cub):
+    dm = CUB200DataModule(root=str(tmp_path), gcd=True, batch_size=8, train_transform=RAW["eval_transform"], **RAW)
+    model = ImageClassifier(SmallCNN(num_classes=4, in_channels=3, width=4), num_classes=4)
+    trainer = Trainer(max_epochs=1, default_root_dir=tmp_path, **QUIET)
+    with pytest.raises(ValueError, match=r"class ids in \[-1, "):
+        trainer.fit(model, datamodule=dm)
+
+
+def test_path_arguments_are_stored_as_strings_so_checkpoints_load_with_weights_only(tmp_path, cub):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"known_classes": [0, 1], "unknown_classes": [2, 3]}))
+    dm = CUB200DataModule(root=tmp_path, gcd=True, gcd_split_file=split, **RAW)  # Paths, as Python users pass them
+    assert dm.hparams["root"] == str(tmp_path) and dm.hparams["gcd_split_file"] == str(split)
+    torch.save(dict(dm.hparams), tmp_path / "hparams.pt")
+    assert torch.load(tmp_path / "hparams.pt", weights_only=True)["gcd_split_file"] == str(split)
+    plain = CUB200DataModule(root=tmp_path, batch_size=8, train_transform=RAW["eval_transform"], **RAW)
+    model = ImageClassifier(SmallCNN(num_classes=4, in_channels=3, width=4), num_classes=4)
+    trainer = Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, default_root_dir=tmp_path, **QUIET)
+    trainer.fit(model, datamodule=plain)
+    trainer.save_checkpoint(tmp_path / "cub.ckpt")
+    checkpoint = torch.load(tmp_path / "cub.ckpt", weights_only=True)
+    assert checkpoint["datamodule_hyper_parameters"]["root"] == str(tmp_path)

@@ -1,5 +1,7 @@
 import hashlib
 import io
+import os
+import stat
 import tarfile
 import zipfile
 from pathlib import Path
@@ -179,3 +181,72 @@ def _random_bytes(seed: int, size: int = 200_000) -> bytes:
     import random
 
     return random.Random(seed).randbytes(size)
+
+
+@pytest.mark.parametrize("has_data_filter", [True, False])
+@pytest.mark.parametrize(
+    "members",
+    [
+        # each link is inside on its own; together a/b/x is two levels above the destination
+        [_link("a", "."), _link("a/b", ".."), _link("a/b/x", ".."), (_file("a/b/x/escaped.txt"), b"x")],
+        # a link whose target goes through another link: c -> a/.. is the parent of the destination
+        [_link("a", "."), _link("c", "a/.."), (_file("top/ok.txt"), b"ok")],
+        # a hard link whose target goes through a link
+        [_link("a", "."), (_file("top/ok.txt"), b"ok"), _link("h", "a/top/ok.txt", tarfile.LNKTYPE)],
+    ],
+)
+def test_chained_links_are_rejected_with_or_without_the_data_filter(tmp_path, monkeypatch, members, has_data_filter):
+    if not has_data_filter:  # Python < 3.10.12 / 3.11.4: only our own checks stand between the archive and the disk
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    members = [m if isinstance(m, tuple) else (m, None) for m in members]
+    archive = _tar(tmp_path / "chain.tgz", members)
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(ArchiveSecurityError, match="goes through the symlink 'a'"):
+        extract_archive(archive, out)
+    assert list(out.iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.tgz", "deep"]
+
+
+def test_a_member_ending_at_a_link_inside_is_still_allowed(tmp_path, monkeypatch):
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    members = [(_file("top/a.txt"), b"A"), (_link("top/alias", "a.txt"), None), (_link("top/second", "alias"), None)]
+    extract_archive(_tar(tmp_path / "ok.tgz", members), tmp_path / "out")
+    assert (tmp_path / "out/top/second").read_bytes() == b"A"
+
+
+def test_downloaded_files_get_the_umask_permissions_not_mkstemps_0600(tmp_path):
+    source, digest = _source(tmp_path)
+    previous = os.umask(0o027)
+    try:
+        out = download_file(source.as_uri(), tmp_path / "dl" / "data.bin", sha256=digest)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_a_failure_midway_through_extraction_leaves_the_destination_unchanged(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    (out / "top").mkdir(parents=True)
+    (out / "top" / "old.txt").write_bytes(b"old")
+    (out / "keep.txt").write_bytes(b"keep")
+    before = _snapshot(out)
+    archive = _tar(tmp_path / "a.tgz", [(_file(f"top/{i}.txt"), b"new") for i in range(4)] + [(_file("z.txt"), b"z")])
+    original = tarfile.TarFile.makefile
+    written = []
+
+    def fail_on_the_third(self, tarinfo, targetpath):
+        if len(written) == 2:
+            raise OSError("disk full")
+        original(self, tarinfo, targetpath)
+        written.append(targetpath)
+
+    monkeypatch.setattr(tarfile.TarFile, "makefile", fail_on_the_third)
+    with pytest.raises(OSError, match="disk full"):
+        extract_archive(archive, out, overwrite=True)
+    assert len(written) == 2  # two members were written (into the staging folder) before the failure
+    assert _snapshot(out) == before  # old content kept, no new member, no staging folder left

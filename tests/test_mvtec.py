@@ -163,9 +163,9 @@ def test_from_test_split_is_seeded_stratified_and_restored_from_state(mvtec_root
     dm.setup("fit")
     val, test = dm.split_indices["val"], dm.split_indices["test"]
     assert sorted(val.tolist() + test.tolist()) == list(range(10))
-    for split in ("val", "test"):
+    for split, indices in (("val", val), ("test", test)):
         assert set(dm.datasets[split].labels.tolist()) == {0, 1}
-        assert all_samples(dm.val_dataloader())["index"].tolist() == list(range(len(val)))
+        assert all_samples(getattr(dm, f"{split}_dataloader")())["index"].tolist() == list(range(len(indices)))
     state = dm.state_dict()
     path = root / "state.pt"
     torch.save(state, path)
@@ -192,7 +192,8 @@ def test_a_transform_from_the_user_replaces_the_default(mvtec_root):
 
 def test_baseline_metrics_equal_an_independent_computation(mvtec_root, tmp_path):
     dm = MVTecADDataModule(mvtec_root, "bottle", batch_size=2, **RAW)
-    trainer = Trainer(max_epochs=1, default_root_dir=tmp_path, **QUIET)
+    # one training batch of two images: the mean still covers all three (read apart from the fit loop)
+    trainer = Trainer(max_epochs=1, limit_train_batches=1, default_root_dir=tmp_path, **QUIET)
     task = MeanImageAnomalyBaseline()
     trainer.fit(task, dm)
     val_pixel_auroc = float(trainer.callback_metrics["val/pixel_auroc"])
@@ -244,6 +245,38 @@ def test_ddp_auroc_after_dedupe_equals_single_process(tmp_path):
     assert len(seen) == 8 and sorted(set(seen.tolist())) == list(range(7))  # 7 samples + 1 padded duplicate
     assert expected["test/num_images"] == float(ddp.callback_metrics["test/num_images"]) == 7
     for key in ("test/image_auroc", "test/pixel_auroc"):
+        assert float(ddp.callback_metrics[key]) == pytest.approx(expected[key], abs=1e-7), key
+
+
+def test_a_checkpoint_without_the_ddp_anchor_still_loads():
+    task = MeanImageAnomalyBaseline()
+    task.load_state_dict({"mean_image": torch.ones(3, 2, 2)})  # as written before the anchor parameter existed
+    torch.testing.assert_close(task.mean_image, torch.ones(3, 2, 2))
+    assert [name for name, p in task.named_parameters() if p.requires_grad] == ["ddp_anchor"]
+
+
+def _exact_train_mean(dm: MVTecADDataModule) -> torch.Tensor:
+    dm.setup("fit")
+    images = torch.stack([dm.datasets["train"][i]["image"] for i in range(len(dm.datasets["train"]))])
+    return images.double().mean(0).float()
+
+
+@pytest.mark.slow
+def test_ddp_fit_counts_every_training_image_once_and_equals_single_process(tmp_path):
+    # 3 training images on 2 ranks: DistributedSampler pads one; 7 test images: it pads one there too
+    root = make_mvtec(tmp_path / "data", num_train=3, num_good=3, num_defect=2)
+    single = Trainer(max_epochs=1, default_root_dir=tmp_path, **QUIET)
+    single_task = MeanImageAnomalyBaseline()
+    single.fit(single_task, MVTecADDataModule(root, "bottle", batch_size=2, image_size=12))
+    expected = {key: float(value) for key, value in single.callback_metrics.items()}
+    ddp = Trainer(max_epochs=1, default_root_dir=tmp_path, **{**QUIET, **DDP_SPAWN_CPU})
+    task = MeanImageAnomalyBaseline()
+    ddp.fit(task, MVTecADDataModule(root, "bottle", batch_size=2, image_size=12))
+    exact = _exact_train_mean(MVTecADDataModule(root, "bottle", batch_size=2, image_size=12))
+    torch.testing.assert_close(single_task.mean_image, exact)
+    torch.testing.assert_close(task.mean_image, exact)  # rank 0's weights, handed back by ddp_spawn
+    assert float(ddp.callback_metrics["val/num_images"]) == expected["val/num_images"] == 7
+    for key in ("val/image_auroc", "val/pixel_auroc"):
         assert float(ddp.callback_metrics[key]) == pytest.approx(expected[key], abs=1e-7), key
 
 

@@ -8,6 +8,7 @@ import torchvision
 from lightning.pytorch import Callback, Trainer
 
 from lightning_regs.cli import LightningRegsCLI
+from lightning_regs.datamodules import radimagenet
 from lightning_regs.datamodules.radimagenet import RadImageNetDataModule
 from lightning_regs.models import SmallCNN
 from lightning_regs.tasks import ImageClassifier
@@ -163,6 +164,33 @@ def test_the_class_index_and_report_are_written_to_the_trainer_log_dir(clean, tm
     dm.setup("fit")
     assert json.loads((tmp_path / "logs/radimagenet_classes.json").read_text())["class_names"] == clean["classes"]
     assert json.loads((tmp_path / "logs/radimagenet_image_report.json").read_text())["checked"] == 20
+
+
+def test_the_report_is_written_also_with_a_class_index_path(clean, tmp_path):
+    dm = RadImageNetDataModule(clean["root"], class_index_path=str(tmp_path / "index/classes.json"), **RAW)
+    dm.trainer = Trainer(default_root_dir=tmp_path / "logs", **QUIET)
+    dm.setup("fit")
+    assert json.loads((tmp_path / "index/classes.json").read_text())["class_names"] == clean["classes"]
+    assert json.loads((tmp_path / "logs/radimagenet_image_report.json").read_text())["checked"] == 20
+    assert not (tmp_path / "logs/radimagenet_classes.json").exists()
+
+
+def test_a_failed_write_leaves_no_temporary_or_partial_file(clean, tmp_path, monkeypatch):
+    def refuse(source, target):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(radimagenet.os, "replace", refuse)
+    dm = RadImageNetDataModule(clean["root"], **RAW)
+    dm.setup("fit")
+    with pytest.raises(OSError, match="disk full"):
+        dm.save_class_index(tmp_path / "out/classes.json")
+    assert list((tmp_path / "out").iterdir()) == []
+    dm = RadImageNetDataModule(clean["root"], class_index_path=str(tmp_path / "index.json"), **RAW)
+    (tmp_path / "index.json").write_text(json.dumps({"class_names": clean["classes"]}))  # reused: only the report
+    dm.trainer = Trainer(default_root_dir=tmp_path / "logs", **QUIET)
+    with pytest.raises(OSError, match="disk full"):
+        dm.setup("fit")
+    assert list((tmp_path / "logs").iterdir()) == []
 
 
 def _rewrite_csv(root: Path, split: str, header: str, rows: list[tuple[str, str]]) -> None:

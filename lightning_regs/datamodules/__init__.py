@@ -4,6 +4,7 @@ from lightning_regs.datamodules.batch import HARD_TARGET, IMAGE, INDEX, TARGET, 
 from lightning_regs.datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
 from lightning_regs.datamodules.cub import CUB200DataModule
 from lightning_regs.datamodules.digits import DigitsDataModule
+from lightning_regs.datamodules.digits_subset import DigitsSubsetDataModule, RepeatedShuffleSampler
 from lightning_regs.datamodules.download import download_file, extract_archive
 from lightning_regs.datamodules.mvtec import MVTecADDataModule
 from lightning_regs.datamodules.radimagenet import RadImageNetDataModule
@@ -18,6 +19,8 @@ __all__ = [
     "CIFAR100DataModule",
     "CUB200DataModule",
     "DigitsDataModule",
+    "DigitsSubsetDataModule",
+    "RepeatedShuffleSampler",
     "EpochShuffleSampler",
     "MVTecADDataModule",
     "RadImageNetDataModule",

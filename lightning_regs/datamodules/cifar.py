@@ -110,6 +110,7 @@ class _CIFARDataModule(pl.LightningDataModule):
         if num_workers < 0:
             raise ValueError(f"num_workers must be 0 or more, got {num_workers}.")
         self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
+        self.hparams["root"] = str(root)  # a Path would not load with torch.load(weights_only=True)
         self.root = Path(root)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
@@ -244,12 +245,15 @@ class _CIFARDataModule(pl.LightningDataModule):
         }
         if not saved:
             return
-        if state_dict.get("seed") != self.seed or ("val" in saved) != (self.val_fraction > 0):
+        saved_seed = state_dict.get("seed", self.seed)
+        if saved_seed != self.seed or ("val" in saved) != (self.val_fraction > 0):
             rank_zero_warn(
-                f"{type(self).__name__}: the checkpoint's split (seed {state_dict.get('seed')}, "
+                f"{type(self).__name__}: the checkpoint's split (seed {saved_seed}, "
                 f"{'with' if 'val' in saved else 'without'} a validation carve) differs from this module's "
-                f"(seed {self.seed}, val_fraction {self.val_fraction}); the checkpoint's split is used."
+                f"(seed {self.seed}, val_fraction {self.val_fraction}); the checkpoint's split is used, and its "
+                f"seed {saved_seed} orders the training samples, so the run continues as the uninterrupted one."
             )
+        self.seed = int(saved_seed)
         self.split_indices = {split: torch.as_tensor(indices, dtype=torch.long) for split, indices in saved.items()}
         self.datasets = {}
 
@@ -288,8 +292,10 @@ _CIFAR_DOC = """{title} from the official python tarball, as dict batches (``ima
 
     **What "val" means:** by default (``val_fraction=0``) there is no validation carve and the
     validation loader serves the official *test* split, as most papers report. With
-    ``val_fraction > 0`` a seeded share of the training images is held out as validation (kept in
-    :meth:`state_dict`, so a resumed run sees the same split) and the rest is trained on.
+    ``val_fraction > 0`` a seeded share of the training images is held out as validation and the rest
+    is trained on. The split and the seed are kept in :meth:`state_dict`: a run resumed from a
+    checkpoint uses the checkpoint's split and seed (with a warning if they differ from this module's),
+    so it sees the same data in the same order as the uninterrupted run.
 
     Training uses RandomCrop(32, padding=4), horizontal flips and normalization with the training
     set's per-channel mean/std; evaluation normalizes only. Both can be replaced from YAML with any

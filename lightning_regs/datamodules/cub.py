@@ -22,6 +22,7 @@ from lightning_regs.datamodules.samplers import EpochShuffleSampler
 __all__ = ["CUB200DataModule"]
 
 LABELED = "labeled"
+TRUE_TARGET = "true_target"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt", "bounding_boxes.txt")
@@ -67,9 +68,11 @@ class _CUBImages(Dataset):
         transform: nn.Module | None,
         boxes: torch.Tensor | None = None,
         labeled: torch.Tensor | None = None,
+        true_targets: torch.Tensor | None = None,
     ) -> None:
         # numpy strings, not a list: forked workers would copy a list of Python objects page by page
         self.paths, self.targets, self.transform, self.boxes, self.labeled = paths, targets, transform, boxes, labeled
+        self.true_targets = true_targets
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -86,6 +89,8 @@ class _CUBImages(Dataset):
         sample = {IMAGE: image, TARGET: self.targets[index], INDEX: torch.tensor(index, dtype=torch.long)}
         if self.labeled is not None:
             sample[LABELED] = self.labeled[index]
+        if self.true_targets is not None:
+            sample[TRUE_TARGET] = self.true_targets[index]
         return sample
 
 
@@ -107,10 +112,14 @@ class CUB200DataModule(pl.LightningDataModule):
     i.e. 0..99) or a JSON ``gcd_split_file`` with ``known_classes`` and ``unknown_classes`` (a list,
     or lists under ``Easy``/``Medium``/``Hard`` as in the SSB splits) choose the known classes;
     ``labeled_fraction`` of the known-class training images, drawn with a local generator seeded by
-    ``seed``, are labeled (``batch["labeled"]``), every other training image is unlabeled. Targets
+    ``seed``, are labeled (``batch["labeled"]``), every other training image is unlabeled. Class ids
     are remapped so the known classes come first (``0..num_known_classes-1``, in the order given),
-    then the novel ones; ``class_order[t]`` is the original class of target ``t``. The labeled
-    indices and known classes are kept in :meth:`state_dict`.
+    then the novel ones; ``class_order[t]`` is the original class of target ``t``. In the *training*
+    set, ``batch["target"]`` is ``-1`` for every unlabeled image (the labels a GCD method may learn
+    from); the ground truth of every image is ``batch["true_target"]``, for evaluation only. The
+    validation (unlabeled training images) and test sets serve evaluation: there both are the true
+    class. The labeled indices and known classes are kept in :meth:`state_dict`. ``ImageClassifier``
+    refuses the ``-1`` targets: GCD mode is for GCD methods, not plain classification.
 
     Args:
         root: the folder holding ``CUB_200_2011`` (or that folder itself).
@@ -164,6 +173,8 @@ class CUB200DataModule(pl.LightningDataModule):
         if batch_size < 1 or image_size < 1:
             raise ValueError(f"batch_size and image_size must be positive, got {batch_size} and {image_size}.")
         self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
+        # Paths would not load with torch.load(weights_only=True)
+        self.hparams.update(root=str(root), gcd_split_file=None if gcd_split_file is None else str(gcd_split_file))
         root_path = Path(root)
         self.folder = root_path if (root_path / "images.txt").is_file() else root_path / "CUB_200_2011"
         self.root = root_path
@@ -312,9 +323,13 @@ class CUB200DataModule(pl.LightningDataModule):
         targets = target_of[original]
         train, test = torch.nonzero(is_train).flatten(), torch.nonzero(~is_train).flatten()
 
-        def subset(rows: torch.Tensor, transform: nn.Module, labeled: torch.Tensor | None = None) -> _CUBImages:
-            crop = boxes[rows] if boxes is not None else None
-            return _CUBImages(paths[rows.numpy()], targets[rows], transform, crop, labeled)
+        def subset(
+            rows: torch.Tensor, transform: nn.Module, labeled: torch.Tensor | None = None, hide_unlabeled: bool = False
+        ) -> _CUBImages:
+            crop, truth = (boxes[rows] if boxes is not None else None), targets[rows]
+            # GCD: the truth travels apart, so that an unlabeled training image's label cannot be learned
+            shown = torch.where(labeled, truth, -1) if hide_unlabeled else truth
+            return _CUBImages(paths[rows.numpy()], shown, transform, crop, labeled, None if labeled is None else truth)
 
         self.datasets = {"test": subset(test, self.eval_transform)}
         if self.gcd:
@@ -326,7 +341,7 @@ class CUB200DataModule(pl.LightningDataModule):
                 raise ValueError("The saved labeled indices exceed the training set: the data on disk changed.")
             labeled = torch.zeros(len(train), dtype=torch.bool)
             labeled[self.labeled_indices] = True
-            self.datasets["train"] = subset(train, self.train_transform, labeled)
+            self.datasets["train"] = subset(train, self.train_transform, labeled, hide_unlabeled=True)
             self.datasets["val"] = subset(
                 train[~labeled], self.eval_transform, torch.zeros(int((~labeled).sum()), dtype=torch.bool)
             )

@@ -102,11 +102,18 @@ def download_file(url: str, destination: str | os.PathLike, sha256: str, timeout
                 "The server may be serving another version or a truncated file: retry, or download it by hand "
                 f"and check it with `sha256sum` before placing it at {destination}."
             )
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(temporary, destination)
     except BaseException:  # also Ctrl-C: never leave a partial download behind
         Path(temporary).unlink(missing_ok=True)
         raise
     return destination
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read the umask is to set it
+    os.umask(mask)
+    return mask
 
 
 def _check_member_name(name: str, archive: Path) -> PurePosixPath:
@@ -120,6 +127,15 @@ def _check_member_name(name: str, archive: Path) -> PurePosixPath:
     return path
 
 
+def _climbs_out(path: PurePosixPath) -> bool:
+    depth = 0
+    for part in path.parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            return True
+    return False
+
+
 def _check_tar_member(member: tarfile.TarInfo, archive: Path) -> None:
     path = _check_member_name(member.name, archive)
     if member.isdev() or not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
@@ -130,16 +146,38 @@ def _check_tar_member(member: tarfile.TarInfo, archive: Path) -> None:
         target = PurePosixPath(member.linkname)
         # a symlink resolves from its own folder, a hard link from the archive root
         resolved = (path.parent / target) if member.issym() else target
-        depth = 0
-        for part in resolved.parts:
-            depth += -1 if part == ".." else (0 if part == "." else 1)
-            if depth < 0:
-                break
-        if target.is_absolute() or depth < 0:
+        if target.is_absolute() or _climbs_out(resolved):
             raise ArchiveSecurityError(
                 f"{archive} has a link {member.name!r} -> {member.linkname!r} that points outside the destination; "
                 "refusing to extract it."
             )
+
+
+def _check_no_path_through_symlinks(members: list[tarfile.TarInfo], archive: Path) -> None:
+    """Refuse members (and link targets) that pass THROUGH a symlink of the archive.
+
+    Each link is checked on its own, lexically; a chain (``a -> .``, ``a/b -> ..``, ``a/b/x -> ..``,
+    then ``a/b/x/escaped.txt``) passes that check link by link and still escapes. Paths that only
+    end at a symlink are fine: writing to or linking to a checked link stays inside.
+    """
+    symlinks = {PurePosixPath(m.name.replace("\\", "/")) for m in members if m.issym()}
+    if not symlinks:
+        return
+    for member in members:
+        path = PurePosixPath(member.name.replace("\\", "/"))
+        paths = [("", path)]
+        if member.issym():
+            paths.append((f" -> {member.linkname!r}", path.parent / member.linkname))
+        elif member.islnk():
+            paths.append((f" -> {member.linkname!r}", PurePosixPath(member.linkname)))
+        for arrow, checked in paths:
+            through = [link for link in checked.parents if link in symlinks]
+            if through:
+                raise ArchiveSecurityError(
+                    f"{archive} has a member {member.name!r}{arrow} that goes through the symlink "
+                    f"{str(through[-1])!r} of the same archive; refusing to extract it (links could chain out of "
+                    "the destination)."
+                )
 
 
 def extract_archive(archive: str | os.PathLike, destination: str | os.PathLike, overwrite: bool = False) -> list[Path]:
@@ -177,6 +215,7 @@ def extract_archive(archive: str | os.PathLike, destination: str | os.PathLike, 
                 members = tar.getmembers()
                 for member in members:
                     _check_tar_member(member, archive)
+                _check_no_path_through_symlinks(members, archive)
                 # the "data" filter (Python >= 3.10.12 / 3.11.4) re-checks what _check_tar_member checked
                 extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 tar.extractall(staging, members=members, **extra)

@@ -37,6 +37,17 @@ _LAYOUT = (
 )
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place; on failure leave nothing."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def _levels(filename: str) -> tuple[str, str]:
     """``(modality, anatomy)`` of a path ``.../<CT|MR>/<anatomy>/<label>/x.png`` or ``.../US/<label>/x.png``."""
     parts = Path(filename).parts
@@ -82,7 +93,9 @@ class RadImageNetDataModule(pl.LightningDataModule):
     ``modality`` (``CT``, ``MR``, ``US``). The class-to-index mapping is the sorted training class
     names; it is saved in :meth:`state_dict` (and restored from it), optionally read from or written to
     ``class_index_path`` (JSON), and otherwise written as ``radimagenet_classes.json`` in the Trainer's
-    log directory.
+    log directory. With a Trainer, the image report (below) is written as
+    ``radimagenet_image_report.json`` in its log directory in both cases. Both files are written
+    atomically by global rank 0 (a failed write leaves no partial file).
 
     ``setup`` checks every image before a worker sees it and stores :attr:`report` (``missing``,
     ``unreadable``, ``blank`` = constant, ``duplicates`` = same sha256, groups of filenames).
@@ -307,9 +320,7 @@ class RadImageNetDataModule(pl.LightningDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         content: dict[str, Any] = {"label_level": self.hparams.label_level, "class_names": self.class_names}
         content["class_to_idx"] = self.class_to_idx
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(content, indent=1))
-        os.replace(temporary, path)
+        _write_atomically(path, json.dumps(content, indent=1))
         return path
 
     def _write_files(self) -> None:
@@ -322,7 +333,9 @@ class RadImageNetDataModule(pl.LightningDataModule):
             self.save_class_index(path)
         elif path is None and log_dir is not None:
             self.save_class_index(Path(log_dir) / "radimagenet_classes.json")
-            (Path(log_dir) / "radimagenet_image_report.json").write_text(json.dumps(self.report, indent=1))
+        if log_dir is not None:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            _write_atomically(Path(log_dir) / "radimagenet_image_report.json", json.dumps(self.report, indent=1))
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"class_names": list(self.class_names), "label_level": self.hparams.label_level}

@@ -1,5 +1,6 @@
 """Pure torch computations behind every method: no Lightning import, tested against equations."""
 
+from lightning_regs.functional.adversarial import pgd_attack, predict, random_perturbation, robust_accuracy
 from lightning_regs.functional.anomaly import (
     auroc_from_counts,
     binned_auroc_counts,
@@ -11,10 +12,26 @@ from lightning_regs.functional.anomaly import (
 from lightning_regs.functional.classification import classification_loss, hard_labels, is_soft_target
 from lightning_regs.functional.distributed import all_gather_variable, gather_unique_by_index, unique_by_index
 from lightning_regs.functional.gcd import gcd_accuracy
+from lightning_regs.functional.local_complexity import (
+    LocalComplexity,
+    cross_polytope_vertices,
+    find_piecewise_linear_layers,
+    local_complexity,
+    orthonormal_directions,
+)
 from lightning_regs.functional.prediction_table import PredictionTable
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
 
 __all__ = [
+    "LocalComplexity",
+    "cross_polytope_vertices",
+    "find_piecewise_linear_layers",
+    "local_complexity",
+    "orthonormal_directions",
+    "pgd_attack",
+    "predict",
+    "random_perturbation",
+    "robust_accuracy",
     "PredictionTable",
     "all_gather_variable",
     "auroc_from_counts",

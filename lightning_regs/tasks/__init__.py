@@ -1,7 +1,8 @@
 """Ready LightningModules that honour the dict batch contract."""
 
+from lightning_regs.tasks.grokking_classifier import GrokkingClassifier
 from lightning_regs.tasks.image_classifier import ImageClassifier
 from lightning_regs.tasks.mean_image_baseline import MeanImageAnomalyBaseline
 from lightning_regs.tasks.optim import WarmupSchedule, build_optimizer
 
-__all__ = ["ImageClassifier", "MeanImageAnomalyBaseline", "WarmupSchedule", "build_optimizer"]
+__all__ = ["GrokkingClassifier", "ImageClassifier", "MeanImageAnomalyBaseline", "WarmupSchedule", "build_optimizer"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_regs.datamodules.batch import IMAGE, INDEX
 from lightning_regs.functional.anomaly import image_auroc, pixel_auroc
@@ -19,25 +22,34 @@ class MeanImageAnomalyBaseline(pl.LightningModule):
     """Anomaly map = channel mean of ``|image - mean training image|``; image score = the map's mean.
 
     Not an anomaly detection method: a floor that checks the data pipeline and the metrics end to
-    end. ``fit`` (one epoch is enough; it has no parameters and no optimizer) averages the training
-    images; validation and test log ``<stage>/image_auroc``, ``<stage>/pixel_auroc`` and
-    ``<stage>/num_images``, computed on raw scores after gathering all ranks and removing the
-    duplicates ``DistributedSampler`` pads in (by ``index``), so they equal the single-process values.
-    Without a fit the mean image is zero (the score is the mean absolute normalized pixel). Under
-    DDP the training mean counts the sampler's padded images twice (a few images out of hundreds).
+    end. At the start of ``fit`` (``on_train_start``) it averages the images of the training loader's
+    data set, in float64, each of the ``W`` processes reading images ``rank, rank + W, ...`` (no
+    sampler padding, so every image counts once) before an all-reduce of sums and counts: the mean
+    equals the single-process one, whatever ``limit_train_batches`` says. It has no optimizer; the
+    ``fit`` loop then runs its epoch without doing anything (``max_epochs=1``, and
+    ``limit_train_batches=1`` spares the second read of the training set). Validation and test log
+    ``<stage>/image_auroc``, ``<stage>/pixel_auroc`` and ``<stage>/num_images``, computed on raw
+    scores after gathering all ranks and removing the duplicates ``DistributedSampler`` pads in (by
+    ``index``), so they equal the single-process values. Without a fit the mean image is zero (the
+    score is the mean absolute normalized pixel), as in the sanity-check validation, which runs before
+    ``on_train_start`` (Lightning discards its metrics). The module holds one scalar parameter,
+    ``ddp_anchor``, never used: ``DistributedDataParallel`` refuses to wrap a module without one.
 
     Args:
-        pixel_bins: ``None`` for the exact pixel AUROC (holds every pixel of the stage), or a number of
-            bins for the memory-bounded binned AUROC over the observed score range.
+        pixel_bins: ``None`` for the exact pixel AUROC (sorts every pixel of the stage), or a number of
+            bins for the binned AUROC over the observed score range (a histogram instead of a sort).
+            Either way every anomaly map of the stage is kept and gathered to every rank: memory is
+            ``O(num_images * H * W)``, not bounded by the bins.
 
     Example::
 
         >>> import torch
+        >>> from lightning_regs.datamodules.batch import TensorDictDataset
         >>> task = MeanImageAnomalyBaseline()
-        >>> batch = {"image": torch.zeros(2, 3, 4, 4), "index": torch.tensor([0, 1])}
-        >>> task.training_step(batch, 0); task.on_train_epoch_end()
-        >>> task.anomaly_map(torch.ones(1, 3, 4, 4)).shape
-        torch.Size([1, 1, 4, 4])
+        >>> train = TensorDictDataset(torch.arange(2.0).view(2, 1, 1, 1).expand(2, 3, 4, 4), torch.zeros(2))
+        >>> task.fit_mean_image(train, batch_size=1)
+        >>> task.mean_image[:, 0, 0].tolist(), task.anomaly_map(torch.ones(1, 3, 4, 4)).shape
+        ([0.5, 0.5, 0.5], torch.Size([1, 1, 4, 4]))
     """
 
     def __init__(self, pixel_bins: int | None = None) -> None:
@@ -45,48 +57,74 @@ class MeanImageAnomalyBaseline(pl.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.register_buffer("mean_image", torch.zeros(0))
-        self._sum: torch.Tensor | None = None
-        self._count = 0
+        self.ddp_anchor = nn.Parameter(torch.zeros(()))
+        self.register_load_state_dict_pre_hook(self._adopt_saved_shape)
         self._outputs: dict[str, list[torch.Tensor]] = {}
 
     def configure_optimizers(self) -> None:
         return None
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The buffer's shape is that of the data, unknown until the first batch: take the checkpoint's.
-        saved = checkpoint.get("state_dict", {}).get("mean_image")
+    @staticmethod
+    def _adopt_saved_shape(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # The mean's shape is that of the data, unknown until it is computed: take the saved one (checkpoints,
+        # and the weights ddp_spawn hands back to the main process). Older checkpoints have no anchor.
+        saved = state_dict.get(f"{prefix}mean_image")
         if saved is not None:
-            self.mean_image = torch.zeros_like(saved, device=self.mean_image.device)
+            module.mean_image = torch.zeros_like(saved, device=module.mean_image.device)
+        state_dict.setdefault(f"{prefix}ddp_anchor", torch.zeros(()))
 
     def anomaly_map(self, image: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` map of the channel-mean absolute difference to the mean training image."""
         reference = self.mean_image if self.mean_image.numel() else torch.zeros_like(image[0])
         return (image - reference).abs().mean(dim=1, keepdim=True)
 
-    def on_train_epoch_start(self) -> None:
-        self._sum, self._count = None, 0
+    @torch.no_grad()
+    def fit_mean_image(
+        self,
+        dataset: Dataset,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+    ) -> None:
+        """Set :attr:`mean_image` to the mean ``image`` of a map-style ``dataset`` (dict samples).
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        image = batch[IMAGE].detach().double()
-        self._sum = image.sum(0) if self._sum is None else self._sum + image.sum(0)
-        self._count += image.shape[0]
-
-    def on_train_epoch_end(self) -> None:
-        self._update_mean()
-
-    def on_validation_epoch_start(self) -> None:
-        # Lightning validates at the end of a training epoch BEFORE on_train_epoch_end: use this epoch's mean.
-        self._update_mean()
-
-    def _update_mean(self) -> None:
-        if self._sum is None:
-            return
-        total = self._sum.clone()  # the all-reduce works in place
-        count = torch.tensor(float(self._count), dtype=torch.float64, device=total.device)
-        if self._trainer is not None and self.trainer.world_size > 1:
+        Under an attached multi-process Trainer, rank ``r`` of ``W`` reads samples ``r, r + W, ...``
+        and the sums and counts are all-reduced, so every sample counts exactly once.
+        """
+        if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            raise TypeError(
+                f"MeanImageAnomalyBaseline needs a map-style training data set (with __len__ and __getitem__), got "
+                f"{type(dataset).__name__}; use MVTecADDataModule or a Dataset of dict samples."
+            )
+        if len(dataset) == 0:
+            raise ValueError("MeanImageAnomalyBaseline: the training data set is empty; there is no mean image.")
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        rank, world_size = (self.global_rank, self.trainer.world_size) if distributed else (0, 1)
+        shard = Subset(dataset, range(rank, len(dataset), world_size))
+        loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn)
+        total: torch.Tensor | None = None
+        for batch in loader:
+            images = batch[IMAGE].to(self.device, torch.float64)
+            total = images.sum(0) if total is None else total + images.sum(0)
+        if total is None:  # more ranks than images: this rank adds zeros of the image shape
+            total = torch.zeros(torch.as_tensor(dataset[0][IMAGE]).shape, dtype=torch.float64, device=self.device)
+        count = torch.tensor(float(len(shard)), dtype=torch.float64, device=self.device)
+        if distributed:
             total = self.trainer.strategy.reduce(total, reduce_op="sum")
             count = self.trainer.strategy.reduce(count, reduce_op="sum")
         self.mean_image = (total / count).float()
+
+    def on_train_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        if not isinstance(loader, DataLoader):
+            raise TypeError(
+                f"MeanImageAnomalyBaseline needs a single training DataLoader, got {type(loader).__name__}; pass one "
+                "loader (or a DataModule whose train_dataloader returns one)."
+            )
+        self.fit_mean_image(loader.dataset, loader.batch_size or 1, loader.num_workers, loader.collate_fn)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        return None  # the mean was computed in on_train_start
 
     def _collect(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         maps = self.anomaly_map(batch[IMAGE])

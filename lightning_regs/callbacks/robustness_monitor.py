@@ -1,0 +1,146 @@
+"""Track PGD robust accuracy on a fixed held-out set through training: the paper's "delayed robustness"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_regs.callbacks._plots import plot_curves, plot_directory, publish_figure
+from lightning_regs.callbacks._schedule import ScheduledMonitor, draw_from_dataset
+from lightning_regs.functional.adversarial import Norm, pgd_attack, predict, random_perturbation
+
+__all__ = ["AdversarialRobustnessMonitor"]
+
+
+class AdversarialRobustnessMonitor(ScheduledMonitor):
+    """Log PGD robust accuracy ``robust/acc`` beside clean accuracy ``robust/clean_acc`` on a fixed held-out set.
+
+    Humayun et al. (ICML 2024) report that networks become robust to PGD examples long after they
+    interpolate the training data ("delayed robustness"), at the same time as their local complexity
+    falls around the data. ``num_points`` held-out images (and targets) are drawn once and kept in the
+    callback state; the random starts are drawn for the whole set from a private generator seeded by
+    ``seed`` and the step, so a run under DDP (points sharded over the ranks, correct counts summed)
+    and a resumed run measure exactly what a single uninterrupted run measures. Same schedule as
+    :class:`~lightning_regs.callbacks.local_complexity_monitor.LocalComplexityMonitor`; at the end a
+    plot goes to W&B or ``<log dir>/robust.png``.
+
+    Args:
+        epsilon: radius of the threat model, in the units the model sees (after normalization).
+        step_size: PGD step length; default ``epsilon / 4``.
+        steps: PGD steps (10 in the paper's code).
+        norm: ``linf`` or ``l2``.
+        random_start: start uniformly inside the ball.
+        num_points: held-out points (all of a smaller split).
+        heldout_split: the DataModule split to attack (``val`` or ``test``).
+        input_range: clamp adversarial inputs to ``[low, high]`` (the valid data range), if given.
+        num_measurements: measurements over the run on the log-spaced schedule.
+        every_n_steps: measure every ``n`` optimizer steps instead.
+        batch_size: images attacked at once on each rank.
+        plot: draw the plot at the end of training.
+        seed: seed of the points and random starts (never the global RNG).
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> monitor = AdversarialRobustnessMonitor(epsilon=0.2, steps=10, norm="linf")
+        >>> trainer = Trainer(callbacks=[monitor], logger=False, max_steps=10)
+    """
+
+    def __init__(
+        self,
+        epsilon: float = 0.1,
+        step_size: float | None = None,
+        steps: int = 10,
+        norm: Norm = "linf",
+        random_start: bool = True,
+        num_points: int | None = 1024,
+        heldout_split: str = "val",
+        input_range: tuple[float, float] | None = None,
+        num_measurements: int = 50,
+        every_n_steps: int | None = None,
+        batch_size: int = 1024,
+        plot: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(num_measurements, every_n_steps, seed)
+        if norm not in ("linf", "l2"):
+            raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}.")
+        if epsilon <= 0 or steps < 1:
+            raise ValueError(f"epsilon must be positive and steps at least 1; got epsilon={epsilon}, steps={steps}.")
+        self.epsilon = float(epsilon)
+        self.step_size = float(step_size) if step_size is not None else self.epsilon / 4
+        self.steps_per_attack = int(steps)
+        self.norm = norm
+        self.random_start = random_start
+        self.num_points = num_points
+        self.heldout_split = heldout_split
+        self.input_range = tuple(input_range) if input_range is not None else None
+        self.batch_size = batch_size
+        self.plot_at_end = plot
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(epsilon=self.epsilon, norm=self.norm, steps=self.steps_per_attack)
+
+    def set_points(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        """Attack these held-out points instead of drawing them from the DataModule."""
+        self.points = {"images": images.detach().float().cpu(), "targets": targets.detach().long().cpu()}
+
+    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if "images" not in self.points:
+            images, targets = draw_from_dataset(
+                self.dataset(trainer, self.heldout_split), self.num_points, self.generator(1)
+            )
+            if targets.dim() != 1 or targets.is_floating_point():
+                raise ValueError("The held-out targets must be int64 class ids to measure accuracy.")
+            self.set_points(images, targets)
+
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        device = pl_module.device
+        images, targets = self.points["images"], self.points["targets"]
+        start = None
+        if self.random_start:
+            generator = self.generator(10 + trainer.global_step)
+            start = random_perturbation(images, self.epsilon, self.norm, generator)
+        counts = torch.zeros(2, dtype=torch.float64)
+        shard_images, shard_targets = self.shard(trainer, images), self.shard(trainer, targets)
+        shard_start = self.shard(trainer, start) if start is not None else None
+        for begin in range(0, shard_images.shape[0], self.batch_size):
+            x = shard_images[begin : begin + self.batch_size].to(device)
+            y = shard_targets[begin : begin + self.batch_size].to(device)
+            delta = shard_start[begin : begin + self.batch_size] if shard_start is not None else None
+            adversarial = pgd_attack(
+                pl_module,
+                x,
+                y,
+                self.epsilon,
+                self.step_size,
+                self.steps_per_attack,
+                self.norm,
+                random_start=False,
+                input_range=self.input_range,
+                start=delta,
+            )
+            counts[0] += float(predict(pl_module, adversarial).eq(y).sum())
+            counts[1] += float(predict(pl_module, x).eq(y).sum())
+        counts = self.reduce_sum(trainer, counts.to(device)).cpu() / images.shape[0]
+        return {"robust/acc": float(counts[0]), "robust/clean_acc": float(counts[1])}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.plot_at_end and self.measured_steps:
+            self.plot(trainer)
+
+    def plot(self, trainer: pl.Trainer) -> Path | None:
+        """Plot robust and clean accuracy against the step (W&B, else ``<log dir>/robust.png``)."""
+        directory = plot_directory(trainer)  # on every rank: a collective under DDP
+        if not trainer.is_global_zero:
+            return None
+        figure = plot_curves(self.measured_steps, self.history, ylabel="accuracy", title=f"PGD-{self.norm}")
+        step = self.measured_steps[-1] if self.measured_steps else None
+        return publish_figure(trainer, figure, "robust", directory, step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "epsilon": self.epsilon, "norm": self.norm}
