@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
 from lightning_regs.datamodules.download import download_file, extract_archive
-from lightning_regs.datamodules.samplers import EpochShuffleSampler
+from lightning_regs.datamodules.split_loaders import SplitDataLoaders
 
 __all__ = ["CIFAR10DataModule", "CIFAR100DataModule", "load_cifar_pickle"]
 
@@ -73,7 +73,7 @@ class _CIFARImages(Dataset):
         return {IMAGE: image, TARGET: self.targets[index], INDEX: torch.tensor(index, dtype=torch.long)}
 
 
-class _CIFARDataModule(pl.LightningDataModule):
+class _CIFARDataModule(SplitDataLoaders, pl.LightningDataModule):
     """Shared logic of :class:`CIFAR10DataModule` and :class:`CIFAR100DataModule` (see their docstrings)."""
 
     num_classes: ClassVar[int]
@@ -256,31 +256,6 @@ class _CIFARDataModule(pl.LightningDataModule):
         self.seed = int(saved_seed)
         self.split_indices = {split: torch.as_tensor(indices, dtype=torch.long) for split, indices in saved.items()}
         self.datasets = {}
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 _CIFAR_DOC = """{title} from the official python tarball, as dict batches (``image``, ``target``, ``index``).

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
-from lightning_regs.datamodules.samplers import EpochShuffleSampler
+from lightning_regs.datamodules.split_loaders import SplitDataLoaders
 
 __all__ = ["CUB200DataModule"]
 
@@ -94,7 +94,7 @@ class _CUBImages(Dataset):
         return sample
 
 
-class CUB200DataModule(pl.LightningDataModule):
+class CUB200DataModule(SplitDataLoaders, pl.LightningDataModule):
     """CUB-200-2011 (11,788 bird images, 200 classes) from its text files, as dict batches.
 
     Reads ``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt`` and ``classes.txt``
@@ -372,28 +372,3 @@ class CUB200DataModule(pl.LightningDataModule):
             )
         self.labeled_indices = torch.as_tensor(state_dict["labeled_indices"], dtype=torch.long)
         self.datasets = {}
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

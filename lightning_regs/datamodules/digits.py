@@ -8,17 +8,16 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader
 
 from lightning_regs.datamodules.batch import TensorDictDataset
-from lightning_regs.datamodules.samplers import EpochShuffleSampler
+from lightning_regs.datamodules.split_loaders import SplitDataLoaders
 
 __all__ = ["DigitsDataModule"]
 
 _SPLITS = ("train", "val", "test")
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class DigitsDataModule(SplitDataLoaders, pl.LightningDataModule):
     """The 1,797 real 8×8 handwritten digits bundled with scikit-learn, in 10 classes.
 
     No download: the data ships inside scikit-learn. A seeded random split into train, validation
@@ -145,28 +144,3 @@ class DigitsDataModule(pl.LightningDataModule):
         self.split_indices = {split: torch.as_tensor(indices, dtype=torch.long) for split, indices in saved.items()}
         self.datasets = {}
         self.setup()
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

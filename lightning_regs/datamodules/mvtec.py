@@ -10,12 +10,12 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
-from lightning_regs.datamodules.samplers import EpochShuffleSampler
+from lightning_regs.datamodules.split_loaders import SplitDataLoaders
 
 __all__ = ["CATEGORIES", "MVTecADDataModule"]
 
@@ -161,7 +161,7 @@ def default_transform(
     return v2.Compose(steps)
 
 
-class MVTecADDataModule(pl.LightningDataModule):
+class MVTecADDataModule(SplitDataLoaders, pl.LightningDataModule):
     """One MVTec AD category: train on ``train/good``, evaluate on ``test/<defect>`` with pixel masks.
 
     Batches are dicts with ``image`` (normalized float ``(B, 3, H, W)``; grey categories are
@@ -333,28 +333,3 @@ class MVTecADDataModule(pl.LightningDataModule):
         self.num_test_files = state_dict.get("num_test_files")
         self.datasets = {}
         self.setup()
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -13,14 +13,14 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
 from lightning_regs.datamodules.image_report import REPORT_KINDS, format_report, image_report
 from lightning_regs.datamodules.mvtec import IMAGENET_MEAN, IMAGENET_STD
-from lightning_regs.datamodules.samplers import EpochShuffleSampler
+from lightning_regs.datamodules.split_loaders import SplitDataLoaders
 
 __all__ = ["RadImageNetDataModule"]
 
@@ -82,7 +82,7 @@ class _RadImages(Dataset):
         }
 
 
-class RadImageNetDataModule(pl.LightningDataModule):
+class RadImageNetDataModule(SplitDataLoaders, pl.LightningDataModule):
     """RadImageNet from its split CSVs (``mode="csv"``) or its folder tree (``mode="folder"``).
 
     CSV mode reads ``RadiologyAI_{train,val,test}.csv`` (``filename,label``; filenames relative to
@@ -362,28 +362,3 @@ class RadImageNetDataModule(pl.LightningDataModule):
             self.num_files = state_dict.get("num_files")
         self.datasets = {}
         self.setup()
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:  # the test split
-        return self._loader("test", shuffle=False)
