@@ -12,7 +12,7 @@ from lightning_regs.models import MLP, SmallCNN
 from lightning_regs.tasks import ImageClassifier
 from tests.helpers.ddp import DDP_SPAWN_CPU
 from tests.helpers.loggers import RecordingLogger
-from tests.helpers.trainers import QUIET, SequentialDigits
+from tests.helpers.trainers import QUIET, CrashAtEpoch, SequentialDigits
 
 
 def make_task(**kwargs) -> ImageClassifier:
@@ -113,17 +113,6 @@ def test_tuple_batches_work():
     assert out["logits"].shape == (2, 10)
 
 
-class CrashAt(Callback):
-    """Raises at the start of an epoch, as a killed job would stop."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("CRASH")
-
-
 def fit_digits(tmp_path: Path, max_epochs: int, callbacks=(), ckpt_path=None) -> ImageClassifier:
     seed_everything(0)
     task = make_task(scheduler="step", milestones=[2], warmup_epochs=1)
@@ -140,7 +129,7 @@ def fit_digits(tmp_path: Path, max_epochs: int, callbacks=(), ckpt_path=None) ->
 def test_stopped_and_resumed_ends_where_uninterrupted_ends(tmp_path):
     uninterrupted = fit_digits(tmp_path / "full", max_epochs=4)
     with pytest.raises(RuntimeError, match="CRASH"):
-        fit_digits(tmp_path / "cut", max_epochs=4, callbacks=[CrashAt(2)])
+        fit_digits(tmp_path / "cut", max_epochs=4, callbacks=[CrashAtEpoch(2)])
     resumed = fit_digits(tmp_path / "cut", max_epochs=4, ckpt_path=tmp_path / "cut" / "last.ckpt")
     for (name, a), b in zip(uninterrupted.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)

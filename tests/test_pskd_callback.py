@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_regs.callbacks import ProgressiveSelfKD
@@ -19,7 +19,7 @@ from tests.helpers.pskd import (
     one_hot_targets,
     shift_index,
 )
-from tests.helpers.trainers import QUIET, SequentialDigits
+from tests.helpers.trainers import QUIET, CrashAtEpoch, SequentialDigits
 
 
 def trainer_for(tmp_path, max_epochs, callbacks, **kwargs) -> Trainer:
@@ -79,15 +79,6 @@ def test_the_cli_appends_it_with_one_line(monkeypatch):
     assert pskd.alpha_T == 0.5
 
 
-class CrashAt(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("CRASH")
-
-
 def fit_with_pskd(root, max_epochs=4, callbacks=(), ckpt_path=None, pskd=None):
     seed_everything(0)
     task = ImageClassifier(SmallCNN(width=8), num_classes=10, lr=0.05, scheduler="step", milestones=[3])
@@ -102,7 +93,7 @@ def fit_with_pskd(root, max_epochs=4, callbacks=(), ckpt_path=None, pskd=None):
 def test_stopped_and_resumed_ends_where_uninterrupted_ends(tmp_path):
     full_task, full_pskd = fit_with_pskd(tmp_path / "full")
     with pytest.raises(RuntimeError, match="CRASH"):
-        fit_with_pskd(tmp_path / "cut", callbacks=[CrashAt(2)])
+        fit_with_pskd(tmp_path / "cut", callbacks=[CrashAtEpoch(2)])
     saved = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)
     assert saved["callbacks"]["ProgressiveSelfKD"]["total_epochs"] == 4
     resumed_task, resumed_pskd = fit_with_pskd(tmp_path / "cut", ckpt_path=tmp_path / "cut" / "last.ckpt")

@@ -12,7 +12,7 @@ from lightning_regs.datamodules import DigitsDataModule
 from lightning_regs.models import MLP
 from lightning_regs.tasks import ImageClassifier
 from tests.helpers.loggers import RecordingLogger
-from tests.helpers.trainers import QUIET
+from tests.helpers.trainers import QUIET, CrashAtEpoch
 
 __all__ = ["CrashAtEpoch", "SaveMonitorState", "fit_with_monitor", "small_task"]
 
@@ -36,17 +36,6 @@ class SaveMonitorState(Callback):
             "params": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
         }
         torch.save(state, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
-
-
-class CrashAtEpoch(Callback):
-    """Raises at the start of an epoch, as a killed job would stop."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("CRASH")
 
 
 def fit_with_monitor(

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch.distributed as dist
+from lightning.pytorch import Callback
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_regs.datamodules import DigitsDataModule
 
-__all__ = ["QUIET", "SequentialDigits"]
+__all__ = ["QUIET", "CrashAtEpoch", "SequentialDigits"]
 
 # Trainer arguments that keep test output short and runs deterministic.
 QUIET: dict[str, Any] = {
@@ -35,3 +36,14 @@ class SequentialDigits(DigitsDataModule):
         dataset = self.datasets["train"]
         sampler = DistributedSampler(dataset, shuffle=False) if dist.is_initialized() else None
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False)
+
+
+class CrashAtEpoch(Callback):
+    """Raises ``RuntimeError("CRASH")`` at the start of ``epoch``, as a killed job would stop."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("CRASH")
