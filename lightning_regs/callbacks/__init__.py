@@ -2,6 +2,7 @@
 
 from lightning_regs.callbacks.local_complexity_monitor import LocalComplexityMonitor
 from lightning_regs.callbacks.metrics_summary import MetricsSummary
+from lightning_regs.callbacks.momentum_auxiliary_networks import MomentumAuxiliaryNetworks
 from lightning_regs.callbacks.pskd import ProgressiveSelfKD
 from lightning_regs.callbacks.robustness_monitor import AdversarialRobustnessMonitor
 
@@ -9,5 +10,6 @@ __all__ = [
     "AdversarialRobustnessMonitor",
     "LocalComplexityMonitor",
     "MetricsSummary",
+    "MomentumAuxiliaryNetworks",
     "ProgressiveSelfKD",
 ]

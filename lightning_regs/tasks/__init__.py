@@ -2,7 +2,15 @@
 
 from lightning_regs.tasks.grokking_classifier import GrokkingClassifier
 from lightning_regs.tasks.image_classifier import ImageClassifier
+from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
 from lightning_regs.tasks.mean_image_baseline import MeanImageAnomalyBaseline
 from lightning_regs.tasks.optim import WarmupSchedule, build_optimizer
 
-__all__ = ["GrokkingClassifier", "ImageClassifier", "MeanImageAnomalyBaseline", "WarmupSchedule", "build_optimizer"]
+__all__ = [
+    "GrokkingClassifier",
+    "ImageClassifier",
+    "LocalLearningClassifier",
+    "MeanImageAnomalyBaseline",
+    "WarmupSchedule",
+    "build_optimizer",
+]

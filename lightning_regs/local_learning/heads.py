@@ -1,0 +1,212 @@
+"""Auxiliary heads that give each gradient-isolated module its local loss: DGL and InfoPro.
+
+A head is built from the shape of the features it reads (``(C, H, W)``, or ``(F,)`` for DGL) and is
+called as ``head(h, target, image) -> loss``. ``target`` holds class ids ``(B,)`` or probabilities
+``(B, C)``; ``image`` is the network input, which InfoPro reconstructs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_regs.functional.classification import classification_loss
+
+__all__ = ["INFOPRO_LAMBDAS", "DGLHead", "InfoProHead", "infopro_lambdas", "unit_range"]
+
+# InfoPro's command file (CIFAR-10): (lambda_recon first, lambda_task first, lambda_recon last, lambda_task last),
+# keyed by (ResNet depth, K). The paper tuned them for its contrastive task loss; here they weight CE.
+INFOPRO_LAMBDAS: dict[tuple[int, int], tuple[float, float, float, float]] = {
+    (32, 2): (5.0, 1.0, 0.0, 0.0),
+    (32, 4): (6.0, 0.0, 1.0, 2.0),
+    (32, 8): (5.0, 0.0, 0.0, 2.0),
+    (32, 16): (5.0, 0.05, 0.2, 0.5),
+    (110, 2): (5.0, 0.5, 0.0, 0.0),
+    (110, 4): (1.0, 0.0, 0.0, 1.0),
+    (110, 8): (5.0, 0.0, 0.0, 1.0),
+    (110, 16): (5.0, 0.0, 0.5, 1.0),
+}
+
+
+def infopro_lambdas(K: int, endpoints: Sequence[float] = (5.0, 1.0, 0.0, 0.0)) -> list[tuple[float, float]]:
+    """``(lambda_recon, lambda_task)`` for the ``K - 1`` auxiliary heads, interpolated over the module index.
+
+    Module ``j`` (0-based) gets ``first + (last - first) · j / (K - 2)``. Unlike MAN's code, which divides a
+    *stage* index by ``K - 2`` and so extrapolates to negative weights at K = 3 or 4, the ratio stays in
+    [0, 1]; weights are also clamped at zero so that negative endpoints cannot turn a loss into a reward.
+
+    Example::
+
+        >>> infopro_lambdas(4, (6, 0, 1, 2))
+        [(6.0, 0.0), (3.5, 1.0), (1.0, 2.0)]
+        >>> infopro_lambdas(2, (5, 1, 0, 0))
+        [(5.0, 1.0)]
+    """
+    if len(endpoints) != 4:
+        raise ValueError(f"InfoPro lambdas are (recon_first, task_first, recon_last, task_last); got {endpoints}.")
+    recon_first, task_first, recon_last, task_last = (float(v) for v in endpoints)
+    out = []
+    for j in range(K - 1):
+        ratio = j / (K - 2) if K > 2 else 0.0
+        recon = recon_first + (recon_last - recon_first) * ratio
+        task = task_first + (task_last - task_first) * ratio
+        out.append((max(recon, 0.0), max(task, 0.0)))
+    return out
+
+
+def unit_range(image: torch.Tensor) -> torch.Tensor:
+    """Rescale each sample to [0, 1] (min-max): InfoPro's reconstruction target from a normalized image.
+
+    Example::
+
+        >>> unit_range(torch.tensor([[[[-1.0, 0.0, 3.0]]]])).tolist()
+        [[[[0.0, 0.25, 1.0]]]]
+    """
+    flat = image.detach().flatten(1)
+    low = flat.min(dim=1).values.view(-1, *([1] * (image.dim() - 1)))
+    high = flat.max(dim=1).values.view(-1, *([1] * (image.dim() - 1)))
+    return (image.detach() - low) / (high - low).clamp_min(1e-12)
+
+
+def _norm2d(channels: int, norm: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if norm else nn.Identity()
+
+
+def _norm1d(features: int, norm: bool) -> nn.Module:
+    return nn.BatchNorm1d(features) if norm else nn.Identity()
+
+
+class DGLHead(nn.Module):
+    """DGL's auxiliary classifier (Belilovsky et al., 2020), trained with cross-entropy only.
+
+    Image features: adaptive average pooling to ``ceil(H/4) x ceil(W/4)``, three 1x1 convolutions (+BN,
+    ReLU) keeping ``C`` channels, pooling to 2x2, then two ``Linear(hidden) + BN1d + ReLU`` and a linear
+    classifier. Flat features ``(F,)`` skip the convolutional part.
+
+    Args:
+        in_shape: shape of one sample's features, ``(C, H, W)`` or ``(F,)``.
+        num_classes: number of logits.
+        hidden: width of the two hidden linear layers.
+        norm: batch normalization in the head (turn off for tiny per-device batches).
+
+    Example::
+
+        >>> head = DGLHead((16, 32, 32), num_classes=10)
+        >>> loss = head(torch.randn(4, 16, 32, 32), torch.tensor([0, 1, 2, 3]), None)
+        >>> loss.shape
+        torch.Size([])
+    """
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int, hidden: int = 256, norm: bool = True) -> None:
+        super().__init__()
+        in_shape = tuple(int(s) for s in in_shape)
+        if len(in_shape) == 3:
+            channels, height, width = in_shape
+            convs: list[nn.Module] = [nn.AdaptiveAvgPool2d((math.ceil(height / 4), math.ceil(width / 4)))]
+            for _ in range(3):
+                convs += [nn.Conv2d(channels, channels, 1, bias=not norm), _norm2d(channels, norm), nn.ReLU()]
+            convs += [nn.AdaptiveAvgPool2d(2), nn.Flatten()]
+            self.features: nn.Module = nn.Sequential(*convs)
+            flat = channels * 4
+        elif len(in_shape) == 1:
+            self.features = nn.Flatten()
+            flat = in_shape[0]
+        else:
+            raise ValueError(f"DGLHead reads (C, H, W) or (F,) features; got a sample shape {in_shape}.")
+        self.classifier = nn.Sequential(
+            nn.Linear(flat, hidden),
+            _norm1d(hidden, norm),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            _norm1d(hidden, norm),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(h))
+
+    def forward(self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        return classification_loss(self.logits(h), target)
+
+
+class InfoProHead(nn.Module):
+    """InfoPro's auxiliary head (Wang et al., 2021): ``lambda_recon · BCE(decoder(h), x) + lambda_task · CE``.
+
+    The decoder upsamples ``h`` bilinearly to the image size, then conv3x3(C→12)+BN+ReLU and
+    conv3x3(12→image channels); its sigmoid output is compared by BCE with the image rescaled per sample
+    to [0, 1] (:func:`unit_range`; the paper uses the un-normalized image). The classifier is the paper's
+    "1c2f": conv3x3 (stride 2 and twice the channels below 64 channels) + BN + ReLU, global pooling,
+    ``Linear(128)`` + ReLU, ``Linear(num_classes)``. A term whose lambda is zero is not computed.
+
+    Args:
+        in_shape: ``(C, H, W)`` of the features.
+        num_classes: number of logits.
+        image_shape: ``(channels, height, width)`` of the network input.
+        lambda_recon: weight of the reconstruction term.
+        lambda_task: weight of the cross-entropy term.
+        norm: batch normalization in the head.
+
+    Example::
+
+        >>> head = InfoProHead((16, 32, 32), 10, image_shape=(3, 32, 32), lambda_recon=5.0, lambda_task=1.0)
+        >>> head(torch.randn(2, 16, 32, 32), torch.tensor([0, 1]), torch.randn(2, 3, 32, 32)).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        image_shape: Sequence[int],
+        lambda_recon: float = 5.0,
+        lambda_task: float = 1.0,
+        norm: bool = True,
+    ) -> None:
+        super().__init__()
+        in_shape = tuple(int(s) for s in in_shape)
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(in_shape) != 3 or len(image_shape) != 3:
+            raise ValueError(
+                f"InfoProHead reconstructs images from (C, H, W) features; got feature shape {in_shape} and image "
+                f"shape {image_shape}. Use head='dgl' for flat features."
+            )
+        if lambda_recon < 0 or lambda_task < 0:
+            raise ValueError(f"InfoPro lambdas must be non-negative; got {lambda_recon}, {lambda_task}.")
+        channels = in_shape[0]
+        self.lambda_recon = float(lambda_recon)
+        self.lambda_task = float(lambda_task)
+        self.decoder = nn.Sequential(
+            nn.Upsample(size=image_shape[1:], mode="bilinear", align_corners=True),
+            nn.Conv2d(channels, 12, 3, padding=1, bias=not norm),
+            _norm2d(12, norm),
+            nn.ReLU(),
+            nn.Conv2d(12, image_shape[0], 3, padding=1),
+        )
+        out_channels, stride = (2 * channels, 2) if channels < 64 else (channels, 1)
+        self.classifier = nn.Sequential(
+            nn.Conv2d(channels, out_channels, 3, stride=stride, padding=1, bias=not norm),
+            _norm2d(out_channels, norm),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(out_channels, 128),
+            nn.ReLU(),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        loss = h.new_zeros(())
+        if self.lambda_recon > 0:
+            if image is None:
+                raise ValueError("InfoProHead reconstructs the input image: pass `image`.")
+            # with-logits BCE of the decoder's pre-sigmoid output: the same loss, and safe under autocast.
+            recon = F.binary_cross_entropy_with_logits(self.decoder(h), unit_range(image))
+            loss = loss + self.lambda_recon * recon
+        if self.lambda_task > 0:
+            loss = loss + self.lambda_task * classification_loss(self.classifier(h), target)
+        return loss

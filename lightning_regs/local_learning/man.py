@@ -1,0 +1,61 @@
+"""Momentum auxiliary network (MAN, Su et al., ECCV 2024) in front of a DGL or InfoPro head."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+__all__ = ["MomentumAuxiliaryHead"]
+
+
+class MomentumAuxiliaryHead(nn.Module):
+    """Feed ``head`` with ``ema(h) + correction(h)``, where both branches start as copies of the next block.
+
+    ``ema`` is a gradient-free copy of the first block of the *next* module, kept as an exponential moving
+    average of that block's weights by :class:`~lightning_regs.callbacks.MomentumAuxiliaryNetworks`
+    (:meth:`update_ema`); ``correction`` (the paper's "learnable bias"; in the official code a full
+    trainable copy of the block) is trained by the local loss. Gradients reach ``h`` through both
+    branches. Unlike the official code, both copies start *equal* to the tracked block, not from an
+    independent random initialization. The tracked block is referenced, not registered, so it is not
+    duplicated in the state dict.
+
+    Args:
+        head: the DGL or InfoPro head, built for the tracked block's output shape.
+        next_block: the first layer of the next module.
+
+    Example::
+
+        >>> from lightning_regs.local_learning.heads import DGLHead
+        >>> block = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        >>> man = MomentumAuxiliaryHead(DGLHead((8,), num_classes=3), block)
+        >>> man(torch.randn(4, 8), torch.tensor([0, 1, 2, 0]), None).shape
+        torch.Size([])
+        >>> [p.requires_grad for p in man.ema.parameters()]
+        [False, False]
+    """
+
+    def __init__(self, head: nn.Module, next_block: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+        self.ema = copy.deepcopy(next_block)
+        self.ema.requires_grad_(False)
+        self.correction = copy.deepcopy(next_block)
+        self.correction.requires_grad_(True)
+        self._tracked = (next_block,)  # a tuple: not a registered submodule
+
+    @property
+    def tracked(self) -> nn.Module:
+        """The backbone block the EMA follows."""
+        return self._tracked[0]
+
+    @torch.no_grad()
+    def update_ema(self, momentum: float) -> None:
+        """``theta_ema <- momentum · theta_ema + (1 - momentum) · theta_block`` over parameters (not buffers)."""
+        ema = list(self.ema.parameters())
+        tracked = list(self.tracked.parameters())
+        torch._foreach_lerp_(ema, tracked, 1.0 - momentum)
+
+    def forward(self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.ema(h) + self.correction(h), target, image)

@@ -1,0 +1,188 @@
+"""An image classifier trained by supervised local learning (DGL / InfoPro heads, optional MAN)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lightning_regs.datamodules.batch import HARD_TARGET, unpack_batch
+from lightning_regs.functional.classification import classification_loss
+from lightning_regs.local_learning.heads import INFOPRO_LAMBDAS, DGLHead, InfoProHead, infopro_lambdas
+from lightning_regs.local_learning.man import MomentumAuxiliaryHead
+from lightning_regs.local_learning.mixin import LocalLearningMixin
+from lightning_regs.local_learning.splits import resolve_split
+from lightning_regs.models.layered import layer_sequence
+from lightning_regs.tasks.image_classifier import ImageClassifier
+from lightning_regs.tasks.optim import OptimizerName, SchedulerName
+
+__all__ = ["LocalLearningClassifier"]
+
+HeadName = Literal["dgl", "infopro"]
+
+
+class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
+    """:class:`~lightning_regs.tasks.ImageClassifier` trained as K gradient-isolated modules.
+
+    The backbone (any model with a layer sequence) is cut into ``K`` modules by ``split``; each module but
+    the last gets a ``dgl`` or ``infopro`` auxiliary head (with ``man=True``, behind a momentum auxiliary
+    network: add the :class:`~lightning_regs.callbacks.MomentumAuxiliaryNetworks` callback). Metrics,
+    logging and optimizer/scheduler arguments are those of ``ImageClassifier``; each local loss is logged
+    as ``local/loss{j}``. Evaluation and prediction use the backbone alone.
+
+    Args:
+        backbone: a model with ``layers`` and ``head`` (see :mod:`lightning_regs.models.layered`).
+        num_classes: number of classes.
+        K: number of gradient-isolated modules.
+        split: ``auto`` (smallest peak activation memory), ``paper``, ``infopro_star`` or a list of
+            layer names/indices after which a module ends.
+        head: ``dgl`` or ``infopro``.
+        man: put a momentum auxiliary network (MAN) in front of each auxiliary head.
+        input_shape: shape of one input sample, used to size the heads and measure the auto split.
+        lambdas: InfoPro's ``(recon_first, task_first, recon_last, task_last)``; default: the paper's
+            preset for the CIFAR ResNet depth and K when there is one, else ``(5, 1, 0, 1)``.
+        head_norm: batch normalization in the auxiliary heads.
+        gradient_clip_val: clip gradients to this norm/value (Trainer clipping is unavailable here).
+        gradient_clip_algorithm: ``norm`` or ``value``.
+        optimizer, lr, momentum, nesterov, weight_decay, scheduler, warmup_epochs, milestones, gamma,
+        min_lr_ratio, label_smoothing, ece_bins: as in :class:`~lightning_regs.tasks.ImageClassifier`.
+
+    Example::
+
+        >>> from lightning_regs.models import resnet20
+        >>> task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s2b0"], head="infopro")
+        >>> task.num_local_modules, sorted(task.aux_heads)
+        (2, ['0'])
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        K: int = 4,
+        split: str | Sequence[int | str] = "auto",
+        head: HeadName = "dgl",
+        man: bool = False,
+        input_shape: Sequence[int] = (3, 32, 32),
+        lambdas: Sequence[float] | None = None,
+        head_norm: bool = True,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: Literal["norm", "value"] = "norm",
+        optimizer: OptimizerName = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 5e-4,
+        scheduler: SchedulerName = "cosine",
+        warmup_epochs: float = 0.0,
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+        min_lr_ratio: float = 0.0,
+        label_smoothing: float = 0.0,
+        ece_bins: int = 15,
+    ) -> None:
+        super().__init__(
+            backbone,
+            num_classes,
+            optimizer=optimizer,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            scheduler=scheduler,
+            warmup_epochs=warmup_epochs,
+            milestones=milestones,
+            gamma=gamma,
+            min_lr_ratio=min_lr_ratio,
+            label_smoothing=label_smoothing,
+            ece_bins=ece_bins,
+        )
+        if head not in ("dgl", "infopro"):
+            raise ValueError(f"Unknown head {head!r}: use 'dgl' or 'infopro'.")
+        layers = layer_sequence(backbone)
+        self._head_kind, self._man, self._head_norm = head, man, head_norm
+        self._input_shape = tuple(int(s) for s in input_shape)
+        shapes = self._layer_output_shapes(layers)
+        if lambdas is None:
+            lambdas = INFOPRO_LAMBDAS.get((getattr(backbone, "depth", None), K), (5.0, 1.0, 0.0, 1.0))
+        weights = infopro_lambdas(K, lambdas)
+        if head == "infopro" and any(recon == 0 and task == 0 for recon, task in weights):
+            raise ValueError(
+                f"InfoPro lambdas {tuple(lambdas)} give some of the K={K} modules zero weight on both terms, so they "
+                "would never be trained; choose endpoints that keep one term positive at every module."
+            )
+        probe = torch.randn(8, *self._input_shape)
+        points = resolve_split(
+            backbone, split, K=K, sample=probe, head_for=_CostProbe(self, layers, shapes, probe, num_classes)
+        )
+        aux_heads = [self._build_aux_head(layers, shapes, end, num_classes, weights[j]) for j, end in enumerate(points)]
+        self.configure_local_learning(
+            layers, backbone.head, points, aux_heads, gradient_clip_val, gradient_clip_algorithm
+        )
+        self.split_points = points
+
+    def _layer_output_shapes(self, layers: nn.Sequential) -> list[tuple[int, ...]]:
+        was_training = layers.training
+        layers.eval()
+        shapes = []
+        with torch.no_grad():
+            h = torch.zeros(2, *self._input_shape)
+            for layer in layers:
+                h = layer(h)
+                shapes.append(tuple(h.shape[1:]))
+        layers.train(was_training)
+        return shapes
+
+    def _build_aux_head(
+        self,
+        layers: nn.Sequential,
+        shapes: list[tuple[int, ...]],
+        end: int,
+        num_classes: int,
+        weights: tuple[float, float],
+    ) -> nn.Module:
+        # With MAN the head reads the next block's output, so it is sized for that shape.
+        feature_shape = shapes[end + 1] if self._man else shapes[end]
+        if self._head_kind == "dgl":
+            aux: nn.Module = DGLHead(feature_shape, num_classes, norm=self._head_norm)
+        else:
+            aux = InfoProHead(feature_shape, num_classes, self._input_shape, *weights, norm=self._head_norm)
+        return MomentumAuxiliaryHead(aux, layers[end + 1]) if self._man else aux
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        image, target = unpack_batch(batch)
+        if not self._targets_checked:
+            self._check_target_range(target)
+        loss, logits, _ = self.local_training_step(image, target, self.hparams.label_smoothing)
+        labels = batch[HARD_TARGET] if isinstance(batch, Mapping) and HARD_TARGET in batch else target
+        if labels.dim() == 2:
+            labels = labels.argmax(dim=-1)
+        self.metrics["train_acc"](logits, labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
+        return {"loss": loss, "logits": logits}
+
+
+class _CostProbe:
+    """``head_for`` of the auto split: the loss of the head that would follow layer ``i`` (both terms on)."""
+
+    def __init__(
+        self,
+        task: LocalLearningClassifier,
+        layers: nn.Sequential,
+        shapes: list[tuple[int, ...]],
+        probe: torch.Tensor,
+        num_classes: int,
+    ) -> None:
+        self.task, self.layers, self.shapes, self.num_classes = task, layers, shapes, num_classes
+        self.image = probe
+        self.target = torch.arange(probe.shape[0]) % num_classes
+
+    def __call__(self, index: int, output: torch.Tensor):
+        if index == len(self.layers) - 1:
+            head = self.task.backbone.head
+            return lambda h: classification_loss(head(h), self.target)
+        aux = self.task._build_aux_head(self.layers, self.shapes, index, self.num_classes, (1.0, 1.0))
+        return lambda h: aux(h, self.target, self.image)

@@ -1,0 +1,148 @@
+"""InfoPro/DGL heads against their equations; the MAN EMA against a hand computation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, Trainer, seed_everything
+from torch import nn
+
+from lightning_regs.callbacks.momentum_auxiliary_networks import MomentumAuxiliaryNetworks
+from lightning_regs.datamodules import DigitsDataModule
+from lightning_regs.local_learning.heads import DGLHead, InfoProHead, infopro_lambdas, unit_range
+from lightning_regs.local_learning.man import MomentumAuxiliaryHead
+from lightning_regs.models import resnet20
+from lightning_regs.models.cifar_resnet import BasicBlock
+from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
+from tests.helpers.trainers import QUIET
+
+
+def test_lambdas_interpolate_over_the_module_index_and_never_go_negative():
+    expected = [(5.0, 0.0), (11 / 3, 2 / 3), (7 / 3, 4 / 3), (1.0, 2.0)]
+    torch.testing.assert_close(torch.tensor(infopro_lambdas(5, (5, 0, 1, 2))), torch.tensor(expected))
+    assert infopro_lambdas(3, (2, -1, -2, 1)) == [(2.0, 0.0), (0.0, 1.0)]
+    assert infopro_lambdas(1) == []
+    with pytest.raises(ValueError, match="recon_first"):
+        infopro_lambdas(3, (1, 2))
+
+
+def test_infopro_loss_is_weighted_bce_plus_ce():
+    torch.manual_seed(0)
+    head = InfoProHead((16, 8, 8), 10, image_shape=(3, 16, 16), lambda_recon=2.0, lambda_task=0.5)
+    h, image, target = torch.randn(4, 16, 8, 8), torch.randn(4, 3, 16, 16), torch.tensor([1, 2, 3, 4])
+    decoded = torch.sigmoid(head.decoder(h))
+    lo = image.flatten(1).min(1).values.view(-1, 1, 1, 1)
+    hi = image.flatten(1).max(1).values.view(-1, 1, 1, 1)
+    expected = 2.0 * F.binary_cross_entropy(decoded, (image - lo) / (hi - lo)) + 0.5 * F.cross_entropy(
+        head.classifier(h), target
+    )
+    torch.testing.assert_close(head(h, target, image), expected)
+    assert unit_range(image).min() == 0 and unit_range(image).max() == 1
+
+
+def test_infopro_head_shapes_and_bad_inputs():
+    head = InfoProHead((16, 32, 32), 10, (3, 32, 32))
+    assert head.classifier[0].stride == (2, 2) and head.classifier[0].out_channels == 32
+    assert InfoProHead((64, 8, 8), 10, (3, 32, 32)).classifier[0].stride == (1, 1)
+    with pytest.raises(ValueError, match="dgl"):
+        InfoProHead((64,), 10, (3, 32, 32))
+    with pytest.raises(ValueError, match="non-negative"):
+        InfoProHead((16, 8, 8), 10, (3, 8, 8), lambda_recon=-1.0)
+    with pytest.raises(ValueError, match=r"\(C, H, W\) or \(F,\)"):
+        DGLHead((3, 4), 10)
+
+
+def test_dgl_head_is_cross_entropy_of_its_logits():
+    head = DGLHead((16, 9, 9), 5, hidden=32)
+    assert head.features[0].output_size == (3, 3)
+    h, target = torch.randn(6, 16, 9, 9), torch.arange(6) % 5
+    torch.testing.assert_close(head(h, target), F.cross_entropy(head.logits(h), target))
+
+
+def make_man() -> tuple[MomentumAuxiliaryHead, BasicBlock]:
+    torch.manual_seed(0)
+    block = BasicBlock(16, 16)
+    return MomentumAuxiliaryHead(DGLHead((16, 8, 8), 10), block), block
+
+
+def perturb(block: nn.Module) -> None:
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn_like(p))
+        for b in block.buffers():
+            if b.is_floating_point():
+                b.add_(1.0)
+
+
+def test_man_starts_as_the_tracked_block_and_is_not_duplicated_in_the_state_dict():
+    man, block = make_man()
+    for e, c, p in zip(man.ema.parameters(), man.correction.parameters(), block.parameters(), strict=True):
+        assert torch.equal(e, p) and torch.equal(c, p)
+        assert not e.requires_grad and c.requires_grad
+    assert not any(k.startswith("_tracked") for k in man.state_dict())
+
+
+@pytest.mark.parametrize("momentum", [0.0, 1.0, 0.9])
+def test_ema_update_matches_the_hand_computation(momentum):
+    man, block = make_man()
+    perturb(block)
+    old = [p.clone() for p in man.ema.parameters()]
+    old_buffers = [b.clone() for b in man.ema.buffers()]
+    man.update_ema(momentum)
+    for e, o, p in zip(man.ema.parameters(), old, block.parameters(), strict=True):
+        torch.testing.assert_close(e, momentum * o + (1 - momentum) * p, rtol=0, atol=1e-6)
+        if momentum == 0.0:
+            assert torch.equal(e, p)
+        if momentum == 1.0:
+            assert torch.equal(e, o)
+    for b, o in zip(man.ema.buffers(), old_buffers, strict=True):
+        assert torch.equal(b, o)  # BN statistics are not averaged
+
+
+def test_gradient_reaches_the_input_through_both_branches_only_correction_learns():
+    man, _ = make_man()
+    h = torch.randn(2, 16, 8, 8, requires_grad=True)
+    man(h, torch.tensor([0, 1])).backward()
+    assert h.grad is not None and h.grad.abs().sum() > 0
+    assert all(p.grad is None for p in man.ema.parameters())
+    assert all(p.grad is not None for p in man.correction.parameters())
+
+
+class RecordTracked(Callback):
+    def __init__(self) -> None:
+        self.history = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        head = pl_module.aux_heads["0"]
+        self.history.append([p.detach().clone() for p in head.tracked.parameters()])
+
+
+def test_callback_updates_once_per_optimizer_step_with_the_stepped_weights(tmp_path):
+    seed_everything(0)
+    task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b1"], man=True, input_shape=(3, 8, 8))
+    head = task.aux_heads["0"]
+    assert head.tracked is task.backbone.layers.s1b2
+    ema = [p.detach().clone() for p in head.ema.parameters()]
+    recorder = RecordTracked()
+    trainer = Trainer(
+        max_steps=3, default_root_dir=tmp_path, callbacks=[recorder, MomentumAuxiliaryNetworks(0.8)], **QUIET
+    )
+    trainer.fit(task, DigitsDataModule(batch_size=32, channels=3))
+    for tracked in recorder.history:
+        ema = [0.8 * e + 0.2 * p for e, p in zip(ema, tracked, strict=True)]
+    assert len(recorder.history) == 3
+    for e, expected in zip(head.ema.parameters(), ema, strict=True):
+        torch.testing.assert_close(e, expected, rtol=0, atol=1e-6)
+
+
+def test_callback_without_man_heads_and_bad_momentum_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        MomentumAuxiliaryNetworks(1.5)
+    task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b1"], input_shape=(3, 8, 8))
+    trainer = Trainer(max_steps=1, default_root_dir=tmp_path, callbacks=[MomentumAuxiliaryNetworks()], **QUIET)
+    with pytest.raises(ValueError, match="man=True"):
+        trainer.fit(task, DigitsDataModule(batch_size=32, channels=3))
+    assert copy.deepcopy(MomentumAuxiliaryNetworks(0.9)).state_key != MomentumAuxiliaryNetworks(0.5).state_key

@@ -1,0 +1,163 @@
+"""The local-learning loop: gradient isolation, K=1 equals end-to-end, resume, bad configurations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_regs.callbacks.momentum_auxiliary_networks import MomentumAuxiliaryNetworks
+from lightning_regs.datamodules import DigitsDataModule
+from lightning_regs.functional.classification import classification_loss
+from lightning_regs.local_learning.splits import module_ranges
+from lightning_regs.models import resnet20
+from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
+from tests.helpers.trainers import QUIET
+
+
+class CheckIsolation(Callback):
+    """At the first optimizer step, compare every gradient with the gradient of its own local loss alone."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batch = batch
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.checked:
+            return
+        image, target = self.batch["image"], self.batch["target"]
+        layers = pl_module.backbone.layers
+        ranges = module_ranges(pl_module.split_points, len(layers))
+        h = image
+        for j, (a, b) in enumerate(ranges):
+            module = layers[a:b]
+            out = module(h.detach())
+            if j < len(ranges) - 1:
+                head = pl_module.aux_heads[str(j)]
+                loss = head(out, target, image)
+            else:
+                head = pl_module.backbone.head
+                loss = classification_loss(head(out), target)
+            params = [p for p in [*module.parameters(), *head.parameters()] if p.requires_grad]
+            expected = torch.autograd.grad(loss, params, allow_unused=True)
+            for p, g in zip(params, expected, strict=True):
+                if g is None:  # e.g. InfoPro's decoder where lambda_recon is 0
+                    assert p.grad is None
+                else:
+                    torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
+                    self.checked += 1
+            h = out
+        if len(ranges) == 1:  # K = 1: plain end-to-end training
+            params = list(pl_module.backbone.parameters())
+            expected = torch.autograd.grad(classification_loss(pl_module.backbone(image), target), params)
+            for p, g in zip(params, expected, strict=True):
+                torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("K", "head", "man"), [(3, "dgl", False), (3, "infopro", True), (1, "dgl", False)], ids=["dgl", "infopro-man", "K1"]
+)
+def test_each_module_gets_the_gradient_of_its_own_local_loss_alone(tmp_path, K, head, man):
+    seed_everything(0)
+    task = LocalLearningClassifier(resnet20(), 10, K=K, split="auto", head=head, man=man, input_shape=(3, 8, 8))
+    check = CheckIsolation()
+    trainer = Trainer(max_steps=1, limit_val_batches=0, default_root_dir=tmp_path, callbacks=[check], **QUIET)
+    trainer.fit(task, DigitsDataModule(batch_size=16, channels=3))
+    assert check.checked > 0
+    assert trainer.global_step == 1
+
+
+def test_evaluation_uses_the_backbone_only_and_export_drops_the_heads():
+    task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b0"], input_shape=(3, 8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    task.eval()
+    assert torch.equal(task(x), task.backbone(x))
+    exported = task.export_state_dict()
+    assert exported and not any(k.startswith("aux_heads") for k in exported)
+    assert set(exported) == {k for k in task.state_dict() if not k.startswith("aux_heads")}
+
+
+def test_turning_automatic_optimization_back_on_is_named(tmp_path):
+    task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b0"], input_shape=(3, 8, 8))
+    task.automatic_optimization = True
+    trainer = Trainer(max_steps=1, default_root_dir=tmp_path, **QUIET)
+    with pytest.raises(RuntimeError, match="automatic_optimization"):
+        trainer.fit(task, DigitsDataModule(batch_size=16, channels=3))
+
+
+def test_unsupported_strategies_and_bad_heads_are_named():
+    task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b0"], input_shape=(3, 8, 8))
+    task.trainer = SimpleNamespace(strategy=SimpleNamespace())
+    with pytest.raises(RuntimeError, match="single-device and DDP"):
+        task._check_can_train_locally()
+    with pytest.raises(ValueError, match="Unknown head"):
+        LocalLearningClassifier(resnet20(), 10, K=2, head="auglocal")
+    with pytest.raises(ValueError, match="never be trained"):
+        LocalLearningClassifier(resnet20(), 10, K=3, split=[2, 5], head="infopro", lambdas=(1, 1, 0, 0))
+    with pytest.raises(TypeError, match="layer sequence"):
+        LocalLearningClassifier(torch.nn.Linear(3, 10), 10, K=2)
+    with pytest.raises(ValueError, match="larger than"):
+        LocalLearningClassifier(resnet20(), 10, K=11, split="auto", input_shape=(3, 8, 8))
+
+
+class CrashAt(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("CRASH")
+
+
+def fit(tmp_path: Path, callbacks=(), ckpt_path=None) -> tuple[LocalLearningClassifier, Trainer]:
+    seed_everything(0)
+    task = LocalLearningClassifier(
+        resnet20(), 10, K=3, split="auto", head="infopro", man=True, input_shape=(3, 8, 8), lr=0.05
+    )
+    trainer = Trainer(
+        max_epochs=3,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        default_root_dir=tmp_path,
+        **{**QUIET, "enable_checkpointing": True},
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True), MomentumAuxiliaryNetworks(0.7), *callbacks],
+    )
+    trainer.fit(task, DigitsDataModule(batch_size=64, channels=3), ckpt_path=ckpt_path)
+    return task, trainer
+
+
+def test_stopped_and_resumed_ends_where_uninterrupted_ends_ema_included(tmp_path):
+    uninterrupted, trainer = fit(tmp_path / "full")
+    assert trainer.global_step == 9 and trainer.lr_scheduler_configs[0].scheduler.last_epoch == 9
+    with pytest.raises(RuntimeError, match="CRASH"):
+        fit(tmp_path / "cut", callbacks=[CrashAt(2)])
+    resumed, _ = fit(tmp_path / "cut", ckpt_path=tmp_path / "cut" / "last.ckpt")
+    state, other = uninterrupted.state_dict(), resumed.state_dict()
+    assert any(".ema." in k for k in state)
+    for key, value in state.items():
+        torch.testing.assert_close(other[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+class GradNorm(Callback):
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+@pytest.mark.parametrize("clip", [None, 0.01])
+def test_gradient_clipping_is_applied_before_the_step(tmp_path, clip):
+    seed_everything(0)
+    task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b0"], input_shape=(3, 8, 8), gradient_clip_val=clip)
+    probe = GradNorm()
+    trainer = Trainer(max_steps=1, limit_val_batches=0, default_root_dir=tmp_path, callbacks=[probe], **QUIET)
+    trainer.fit(task, DigitsDataModule(batch_size=16, channels=3))
+    if clip is None:
+        assert probe.norm > 0.1
+    else:
+        torch.testing.assert_close(probe.norm, torch.tensor(clip), rtol=1e-4, atol=0)
