@@ -8,7 +8,8 @@ it is alive (:class:`~lightning_regs.local_learning.SavedTensorMeter`; weights a
 each split (the papers' presets where they exist for this depth and K, and the auto split) and head
 (DGL, InfoPro; MAN in front of DGL for the auto split) it prints the peak of one local step, the ratio to
 the end-to-end peak, and for the auto split its floor (the largest module plus its head, as the auto split
-estimates it at this batch) and measured/floor.
+estimates it at this batch) and measured/floor. ``--auglocal-d`` adds AugLocal rows (every layer its own
+module, K = L - d, aux nets of fresh later-layer copies).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--K", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--auglocal-d", type=int, nargs="*", default=[2], help="AugLocal aux depths (none: skip)")
     args = parser.parse_args()
     torch.manual_seed(0)
     shape = (3, args.image_size, args.image_size)
@@ -73,6 +75,11 @@ def main() -> None:
                     f"{split:<14}{K:>3} {label:<8}{peak / 2**20:>10.2f}{peak / e2e:>8.3f}x{floor_text:>11}"
                     f"{ratio_text:>12}   points={[backbone.layer_names[i] for i in task.split_points]}"
                 )
+    for d in args.auglocal_d:
+        task = LocalLearningClassifier(backbone, 10, head="auglocal", d=d, input_shape=shape)
+        peak = local_peak(task, x, y)
+        K = task.num_local_modules
+        print(f"{'every_layer':<14}{K:>3} {'auglocal':<8}{peak / 2**20:>10.2f}{peak / e2e:>8.3f}x{'':>23}   d={d}")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_unsupported_strategies_and_bad_heads_are_named():
     with pytest.raises(RuntimeError, match="single-device and DDP"):
         task._check_can_train_locally()
     with pytest.raises(ValueError, match="Unknown head"):
-        LocalLearningClassifier(resnet20(), 10, K=2, head="auglocal")
+        LocalLearningClassifier(resnet20(), 10, K=2, head="nope")
     with pytest.raises(ValueError, match="never be trained"):
         LocalLearningClassifier(resnet20(), 10, K=3, split=[2, 5], head="infopro", lambdas=(1, 1, 0, 0))
     with pytest.raises(TypeError, match="layer sequence"):

@@ -1,5 +1,6 @@
-"""Gradient-isolated (local) training: splits, auxiliary heads, momentum auxiliary networks and the mixin."""
+"""Gradient-isolated (local) training: splits, auxiliary heads (DGL, InfoPro, AugLocal), MAN and the mixin."""
 
+from lightning_regs.local_learning.auglocal import AugLocalHead, auglocal_depths, auglocal_indices
 from lightning_regs.local_learning.heads import INFOPRO_LAMBDAS, DGLHead, InfoProHead, infopro_lambdas
 from lightning_regs.local_learning.man import MomentumAuxiliaryHead
 from lightning_regs.local_learning.mixin import LocalLearningMixin
@@ -9,6 +10,7 @@ from lightning_regs.local_learning.splits import (
     PAPER_SPLITS,
     auto_split,
     best_partition,
+    every_layer_split,
     module_ranges,
     resolve_split,
     split_points,
@@ -18,13 +20,17 @@ __all__ = [
     "INFOPRO_LAMBDAS",
     "INFOPRO_STAR_SPLITS",
     "PAPER_SPLITS",
+    "AugLocalHead",
     "DGLHead",
     "InfoProHead",
     "LocalLearningMixin",
     "MomentumAuxiliaryHead",
     "SavedTensorMeter",
+    "auglocal_depths",
+    "auglocal_indices",
     "auto_split",
     "best_partition",
+    "every_layer_split",
     "infopro_lambdas",
     "module_ranges",
     "resolve_split",

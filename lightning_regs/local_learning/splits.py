@@ -34,6 +34,7 @@ __all__ = [
     "PAPER_SPLITS",
     "auto_split",
     "best_partition",
+    "every_layer_split",
     "module_ranges",
     "resolve_split",
     "split_points",
@@ -134,6 +135,26 @@ def module_ranges(points: Sequence[int], num_layers: int) -> list[tuple[int, int
     starts = [0, *(p + 1 for p in points)]
     stops = [*(p + 1 for p in points), num_layers]
     return list(zip(starts, stops, strict=True))
+
+
+def every_layer_split(num_layers: int, d: int) -> tuple[int, ...]:
+    """AugLocal's split: every layer its own module except the last ``d + 1``, which train with the classifier.
+
+    ``K = num_layers - d`` modules: layers ``0 .. L-d-2`` alone, then layers ``L-d-1 .. L-1``.
+
+    Example::
+
+        >>> every_layer_split(6, 2)
+        (0, 1, 2)
+        >>> module_ranges(every_layer_split(6, 2), 6)
+        [(0, 1), (1, 2), (2, 3), (3, 6)]
+    """
+    if not isinstance(d, int) or not 1 <= d <= num_layers - 1:
+        raise ValueError(
+            f"AugLocal depth d must be an integer in [1, {num_layers - 1}] for a model with {num_layers} layers; "
+            f"got {d!r}."
+        )
+    return tuple(range(num_layers - d - 1))
 
 
 def _check_k(K: int, num_layers: int) -> None:

@@ -1,4 +1,4 @@
-"""An image classifier trained by supervised local learning (DGL / InfoPro heads, optional MAN)."""
+"""An image classifier trained by supervised local learning (DGL / InfoPro / AugLocal heads, optional MAN)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from torch import nn
 
 from lightning_regs.datamodules.batch import HARD_TARGET, unpack_batch
 from lightning_regs.functional.classification import classification_loss
+from lightning_regs.local_learning.auglocal import AugLocalHead, auglocal_depths
 from lightning_regs.local_learning.heads import INFOPRO_LAMBDAS, DGLHead, InfoProHead, infopro_lambdas
 from lightning_regs.local_learning.man import MomentumAuxiliaryHead
 from lightning_regs.local_learning.mixin import LocalLearningMixin
-from lightning_regs.local_learning.splits import resolve_split
+from lightning_regs.local_learning.splits import every_layer_split, resolve_split
 from lightning_regs.models.layered import layer_sequence
 from lightning_regs.tasks.image_classifier import ImageClassifier
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName
 
 __all__ = ["LocalLearningClassifier"]
 
-HeadName = Literal["dgl", "infopro"]
+HeadName = Literal["dgl", "infopro", "auglocal"]
 
 
 class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
@@ -28,18 +29,24 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
 
     The backbone (any model with a layer sequence) is cut into ``K`` modules by ``split``; each module but
     the last gets a ``dgl`` or ``infopro`` auxiliary head (with ``man=True``, behind a momentum auxiliary
-    network: add the :class:`~lightning_regs.callbacks.MomentumAuxiliaryNetworks` callback). Metrics,
+    network: add the :class:`~lightning_regs.callbacks.MomentumAuxiliaryNetworks` callback). With
+    ``head="auglocal"`` every layer is its own module (AugLocal's split, ``K = L - d``) and each gets an
+    :class:`~lightning_regs.local_learning.auglocal.AugLocalHead` of pyramidally decaying depth. Metrics,
     logging and optimizer/scheduler arguments are those of ``ImageClassifier``; each local loss is logged
     as ``local/loss{j}``. Evaluation and prediction use the backbone alone.
 
     Args:
         backbone: a model with ``layers`` and ``head`` (see :mod:`lightning_regs.models.layered`).
         num_classes: number of classes.
-        K: number of gradient-isolated modules.
+        K: number of gradient-isolated modules; default 4, and ``L - d`` (set by ``d``) for ``auglocal``.
         split: ``auto`` (smallest peak activation memory), ``paper``, ``infopro_star`` or a list of
-            layer names/indices after which a module ends.
-        head: ``dgl`` or ``infopro``.
-        man: put a momentum auxiliary network (MAN) in front of each auxiliary head.
+            layer names/indices after which a module ends. ``auglocal`` always splits every layer
+            (leave ``auto`` or write ``every_layer``).
+        head: ``dgl``, ``infopro`` or ``auglocal``.
+        man: put a momentum auxiliary network (MAN) in front of each auxiliary head (DGL/InfoPro only).
+        d: AugLocal's aux depth: the first layer's aux net copies ``d`` later layers, and the last ``d``
+            layers train with the classifier (paper: 2 for ResNet-32, 3 for ResNet-110).
+        pyramid_coeff: AugLocal's linear depth decay ``tau`` (0.5 in the paper; 0 keeps depth ``d``).
         input_shape: shape of one input sample, used to size the heads and measure the auto split.
         lambdas: InfoPro's ``(recon_first, task_first, recon_last, task_last)``; default: the paper's
             preset for the CIFAR ResNet depth and K when there is one, else ``(5, 1, 0, 1)``.
@@ -61,10 +68,12 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         self,
         backbone: nn.Module,
         num_classes: int,
-        K: int = 4,
+        K: int | None = None,
         split: str | Sequence[int | str] = "auto",
         head: HeadName = "dgl",
         man: bool = False,
+        d: int = 2,
+        pyramid_coeff: float = 0.5,
         input_shape: Sequence[int] = (3, 32, 32),
         lambdas: Sequence[float] | None = None,
         head_norm: bool = True,
@@ -99,9 +108,13 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
             label_smoothing=label_smoothing,
             ece_bins=ece_bins,
         )
-        if head not in ("dgl", "infopro"):
-            raise ValueError(f"Unknown head {head!r}: use 'dgl' or 'infopro'.")
+        if head not in ("dgl", "infopro", "auglocal"):
+            raise ValueError(f"Unknown head {head!r}: use 'dgl', 'infopro' or 'auglocal'.")
         layers = layer_sequence(backbone)
+        if head == "auglocal":
+            K = self._check_auglocal(len(layers), K, split, man, d)
+        elif K is None:
+            K = 4
         self._head_kind, self._man, self._head_norm = head, man, head_norm
         self._input_shape = tuple(int(s) for s in input_shape)
         shapes = self._layer_output_shapes(layers)
@@ -114,14 +127,35 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
                 "would never be trained; choose endpoints that keep one term positive at every module."
             )
         probe = torch.randn(8, *self._input_shape)
-        points = resolve_split(
-            backbone, split, K=K, sample=probe, head_for=_CostProbe(self, layers, shapes, probe, num_classes)
-        )
+        if head == "auglocal":
+            points = every_layer_split(len(layers), d)
+            self._auglocal_depths = auglocal_depths(len(layers), d, pyramid_coeff)
+        else:
+            points = resolve_split(
+                backbone, split, K=K, sample=probe, head_for=_CostProbe(self, layers, shapes, probe, num_classes)
+            )
         aux_heads = [self._build_aux_head(layers, shapes, end, num_classes, weights[j]) for j, end in enumerate(points)]
         self.configure_local_learning(
             layers, backbone.head, points, aux_heads, gradient_clip_val, gradient_clip_algorithm
         )
         self.split_points = points
+
+    @staticmethod
+    def _check_auglocal(num_layers: int, K: int | None, split: Any, man: bool, d: int) -> int:
+        if man:
+            raise ValueError("MAN sits in front of a DGL or InfoPro head; use man=False with head='auglocal'.")
+        if split not in ("auto", "every_layer"):
+            raise ValueError(
+                f"head='auglocal' splits every layer (K = L - d); got split={split!r}. Leave split='auto' or "
+                "write split='every_layer', and set d."
+            )
+        every_layer_split(num_layers, d)  # validates d
+        if K is not None and num_layers - d != K:
+            raise ValueError(
+                f"head='auglocal' splits every layer, so K = L - d = {num_layers} - {d} = {num_layers - d}; got "
+                f"K={K}. Leave K unset and choose d (d = {num_layers - K} gives K={K})."
+            )
+        return num_layers - d
 
     def _layer_output_shapes(self, layers: nn.Sequential) -> list[tuple[int, ...]]:
         was_training = layers.training
@@ -145,6 +179,8 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
     ) -> nn.Module:
         # With MAN the head reads the next block's output, so it is sized for that shape.
         feature_shape = shapes[end + 1] if self._man else shapes[end]
+        if self._head_kind == "auglocal":  # every-layer split: module `end` is layer `end`
+            return AugLocalHead(layers, shapes, end, self._auglocal_depths[end], num_classes, norm=self._head_norm)
         if self._head_kind == "dgl":
             aux: nn.Module = DGLHead(feature_shape, num_classes, norm=self._head_norm)
         else:

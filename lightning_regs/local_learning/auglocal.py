@@ -1,0 +1,160 @@
+"""AugLocal auxiliary networks (Ma, Wu, Si, Tan, ICLR 2024): fresh copies of uniformly picked later layers.
+
+Locality is per layer: with ``L`` layers and aux depth ``d``, layers ``0 .. L-d-2`` each form a module with
+its own auxiliary network, and the last module is layers ``L-d-1 .. L-1`` trained through the classifier
+(``K = L - d``, see :func:`~lightning_regs.local_learning.splits.every_layer_split`). The auxiliary network of
+layer ``l`` stacks freshly initialized copies of ``d_l`` layers picked uniformly from ``l+1 .. L-1`` (the last
+layer always among them), then global pooling, ``BatchNorm1d`` when ``d_l <= 1``, and a linear classifier,
+trained with cross-entropy. ``d_l`` decays linearly with ``l`` ("pyramidal", coefficient ``tau``).
+
+Both index formulas use Python's :func:`round` (round half to even), as the official code does.
+
+Example::
+
+    >>> auglocal_depths(16, 3)
+    [3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2]
+    >>> auglocal_indices(0, 16, 3)
+    [5, 10, 15]
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lightning_regs.functional.classification import classification_loss
+from lightning_regs.models.cifar_resnet import BasicBlock
+
+__all__ = ["AugLocalHead", "auglocal_depths", "auglocal_indices"]
+
+
+def auglocal_depths(num_layers: int, d: int, tau: float = 0.5, pyramid: bool = True) -> list[int]:
+    """Aux depths ``d_i`` of the ``K - 1`` locally trained layers, ``K = num_layers - d``.
+
+    ``d_i = max(1, round(d - (d - 1) · tau · i / (K - 2)))`` for ``i = 0 .. K-2``; constant ``d`` without
+    ``pyramid`` (and for ``K = 2``, where there is a single hidden layer).
+
+    Example::
+
+        >>> auglocal_depths(16, 2)  # ResNet-32, d = 2: round(1.5) == 2
+        [2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
+        >>> auglocal_depths(8, 3, pyramid=False)
+        [3, 3, 3, 3]
+    """
+    if not isinstance(d, int) or not 1 <= d <= num_layers - 1:
+        raise ValueError(
+            f"AugLocal depth d must be an integer in [1, {num_layers - 1}] for a model with {num_layers} layers "
+            f"(the last d layers train with the classifier); got {d!r}."
+        )
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"The pyramid coefficient tau must be in [0, 1] (the paper uses 0.5); got {tau}.")
+    K = num_layers - d
+    if not pyramid or K <= 2:
+        return [d] * (K - 1)
+    return [max(1, round(d - (d - 1) * tau * i / (K - 2))) for i in range(K - 1)]
+
+
+def auglocal_indices(layer: int, num_layers: int, depth: int) -> list[int]:
+    """Indices of the later layers whose fresh copies form the aux network of ``layer`` (``unifSamp``).
+
+    All of ``layer+1 .. L-1`` if ``depth >= L-1-layer``, else ``round(layer + (L-1-layer) · i / depth)`` for
+    ``i = 1 .. depth``; the last layer ``L - 1`` is always included.
+
+    Example::
+
+        >>> auglocal_indices(2, 16, 2)  # 8.5 rounds to 8 (half to even)
+        [8, 15]
+        >>> auglocal_indices(12, 16, 5)
+        [13, 14, 15]
+    """
+    if not 0 <= layer < num_layers - 1 or depth < 1:
+        raise ValueError(f"Need 0 <= layer < {num_layers - 1} and depth >= 1; got layer={layer}, depth={depth}.")
+    remaining = num_layers - 1 - layer
+    if depth >= remaining:
+        return list(range(layer + 1, num_layers))
+    return [round(layer + remaining * i / depth) for i in range(1, depth + 1)]
+
+
+def _init_fresh(module: nn.Module) -> nn.Module:
+    # A new initialization, like the backbone's: PyTorch defaults, Kaiming-normal (fan_out) convolutions.
+    for sub in module.modules():
+        if hasattr(sub, "reset_parameters"):
+            sub.reset_parameters()
+        if isinstance(sub, nn.Conv2d):
+            nn.init.kaiming_normal_(sub.weight, mode="fan_out", nonlinearity="relu")
+    return module
+
+
+def _fresh_copy(layer: nn.Module, name: str, in_shape: tuple[int, ...], expected_in: tuple[int, ...], out_shape):
+    if in_shape == expected_in:
+        return _init_fresh(copy.deepcopy(layer))
+    if isinstance(layer, BasicBlock) and len(in_shape) == 3 and in_shape[1] % out_shape[1] == 0:
+        # The copy reads narrower, larger features than the original: rebuild the block for them, with the
+        # stride that reproduces the backbone's resolution at this layer (AugLocal's downsampling blocks).
+        return _init_fresh(BasicBlock(in_shape[0], out_shape[0], stride=in_shape[1] // out_shape[1]))
+    raise ValueError(
+        f"AugLocal copies layer {name!r}, which reads features of shape {expected_in}, onto features of shape "
+        f"{in_shape}; only CIFAR-ResNet BasicBlocks can be rebuilt for another shape. Use a model whose layers "
+        "keep their input shape, or a smaller d."
+    )
+
+
+class AugLocalHead(nn.Module):
+    """AugLocal's auxiliary network for one layer: fresh copies of later layers, pooling, a linear classifier.
+
+    The copies have their own, newly initialized weights (nothing is shared with the backbone). A copied
+    layer whose input shape differs from the features it reads (a block from a later, wider stage) is
+    rebuilt as a :class:`~lightning_regs.models.cifar_resnet.BasicBlock` with the right widths and stride.
+
+    Args:
+        layers: the backbone's layer sequence.
+        shapes: per-sample output shape of every layer (for the input size the model trains on).
+        layer: index of the layer this head supervises.
+        depth: number of copied layers ``d_l`` (see :func:`auglocal_depths`).
+        num_classes: number of logits.
+        norm: ``BatchNorm1d`` before the classifier when ``depth <= 1``, as in the paper.
+
+    Example::
+
+        >>> from lightning_regs.models import resnet20
+        >>> net = resnet20()
+        >>> shapes = [(16, 8, 8)] * 4 + [(32, 4, 4)] * 3 + [(64, 2, 2)] * 3
+        >>> head = AugLocalHead(net.layers, shapes, 0, 2, 10)
+        >>> head.indices, head(torch.randn(2, 16, 8, 8), torch.tensor([0, 1])).shape
+        ([4, 9], torch.Size([]))
+    """
+
+    def __init__(
+        self,
+        layers: nn.Sequential,
+        shapes: Sequence[Sequence[int]],
+        layer: int,
+        depth: int,
+        num_classes: int,
+        norm: bool = True,
+    ) -> None:
+        super().__init__()
+        shapes = [tuple(int(s) for s in shape) for shape in shapes]
+        if len(shapes) != len(layers):
+            raise ValueError(f"Need one output shape per layer ({len(layers)}); got {len(shapes)}.")
+        names = [name for name, _ in layers.named_children()]
+        self.indices = auglocal_indices(layer, len(layers), depth)
+        copies, current = [], shapes[layer]
+        for k in self.indices:
+            expected_in = shapes[k - 1]
+            copies.append(_fresh_copy(layers[k], names[k], current, expected_in, shapes[k]))
+            current = shapes[k]
+        self.layers = nn.Sequential(*copies)
+        pool: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if len(current) == 3 else [nn.Flatten()]
+        features = current[0]
+        bn: list[nn.Module] = [nn.BatchNorm1d(features)] if norm and depth <= 1 else []
+        self.classifier = nn.Sequential(*pool, *bn, nn.Linear(features, num_classes))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.layers(h))
+
+    def forward(self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        return classification_loss(self.logits(h), target)
