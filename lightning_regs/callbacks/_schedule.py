@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Dataset
 
+from lightning_regs.callbacks._plots import plot_curves, plot_directory, publish_figure
 from lightning_regs.datamodules.batch import unpack_batch
 
 __all__ = ["ScheduledMonitor", "draw_from_dataset", "measurement_steps"]
@@ -76,9 +78,11 @@ def _dataset(trainer: pl.Trainer, split: str) -> Dataset:
 class ScheduledMonitor(Callback):
     """Base of the monitors: schedule, measurement hooks, logging, history and DDP helpers.
 
-    Subclasses implement :meth:`prepare` (draw the fixed points once) and :meth:`measure` (return
-    ``{name: value}``, identical on every rank).
+    Subclasses implement :meth:`prepare` (draw the fixed points once), :meth:`measure` (return
+    ``{name: value}``, identical on every rank) and :meth:`figure_spec` (what :meth:`plot` draws).
     """
+
+    plot_at_end = False
 
     def __init__(self, num_measurements: int = 50, every_n_steps: int | None = None, seed: int = 0) -> None:
         if every_n_steps is not None and every_n_steps < 1:
@@ -95,6 +99,24 @@ class ScheduledMonitor(Callback):
         self.measure_seconds = 0.0
 
     # -- subclass API ------------------------------------------------------------------------------
+    def figure_spec(self) -> tuple[str, dict[str, list[float]], str, str]:
+        """``(file stem, curves by name, y label, title)`` of the plot."""
+        raise NotImplementedError
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.plot_at_end and self.measured_steps:
+            self.plot(trainer)
+
+    def plot(self, trainer: pl.Trainer) -> Path | None:
+        """Plot the history against the step: to W&B with a ``WandbLogger``, else ``<log dir>/<stem>.png``."""
+        directory = plot_directory(trainer)  # on every rank: a collective under DDP
+        if not trainer.is_global_zero:
+            return None
+        stem, curves, ylabel, title = self.figure_spec()
+        figure = plot_curves(self.measured_steps, curves, ylabel=ylabel, title=title)
+        step = self.measured_steps[-1] if self.measured_steps else None
+        return publish_figure(trainer, figure, stem, directory, step)
+
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         raise NotImplementedError
 

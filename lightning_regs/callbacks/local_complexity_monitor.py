@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
-from lightning_regs.callbacks._plots import plot_curves, plot_directory, publish_figure
 from lightning_regs.callbacks._schedule import ScheduledMonitor, draw_from_dataset
 from lightning_regs.functional.local_complexity import local_complexity, orthonormal_directions
 
@@ -157,19 +155,10 @@ class LocalComplexityMonitor(ScheduledMonitor):
                         values[f"lc/{name}/{layer}{suffix}"] = value
         return values
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.plot_at_end and self.measured_steps:
-            self.plot(trainer)
-
-    def plot(self, trainer: pl.Trainer) -> Path | None:
-        """Plot LC against the step (W&B with a ``WandbLogger``, else ``<log dir>/lc.png``); the PNG's path."""
-        directory = plot_directory(trainer)  # on every rank: a collective under DDP
-        if not trainer.is_global_zero:
-            return None
+    def figure_spec(self) -> tuple[str, dict[str, list[float]], str, str]:
+        """LC per point set (not per layer) against the step, saved as ``lc.png``."""
         curves = {name: values for name, values in self.history.items() if name.count("/") == 1}
-        figure = plot_curves(self.measured_steps, curves, ylabel="local complexity (neurons)", title="LC")
-        step = self.measured_steps[-1] if self.measured_steps else None
-        return publish_figure(trainer, figure, "lc", directory, step)
+        return "lc", curves, "local complexity (neurons)", "LC"
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "radii": list(self.radii), "num_directions": self.num_directions}

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
-from lightning_regs.callbacks._plots import plot_curves, plot_directory, publish_figure
 from lightning_regs.callbacks._schedule import ScheduledMonitor, draw_from_dataset
 from lightning_regs.functional.adversarial import Norm, pgd_attack, predict, random_perturbation
 
@@ -129,18 +127,9 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
         counts = self.reduce_sum(trainer, counts.to(device)).cpu() / images.shape[0]
         return {"robust/acc": float(counts[0]), "robust/clean_acc": float(counts[1])}
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.plot_at_end and self.measured_steps:
-            self.plot(trainer)
-
-    def plot(self, trainer: pl.Trainer) -> Path | None:
-        """Plot robust and clean accuracy against the step (W&B, else ``<log dir>/robust.png``)."""
-        directory = plot_directory(trainer)  # on every rank: a collective under DDP
-        if not trainer.is_global_zero:
-            return None
-        figure = plot_curves(self.measured_steps, self.history, ylabel="accuracy", title=f"PGD-{self.norm}")
-        step = self.measured_steps[-1] if self.measured_steps else None
-        return publish_figure(trainer, figure, "robust", directory, step)
+    def figure_spec(self) -> tuple[str, dict[str, list[float]], str, str]:
+        """Robust and clean accuracy against the step, saved as ``robust.png``."""
+        return "robust", self.history, "accuracy", f"PGD-{self.norm}"
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "epsilon": self.epsilon, "norm": self.norm}
