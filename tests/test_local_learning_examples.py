@@ -1,0 +1,77 @@
+"""The local-learning example configs: each builds what its header promises and trains a step on CIFAR-10's format."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_regs.callbacks import MomentumAuxiliaryNetworks
+from lightning_regs.cli import LightningRegsCLI
+from lightning_regs.datamodules.cifar import CIFAR10DataModule
+from lightning_regs.local_learning import AugLocalHead, DGLHead, InfoProHead, MomentumAuxiliaryHead
+from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
+from tests.helpers.fake_datasets_vision import write_cifar
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FAST = [
+    "--trainer.accelerator=cpu",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.init_args.download=false",
+    "--data.init_args.batch_size=8",
+    "--data.init_args.num_workers=0",
+    "--data.init_args.pin_memory=false",
+    "--data.init_args.persistent_workers=false",
+]
+# name -> (K, aux head type of module 0, epochs, with the MAN callback)
+EXPECTED = {
+    "dgl": (4, DGLHead, 160, False),
+    "infopro": (4, InfoProHead, 160, False),
+    "auglocal": (14, AugLocalHead, 400, False),
+    "man": (16, MomentumAuxiliaryHead, 400, True),
+}
+
+
+@pytest.fixture(autouse=True)
+def bare_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["lightning-regs"])
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_cifar10_example_has_the_papers_recipe(name, tmp_path):
+    cli = LightningRegsCLI(
+        args=["--config", str(EXAMPLES / f"{name}_cifar10.yaml"), f"--data.init_args.root={tmp_path}"], run=False
+    )
+    K, head_type, epochs, with_man = EXPECTED[name]
+    task = cli.model
+    assert isinstance(task, LocalLearningClassifier) and isinstance(cli.datamodule, CIFAR10DataModule)
+    assert task.num_local_modules == K and isinstance(task.aux_heads["0"], head_type)
+    assert cli.trainer.max_epochs == epochs and cli.datamodule.batch_size == 1024
+    hp = task.hparams
+    assert (hp.optimizer, hp.lr, hp.momentum, hp.nesterov, hp.weight_decay) == ("sgd", 0.8, 0.9, True, 1e-4)
+    assert (hp.scheduler, hp.warmup_epochs) == ("cosine", 10)
+    man = [c for c in cli.trainer.callbacks if isinstance(c, MomentumAuxiliaryNetworks)]
+    assert bool(man) == with_man and all(c.momentum == 0.995 for c in man)
+    if name == "man":
+        heads = [task.aux_heads[str(j)].head for j in range(K - 1)]
+        weights = [(h.lambda_recon, h.lambda_task) for h in heads]
+        assert weights[0] == pytest.approx((4.64, 0.464)) and weights[-1] == pytest.approx((3.93, 0.393))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_cifar10_example_trains_a_step(name, tmp_path):
+    write_cifar(tmp_path)
+    cli = LightningRegsCLI(
+        args=[
+            "fit",
+            "--config",
+            str(EXAMPLES / f"{name}_cifar10.yaml"),
+            f"--data.init_args.root={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_steps=1",
+            "--trainer.limit_val_batches=1",
+            *FAST,
+        ]
+    )
+    assert cli.trainer.global_step == 1
+    assert (Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt").exists()
