@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark scripts: a step timer and a quiet Trainer."""
+"""Shared pieces of the benchmark scripts: a step timer, a quiet Trainer and a timed fit-then-test."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import statistics
 import time
 from typing import Any
 
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 
 QUIET: dict[str, Any] = {
     "logger": False,
@@ -37,3 +37,23 @@ class StepTimer(Callback):
     @property
     def median(self) -> float:
         return statistics.median(self.periods)
+
+
+def fit_and_test(
+    task: LightningModule, data: LightningDataModule, epochs: int, callbacks: list[Callback] | None = None
+) -> tuple[dict[str, float], float]:
+    """Fit on one CPU process (deterministic, no validation), then test; returns the test metrics and fit seconds."""
+    trainer = Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks or [],
+        deterministic=True,
+        limit_val_batches=0,
+        **QUIET,
+    )
+    start = time.perf_counter()
+    trainer.fit(task, data)
+    seconds = time.perf_counter() - start
+    (metrics,) = trainer.test(task, data, verbose=False)
+    return metrics, seconds

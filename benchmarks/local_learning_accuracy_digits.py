@@ -19,12 +19,11 @@ import argparse
 import json
 import logging
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
-from _timing import QUIET
-from lightning.pytorch import Trainer, seed_everything
+from _timing import fit_and_test
+from lightning.pytorch import seed_everything
 
 from lightning_regs.callbacks import MomentumAuxiliaryNetworks
 from lightning_regs.datamodules import DigitsDataModule
@@ -70,19 +69,7 @@ def run_one(method: str, K: int | None, seed: int, epochs: int, d: int) -> dict[
         if man:
             callbacks.append(MomentumAuxiliaryNetworks(momentum=0.995))
     data = DigitsDataModule(batch_size=64, image_size=32, channels=3, seed=seed)
-    trainer = Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        callbacks=callbacks,
-        deterministic=True,
-        limit_val_batches=0,
-        **QUIET,
-    )
-    start = time.perf_counter()
-    trainer.fit(task, data)
-    seconds = time.perf_counter() - start
-    (metrics,) = trainer.test(task, data, verbose=False)
+    metrics, seconds = fit_and_test(task, data, epochs, callbacks)
     K_used = getattr(task, "num_local_modules", 1)
     return {
         "method": method,

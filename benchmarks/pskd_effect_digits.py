@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import time
 
-from _timing import QUIET
-from lightning.pytorch import Trainer, seed_everything
+from _timing import fit_and_test
+from lightning.pytorch import seed_everything
 
 from lightning_regs.callbacks import ProgressiveSelfKD
 from lightning_regs.datamodules import DigitsDataModule
@@ -31,19 +30,7 @@ def run(seed: int, with_pskd: bool, epochs: int) -> dict[str, float]:
     )
     data = DigitsDataModule(batch_size=64, seed=seed)
     callbacks = [ProgressiveSelfKD(alpha_T=0.8)] if with_pskd else []
-    trainer = Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        callbacks=callbacks,
-        deterministic=True,
-        limit_val_batches=0,
-        **QUIET,
-    )
-    start = time.perf_counter()
-    trainer.fit(task, data)
-    seconds = time.perf_counter() - start
-    (metrics,) = trainer.test(task, data, verbose=False)
+    metrics, seconds = fit_and_test(task, data, epochs, callbacks)
     return {"acc": metrics["test/acc"], "ece": metrics["test/ece"], "nll": metrics["test/loss"], "seconds": seconds}
 
 

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_regs.callbacks import MomentumAuxiliaryNetworks
 from lightning_regs.cli import LightningRegsCLI
@@ -75,3 +76,29 @@ def test_cifar10_example_trains_a_step(name, tmp_path):
     )
     assert cli.trainer.global_step == 1
     assert (Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt").exists()
+
+
+def test_the_man_card_digits_command_runs(tmp_path):
+    # docs/methods/man.md: dgl_digits.yaml + man=true + the callback by its short name.
+    cli = LightningRegsCLI(
+        args=[
+            "fit",
+            "--config",
+            str(EXAMPLES / "dgl_digits.yaml"),
+            "--model.init_args.man=true",
+            "--trainer.callbacks+=MomentumAuxiliaryNetworks",
+            "--trainer.callbacks.momentum=0.995",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=1",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, MomentumAuxiliaryNetworks)]
+    heads = [m for m in cli.model.modules() if isinstance(m, MomentumAuxiliaryHead)]
+    assert callback.momentum == 0.995 and callback._last_step == 3 and len(heads) == 3
+    # The EMA lags the block it tracks (it started as an exact copy).
+    for head in heads:
+        ema, block = dict(head.ema.named_parameters()), dict(head.tracked.named_parameters())
+        assert any(not torch.equal(ema[name], block[name]) for name in ema)
