@@ -18,7 +18,7 @@ from lightning_regs.cli import LightningRegsCLI
 from lightning_regs.datamodules import DigitsDataModule
 from lightning_regs.local_learning.auglocal import AugLocalHead, auglocal_depths, auglocal_indices
 from lightning_regs.local_learning.splits import every_layer_split, module_ranges
-from lightning_regs.models import MLP, resnet20, resnet32, resnet110
+from lightning_regs.models import MLP, PreActResNet18, SmallCNN, resnet20, resnet32, resnet110
 from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
 from tests.helpers.trainers import QUIET, SequentialDigits
 from tests.test_local_learning_mixin import CheckIsolation
@@ -125,11 +125,48 @@ def test_aux_layers_are_fresh_copies_with_the_backbones_widths_and_resolutions()
 
 
 def test_a_layer_that_cannot_read_the_features_is_named():
+    layers = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.Sequential(nn.Flatten(), nn.Linear(256, 16)), nn.Linear(16, 16)
+    )
+    with pytest.raises(ValueError, match=r"no 1x1-convolution or linear adapter"):
+        AugLocalHead(layers, [(4, 8, 8), (16,), (16,)], 0, 1, 3)  # layer 2 reads (16,), not (4, 8, 8)
+    up = nn.Sequential(
+        nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.Upsample(scale_factor=2), nn.Conv2d(4, 4, 3, padding=1)
+    )
+    with pytest.raises(ValueError, match=r"resolution must shrink"):
+        AugLocalHead(up, [(4, 4, 4), (4, 8, 8), (4, 8, 8)], 0, 1, 3)  # layer 2 reads 8x8 from 4x4 features
+
+
+def test_other_layer_kinds_get_an_adapter_in_front_of_their_fresh_copy():
     layers = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 16), nn.Linear(16, 16))
-    with pytest.raises(ValueError, match="only CIFAR-ResNet BasicBlocks"):
-        AugLocalHead(layers, [(8,), (16,), (16,)], 0, 1, 3)
-    head = AugLocalHead(layers, [(8,), (16,), (16,)], 1, 1, 3)  # flat features: no pooling, BN1d at depth 1
-    assert head(torch.randn(4, 16), torch.tensor([0, 1, 2, 0])).shape == ()
+    head = AugLocalHead(layers, [(8,), (16,), (16,)], 0, 1, 3)  # layer 2 reads (16,): Linear(8, 16) adapter
+    adapter, copied = head.layers[0]
+    assert isinstance(adapter[0], nn.Linear) and adapter[0].weight.shape == (16, 8)
+    assert copied.weight.shape == (16, 16) and copied.weight is not layers[2].weight
+    assert head(torch.randn(4, 8), torch.tensor([0, 1, 2, 0])).shape == ()
+    flat = AugLocalHead(layers, [(8,), (16,), (16,)], 1, 1, 3)  # flat features: no pooling, BN1d at depth 1
+    assert isinstance(flat.layers[0], nn.Linear) and flat(torch.randn(4, 16), torch.tensor([0, 1, 2, 0])).shape == ()
+
+
+@pytest.mark.parametrize("backbone", ["preact18", "smallcnn"])
+def test_models_without_basic_blocks_train_with_auglocal(backbone, tmp_path):
+    seed_everything(0)
+    if backbone == "preact18":
+        model, shape, d = PreActResNet18(num_classes=10), (3, 16, 16), 2
+    else:
+        model, shape, d = SmallCNN(num_classes=10, in_channels=3), (3, 16, 16), 1
+    task = LocalLearningClassifier(model, 10, head="auglocal", d=d, input_shape=shape)
+    shapes = layer_shapes(model.layers, torch.zeros(1, *shape))
+    for j in range(task.num_local_modules - 1):
+        head = task.aux_heads[str(j)]
+        h = torch.zeros(2, *shapes[j])
+        for k, copied in zip(head.indices, head.layers, strict=True):
+            h = copied.eval()(h)
+            assert tuple(h.shape[1:]) == shapes[k]  # adapter + copy reproduce the backbone's shape at layer k
+    check = CheckIsolation()
+    trainer = Trainer(max_steps=1, limit_val_batches=0, default_root_dir=tmp_path, callbacks=[check], **QUIET)
+    trainer.fit(task, DigitsDataModule(batch_size=8, channels=3, image_size=16))
+    assert check.checked > 0 and trainer.global_step == 1
 
 
 def test_bad_auglocal_configurations_are_named():

@@ -88,6 +88,22 @@ def _init_fresh(module: nn.Module) -> nn.Module:
     return module
 
 
+def _shape_adapter(in_shape: tuple[int, ...], expected_in: tuple[int, ...]) -> nn.Module | None:
+    """A map from ``in_shape`` features to ``expected_in`` ones, or None when there is no simple one."""
+    if len(in_shape) == 3 and len(expected_in) == 3:
+        (channels, height, width), (wanted, wanted_height, wanted_width) = in_shape, expected_in
+        stride = height // wanted_height if wanted_height else 0
+        if stride >= 1 and (height, width) == (wanted_height * stride, wanted_width * stride):
+            return nn.Sequential(
+                nn.Conv2d(channels, wanted, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(wanted),
+                nn.ReLU(),
+            )
+    if len(in_shape) == 1 and len(expected_in) == 1:
+        return nn.Sequential(nn.Linear(in_shape[0], expected_in[0]), nn.ReLU())
+    return None
+
+
 def _fresh_copy(layer: nn.Module, name: str, in_shape: tuple[int, ...], expected_in: tuple[int, ...], out_shape):
     if in_shape == expected_in:
         return _init_fresh(copy.deepcopy(layer))
@@ -95,10 +111,14 @@ def _fresh_copy(layer: nn.Module, name: str, in_shape: tuple[int, ...], expected
         # The copy reads narrower, larger features than the original: rebuild the block for them, with the
         # stride that reproduces the backbone's resolution at this layer (AugLocal's downsampling blocks).
         return _init_fresh(BasicBlock(in_shape[0], out_shape[0], stride=in_shape[1] // out_shape[1]))
+    adapter = _shape_adapter(in_shape, expected_in)
+    if adapter is not None:
+        # Any other layer: a strided 1x1 convolution (or a linear map) brings the features to its input shape.
+        return _init_fresh(nn.Sequential(adapter, copy.deepcopy(layer)))
     raise ValueError(
         f"AugLocal copies layer {name!r}, which reads features of shape {expected_in}, onto features of shape "
-        f"{in_shape}; only CIFAR-ResNet BasicBlocks can be rebuilt for another shape. Use a model whose layers "
-        "keep their input shape, or a smaller d."
+        f"{in_shape}, and no 1x1-convolution or linear adapter maps one to the other (the resolution must shrink "
+        "by a whole factor). Use a model whose layers keep compatible shapes, or a smaller d."
     )
 
 
@@ -107,7 +127,10 @@ class AugLocalHead(nn.Module):
 
     The copies have their own, newly initialized weights (nothing is shared with the backbone). A copied
     layer whose input shape differs from the features it reads (a block from a later, wider stage) is
-    rebuilt as a :class:`~lightning_regs.models.cifar_resnet.BasicBlock` with the right widths and stride.
+    rebuilt as a :class:`~lightning_regs.models.cifar_resnet.BasicBlock` with the right widths and stride,
+    as the paper does; a layer of any other kind (a pre-activation or bottleneck block, a VGG convolution,
+    a linear layer) gets a fresh 1x1 convolution + BN + ReLU with the stride of the resolution ratio (a
+    linear layer + ReLU for flat features) in front of its copy, our extension.
 
     Args:
         layers: the backbone's layer sequence.
