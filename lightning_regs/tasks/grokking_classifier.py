@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -55,32 +54,12 @@ class GrokkingClassifier(ImageClassifier):
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         scheduler: SchedulerName = "constant",
-        momentum: float = 0.9,
-        nesterov: bool = True,
-        warmup_epochs: float = 0.0,
-        milestones: Sequence[int] = (),
-        gamma: float = 0.1,
-        min_lr_ratio: float = 0.0,
-        label_smoothing: float = 0.0,
-        ece_bins: int = 15,
+        **kwargs: Any,
     ) -> None:
         if loss not in ("mse", "cross_entropy"):
             raise ValueError(f"loss must be 'mse' or 'cross_entropy', got {loss!r}.")
         super().__init__(
-            backbone,
-            num_classes,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            nesterov=nesterov,
-            weight_decay=weight_decay,
-            scheduler=scheduler,
-            warmup_epochs=warmup_epochs,
-            milestones=milestones,
-            gamma=gamma,
-            min_lr_ratio=min_lr_ratio,
-            label_smoothing=label_smoothing,
-            ece_bins=ece_bins,
+            backbone, num_classes, optimizer=optimizer, lr=lr, weight_decay=weight_decay, scheduler=scheduler, **kwargs
         )
         self.loss_name = loss
 

@@ -17,7 +17,6 @@ from lightning_regs.local_learning.mixin import LocalLearningMixin
 from lightning_regs.local_learning.splits import every_layer_split, resolve_split
 from lightning_regs.models.layered import layer_sequence
 from lightning_regs.tasks.image_classifier import ImageClassifier
-from lightning_regs.tasks.optim import OptimizerName, SchedulerName
 
 __all__ = ["LocalLearningClassifier"]
 
@@ -53,8 +52,9 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         head_norm: batch normalization in the auxiliary heads.
         gradient_clip_val: clip gradients to this norm/value (Trainer clipping is unavailable here).
         gradient_clip_algorithm: ``norm`` or ``value``.
-        optimizer, lr, momentum, nesterov, weight_decay, scheduler, warmup_epochs, milestones, gamma,
-        min_lr_ratio, label_smoothing, ece_bins: as in :class:`~lightning_regs.tasks.ImageClassifier`.
+        **kwargs: the :class:`~lightning_regs.tasks.ImageClassifier` arguments (optimizer, lr, momentum,
+            nesterov, weight_decay, scheduler, warmup_epochs, milestones, gamma, min_lr_ratio,
+            label_smoothing, ece_bins), with its defaults.
 
     Example::
 
@@ -79,35 +79,9 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         head_norm: bool = True,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: Literal["norm", "value"] = "norm",
-        optimizer: OptimizerName = "sgd",
-        lr: float = 0.1,
-        momentum: float = 0.9,
-        nesterov: bool = True,
-        weight_decay: float = 5e-4,
-        scheduler: SchedulerName = "cosine",
-        warmup_epochs: float = 0.0,
-        milestones: Sequence[int] = (),
-        gamma: float = 0.1,
-        min_lr_ratio: float = 0.0,
-        label_smoothing: float = 0.0,
-        ece_bins: int = 15,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone,
-            num_classes,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            nesterov=nesterov,
-            weight_decay=weight_decay,
-            scheduler=scheduler,
-            warmup_epochs=warmup_epochs,
-            milestones=milestones,
-            gamma=gamma,
-            min_lr_ratio=min_lr_ratio,
-            label_smoothing=label_smoothing,
-            ece_bins=ece_bins,
-        )
+        super().__init__(backbone, num_classes, **kwargs)
         if head not in ("dgl", "infopro", "auglocal"):
             raise ValueError(f"Unknown head {head!r}: use 'dgl', 'infopro' or 'auglocal'.")
         layers = layer_sequence(backbone)
