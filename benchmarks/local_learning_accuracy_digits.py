@@ -110,12 +110,13 @@ def print_summary(records: list[dict[str, Any]], epochs: int) -> None:
         seconds.setdefault(key, []).append(record["seconds"])
     order = {name: i for i, name in enumerate(METHODS)}
     print(f"\nResNet-32 on digits 3x32x32, {epochs} epochs, test accuracy %, mean ± std over seeds:")
-    print(f"{'method':<13}{'K':>3}{'seeds':>7}{'test acc %':>17}{'fit s':>8}   paper CIFAR-10 error %")
+    print(f"{'method':<13}{'K':>3}{'seeds':>7}{'test acc %':>17}{'fit s':>8}   paper CIFAR-10 ResNet-32 error %")
     for key in sorted(groups, key=lambda k: (order[k[0]], k[1])):
         values = groups[key]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         paper = PAPER_ERRORS.get(key)
-        paper_text = f"{paper:.2f}" if paper is not None else "-"
+        source = "MAN, 400 ep." if "man" in key[0] else "InfoPro Table 2, 160 ep."
+        paper_text = f"{paper:.2f} ({source})" if paper is not None else "-"
         if key[0] == "e2e":
             paper_text = "7.37 (InfoPro) / 6.37 (MAN)"
         print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import sys
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -110,12 +111,12 @@ def test_aux_layers_are_fresh_copies_with_the_backbones_widths_and_resolutions()
         assert not backbone_params & {id(p) for p in head.parameters()}
         assert not backbone_storages & {p.untyped_storage().data_ptr() for p in head.parameters()}
         h = torch.zeros(2, *shapes[j])
-        for k, copy in zip(head.indices, head.layers, strict=True):
-            h = copy.eval()(h)
+        for k, copied in zip(head.indices, head.layers, strict=True):
+            h = copied.eval()(h)
             assert tuple(h.shape[1:]) == shapes[k]  # the copy reproduces the backbone's width and downsampling
             original = backbone.layers[k]
-            if type(copy) is type(original) and copy.conv1.weight.shape == original.conv1.weight.shape:
-                assert not torch.equal(copy.conv1.weight, original.conv1.weight)  # re-initialized, not copied
+            if type(copied) is type(original) and copied.conv1.weight.shape == original.conv1.weight.shape:
+                assert not torch.equal(copied.conv1.weight, original.conv1.weight)  # re-initialized, not copied
         has_bn = any(isinstance(m, nn.BatchNorm1d) for m in head.classifier)
         assert has_bn == (depth <= 1)
     with torch.no_grad():  # changing a copy leaves the backbone alone
@@ -128,12 +129,12 @@ def test_a_layer_that_cannot_read_the_features_is_named():
     layers = nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1), nn.Sequential(nn.Flatten(), nn.Linear(256, 16)), nn.Linear(16, 16)
     )
-    with pytest.raises(ValueError, match=r"no 1x1-convolution or linear adapter"):
+    with pytest.raises(ValueError, match=r"image features cannot feed a flat layer"):
         AugLocalHead(layers, [(4, 8, 8), (16,), (16,)], 0, 1, 3)  # layer 2 reads (16,), not (4, 8, 8)
     up = nn.Sequential(
         nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.Upsample(scale_factor=2), nn.Conv2d(4, 4, 3, padding=1)
     )
-    with pytest.raises(ValueError, match=r"resolution must shrink"):
+    with pytest.raises(ValueError, match=r"resolution 4x4 cannot become 8x8"):
         AugLocalHead(up, [(4, 4, 4), (4, 8, 8), (4, 8, 8)], 0, 1, 3)  # layer 2 reads 8x8 from 4x4 features
 
 
@@ -158,11 +159,12 @@ def test_models_without_basic_blocks_train_with_auglocal(backbone, tmp_path):
     task = LocalLearningClassifier(model, 10, head="auglocal", d=d, input_shape=shape)
     shapes = layer_shapes(model.layers, torch.zeros(1, *shape))
     for j in range(task.num_local_modules - 1):
-        head = task.aux_heads[str(j)]
+        head = copy.deepcopy(task.aux_heads[str(j)]).eval()  # a copy: the task itself stays in train mode
         h = torch.zeros(2, *shapes[j])
-        for k, copied in zip(head.indices, head.layers, strict=True):
-            h = copied.eval()(h)
-            assert tuple(h.shape[1:]) == shapes[k]  # adapter + copy reproduce the backbone's shape at layer k
+        with torch.no_grad():
+            for k, copied in zip(head.indices, head.layers, strict=True):
+                h = copied(h)
+                assert tuple(h.shape[1:]) == shapes[k]  # adapter + copy reproduce the backbone's shape at layer k
     check = CheckIsolation()
     trainer = Trainer(max_steps=1, limit_val_batches=0, default_root_dir=tmp_path, callbacks=[check], **QUIET)
     trainer.fit(task, DigitsDataModule(batch_size=8, channels=3, image_size=16))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lightning_regs.callbacks import MomentumAuxiliaryNetworks
 from lightning_regs.cli import LightningRegsCLI
@@ -52,7 +53,9 @@ def test_cifar10_example_has_the_papers_recipe(name, tmp_path):
     assert (hp.optimizer, hp.lr, hp.momentum, hp.nesterov, hp.weight_decay) == ("sgd", 0.8, 0.9, True, 1e-4)
     assert (hp.scheduler, hp.warmup_epochs) == ("cosine", 10)
     man = [c for c in cli.trainer.callbacks if isinstance(c, MomentumAuxiliaryNetworks)]
-    assert bool(man) == with_man and all(c.momentum == 0.995 for c in man)
+    assert bool(man) == with_man and all(c.momentum == 0.995 for c in man)  # the yaml's value
+    if with_man:
+        assert "momentum: 0.995" in (EXAMPLES / f"{name}_cifar10.yaml").read_text()
     if name == "man":
         heads = [task.aux_heads[str(j)].head for j in range(K - 1)]
         weights = [(h.lambda_recon, h.lambda_task) for h in heads]
@@ -79,7 +82,8 @@ def test_cifar10_example_trains_a_step(name, tmp_path):
 
 
 def test_the_man_card_digits_command_runs(tmp_path):
-    # docs/methods/man.md: dgl_digits.yaml + man=true + the callback by its short name.
+    # docs/methods/man.md's command (dgl_digits.yaml + man=true + the callback by its short name), with a
+    # non-default momentum so that the override is seen to apply.
     cli = LightningRegsCLI(
         args=[
             "fit",
@@ -87,7 +91,7 @@ def test_the_man_card_digits_command_runs(tmp_path):
             str(EXAMPLES / "dgl_digits.yaml"),
             "--model.init_args.man=true",
             "--trainer.callbacks+=MomentumAuxiliaryNetworks",
-            "--trainer.callbacks.momentum=0.995",
+            "--trainer.callbacks.momentum=0.99",
             "--trainer.max_epochs=1",
             "--trainer.limit_train_batches=3",
             "--trainer.limit_val_batches=1",
@@ -97,8 +101,31 @@ def test_the_man_card_digits_command_runs(tmp_path):
     )
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, MomentumAuxiliaryNetworks)]
     heads = [m for m in cli.model.modules() if isinstance(m, MomentumAuxiliaryHead)]
-    assert callback.momentum == 0.995 and callback._last_step == 3 and len(heads) == 3
+    assert callback.momentum == 0.99 and callback._last_step == 3 and len(heads) == 3
+    # The checkpoint rebuilds the task from its saved arguments, forwarded ImageClassifier ones included.
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    loaded = LocalLearningClassifier.load_from_checkpoint(checkpoint, weights_only=True)
+    assert loaded.hparams.man is True and loaded.hparams.lr == 0.05 and loaded.hparams.warmup_epochs == 1
+    assert loaded.num_local_modules == 4 and sum(isinstance(m, MomentumAuxiliaryHead) for m in loaded.modules()) == 3
+    state = cli.model.state_dict()
+    assert all(torch.equal(value, state[key]) for key, value in loaded.state_dict().items())
     # The EMA lags the block it tracks (it started as an exact copy).
     for head in heads:
         ema, block = dict(head.ema.named_parameters()), dict(head.tracked.named_parameters())
         assert any(not torch.equal(ema[name], block[name]) for name in ema)
+
+
+@pytest.mark.parametrize(
+    ("name", "task_args"), [("dgl_digits.yaml", ["K", "head"]), ("grokking_digits.yaml", ["loss"])]
+)
+def test_print_config_lists_the_forwarded_image_classifier_arguments(name, task_args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        LightningRegsCLI(
+            args=["fit", "--config", str(EXAMPLES / name), "--model.init_args.ece_bins=7", "--print_config"]
+        )
+    assert exit_info.value.code == 0
+    init_args = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert init_args["ece_bins"] == 7  # an ImageClassifier argument, reached through **kwargs
+    assert {"momentum", "nesterov", "milestones", "gamma", "min_lr_ratio", "label_smoothing", *task_args} <= set(
+        init_args
+    )

@@ -104,7 +104,9 @@ def _shape_adapter(in_shape: tuple[int, ...], expected_in: tuple[int, ...]) -> n
     return None
 
 
-def _fresh_copy(layer: nn.Module, name: str, in_shape: tuple[int, ...], expected_in: tuple[int, ...], out_shape):
+def _fresh_copy(
+    layer: nn.Module, name: str, in_shape: tuple[int, ...], expected_in: tuple[int, ...], out_shape: tuple[int, ...]
+) -> nn.Module:
     if in_shape == expected_in:
         return _init_fresh(copy.deepcopy(layer))
     if isinstance(layer, BasicBlock) and len(in_shape) == 3 and in_shape[1] % out_shape[1] == 0:
@@ -117,9 +119,20 @@ def _fresh_copy(layer: nn.Module, name: str, in_shape: tuple[int, ...], expected
         return _init_fresh(nn.Sequential(adapter, copy.deepcopy(layer)))
     raise ValueError(
         f"AugLocal copies layer {name!r}, which reads features of shape {expected_in}, onto features of shape "
-        f"{in_shape}, and no 1x1-convolution or linear adapter maps one to the other (the resolution must shrink "
-        "by a whole factor). Use a model whose layers keep compatible shapes, or a smaller d."
+        f"{in_shape}, and no 1x1-convolution or linear adapter maps one to the other: "
+        f"{_mismatch(in_shape, expected_in)}. Use a model whose layers keep compatible shapes, or a smaller d."
     )
+
+
+def _mismatch(in_shape: tuple[int, ...], expected_in: tuple[int, ...]) -> str:
+    if len(in_shape) == 3 and len(expected_in) == 3:
+        return (
+            f"the resolution {in_shape[1]}x{in_shape[2]} cannot become {expected_in[1]}x{expected_in[2]} "
+            "(it must shrink by one whole factor)"
+        )
+    if len(in_shape) == 3:
+        return "image features cannot feed a flat layer"
+    return "flat features cannot feed a layer that reads images"
 
 
 class AugLocalHead(nn.Module):
