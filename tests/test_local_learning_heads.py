@@ -12,6 +12,7 @@ from torch import nn
 
 from lightning_regs.callbacks.momentum_auxiliary_networks import MomentumAuxiliaryNetworks
 from lightning_regs.datamodules import DigitsDataModule
+from lightning_regs.functional.supcon import supervised_contrastive_loss
 from lightning_regs.local_learning.heads import DGLHead, InfoProHead, infopro_lambdas, unit_range
 from lightning_regs.local_learning.man import MomentumAuxiliaryHead
 from lightning_regs.models import resnet20
@@ -41,6 +42,20 @@ def test_infopro_loss_is_weighted_bce_plus_ce():
     )
     torch.testing.assert_close(head(h, target, image), expected)
     assert unit_range(image).min() == 0 and unit_range(image).max() == 1
+
+
+def test_infopro_contrast_head_is_weighted_bce_plus_supcon_on_its_embedding():
+    torch.manual_seed(0)
+    head = InfoProHead((16, 8, 8), 10, (3, 16, 16), lambda_recon=2.0, lambda_task=0.5, task_loss="contrast")
+    assert head.classifier[-1].out_features == 128
+    h, image, target = torch.randn(6, 16, 8, 8), torch.randn(6, 3, 16, 16), torch.tensor([1, 2, 1, 2, 3, 3])
+    recon = F.binary_cross_entropy(torch.sigmoid(head.decoder(h)), unit_range(image))
+    expected = 2.0 * recon + 0.5 * supervised_contrastive_loss(head.classifier(h), target, 0.07, 0.07)
+    torch.testing.assert_close(head(h, target, image), expected)
+    soft = F.one_hot(target, 10).float() * 0.9 + 0.01  # soft targets contrast by their arg-max
+    torch.testing.assert_close(head(h, soft, image), expected)
+    with pytest.raises(ValueError, match="'cross_entropy' or 'contrast'"):
+        InfoProHead((16, 8, 8), 10, (3, 16, 16), task_loss="supcon")
 
 
 def test_infopro_head_shapes_and_bad_inputs():

@@ -61,11 +61,16 @@ class CheckIsolation(Callback):
 
 
 @pytest.mark.parametrize(
-    ("K", "head", "man"), [(3, "dgl", False), (3, "infopro", True), (1, "dgl", False)], ids=["dgl", "infopro-man", "K1"]
-)
-def test_each_module_gets_the_gradient_of_its_own_local_loss_alone(tmp_path, K, head, man):
+    ("K", "head", "man", "task_loss"),
+    [(3, "dgl", False, "cross_entropy"), (3, "infopro", True, "cross_entropy"), (3, "infopro", False, "contrast"),
+     (1, "dgl", False, "cross_entropy")],
+    ids=["dgl", "infopro-man", "infopro-contrast", "K1"],
+)  # fmt: skip
+def test_each_module_gets_the_gradient_of_its_own_local_loss_alone(tmp_path, K, head, man, task_loss):
     seed_everything(0)
-    task = LocalLearningClassifier(resnet20(), 10, K=K, split="auto", head=head, man=man, input_shape=(3, 8, 8))
+    task = LocalLearningClassifier(
+        resnet20(), 10, K=K, split="auto", head=head, man=man, task_loss=task_loss, input_shape=(3, 8, 8)
+    )
     check = CheckIsolation()
     trainer = Trainer(max_steps=1, limit_val_batches=0, default_root_dir=tmp_path, callbacks=[check], **QUIET)
     trainer.fit(task, DigitsDataModule(batch_size=16, channels=3))
@@ -98,6 +103,8 @@ def test_unsupported_strategies_and_bad_heads_are_named():
         task._check_can_train_locally()
     with pytest.raises(ValueError, match="Unknown head"):
         LocalLearningClassifier(resnet20(), 10, K=2, head="nope")
+    with pytest.raises(ValueError, match="applies to InfoPro heads"):
+        LocalLearningClassifier(resnet20(), 10, K=2, head="dgl", task_loss="contrast")
     with pytest.raises(ValueError, match="never be trained"):
         LocalLearningClassifier(resnet20(), 10, K=3, split=[2, 5], head="infopro", lambdas=(1, 1, 0, 0))
     with pytest.raises(TypeError, match="layer sequence"):

@@ -21,6 +21,7 @@ from lightning_regs.functional.local_complexity import (
 )
 from lightning_regs.functional.prediction_table import PredictionTable
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
+from lightning_regs.functional.supcon import supervised_contrastive_loss
 
 __all__ = [
     "LocalComplexity",
@@ -32,6 +33,7 @@ __all__ = [
     "predict",
     "random_perturbation",
     "robust_accuracy",
+    "supervised_contrastive_loss",
     "PredictionTable",
     "all_gather_variable",
     "auroc_from_counts",

@@ -1,7 +1,7 @@
 """Gradient-isolated (local) training: splits, auxiliary heads (DGL, InfoPro, AugLocal), MAN and the mixin."""
 
 from lightning_regs.local_learning.auglocal import AugLocalHead, auglocal_depths, auglocal_indices
-from lightning_regs.local_learning.heads import INFOPRO_LAMBDAS, DGLHead, InfoProHead, infopro_lambdas
+from lightning_regs.local_learning.heads import INFOPRO_LAMBDAS, DGLHead, InfoProHead, TaskLoss, infopro_lambdas
 from lightning_regs.local_learning.man import MomentumAuxiliaryHead
 from lightning_regs.local_learning.mixin import LocalLearningMixin
 from lightning_regs.local_learning.saved_bytes import SavedTensorMeter
@@ -26,6 +26,7 @@ __all__ = [
     "LocalLearningMixin",
     "MomentumAuxiliaryHead",
     "SavedTensorMeter",
+    "TaskLoss",
     "auglocal_depths",
     "auglocal_indices",
     "auto_split",

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_regs.functional.classification import classification_loss
+from lightning_regs.functional.classification import classification_loss, hard_labels
+from lightning_regs.functional.supcon import supervised_contrastive_loss
 
 __all__ = ["INFOPRO_LAMBDAS", "DGLHead", "InfoProHead", "infopro_lambdas", "unit_range"]
 
 # InfoPro's command file (CIFAR-10): (lambda_recon first, lambda_task first, lambda_recon last, lambda_task last),
-# keyed by (ResNet depth, K). The paper tuned them for its contrastive task loss; here they weight CE.
+# keyed by (ResNet depth, K). The paper tuned them for its contrastive task loss (task_loss="contrast"); they also
+# weight CE when task_loss="cross_entropy".
 INFOPRO_LAMBDAS: dict[tuple[int, int], tuple[float, float, float, float]] = {
     (32, 2): (5.0, 1.0, 0.0, 0.0),
     (32, 4): (6.0, 0.0, 1.0, 2.0),
@@ -134,22 +137,32 @@ class DGLHead(nn.Module):
         return classification_loss(self.logits(h), target)
 
 
+TaskLoss = Literal["cross_entropy", "contrast"]
+
+
 class InfoProHead(nn.Module):
-    """InfoPro's auxiliary head (Wang et al., 2021): ``lambda_recon · BCE(decoder(h), x) + lambda_task · CE``.
+    """InfoPro's auxiliary head (Wang et al., 2021): ``lambda_recon · BCE(decoder(h), x) + lambda_task · L_task``.
 
     The decoder upsamples ``h`` bilinearly to the image size, then conv3x3(C→12)+BN+ReLU and
     conv3x3(12→image channels); its sigmoid output is compared by BCE with the image rescaled per sample
     to [0, 1] (:func:`unit_range`; the paper uses the un-normalized image). The classifier is the paper's
     "1c2f": conv3x3 (stride 2 and twice the channels below 64 channels) + BN + ReLU, global pooling,
-    ``Linear(128)`` + ReLU, ``Linear(num_classes)``. A term whose lambda is zero is not computed.
+    ``Linear(128)`` + ReLU, ``Linear(num_classes)``. ``L_task`` is cross-entropy on those logits, or with
+    ``task_loss="contrast"`` (the paper's best setting) the supervised contrastive loss
+    (:func:`~lightning_regs.functional.supcon.supervised_contrastive_loss`, temperature 0.07) on the
+    L2-normalized output of a ``Linear(feature_dim)`` last layer instead. A term whose lambda is zero is not
+    computed.
 
     Args:
         in_shape: ``(C, H, W)`` of the features.
         num_classes: number of logits.
         image_shape: ``(channels, height, width)`` of the network input.
         lambda_recon: weight of the reconstruction term.
-        lambda_task: weight of the cross-entropy term.
+        lambda_task: weight of the task term.
         norm: batch normalization in the head.
+        task_loss: ``cross_entropy`` or ``contrast`` (supervised contrastive; soft targets use their arg-max).
+        feature_dim: embedding size of the contrastive head (128 in the paper).
+        temperature: temperature of the contrastive loss (0.07 in the paper).
 
     Example::
 
@@ -166,8 +179,13 @@ class InfoProHead(nn.Module):
         lambda_recon: float = 5.0,
         lambda_task: float = 1.0,
         norm: bool = True,
+        task_loss: TaskLoss = "cross_entropy",
+        feature_dim: int = 128,
+        temperature: float = 0.07,
     ) -> None:
         super().__init__()
+        if task_loss not in ("cross_entropy", "contrast"):
+            raise ValueError(f"InfoPro's task loss is 'cross_entropy' or 'contrast'; got {task_loss!r}.")
         in_shape = tuple(int(s) for s in in_shape)
         image_shape = tuple(int(s) for s in image_shape)
         if len(in_shape) != 3 or len(image_shape) != 3:
@@ -180,6 +198,7 @@ class InfoProHead(nn.Module):
         channels = in_shape[0]
         self.lambda_recon = float(lambda_recon)
         self.lambda_task = float(lambda_task)
+        self.task_loss, self.temperature = task_loss, float(temperature)
         self.decoder = nn.Sequential(
             nn.Upsample(size=image_shape[1:], mode="bilinear", align_corners=True),
             nn.Conv2d(channels, 12, 3, padding=1, bias=not norm),
@@ -196,7 +215,7 @@ class InfoProHead(nn.Module):
             nn.Flatten(),
             nn.Linear(out_channels, 128),
             nn.ReLU(),
-            nn.Linear(128, num_classes),
+            nn.Linear(128, feature_dim if task_loss == "contrast" else num_classes),
         )
 
     def forward(self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
@@ -208,5 +227,10 @@ class InfoProHead(nn.Module):
             recon = F.binary_cross_entropy_with_logits(self.decoder(h), unit_range(image))
             loss = loss + self.lambda_recon * recon
         if self.lambda_task > 0:
-            loss = loss + self.lambda_task * classification_loss(self.classifier(h), target)
+            out = self.classifier(h)
+            if self.task_loss == "contrast":
+                task = supervised_contrastive_loss(out, hard_labels(target), self.temperature, self.temperature)
+            else:
+                task = classification_loss(out, target)
+            loss = loss + self.lambda_task * task
         return loss

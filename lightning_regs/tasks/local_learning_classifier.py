@@ -11,7 +11,7 @@ from torch import nn
 from lightning_regs.datamodules.batch import HARD_TARGET, unpack_batch
 from lightning_regs.functional.classification import classification_loss
 from lightning_regs.local_learning.auglocal import AugLocalHead, auglocal_depths
-from lightning_regs.local_learning.heads import INFOPRO_LAMBDAS, DGLHead, InfoProHead, infopro_lambdas
+from lightning_regs.local_learning.heads import INFOPRO_LAMBDAS, DGLHead, InfoProHead, TaskLoss, infopro_lambdas
 from lightning_regs.local_learning.man import MomentumAuxiliaryHead
 from lightning_regs.local_learning.mixin import LocalLearningMixin
 from lightning_regs.local_learning.splits import every_layer_split, resolve_split
@@ -49,6 +49,8 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         input_shape: shape of one input sample, used to size the heads and measure the auto split.
         lambdas: InfoPro's ``(recon_first, task_first, recon_last, task_last)``; default: the paper's
             preset for the CIFAR ResNet depth and K when there is one, else ``(5, 1, 0, 1)``.
+        task_loss: InfoPro's task term, ``cross_entropy`` or ``contrast`` (supervised contrastive, the
+            paper's best setting and the one its lambda presets were tuned for).
         head_norm: batch normalization in the auxiliary heads.
         gradient_clip_val: clip gradients to this norm/value (Trainer clipping is unavailable here).
         gradient_clip_algorithm: ``norm`` or ``value``.
@@ -76,6 +78,7 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         pyramid_coeff: float = 0.5,
         input_shape: Sequence[int] = (3, 32, 32),
         lambdas: Sequence[float] | None = None,
+        task_loss: TaskLoss = "cross_entropy",
         head_norm: bool = True,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: Literal["norm", "value"] = "norm",
@@ -84,12 +87,16 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         super().__init__(backbone, num_classes, **kwargs)
         if head not in ("dgl", "infopro", "auglocal"):
             raise ValueError(f"Unknown head {head!r}: use 'dgl', 'infopro' or 'auglocal'.")
+        if task_loss != "cross_entropy" and head != "infopro":
+            raise ValueError(
+                f"task_loss={task_loss!r} applies to InfoPro heads; head={head!r} trains with cross-entropy."
+            )
         layers = layer_sequence(backbone)
         if head == "auglocal":
             K = self._check_auglocal(len(layers), K, split, man, d)
         elif K is None:
             K = 4
-        self._head_kind, self._man, self._head_norm = head, man, head_norm
+        self._head_kind, self._man, self._head_norm, self._task_loss = head, man, head_norm, task_loss
         self._input_shape = tuple(int(s) for s in input_shape)
         shapes = self._layer_output_shapes(layers)
         if lambdas is None:
@@ -158,7 +165,9 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         if self._head_kind == "dgl":
             aux: nn.Module = DGLHead(feature_shape, num_classes, norm=self._head_norm)
         else:
-            aux = InfoProHead(feature_shape, num_classes, self._input_shape, *weights, norm=self._head_norm)
+            aux = InfoProHead(
+                feature_shape, num_classes, self._input_shape, *weights, norm=self._head_norm, task_loss=self._task_loss
+            )
         return MomentumAuxiliaryHead(aux, layers[end + 1]) if self._man else aux
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
