@@ -56,6 +56,8 @@ def test_cifar10_example_has_the_papers_recipe(name, tmp_path):
     assert bool(man) == with_man and all(c.momentum == 0.995 for c in man)  # the yaml's value
     if with_man:
         assert "momentum: 0.995" in (EXAMPLES / f"{name}_cifar10.yaml").read_text()
+    if name == "infopro":
+        assert task.aux_heads["0"].task_loss == "contrast"  # the paper's best setting
     if name == "man":
         heads = [task.aux_heads[str(j)].head for j in range(K - 1)]
         weights = [(h.lambda_recon, h.lambda_task) for h in heads]
