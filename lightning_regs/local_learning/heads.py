@@ -18,7 +18,7 @@ from torch import nn
 from lightning_regs.functional.classification import classification_loss, hard_labels
 from lightning_regs.functional.supcon import supervised_contrastive_loss
 
-__all__ = ["INFOPRO_LAMBDAS", "DGLHead", "InfoProHead", "infopro_lambdas", "unit_range"]
+__all__ = ["INFOPRO_LAMBDAS", "DGLHead", "InfoProHead", "TaskLoss", "infopro_lambdas", "unit_range"]
 
 # InfoPro's command file (CIFAR-10): (lambda_recon first, lambda_task first, lambda_recon last, lambda_task last),
 # keyed by (ResNet depth, K). The paper tuned them for its contrastive task loss (task_loss="contrast"); they also
