@@ -22,6 +22,7 @@ as a ratio to end-to-end.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -35,23 +36,13 @@ from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifi
 Step = Callable[[], None]
 
 
-def end_to_end_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+def sgd_step(module: torch.nn.Module, backward: Callable[[], None]) -> Step:
+    """One optimizer step over ``module``'s parameters: zero_grad, ``backward()`` (forward included), SGD step."""
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        classification_loss(model(x), y).backward()
-        optimizer.step()
-
-    return step
-
-
-def local_step(task: LocalLearningClassifier, x: torch.Tensor, y: torch.Tensor) -> Step:
-    optimizer = torch.optim.SGD(task.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        task.local_backward(x, y, backward=torch.Tensor.backward)
+        backward()
         optimizer.step()
 
     return step
@@ -61,7 +52,8 @@ def configurations(args: argparse.Namespace, shape: tuple[int, ...]) -> dict[str
     torch.manual_seed(0)
     device = torch.device(args.device)
     x, y = torch.randn(args.batch, *shape, device=device), torch.randint(0, 10, (args.batch,), device=device)
-    steps: dict[str, Step] = {"end-to-end": end_to_end_step(CifarResNet(depth=args.depth).to(device), x, y)}
+    model = CifarResNet(depth=args.depth).to(device)
+    steps: dict[str, Step] = {"end-to-end": sgd_step(model, lambda: classification_loss(model(x), y).backward())}
     rows: list[tuple[str, dict]] = []
     for K in args.K:
         split = "infopro_star" if args.depth == 110 and K in (2, 3, 4) else "auto"
@@ -72,8 +64,8 @@ def configurations(args: argparse.Namespace, shape: tuple[int, ...]) -> dict[str
     for d in args.auglocal_d:
         rows.append((f"AugLocal d={d}", {"head": "auglocal", "d": d}))
     for name, kwargs in rows:
-        task = LocalLearningClassifier(CifarResNet(depth=args.depth), 10, input_shape=shape, **kwargs)
-        steps[name] = local_step(task.to(device), x, y)
+        task = LocalLearningClassifier(CifarResNet(depth=args.depth), 10, input_shape=shape, **kwargs).to(device)
+        steps[name] = sgd_step(task, functools.partial(task.local_backward, x, y, backward=torch.Tensor.backward))
     return steps
 
 
