@@ -82,7 +82,7 @@ def main() -> None:
         "heldout_clean_acc": dict(zip(robust.measured_steps, robust.history["robust/clean_acc"], strict=True)),
         "robust_acc": dict(zip(robust.measured_steps, robust.history["robust/acc"], strict=True)),
         "lc_train_peak": (steps[peak], lc.history["lc/train"][peak]),
-        "lc": {name: dict(zip(steps, lc.history[name], strict=True)) for name in ("lc/train", "lc/test", "lc/random")},
+        "lc": {name: dict(zip(steps, lc.history[name], strict=True)) for name in ("lc/train", "lc/heldout", "lc/random")},
     }
     print(json.dumps(summary, indent=1))
 
@@ -94,7 +94,7 @@ def main() -> None:
     left.plot([s + 1 for s in robust.measured_steps], robust.history["robust/clean_acc"], ".-", label="held-out acc")
     left.plot([s + 1 for s in robust.measured_steps], robust.history["robust/acc"], ".-", label="PGD-linf acc")
     left.set_ylabel("accuracy")
-    for name in ("lc/train", "lc/test", "lc/random"):
+    for name in ("lc/train", "lc/heldout", "lc/random"):
         right.plot([s + 1 for s in steps], lc.history[name], ".-", label=name)
     right.set_ylabel(f"LC, r={lc.radii[0]:g} (neurons)")
     for axes in (left, right):

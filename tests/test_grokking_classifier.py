@@ -54,5 +54,5 @@ def test_the_example_config_runs_as_written(tmp_path, monkeypatch):
         ]
     )
     assert cli.trainer.global_step == 2
-    assert {"lc/train", "lc/test", "lc/random", "robust/acc"} <= set(cli.trainer.callback_metrics)
+    assert {"lc/train", "lc/heldout", "lc/random", "robust/acc"} <= set(cli.trainer.callback_metrics)
     assert list(tmp_path.rglob("lc.png")) and list(tmp_path.rglob("robust.png"))

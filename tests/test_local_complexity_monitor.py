@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from lightning_regs.callbacks._schedule import measurement_steps
+from lightning_regs.callbacks.scheduled_monitor import measurement_steps
 from lightning_regs.callbacks.local_complexity_monitor import LocalComplexityMonitor
 from lightning_regs.functional.local_complexity import local_complexity
 from tests.helpers.ddp import DDP_SPAWN_CPU
@@ -16,7 +16,7 @@ from tests.helpers.grokking_monitors import CrashAtEpoch, SaveMonitorState, fit_
 
 
 def make_monitor(**kwargs) -> LocalComplexityMonitor:
-    options = {"radius": 0.5, "num_directions": 4, "num_points": 25, "num_measurements": 5, "seed": 3}
+    options = {"radius": 0.5, "num_directions": 4, "num_points": 25, "num_measurements": 5, "seed": 3, "max_overhead": None, "log_per_layer": True}
     return LocalComplexityMonitor(**{**options, **kwargs})
 
 
@@ -41,9 +41,9 @@ def test_fit_logs_lc_at_the_scheduled_steps_and_the_values_are_the_functional_on
     assert monitor.measured_steps == [0, 1, 2, 5, 12]
     logged = [(step, metrics) for step, metrics in trainer.logger.logged if "lc/train" in metrics]
     assert [step for step, _ in logged] == [0, 1, 2, 5, 12]
-    assert {"lc/train", "lc/test", "lc/random", "lc/train/backbone.layers.fc1.2"} <= set(logged[-1][1])
-    assert monitor.points["train"].shape == monitor.points["test"].shape == (25, 1, 8, 8)
-    for name in ("train", "test", "random"):
+    assert {"lc/train", "lc/heldout", "lc/random", "lc/train/backbone.layers.fc1.2"} <= set(logged[-1][1])
+    assert monitor.points["train"].shape == monitor.points["heldout"].shape == (25, 1, 8, 8)
+    for name in ("train", "heldout", "random"):
         assert logged[-1][1][f"lc/{name}"] == pytest.approx(recompute(task, monitor, name), abs=1e-9)
     layers = [v for k, v in logged[-1][1].items() if k.startswith("lc/train/")]
     assert sum(layers) == pytest.approx(logged[-1][1]["lc/train"])
@@ -84,7 +84,7 @@ def test_stopped_and_resumed_measures_the_same_points_and_values(tmp_path):
 
 def test_plot_goes_to_wandb_with_a_wandb_logger(tmp_path, wandb_mock):
     logger = WandbLogger(project="lightning-regs-test", save_dir=str(tmp_path))
-    fit_with_monitor(tmp_path, make_monitor(every_n_steps=6), logger=logger)
+    fit_with_monitor(tmp_path, make_monitor(every_n_steps=6, num_measurements=None), logger=logger)
     sent = [call.args[0] for call in wandb_mock.run_mock.log.call_args_list]
     assert any("lc" in payload for payload in sent)
     assert any(payload.get("lc/train") is not None for payload in sent)
@@ -114,6 +114,6 @@ def test_ddp_logs_the_single_process_value_on_every_rank(tmp_path):
         assert torch.equal(ranks[1]["monitor"]["points"][key], value), key
     task = small_task()
     task.load_state_dict(ranks[0]["params"])
-    for name in ("train", "test", "random"):
+    for name in ("train", "heldout", "random"):
         logged = ranks[0]["monitor"]["history"][f"lc/{name}"][-1]
         assert logged == pytest.approx(recompute(task, single, name), abs=1e-9), name

@@ -12,7 +12,7 @@ from tests.helpers.grokking_monitors import CrashAtEpoch, SaveMonitorState, fit_
 
 
 def make_monitor(**kwargs) -> AdversarialRobustnessMonitor:
-    options = {"epsilon": 0.3, "steps": 4, "num_points": 41, "num_measurements": 4, "seed": 5}
+    options = {"epsilon": 0.3, "steps": 4, "num_points": 41, "num_measurements": 4, "seed": 5, "max_overhead": None}
     return AdversarialRobustnessMonitor(**{**options, **kwargs})
 
 

@@ -7,24 +7,27 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
-from lightning_regs.datamodules.batch import HARD_TARGET, INDEX, TARGET
+from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback, num_classes_of, read_labels
+from lightning_regs.datamodules.batch import INDEX, TARGET
 from lightning_regs.functional.prediction_table import PredictionTable, Storage
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
 
 __all__ = ["ProgressiveSelfKD"]
 
 
-class ProgressiveSelfKD(Callback):
+class ProgressiveSelfKD(SoftTargetCallback):
     """Progressive self-knowledge distillation (Kim et al., ICCV 2021) for any module that honours the batch contract.
 
     Before each training step, replaces ``batch["target"]`` (int64 class ids) with
     ``(1 − α_e)·onehot(y) + α_e·p(x)``, where ``p(x)`` is the softmax of the logits the model produced
     for that sample the last time it was trained on (stored in a per-sample table keyed by
     ``batch["index"]``), and ``α_e = α_T·(e + 1)/T``. The first epoch trains on one-hot targets. The
-    original ids stay in ``batch["hard_target"]`` so accuracy is still measured against the labels.
+    original ids stay in ``batch["hard_target"]`` so accuracy is still measured against the labels. It
+    is a :class:`~lightning_regs.callbacks.SoftTargetCallback`: after another target-rewriting callback
+    (listed before it), ``onehot(y)`` is replaced by that callback's target.
     After the step, the softmax of ``training_step``'s returned ``"logits"`` is written to the table;
     under DDP the (index, probabilities) pairs of all ranks are gathered first so every rank holds
     the same table. The table is saved in checkpoints with the schedule's ``T``.
@@ -74,12 +77,12 @@ class ProgressiveSelfKD(Callback):
             raise ValueError(f"storage must be 'float32' or 'float16', got {storage!r}.")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be a positive number of classes or None, got {top_k}.")
+        super().__init__(num_classes)
         self.alpha_T = float(alpha_T)
         self.requested_total_epochs = total_epochs
         self.storage = storage
         self.top_k = top_k
         self.num_samples = num_samples
-        self.num_classes = num_classes
         self.table_device = table_device
         self.total_epochs: int | None = None
         self.table: PredictionTable | None = None
@@ -110,7 +113,7 @@ class ProgressiveSelfKD(Callback):
                     f"{expected_rows} samples: resume with the data the run was started with."
                 )
         elif self.table is None:
-            num_classes = self.num_classes or _num_classes_of(trainer, pl_module)
+            num_classes = self.num_classes or num_classes_of(trainer, pl_module)
             if num_classes is not None:
                 self._allocate(trainer, num_classes, device)
         elif self.table.device != device:
@@ -119,22 +122,34 @@ class ProgressiveSelfKD(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module.log("pskd/alpha", self.alpha(trainer.current_epoch), on_step=False, on_epoch=True)
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        index, labels = _read_batch(batch)
-        epoch = trainer.current_epoch
-        alpha = self.alpha(epoch)
+        index = _read_index(batch)
         if self.table is not None and self._check_indices:
             _check_index_range(index, self.table.num_samples)
         self._pending_index = index
-        if epoch == 0 or self.table is None:
-            return
-        table_index = index.to(self.table.device)
+        if trainer.current_epoch > 0 and self.table is not None:
+            self.soften(trainer, pl_module, batch)
+
+    def refine_targets(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Mapping[str, Any],
+        labels: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> torch.Tensor:
+        """Eq. 6: ``(1 − α_e)·targets + α_e·p`` for the rows with a stored prediction ``p``."""
+        assert self.table is not None
+        table_index = batch[INDEX].to(self.table.device)
         previous = self.table.read(table_index).to(labels.device)
         seen = self.table.seen[table_index].to(labels.device)
-        batch[HARD_TARGET] = labels
-        batch[TARGET] = pskd_targets(labels, previous, alpha, seen)
+        return pskd_targets(targets.to(labels.device), previous, self.alpha(trainer.current_epoch), seen)
+
+    def resolve_num_classes(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None) -> int:
+        return self.table.num_classes if self.table is not None else super().resolve_num_classes(trainer, pl_module)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -225,7 +240,7 @@ class ProgressiveSelfKD(Callback):
         )
 
 
-def _read_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_index(batch: Any) -> torch.Tensor:
     if not isinstance(batch, Mapping) or INDEX not in batch or TARGET not in batch:
         keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
         raise TypeError(
@@ -233,19 +248,14 @@ def _read_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
             f"batch is {keys}. Yield dict batches with '{TARGET}' (int64 class ids) and '{INDEX}' (each sample's "
             "position in the training set), as every lightning_regs DataModule does."
         )
-    index, labels = batch[INDEX], batch[TARGET]
-    if labels.is_floating_point() or labels.dim() != 1:
-        raise ValueError(
-            f"ProgressiveSelfKD needs hard class ids in batch['{TARGET}'] (int64, shape (B,)), got dtype "
-            f"{labels.dtype} and shape {tuple(labels.shape)}. Targets that are already soft (MixUp, CutMix, "
-            "label smoothing applied in the data) cannot be refined: apply those after PS-KD or not at all."
-        )
+    labels = read_labels(batch, "ProgressiveSelfKD")
+    index = batch[INDEX]
     if index.is_floating_point() or index.shape != labels.shape:
         raise ValueError(
             f"batch['{INDEX}'] must be int64 of shape {tuple(labels.shape)}, one per sample; got dtype {index.dtype} "
             f"and shape {tuple(index.shape)}."
         )
-    return index, labels
+    return index
 
 
 def _check_index_range(index: torch.Tensor, num_samples: int) -> None:
@@ -256,14 +266,6 @@ def _check_index_range(index: torch.Tensor, num_samples: int) -> None:
             f"{num_samples} rows: indices must be positions in the training set, 0 <= index < len(train set). Pass "
             "ProgressiveSelfKD(num_samples=N) if the training DataLoader's dataset is not the indexed one."
         )
-
-
-def _num_classes_of(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
-    for owner in (pl_module, getattr(trainer, "datamodule", None)):
-        value = getattr(owner, "num_classes", None)
-        if isinstance(value, int):
-            return value
-    return None
 
 
 def _describe(outputs: Any) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_deprecation
 
-from lightning_regs.callbacks._schedule import ScheduledMonitor, draw_from_dataset
+from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
 from lightning_regs.functional.adversarial import Norm, pgd_attack, predict, random_perturbation
 
 __all__ = ["AdversarialRobustnessMonitor"]
@@ -18,12 +19,15 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
 
     Humayun et al. (ICML 2024) report that networks become robust to PGD examples long after they
     interpolate the training data ("delayed robustness"), at the same time as their local complexity
-    falls around the data. ``num_points`` held-out images (and targets) are drawn once and kept in the
-    callback state; the random starts are drawn for the whole set from a private generator seeded by
+    falls around the data. ``num_points`` held-out images (and targets) are drawn once (from
+    ``heldout_split`` of the DataModule or of the loaders given to ``fit``) and kept in the callback
+    state; the random starts are drawn for the whole set from a private generator seeded by
     ``seed`` and the step, so a run under DDP (points sharded over the ranks, correct counts summed)
     and a resumed run measure exactly what a single uninterrupted run measures. Same schedule as
     :class:`~lightning_regs.callbacks.local_complexity_monitor.LocalComplexityMonitor`; at the end a
-    plot goes to W&B or ``<log dir>/robust.png``.
+    plot goes to W&B or ``<log dir>/robust.png``. Schedule, point count, cost bound and the other shared
+    arguments are those of :class:`~lightning_regs.callbacks.ScheduledMonitor`; one point costs about
+    ``3·steps + 2`` forwards (a forward and a backward per PGD step, then two predictions).
 
     Args:
         epsilon: radius of the threat model, in the units the model sees (after normalization).
@@ -31,14 +35,10 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
         steps: PGD steps (10 in the paper's code).
         norm: ``linf`` or ``l2``.
         random_start: start uniformly inside the ball.
-        num_points: held-out points (all of a smaller split).
-        heldout_split: the DataModule split to attack (``val`` or ``test``).
         input_range: clamp adversarial inputs to ``[low, high]`` (the valid data range), if given.
-        num_measurements: measurements over the run on the log-spaced schedule.
-        every_n_steps: measure every ``n`` optimizer steps instead.
-        batch_size: images attacked at once on each rank.
-        plot: draw the plot at the end of training.
-        seed: seed of the points and random starts (never the global RNG).
+        num_measurements, every_n_steps, every_n_epochs, num_points, heldout_split, submodule, prefix,
+            max_overhead, batch_size, plot, seed: see :class:`~lightning_regs.callbacks.ScheduledMonitor`
+            (``batch_size``: images attacked at once on each rank, 1024 when ``None``).
 
     Example::
 
@@ -54,16 +54,32 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
         steps: int = 10,
         norm: Norm = "linf",
         random_start: bool = True,
-        num_points: int | None = 1024,
+        num_points: int | Literal["auto"] | None = "auto",
         heldout_split: str = "val",
         input_range: tuple[float, float] | None = None,
-        num_measurements: int = 50,
+        num_measurements: int | None = None,
         every_n_steps: int | None = None,
-        batch_size: int = 1024,
+        every_n_epochs: int | None = None,
+        submodule: str | None = None,
+        batch_size: int | None = None,
+        prefix: str = "robust",
+        max_overhead: float | None = 0.1,
         plot: bool = True,
         seed: int = 0,
     ) -> None:
-        super().__init__(num_measurements, every_n_steps, seed)
+        super().__init__(
+            num_measurements=num_measurements,
+            every_n_steps=every_n_steps,
+            every_n_epochs=every_n_epochs,
+            num_points=num_points,
+            heldout_split=heldout_split,
+            submodule=submodule,
+            prefix=prefix,
+            max_overhead=max_overhead,
+            batch_size=batch_size,
+            plot=plot,
+            seed=seed,
+        )
         if norm not in ("linf", "l2"):
             raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}.")
         if epsilon <= 0 or steps < 1:
@@ -73,31 +89,46 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
         self.steps_per_attack = int(steps)
         self.norm = norm
         self.random_start = random_start
-        self.num_points = num_points
-        self.heldout_split = heldout_split
         self.input_range = tuple(input_range) if input_range is not None else None
-        self.batch_size = batch_size
-        self.plot_at_end = plot
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(epsilon=self.epsilon, norm=self.norm, steps=self.steps_per_attack)
 
-    def set_points(self, images: torch.Tensor, targets: torch.Tensor) -> None:
-        """Attack these held-out points instead of drawing them from the DataModule."""
+    def set_points(
+        self,
+        images: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        *,
+        heldout: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """Attack ``heldout=(images, targets)`` instead of points drawn from the data.
+
+        ``set_points(images, targets)`` (the old positional form) still works, with a deprecation warning.
+        """
+        if images is not None or targets is not None:
+            rank_zero_deprecation(
+                "AdversarialRobustnessMonitor.set_points(images, targets) is now set_points(heldout=(images, targets))."
+            )
+            heldout = (images, targets)  # type: ignore[assignment]
+        if heldout is None or heldout[0] is None or heldout[1] is None:
+            raise ValueError("set_points needs heldout=(images, targets): the attack needs the labels.")
+        images, targets = heldout
+        if targets.dim() != 1 or targets.is_floating_point():
+            raise ValueError("The held-out targets must be int64 class ids (N,) to measure accuracy.")
         self.points = {"images": images.detach().float().cpu(), "targets": targets.detach().long().cpu()}
+
+    def cost_per_point(self) -> float:
+        return 3.0 * self.steps_per_attack + 2.0
 
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if "images" not in self.points:
-            images, targets = draw_from_dataset(
-                self.dataset(trainer, self.heldout_split), self.num_points, self.generator(1)
-            )
-            if targets.dim() != 1 or targets.is_floating_point():
-                raise ValueError("The held-out targets must be int64 class ids to measure accuracy.")
-            self.set_points(images, targets)
+            self.set_points(heldout=self.draw_points(trainer, self.heldout_split))
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         device = pl_module.device
+        model = self.model(pl_module)
+        batch_size = self.batch_size or 1024
         images, targets = self.points["images"], self.points["targets"]
         start = None
         if self.random_start:
@@ -106,12 +137,12 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
         counts = torch.zeros(2, dtype=torch.float64)
         shard_images, shard_targets = self.shard(trainer, images), self.shard(trainer, targets)
         shard_start = self.shard(trainer, start) if start is not None else None
-        for begin in range(0, shard_images.shape[0], self.batch_size):
-            x = shard_images[begin : begin + self.batch_size].to(device)
-            y = shard_targets[begin : begin + self.batch_size].to(device)
-            delta = shard_start[begin : begin + self.batch_size] if shard_start is not None else None
+        for begin in range(0, shard_images.shape[0], batch_size):
+            x = shard_images[begin : begin + batch_size].to(device)
+            y = shard_targets[begin : begin + batch_size].to(device)
+            delta = shard_start[begin : begin + batch_size] if shard_start is not None else None
             adversarial = pgd_attack(
-                pl_module,
+                model,
                 x,
                 y,
                 self.epsilon,
@@ -122,10 +153,10 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
                 input_range=self.input_range,
                 start=delta,
             )
-            counts[0] += float(predict(pl_module, adversarial).eq(y).sum())
-            counts[1] += float(predict(pl_module, x).eq(y).sum())
+            counts[0] += float(predict(model, adversarial).eq(y).sum())
+            counts[1] += float(predict(model, x).eq(y).sum())
         counts = self.reduce_sum(trainer, counts.to(device)).cpu() / images.shape[0]
-        return {"robust/acc": float(counts[0]), "robust/clean_acc": float(counts[1])}
+        return {f"{self.prefix}/acc": float(counts[0]), f"{self.prefix}/clean_acc": float(counts[1])}
 
     def figure_spec(self) -> tuple[str, dict[str, list[float]], str, str]:
         """Robust and clean accuracy against the step, saved as ``robust.png``."""

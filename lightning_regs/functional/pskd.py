@@ -11,7 +11,8 @@ time it was trained on, detached. A sample with no stored prediction yet gets th
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from lightning_regs.functional.soft_targets import target_distribution
 
 __all__ = ["pskd_alpha", "pskd_targets"]
 
@@ -38,7 +39,8 @@ def pskd_targets(
     """``(1 − α)·onehot(labels) + α·previous``; rows not ``seen`` get ``onehot(labels)``.
 
     Args:
-        labels: int64 class ids ``(B,)``.
+        labels: int64 class ids ``(B,)``, or the current target distribution ``(B, C)`` (when another
+            target refinement ran first, e.g. label smoothing), which then takes the place of the one-hot.
         previous: the stored predictions ``(B, C)`` (probabilities).
         alpha: the mixing weight ``α_e``.
         seen: bool ``(B,)``: whether each row has a stored prediction; all ``True`` when ``None``.
@@ -51,12 +53,16 @@ def pskd_targets(
         >>> pskd_targets(torch.tensor([0, 1]), torch.tensor([[0.5, 0.5], [0.25, 0.75]]), 0.5).tolist()
         [[0.75, 0.25], [0.125, 0.875]]
     """
-    if labels.dim() != 1 or labels.is_floating_point():
-        raise ValueError(f"labels must be int64 class ids (B,), got dtype {labels.dtype} shape {tuple(labels.shape)}.")
     if previous.dim() != 2 or previous.shape[0] != labels.shape[0]:
         raise ValueError(f"previous must be ({labels.shape[0]}, C) probabilities, got {tuple(previous.shape)}.")
-    one_hot = F.one_hot(labels, previous.shape[1]).float()
-    mixed = one_hot.mul(1.0 - alpha).add_(previous.float(), alpha=alpha)
+    try:
+        base = target_distribution(labels, previous.shape[1])
+    except ValueError:
+        raise ValueError(
+            f"labels must be int64 class ids (B,) or (B, {previous.shape[1]}) probabilities, got dtype "
+            f"{labels.dtype} shape {tuple(labels.shape)}."
+        ) from None
+    mixed = base.mul(1.0 - alpha).add_(previous.float(), alpha=alpha)
     if seen is None:
         return mixed
-    return torch.where(seen.unsqueeze(1), mixed, one_hot)
+    return torch.where(seen.unsqueeze(1), mixed, base)

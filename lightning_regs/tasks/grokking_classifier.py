@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_regs.datamodules.batch import unpack_batch
-from lightning_regs.functional.classification import hard_labels, is_soft_target
+from lightning_regs.functional.classification import is_soft_target
 from lightning_regs.tasks.image_classifier import ImageClassifier
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName
 
@@ -63,19 +63,13 @@ class GrokkingClassifier(ImageClassifier):
         )
         self.loss_name = loss
 
-    def _logits_and_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def compute_loss(self, logits: torch.Tensor, batch: Any) -> torch.Tensor:
+        """MSE between the logits and the one-hot (or soft) targets; cross-entropy with ``loss="cross_entropy"``."""
         if self.loss_name == "cross_entropy":
-            return super()._logits_and_loss(batch)
-        image, target = unpack_batch(batch)
-        logits = self(image)
-        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(
-                f"The backbone returned logits of shape {tuple(logits.shape)}; expected (batch, {self.num_classes})."
-            )
-        if not self._targets_checked:
-            self._check_target_range(target)
+            return super().compute_loss(logits, batch)
+        _, target = unpack_batch(batch)
         if is_soft_target(target):
             regression_target = target.to(logits.dtype)
         else:
             regression_target = F.one_hot(target, self.num_classes).to(logits.dtype)
-        return logits, F.mse_loss(logits, regression_target), hard_labels(target)
+        return F.mse_loss(logits, regression_target)

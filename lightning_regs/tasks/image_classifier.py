@@ -16,11 +16,6 @@ from lightning_regs.tasks.optim import OptimizerName, SchedulerName, WarmupSched
 
 __all__ = ["ImageClassifier"]
 
-try:  # the CLI hands the backbone's config here; outside the CLI the backbone is a live module
-    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-except ImportError:  # pragma: no cover - a Lightning without it: always leave the module out of hparams
-    _given_hyperparameters = None
-
 
 class ImageClassifier(pl.LightningModule):
     """Classify ``batch["image"]`` into ``num_classes`` with cross-entropy on hard or soft targets.
@@ -87,10 +82,12 @@ class ImageClassifier(pl.LightningModule):
             )
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
-        if _given_hyperparameters is not None and _given_hyperparameters.get() is not None:
-            self.save_hyperparameters()  # the CLI's config: the backbone as class_path/init_args
-        else:
-            self.save_hyperparameters(ignore=["backbone"])
+        # A live backbone is saved with the weights, not in hparams (it would not load with weights_only=True).
+        # LightningCLI hands its config to save_hyperparameters (and marks it with "_instantiator"): there the
+        # backbone is a class_path/init_args dict, which load_from_checkpoint needs to rebuild the model.
+        self.save_hyperparameters(ignore=["backbone"])
+        if "_instantiator" in self.hparams:
+            self.save_hyperparameters()
         self.backbone = backbone
         self.num_classes = num_classes
         self.metrics = nn.ModuleDict(
@@ -116,18 +113,37 @@ class ImageClassifier(pl.LightningModule):
                 f"with num_classes={self.num_classes}. Set model num_classes (and the backbone's) to {data_classes}."
             )
 
-    def _logits_and_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def compute_loss(self, logits: torch.Tensor, batch: Any) -> torch.Tensor:
+        """The training objective for ``logits`` on ``batch``: cross-entropy on hard or soft ``target``.
+
+        Override this one method to change the loss (``GrokkingClassifier`` does: MSE on one-hot targets);
+        the checks, metrics and logging of every stage stay the same.
+        """
+        _, target = unpack_batch(batch)
+        return classification_loss(logits, target, self.hparams.label_smoothing)
+
+    def labels(self, batch: Any) -> torch.Tensor:
+        """The class ids metrics are measured against: ``hard_target`` when a callback softened ``target``."""
+        if isinstance(batch, Mapping) and HARD_TARGET in batch:
+            return batch[HARD_TARGET]
+        return hard_labels(unpack_batch(batch)[1])
+
+    def logits_and_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward ``batch["image"]``, check the logits' shape and (once) the target range, and compute the loss."""
         image, target = unpack_batch(batch)
         logits = self(image)
+        self.check_logits(logits)
+        if not self._targets_checked:
+            self._check_target_range(target)
+        return logits, self.compute_loss(logits, batch)
+
+    def check_logits(self, logits: torch.Tensor) -> None:
+        """Raise a named error unless ``logits`` is ``(batch, num_classes)``."""
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(
                 f"The backbone returned logits of shape {tuple(logits.shape)}; expected (batch, {self.num_classes}). "
                 "Build the backbone with the same num_classes as the task."
             )
-        if not self._targets_checked:
-            self._check_target_range(target)
-        loss = classification_loss(logits, target, self.hparams.label_smoothing)
-        return logits, loss, hard_labels(target)
 
     def _check_target_range(self, target: torch.Tensor) -> None:
         # Once per run: an out-of-range class id is a device-side assert on CUDA, far from its cause.
@@ -139,17 +155,21 @@ class ImageClassifier(pl.LightningModule):
             )
         self._targets_checked = True
 
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        logits, loss, labels = self._logits_and_loss(batch)
-        if isinstance(batch, Mapping) and HARD_TARGET in batch:
-            labels = batch[HARD_TARGET]
-        self.metrics["train_acc"](logits.detach(), labels)
+    def log_training(self, loss: torch.Tensor, logits: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
+        """Log ``train/loss`` and ``train/acc`` and return ``{"loss", "logits"}`` (logits detached) for callbacks."""
+        logits = logits.detach()
+        self.metrics["train_acc"](logits, self.labels(batch))
         self.log("train/loss", loss.detach(), prog_bar=True)
         self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
-        return {"loss": loss, "logits": logits.detach()}
+        return {"loss": loss, "logits": logits}
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        logits, loss = self.logits_and_loss(batch)
+        return self.log_training(loss, logits, batch)
 
     def _evaluate(self, batch: Any, stage: str) -> None:
-        logits, loss, labels = self._logits_and_loss(batch)
+        logits, loss = self.logits_and_loss(batch)
+        labels = self.labels(batch)
         probabilities = logits.float().softmax(dim=-1)
         self.metrics[f"{stage}_acc"](probabilities, labels)
         self.metrics[f"{stage}_ece"](probabilities, labels)

@@ -1,0 +1,424 @@
+"""The base of every training monitor: when to measure, on which points, under DDP, and at what cost.
+
+A measurement at optimizer step ``g`` runs once, after the ``g``-th step (step 0: before the first),
+writes its values straight to the Trainer's loggers at step ``g`` (``pl_module.log`` would drop values
+between ``log_every_n_steps``) and keeps them in the callback state, from which the plots are drawn.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
+
+from lightning_regs.callbacks._plots import plot_curves, plot_directory, publish_figure
+from lightning_regs.callbacks.monitor_schedule import (
+    MAX_MEASUREMENTS,
+    MAX_POINTS,
+    TRAIN_COST_PER_SAMPLE,
+    auto_size,
+    measurement_epochs,
+    measurement_steps,
+)
+from lightning_regs.datamodules.batch import unpack_batch
+
+__all__ = ["ScheduledMonitor", "draw_from_dataset", "measurement_epochs", "measurement_steps"]
+
+
+def draw_from_dataset(
+    dataset: Dataset, num_points: int | None, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_points`` (all when ``None`` or larger than the set) images and targets drawn without replacement.
+
+    Samples may be dicts with ``image``/``target`` or ``(image, target)`` pairs.
+
+    Example::
+
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.arange(10.0).view(10, 1), torch.arange(10))
+        >>> images, targets = draw_from_dataset(data, 3, torch.Generator().manual_seed(0))
+        >>> images.shape, bool((images.squeeze(1).long() == targets).all())
+        (torch.Size([3, 1]), True)
+    """
+    size = len(dataset)  # type: ignore[arg-type]
+    if size == 0:
+        raise ValueError("The monitor's point set is drawn from an empty data set; give it a split that has samples.")
+    if num_points is None or num_points >= size:
+        indices = torch.arange(size)
+    else:
+        indices = torch.randperm(size, generator=generator)[:num_points].sort().values
+    images, targets = zip(*(unpack_batch(dataset[int(i)]) for i in indices), strict=True)
+    image_tensor = torch.stack([torch.as_tensor(x) for x in images]).float()
+    return image_tensor, torch.stack([torch.as_tensor(t) for t in targets])
+
+
+class ScheduledMonitor(Callback):
+    """Base of the monitors: schedule, point sets, DDP sharding, logging, history, plots and cost.
+
+    A subclass implements :meth:`prepare` (draw its fixed points once, with :meth:`draw_points`),
+    :meth:`measure` (return ``{name: value}``, identical on every rank), :meth:`cost_per_point`
+    (forward passes of one sample per point and measurement, to size the defaults) and
+    :meth:`figure_spec` (what :meth:`plot` draws). It may override :meth:`should_measure`.
+
+    **Schedule** (one of): ``num_measurements`` log-spaced optimizer steps from step 0 to the end
+    (the grokking paper's schedule), ``every_n_steps``, or ``every_n_epochs`` (measured after those
+    epochs and before training). **Points**: ``num_points`` per set, drawn once from the Trainer's
+    DataModule (``train`` and ``heldout_split``), or, when ``fit`` got DataLoaders and no DataModule,
+    from the Trainer's own loaders; kept in the checkpoint, so a resumed run measures the same points.
+    Under DDP each rank measures its shard (:meth:`shard`) and the sums are all-reduced
+    (:meth:`reduce_sum`), so every rank logs the single-process value.
+
+    **Cost**: left at ``None``, ``num_points`` and ``num_measurements`` are sized from the run (total
+    steps × global batch) so that the monitor's forward passes stay within ``max_overhead`` of the
+    training's (a training sample counted as 3 forwards); and at every scheduled point after the first,
+    the measurement is skipped when the seconds spent measuring so far plus the last measurement's would
+    exceed ``max_overhead`` × the seconds spent training (decided on rank 0, so ranks agree). The ratio
+    is logged as ``<prefix>/overhead`` and printed at the end. ``max_overhead=None`` measures exactly the
+    schedule, whatever it costs (runs are then reproducible measurement for measurement).
+
+    Args:
+        num_measurements: log-spaced measurements over the run; ``None``: up to 50, as the budget allows.
+        every_n_steps: measure every ``n`` optimizer steps instead.
+        every_n_epochs: measure after every ``n`` epochs instead.
+        num_points: points per set; ``"auto"``: 64 to 1024, as the budget allows; ``None``: the whole split.
+        heldout_split: the split held-out points come from (``val`` or ``test``).
+        submodule: measure ``pl_module.<submodule>`` (e.g. ``backbone``, or ``net._orig_mod`` for a
+            ``torch.compile``d ``net``) instead of the whole LightningModule.
+        prefix: metric names are ``<prefix>/<quantity>``.
+        max_overhead: the share of training time the monitor may add; ``None``: no limit.
+        batch_size: points per forward; ``None`` lets the subclass choose.
+        plot: draw the plot at the end of training.
+        seed: seed of the points and every random draw (never the global RNG).
+
+    Example::
+
+        >>> class WeightNorm(ScheduledMonitor):  # a monitor in a dozen lines
+        ...     def prepare(self, trainer, pl_module):
+        ...         pass
+        ...     def cost_per_point(self):
+        ...         return 1.0
+        ...     def measure(self, trainer, pl_module):
+        ...         norm = sum(p.detach().pow(2).sum() for p in self.model(pl_module).parameters()) ** 0.5
+        ...         return {f"{self.prefix}/weight_norm": float(norm)}
+        ...     def figure_spec(self):
+        ...         return "weight_norm", self.history, "L2 norm", "weights"
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_regs.datamodules import DigitsDataModule
+        >>> from lightning_regs.models import SmallCNN
+        >>> from lightning_regs.tasks import ImageClassifier
+        >>> monitor = WeightNorm(every_n_epochs=1, prefix="wn", plot=False, max_overhead=None)
+        >>> trainer = Trainer(max_epochs=2, callbacks=[monitor], logger=False, enable_checkpointing=False,
+        ...                   enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+        >>> trainer.fit(ImageClassifier(SmallCNN(width=8), num_classes=10), DigitsDataModule())
+        >>> len(monitor.measured_steps), sorted(monitor.history)
+        (3, ['wn/weight_norm'])
+    """
+
+    def __init__(
+        self,
+        num_measurements: int | None = None,
+        every_n_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        num_points: int | Literal["auto"] | None = "auto",
+        heldout_split: str = "val",
+        submodule: str | None = None,
+        prefix: str = "monitor",
+        max_overhead: float | None = 0.1,
+        batch_size: int | None = None,
+        plot: bool = True,
+        seed: int = 0,
+    ) -> None:
+        given = [name for name, value in _schedules(num_measurements, every_n_steps, every_n_epochs) if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"Give one schedule: num_measurements, every_n_steps or every_n_epochs; got {given}.")
+        for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive number, got {value}.")
+        if num_measurements is not None and num_measurements < 2:
+            raise ValueError(f"num_measurements must be at least 2 (the start and the end), got {num_measurements}.")
+        if num_points != "auto" and num_points is not None and (not isinstance(num_points, int) or num_points < 1):
+            raise ValueError(f"num_points must be a positive int, 'auto' or None (the whole split), got {num_points!r}.")
+        if max_overhead is not None and not max_overhead > 0:
+            raise ValueError(f"max_overhead must be a positive share of training time or None, got {max_overhead}.")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be positive or None, got {batch_size}.")
+        self.num_measurements = num_measurements
+        self.every_n_steps = every_n_steps
+        self.every_n_epochs = every_n_epochs
+        self.num_points = num_points
+        self.heldout_split = heldout_split
+        self.submodule = submodule
+        self.prefix = prefix
+        self.max_overhead = max_overhead
+        self.batch_size = batch_size
+        self.plot_at_end = plot
+        self.seed = seed
+        self.steps: list[int] = []  # the scheduled optimizer steps (step schedules)
+        self.epochs: list[int] = []  # the scheduled finished-epoch counts (epoch schedules)
+        self.points_per_set: int | None = None  # num_points resolved at the start of training
+        self.history: dict[str, list[float]] = {}
+        self.measured_steps: list[int] = []
+        self.skipped_steps: list[int] = []
+        self.points: dict[str, torch.Tensor] = {}
+        self.measure_seconds = 0.0
+        self._train_started = 0.0
+        self._last_cost = 0.0
+
+    # -- what a subclass implements ----------------------------------------------------------------
+    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fill :attr:`points` with what is missing (nothing after a resume), with :meth:`draw_points`."""
+        raise NotImplementedError
+
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """One measurement: ``{"<prefix>/<quantity>": value}``, the same on every rank."""
+        raise NotImplementedError
+
+    def cost_per_point(self) -> float:
+        """Forward passes of one sample that one point costs in one measurement, over all point sets."""
+        raise NotImplementedError
+
+    def figure_spec(self) -> tuple[str, dict[str, list[float]], str, str]:
+        """``(file stem, curves by name, y label, title)`` of the plot."""
+        raise NotImplementedError
+
+    def should_measure(self, trainer: pl.Trainer, epoch_end: bool) -> bool:
+        """Whether the schedule asks for a measurement now (after an optimizer step, or at an epoch's end).
+
+        Override to measure on other events; the same answer must come on every rank.
+        """
+        if self.every_n_epochs is not None:
+            if trainer.global_step == 0:
+                return True
+            return epoch_end and trainer.current_epoch + 1 in self.epochs
+        return not epoch_end and trainer.global_step in self.steps
+
+    # -- helpers for subclasses --------------------------------------------------------------------
+    def model(self, pl_module: pl.LightningModule) -> torch.nn.Module:
+        """The module measured: ``pl_module`` or its ``submodule``."""
+        if not self.submodule:
+            return pl_module
+        try:
+            return pl_module.get_submodule(self.submodule)
+        except AttributeError:
+            names = [name for name, _ in pl_module.named_children()]
+            raise ValueError(
+                f"{type(self).__name__}(submodule={self.submodule!r}): {type(pl_module).__name__} has no such "
+                f"submodule; its children are {names}."
+            ) from None
+
+    def dataset(self, trainer: pl.Trainer, split: str) -> Dataset:
+        """The data set of ``split``: the DataModule's, else the one of the loaders given to ``fit``."""
+        datamodule = trainer.datamodule
+        if datamodule is not None:
+            return getattr(datamodule, f"{split}_dataloader")().dataset
+        loaders = _trainer_loaders(trainer, split)
+        if not loaders:
+            raise RuntimeError(
+                f"{type(self).__name__} draws its {split!r} points from the Trainer's data, and this run has no "
+                f"{split} data: pass {split}_dataloaders to fit (or a DataModule), choose another heldout_split, "
+                "or give the points with set_points(...) before fit."
+            )
+        return loaders[0].dataset
+
+    def draw_points(
+        self, trainer: pl.Trainer, split: str, offset: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:attr:`points_per_set` images and targets from ``split``, drawn from the private generator."""
+        return draw_from_dataset(self.dataset(trainer, split), self.points_per_set, self.generator(offset))
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A generator seeded by ``seed`` and ``offset``: draws that never touch the global RNG."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + offset)
+
+    @staticmethod
+    def shard(trainer: pl.Trainer, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank ``r``'s share of a point set: items ``r, r + W, ...``."""
+        return tensor[trainer.global_rank :: trainer.world_size]
+
+    @staticmethod
+    def reduce_sum(trainer: pl.Trainer, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of ``tensor`` over the ranks (itself on one process)."""
+        if trainer.world_size == 1:
+            return tensor
+        return trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
+
+    # -- plot --------------------------------------------------------------------------------------
+    def plot(self, trainer: pl.Trainer) -> Path | None:
+        """Plot the history against the step: to W&B with a ``WandbLogger``, else ``<log dir>/<stem>.png``."""
+        directory = plot_directory(trainer)  # on every rank: a collective under DDP
+        if not trainer.is_global_zero:
+            return None
+        stem, curves, ylabel, title = self.figure_spec()
+        figure = plot_curves(self.measured_steps, curves, ylabel=ylabel, title=title)
+        step = self.measured_steps[-1] if self.measured_steps else None
+        return publish_figure(trainer, figure, stem, directory, step)
+
+    # -- hooks -------------------------------------------------------------------------------------
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.steps and not self.epochs:
+            self._plan(trainer)
+        self.prepare(trainer, pl_module)  # fills only what is missing (nothing after a resume)
+        if trainer.world_size > 1:  # every rank measures rank 0's points
+            self.points = trainer.strategy.broadcast(self.points, src=0)
+        self.measure_seconds = 0.0
+        self._train_started = time.perf_counter()
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step == 0:
+            self._maybe_measure(trainer, pl_module, epoch_end=False)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._maybe_measure(trainer, pl_module, epoch_end=False)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_measure(trainer, pl_module, epoch_end=True)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.measured_steps:
+            training = time.perf_counter() - self._train_started - self.measure_seconds
+            skipped = f", {len(self.skipped_steps)} skipped to stay within max_overhead" if self.skipped_steps else ""
+            rank_zero_info(
+                f"{type(self).__name__}: {len(self.measured_steps)} measurements{skipped}, "
+                f"{self.measure_seconds:.1f} s measuring = {_ratio(self.measure_seconds, training):.1%} of "
+                f"{training:.1f} s training."
+            )
+        if self.plot_at_end and self.measured_steps:
+            self.plot(trainer)
+
+    # -- state -------------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps": list(self.steps),
+            "epochs": list(self.epochs),
+            "points_per_set": self.points_per_set,
+            "measured_steps": list(self.measured_steps),
+            "skipped_steps": list(self.skipped_steps),
+            "history": {name: list(values) for name, values in self.history.items()},
+            "points": dict(self.points),
+            "seed": self.seed,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps = [int(s) for s in state_dict.get("steps", [])]
+        self.epochs = [int(e) for e in state_dict.get("epochs", [])]
+        self.points_per_set = state_dict.get("points_per_set")
+        self.measured_steps = [int(s) for s in state_dict.get("measured_steps", [])]
+        self.skipped_steps = [int(s) for s in state_dict.get("skipped_steps", [])]
+        self.history = {name: [float(v) for v in values] for name, values in state_dict.get("history", {}).items()}
+        self.points = dict(state_dict.get("points", {}))
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _plan(self, trainer: pl.Trainer) -> None:
+        total_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        if total_steps is None:
+            total_steps = int(trainer.estimated_stepping_batches)
+        measurements = self.num_measurements
+        if self.every_n_steps is not None:
+            measurements = len(measurement_steps(total_steps, every_n_steps=self.every_n_steps))
+        elif self.every_n_epochs is not None:
+            measurements = len(measurement_epochs(_total_epochs(trainer), self.every_n_epochs))
+        requested = None if self.num_points == "auto" else self.num_points
+        if self.max_overhead is None:
+            self.points_per_set = requested if self.num_points != "auto" else MAX_POINTS
+            measurements = measurements or MAX_MEASUREMENTS
+        else:
+            budget = self.max_overhead * TRAIN_COST_PER_SAMPLE * total_steps * _global_batch(trainer)
+            sized = MAX_POINTS if self.num_points is None else requested  # the whole split: sized as the largest
+            points, measurements = auto_size(budget, self.cost_per_point(), sized, measurements)
+            self.points_per_set = points if self.num_points is not None else None
+        if self.every_n_epochs is not None:
+            self.epochs = measurement_epochs(_total_epochs(trainer), self.every_n_epochs)
+        else:
+            self.steps = measurement_steps(total_steps, measurements, self.every_n_steps)
+
+    def _maybe_measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch_end: bool) -> None:
+        step = trainer.global_step
+        if self.measured_steps and step <= self.measured_steps[-1]:
+            return
+        if not self.should_measure(trainer, epoch_end):
+            return
+        if not self._within_budget(trainer):
+            self.skipped_steps.append(step)
+            return
+        started = time.perf_counter()
+        values = self.measure(trainer, pl_module)
+        self._last_cost = time.perf_counter() - started
+        self.measure_seconds += self._last_cost
+        self.measured_steps.append(step)
+        for name, value in values.items():
+            self.history.setdefault(name, []).append(float(value))
+        training = time.perf_counter() - self._train_started - self.measure_seconds
+        logged = {**values, f"{self.prefix}/overhead": _ratio(self.measure_seconds, training)}
+        for logger in trainer.loggers:
+            logger.log_metrics(logged, step=step)
+        for name, value in values.items():
+            trainer.callback_metrics[name] = torch.tensor(value)
+
+    def _within_budget(self, trainer: pl.Trainer) -> bool:
+        if self.max_overhead is None or not self.measured_steps or self._last_cost == 0.0:
+            return True
+        training = time.perf_counter() - self._train_started - self.measure_seconds
+        decision = self.measure_seconds + self._last_cost <= self.max_overhead * training
+        if trainer.world_size > 1:  # wall clocks differ across ranks; rank 0 decides for all
+            decision = trainer.strategy.broadcast(decision, src=0)
+        return bool(decision)
+
+
+def _schedules(*values: int | None) -> Sequence[tuple[str, int | None]]:
+    return list(zip(("num_measurements", "every_n_steps", "every_n_epochs"), values, strict=True))
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else 0.0
+
+
+def _total_epochs(trainer: pl.Trainer) -> int:
+    if trainer.max_epochs is None or trainer.max_epochs < 1:
+        raise ValueError("every_n_epochs needs the Trainer's max_epochs; this run trains by steps: use every_n_steps.")
+    return int(trainer.max_epochs)
+
+
+def _global_batch(trainer: pl.Trainer) -> int:
+    loader = trainer.train_dataloader
+    size = getattr(loader, "batch_size", None)
+    if size is None:
+        size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    return int(size or 32) * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def _trainer_loaders(trainer: pl.Trainer, split: str) -> list[DataLoader]:
+    if split == "train":
+        loaders: Any = trainer.train_dataloader
+    else:
+        attribute = {"val": "val_dataloaders", "test": "test_dataloaders"}.get(split)
+        if attribute is None:
+            raise ValueError(f"heldout_split must be 'val' or 'test' when fit has no DataModule, got {split!r}.")
+        if split == "val" and trainer.val_dataloaders is None:
+            trainer.fit_loop.epoch_loop.val_loop.setup_data()  # Lightning sets it up lazily, at the first validation
+        loaders = getattr(trainer, attribute)
+    if loaders is None:
+        return []
+    if isinstance(loaders, DataLoader):
+        return [loaders]
+    if isinstance(loaders, dict):
+        return list(loaders.values())
+    return list(loaders)

@@ -1,0 +1,135 @@
+"""The base of callbacks that rewrite ``batch["target"]`` into soft targets before each training step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from lightning_regs.datamodules.batch import HARD_TARGET, TARGET
+from lightning_regs.functional.soft_targets import target_distribution
+
+__all__ = ["SoftTargetCallback", "num_classes_of"]
+
+
+class SoftTargetCallback(Callback):
+    """Replace ``batch["target"]`` by soft targets ``(B, C)`` before each training step; keep the labels.
+
+    A subclass implements one method, :meth:`refine_targets`, which receives the labels (int64 ids)
+    and the current target as a class distribution and returns the new distribution (or ``None`` to
+    leave the batch as it is). The base does the rest, the same way for every such callback:
+
+    * the labels are read from ``batch["hard_target"]`` when an earlier callback wrote it, else from
+      ``batch["target"]``, which must then hold int64 class ids ``(B,)`` (soft targets that come from
+      the data, e.g. MixUp applied in the DataLoader, carry no labels and are refused);
+    * the result goes to ``batch["target"]`` (float32 ``(B, C)``) and the labels to
+      ``batch["hard_target"]``, written once by the first callback that softens the batch and never
+      overwritten, so metrics keep measuring against the real labels.
+
+    **Several such callbacks in one Trainer** run in the order of the Trainer's ``callbacks`` list, and
+    each refines what the one before produced: with ``[ProgressiveSelfKD(), LabelSmoothing(0.1)]`` the
+    target is ``(1 − ε)·((1 − α)·onehot(y) + α·p) + ε/C``; listed the other way round it is
+    ``(1 − α)·((1 − ε)·onehot(y) + ε/C) + α·p``.
+
+    The module's loss must accept ``(B, C)`` probabilities (``F.cross_entropy`` does;
+    :class:`~lightning_regs.tasks.ImageClassifier` does and measures accuracy against ``hard_target``).
+
+    Args:
+        num_classes: columns of the soft targets; by default the module's or DataModule's ``num_classes``.
+
+    Example::
+
+        >>> class Uniform(SoftTargetCallback):  # trains towards the uniform distribution
+        ...     def refine_targets(self, trainer, pl_module, batch, labels, targets):
+        ...         return torch.full_like(targets, 1.0 / targets.shape[1])
+        >>> batch = {"target": torch.tensor([1, 0])}
+        >>> Uniform(num_classes=2).soften(None, None, batch)
+        >>> batch["target"].tolist(), batch["hard_target"].tolist()
+        ([[0.5, 0.5], [0.5, 0.5]], [1, 0])
+    """
+
+    def __init__(self, num_classes: int | None = None) -> None:
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2 (or None to read it from the module), got {num_classes}.")
+        self.num_classes = num_classes
+
+    def refine_targets(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Mapping[str, Any],
+        labels: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """The new targets ``(B, C)`` from the labels ``(B,)`` and the current targets ``(B, C)``; ``None``: unchanged."""
+        raise NotImplementedError(f"{type(self).__name__} must implement refine_targets().")
+
+    def resolve_num_classes(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None) -> int:
+        """``num_classes`` as given, else the module's or the DataModule's; a named error when none has it."""
+        if self.num_classes is not None:
+            return self.num_classes
+        found = num_classes_of(trainer, pl_module)
+        if found is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the number of classes: neither the LightningModule nor the DataModule "
+                f"has an int `num_classes`. Pass {type(self).__name__}(num_classes=C)."
+            )
+        return found
+
+    def soften(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, batch: Any) -> None:
+        """Apply :meth:`refine_targets` to ``batch`` in place (what every training batch goes through)."""
+        labels = read_labels(batch, type(self).__name__)
+        num_classes = self.resolve_num_classes(trainer, pl_module)
+        refined = self.refine_targets(trainer, pl_module, batch, labels, target_distribution(batch[TARGET], num_classes))
+        if refined is None:
+            return
+        if refined.shape != (labels.shape[0], num_classes):
+            raise ValueError(
+                f"{type(self).__name__}.refine_targets returned shape {tuple(refined.shape)}; expected "
+                f"({labels.shape[0]}, {num_classes})."
+            )
+        if HARD_TARGET not in batch:
+            batch[HARD_TARGET] = labels
+        batch[TARGET] = refined
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.soften(trainer, pl_module, batch)
+
+
+def read_labels(batch: Any, who: str) -> torch.Tensor:
+    """The int64 labels of a dict batch: ``hard_target`` if a callback already softened it, else ``target``."""
+    if not isinstance(batch, Mapping) or TARGET not in batch:
+        kind = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+        raise TypeError(
+            f"{who} rewrites batch['{TARGET}'], but the batch is {kind}. Yield dict batches with '{TARGET}' "
+            "(int64 class ids), as every lightning_regs DataModule does; wrap your own data set with "
+            "lightning_regs.datamodules.TensorDictDataset or yield dicts from it."
+        )
+    labels = batch.get(HARD_TARGET, batch[TARGET])
+    if labels.is_floating_point() or labels.dim() != 1:
+        raise ValueError(
+            f"{who} needs hard class ids in batch['{TARGET}'] (int64, shape (B,)), got dtype {labels.dtype} and "
+            f"shape {tuple(labels.shape)}. Targets that are already soft in the data (MixUp, CutMix, label "
+            "smoothing applied in the DataLoader) carry no labels and cannot be refined: apply those as "
+            "callbacks after this one, or not at all."
+        )
+    return labels
+
+
+def num_classes_of(trainer: pl.Trainer | None, pl_module: pl.LightningModule | None) -> int | None:
+    """The ``num_classes`` of the module, else of the Trainer's DataModule, when either has an int one."""
+    for owner in (pl_module, getattr(trainer, "datamodule", None)):
+        try:
+            value = getattr(owner, "num_classes", None)
+        except (RuntimeError, ValueError):  # a DataModule that only knows it after setup
+            value = None
+        if isinstance(value, int):
+            return value
+    return None
