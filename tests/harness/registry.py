@@ -1,0 +1,196 @@
+"""One tiny canonical setting per public callback, mixin and task: what the generic tests run.
+
+Every factory is a module-level function (``ddp_spawn`` pickles what the Trainer is handed) and
+builds fresh objects on each call. Settings avoid BatchNorm in what trains, so that a 2-process run
+equals one process on the same global batches (per-rank batch statistics would differ).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.strategies import DDPStrategy
+from torch import nn
+
+from lightning_regs import callbacks as cb
+from lightning_regs.local_learning import LocalLearningMixin
+from lightning_regs.models import MLP, LayeredModel
+from lightning_regs.tasks import GrokkingClassifier, ImageClassifier, LocalLearningClassifier, MeanImageAnomalyBaseline
+from tests.helpers.trainers import SequentialDigits
+
+__all__ = ["REGISTRY", "MethodSetting", "setting"]
+
+
+@dataclass(frozen=True)
+class MethodSetting:
+    """A method's canonical setting.
+
+    Attributes:
+        name: the entry's id in test names and in the README's methods table.
+        covers: the public classes this setting proves.
+        make_task: builds the LightningModule.
+        make_callbacks: builds the method's callbacks (their state is compared across runs).
+        make_datamodule: builds the DataModule from ``(root, per_rank_batch)``; it must serve the samples
+            in a fixed order split over the ranks (``SequentialDigits`` does) for the DDP comparison.
+        max_epochs, limit_train_batches: the run's length (the resume test stops after epoch 1).
+        ddp_strategy: the 2-process strategy.
+        atol: tolerance of the DDP-vs-one-process comparison (float32 sums in another order).
+        no_resume_because: why a stopped-and-resumed run does not apply (the resume tests skip, saying so).
+    """
+
+    name: str
+    covers: tuple[type, ...]
+    make_task: Callable[[], pl.LightningModule]
+    make_callbacks: Callable[[], list[pl.Callback]] = list
+    make_datamodule: Callable[[Path, int], pl.LightningDataModule] = field(default=None)  # type: ignore[assignment]
+    max_epochs: int = 3
+    limit_train_batches: int = 4
+    ddp_strategy: Callable[[], Any] = field(default=None)  # type: ignore[assignment]
+    atol: float = 1e-5
+    no_resume_because: str | None = None
+
+    def datamodule(self, root: Path, per_rank_batch: int) -> pl.LightningDataModule:
+        return (self.make_datamodule or sequential_digits)(root, per_rank_batch)
+
+    def strategy(self) -> Any:
+        return (self.ddp_strategy or ddp_spawn)()
+
+
+def sequential_digits(root: Path, per_rank_batch: int) -> pl.LightningDataModule:
+    return SequentialDigits(batch_size=per_rank_batch)
+
+
+def ddp_spawn() -> str:
+    return "ddp_spawn"
+
+
+def ddp_spawn_unused_parameters() -> DDPStrategy:
+    return DDPStrategy(start_method="spawn", find_unused_parameters=True)
+
+
+def mlp(depth: int = 3) -> MLP:
+    return MLP(in_features=64, num_classes=10, width=24, depth=depth)
+
+
+def small_convnet() -> LayeredModel:
+    """Three conv layers without BatchNorm (InfoPro's decoder needs (C, H, W) features)."""
+    def conv(c_in: int, c_out: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU())
+
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    return LayeredModel([("c1", conv(1, 8)), ("c2", conv(8, 8)), ("c3", conv(8, 8))], head, num_classes=10)
+
+
+def image_classifier() -> ImageClassifier:
+    return ImageClassifier(mlp(), 10, lr=0.1, scheduler="cosine", weight_decay=1e-4)
+
+
+def grokking_classifier() -> GrokkingClassifier:
+    return GrokkingClassifier(mlp(), 10, lr=1e-2)
+
+
+def local_learning(head: str, man: bool = False) -> Callable[[], LocalLearningClassifier]:
+    return _LocalLearning(head, man)
+
+
+@dataclass(frozen=True)
+class _LocalLearning:
+    head: str
+    man: bool
+
+    def __call__(self) -> LocalLearningClassifier:
+        split: Any = "auto" if self.head == "auglocal" else [0, 1]
+        K = None if self.head == "auglocal" else 3
+        extra = {"d": 1} if self.head == "auglocal" else {}
+        backbone = small_convnet() if self.head == "infopro" else mlp(depth=4)
+        return LocalLearningClassifier(
+            backbone, 10, K=K, split=split, head=self.head, man=self.man, input_shape=(1, 8, 8),
+            head_norm=False, lr=0.1, scheduler="cosine", **extra,
+        )  # fmt: skip
+
+
+def no_callbacks() -> list[pl.Callback]:
+    return []
+
+
+def pskd() -> list[pl.Callback]:
+    return [cb.ProgressiveSelfKD(alpha_T=0.8)]
+
+
+def label_smoothing() -> list[pl.Callback]:
+    return [cb.LabelSmoothing(0.1)]
+
+
+def pskd_then_label_smoothing() -> list[pl.Callback]:
+    return [cb.ProgressiveSelfKD(alpha_T=0.8), cb.LabelSmoothing(0.1)]
+
+
+def man() -> list[pl.Callback]:
+    return [cb.MomentumAuxiliaryNetworks(momentum=0.5)]
+
+
+def local_complexity() -> list[pl.Callback]:
+    return [
+        cb.LocalComplexityMonitor(
+            radius=0.5, num_directions=4, num_points=12, num_measurements=5, log_per_layer=True,
+            max_overhead=None, plot=False,
+        )
+    ]  # fmt: skip
+
+
+def robustness() -> list[pl.Callback]:
+    return [
+        cb.AdversarialRobustnessMonitor(
+            epsilon=0.3, steps=3, num_points=16, every_n_epochs=1, max_overhead=None, plot=False
+        )
+    ]
+
+
+def metrics_summary() -> list[pl.Callback]:
+    return [cb.MetricsSummary()]
+
+
+def mvtec(root: Path, per_rank_batch: int) -> pl.LightningDataModule:
+    from lightning_regs.datamodules import MVTecADDataModule
+    from tests.helpers.fake_datasets_medical import make_mvtec
+
+    folder = make_mvtec(root / "mvtec") if not (root / "mvtec").exists() else root / "mvtec"
+    return MVTecADDataModule(root=str(folder), category="bottle", image_size=16, batch_size=per_rank_batch)
+
+
+def setting(name: str) -> MethodSetting:
+    """The registry entry called ``name``."""
+    return next(entry for entry in REGISTRY if entry.name == name)
+
+
+_LOCAL = {"ddp_strategy": ddp_spawn_unused_parameters}
+
+REGISTRY: tuple[MethodSetting, ...] = (
+    MethodSetting("image_classifier", (ImageClassifier,), image_classifier, no_callbacks),
+    MethodSetting("grokking_classifier", (GrokkingClassifier,), grokking_classifier, no_callbacks),
+    MethodSetting("metrics_summary", (cb.MetricsSummary,), image_classifier, metrics_summary, max_epochs=2),
+    MethodSetting("label_smoothing", (cb.LabelSmoothing, cb.SoftTargetCallback), image_classifier, label_smoothing),
+    MethodSetting("pskd", (cb.ProgressiveSelfKD,), image_classifier, pskd),
+    MethodSetting("pskd+label_smoothing", (), image_classifier, pskd_then_label_smoothing),
+    MethodSetting(
+        "local_complexity_monitor", (cb.LocalComplexityMonitor, cb.ScheduledMonitor), image_classifier, local_complexity
+    ),
+    MethodSetting("robustness_monitor", (cb.AdversarialRobustnessMonitor,), image_classifier, robustness),
+    MethodSetting(
+        "local_learning_dgl", (LocalLearningClassifier, LocalLearningMixin), local_learning("dgl"), **_LOCAL
+    ),
+    MethodSetting("local_learning_infopro", (), local_learning("infopro"), **_LOCAL),
+    MethodSetting("local_learning_auglocal", (), local_learning("auglocal"), **_LOCAL),
+    MethodSetting(
+        "local_learning_man", (cb.MomentumAuxiliaryNetworks,), local_learning("dgl", man=True), man, **_LOCAL
+    ),
+    MethodSetting(
+        "mean_image_anomaly_baseline", (MeanImageAnomalyBaseline,), MeanImageAnomalyBaseline, no_callbacks,
+        make_datamodule=mvtec, max_epochs=2, limit_train_batches=1,
+        no_resume_because="it takes no optimizer step, so no checkpoint is written before the end of fit",
+    ),  # fmt: skip
+)

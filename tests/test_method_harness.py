@@ -1,0 +1,103 @@
+"""The generic tests every registered method passes (see ``tests/harness/registry.py``).
+
+For each setting: a real ``Trainer.fit``; stopped and resumed ends where uninterrupted ends (weights and
+callback state); two ``ddp_spawn`` processes equal one process on the same global batches; every
+checkpoint loads with ``torch.load(weights_only=True)``; everything handed to ``ddp_spawn`` pickles.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import re
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+import lightning_regs.callbacks
+import lightning_regs.local_learning
+import lightning_regs.tasks
+from tests.harness.compare import assert_same_state
+from tests.harness.registry import REGISTRY, MethodSetting
+from tests.harness.runs import run_ddp, run_resumed, run_uninterrupted
+
+ENTRIES = [pytest.param(entry, id=entry.name) for entry in REGISTRY]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Each entry's uninterrupted run, computed once and shared by the tests that compare with it."""
+    cache: dict[str, dict] = {}
+
+    def get(entry: MethodSetting) -> dict:
+        if entry.name not in cache:
+            cache[entry.name] = run_uninterrupted(entry, tmp_path_factory.mktemp(f"{entry.name}-full"))
+        return cache[entry.name]
+
+    return get
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_fit_trains_and_the_method_leaves_state(entry, uninterrupted):
+    state = uninterrupted(entry)
+    assert state["weights"], "the module has no state"
+    assert all(torch.isfinite(v).all() for v in state["weights"].values() if v.is_floating_point())
+    assert len(state["callbacks"]) >= len(entry.make_callbacks())
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_stopped_and_resumed_ends_where_uninterrupted_ends(entry, uninterrupted, tmp_path):
+    if entry.no_resume_because:
+        pytest.skip(entry.no_resume_because)
+    resumed = run_resumed(entry, tmp_path)
+    assert_same_state(uninterrupted(entry), resumed, atol=1e-6)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_every_checkpoint_loads_with_weights_only(entry, tmp_path):
+    if entry.no_resume_because:
+        pytest.skip(entry.no_resume_because)
+    run_resumed(entry, tmp_path)
+    checkpoints = sorted(tmp_path.glob("*.ckpt"))
+    assert len(checkpoints) >= entry.max_epochs
+    for path in checkpoints:
+        checkpoint = torch.load(path, weights_only=True)
+        assert {"state_dict", "callbacks", "loops"} <= set(checkpoint), path.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_two_ddp_processes_equal_one_on_the_same_global_batches(entry, uninterrupted, tmp_path):
+    rank0, rank1 = run_ddp(entry, tmp_path)
+    assert_same_state(rank0, rank1, atol=0.0, path="rank1 vs rank0")
+    assert_same_state(uninterrupted(entry), rank0, atol=entry.atol, path="ddp vs one process")
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_everything_handed_to_ddp_spawn_pickles(entry, tmp_path):
+    for thing in (entry.make_task(), *entry.make_callbacks(), entry.datamodule(tmp_path, 4), entry.strategy()):
+        pickle.loads(pickle.dumps(thing))
+
+
+def _public_classes(module) -> set[type]:
+    bases = (pl.Callback, pl.LightningModule)
+    return {
+        value
+        for name in module.__all__
+        if inspect.isclass(value := getattr(module, name)) and issubclass(value, bases)
+    }
+
+
+def test_every_public_callback_mixin_and_task_is_in_the_registry():
+    public = set().union(*(_public_classes(m) for m in (lightning_regs.callbacks, lightning_regs.local_learning,
+                                                         lightning_regs.tasks)))  # fmt: skip
+    covered = {cls for entry in REGISTRY for cls in entry.covers}
+    assert public - covered == set(), "add a setting to tests/harness/registry.py for each of these"
+
+
+def test_the_readme_methods_table_names_the_harness_entries_that_prove_each_row():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    named = set(re.findall(r"`harness:([\w+]+)`", readme))
+    assert named == {entry.name for entry in REGISTRY}
