@@ -1,18 +1,15 @@
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_regs.datamodules import DigitsDataModule
 from lightning_regs.functional import classification_loss
-from lightning_regs.models import MLP, SmallCNN
+from lightning_regs.models import SmallCNN
 from lightning_regs.tasks import ImageClassifier
-from tests.helpers.ddp import DDP_SPAWN_CPU
 from tests.helpers.loggers import RecordingLogger
-from tests.helpers.trainers import QUIET, CrashAtEpoch, SequentialDigits
+from tests.helpers.trainers import QUIET
 
 
 def make_task(**kwargs) -> ImageClassifier:
@@ -111,64 +108,3 @@ def test_batches_without_the_contract_keys_are_named():
 def test_tuple_batches_work():
     out = make_task().training_step((torch.randn(2, 1, 8, 8), torch.tensor([0, 1])), 0)
     assert out["logits"].shape == (2, 10)
-
-
-def fit_digits(tmp_path: Path, max_epochs: int, callbacks=(), ckpt_path=None) -> ImageClassifier:
-    seed_everything(0)
-    task = make_task(scheduler="step", milestones=[2], warmup_epochs=1)
-    trainer = Trainer(
-        max_epochs=max_epochs,
-        default_root_dir=tmp_path,
-        **{**QUIET, "enable_checkpointing": True},
-        callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True), *callbacks],
-    )
-    trainer.fit(task, DigitsDataModule(batch_size=128), ckpt_path=ckpt_path)
-    return task
-
-
-def test_stopped_and_resumed_ends_where_uninterrupted_ends(tmp_path):
-    uninterrupted = fit_digits(tmp_path / "full", max_epochs=4)
-    with pytest.raises(RuntimeError, match="CRASH"):
-        fit_digits(tmp_path / "cut", max_epochs=4, callbacks=[CrashAtEpoch(2)])
-    resumed = fit_digits(tmp_path / "cut", max_epochs=4, ckpt_path=tmp_path / "cut" / "last.ckpt")
-    for (name, a), b in zip(uninterrupted.state_dict().items(), resumed.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
-
-
-class SaveParameters(Callback):
-    """Each rank writes its parameters at the end of fit."""
-
-    def __init__(self, out_dir: str) -> None:
-        self.out_dir = out_dir
-
-    def on_train_end(self, trainer, pl_module):
-        params = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-        torch.save(params, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
-
-
-def fit_mlp(per_rank_batch: int, out_dir: Path, **trainer_kwargs) -> None:
-    seed_everything(0)
-    task = ImageClassifier(MLP(in_features=64, num_classes=10, width=32, depth=3), 10, lr=0.1, scheduler="constant")
-    trainer = Trainer(
-        max_epochs=1,
-        limit_train_batches=6,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        default_root_dir=out_dir,
-        callbacks=[SaveParameters(str(out_dir))],
-        **QUIET,
-        **trainer_kwargs,
-    )
-    trainer.fit(task, SequentialDigits(batch_size=per_rank_batch))
-
-
-@pytest.mark.slow
-def test_ddp_matches_single_process_on_the_same_global_batches(tmp_path):
-    fit_mlp(16, tmp_path, accelerator="cpu", devices=1)
-    single = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    fit_mlp(8, tmp_path, **DDP_SPAWN_CPU)
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    for name, value in single.items():
-        torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=name)
-        torch.testing.assert_close(rank0[name], value, rtol=0, atol=1e-6, msg=name)

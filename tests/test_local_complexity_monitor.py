@@ -8,15 +8,22 @@ import pytest
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from lightning_regs.callbacks.scheduled_monitor import measurement_steps
 from lightning_regs.callbacks.local_complexity_monitor import LocalComplexityMonitor
+from lightning_regs.callbacks.scheduled_monitor import measurement_steps
 from lightning_regs.functional.local_complexity import local_complexity
-from tests.helpers.ddp import DDP_SPAWN_CPU
-from tests.helpers.grokking_monitors import CrashAtEpoch, SaveMonitorState, fit_with_monitor, small_task
+from tests.helpers.grokking_monitors import fit_with_monitor
 
 
 def make_monitor(**kwargs) -> LocalComplexityMonitor:
-    options = {"radius": 0.5, "num_directions": 4, "num_points": 25, "num_measurements": 5, "seed": 3, "max_overhead": None, "log_per_layer": True}
+    options = {
+        "radius": 0.5,
+        "num_directions": 4,
+        "num_points": 25,
+        "num_measurements": 5,
+        "seed": 3,
+        "max_overhead": None,
+        "log_per_layer": True,
+    }
     return LocalComplexityMonitor(**{**options, **kwargs})
 
 
@@ -67,21 +74,6 @@ def test_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     assert make_monitor().state_key != make_monitor(radius=0.1).state_key
 
 
-def test_stopped_and_resumed_measures_the_same_points_and_values(tmp_path):
-    # lr=0: the model is the same at every step, so any difference comes from the monitor's restored state
-    full = make_monitor()
-    fit_with_monitor(tmp_path / "full", full, lr=0.0)
-    with pytest.raises(RuntimeError, match="CRASH"):
-        fit_with_monitor(tmp_path / "cut", make_monitor(), callbacks=(CrashAtEpoch(2),), lr=0.0)
-    resumed = make_monitor(seed=99)  # the checkpoint's points win over a new seed
-    fit_with_monitor(tmp_path / "cut", resumed, ckpt_path=tmp_path / "cut" / "last.ckpt", lr=0.0)
-    assert resumed.measured_steps == full.measured_steps == [0, 1, 2, 5, 12]
-    for key, value in full.points.items():
-        assert torch.equal(resumed.points[key], value), key
-    for name, values in full.history.items():
-        assert resumed.history[name] == pytest.approx(values, abs=1e-9), name
-
-
 def test_plot_goes_to_wandb_with_a_wandb_logger(tmp_path, wandb_mock):
     logger = WandbLogger(project="lightning-regs-test", save_dir=str(tmp_path))
     fit_with_monitor(tmp_path, make_monitor(every_n_steps=6, num_measurements=None), logger=logger)
@@ -100,20 +92,3 @@ def test_several_radii_get_their_own_names_and_bad_arguments_are_named(tmp_path)
         LocalComplexityMonitor(radius=0.0)
     with pytest.raises(ValueError, match="sets"):
         LocalComplexityMonitor(sets=("validation",))
-
-
-@pytest.mark.slow
-def test_ddp_logs_the_single_process_value_on_every_rank(tmp_path):
-    fit_with_monitor(tmp_path, make_monitor(), callbacks=(SaveMonitorState(str(tmp_path)),), **DDP_SPAWN_CPU)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert ranks[0]["monitor"]["history"] == ranks[1]["monitor"]["history"]
-    single = make_monitor()
-    fit_with_monitor(tmp_path / "single", single, max_steps=1)
-    for key, value in single.points.items():  # the same points as a single process draws
-        assert torch.equal(ranks[0]["monitor"]["points"][key], value), key
-        assert torch.equal(ranks[1]["monitor"]["points"][key], value), key
-    task = small_task()
-    task.load_state_dict(ranks[0]["params"])
-    for name in ("train", "heldout", "random"):
-        logged = ranks[0]["monitor"]["history"][f"lc/{name}"][-1]
-        assert logged == pytest.approx(recompute(task, single, name), abs=1e-9), name

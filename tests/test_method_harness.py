@@ -84,9 +84,7 @@ def test_everything_handed_to_ddp_spawn_pickles(entry, tmp_path):
 def _public_classes(module) -> set[type]:
     bases = (pl.Callback, pl.LightningModule)
     return {
-        value
-        for name in module.__all__
-        if inspect.isclass(value := getattr(module, name)) and issubclass(value, bases)
+        value for name in module.__all__ if inspect.isclass(value := getattr(module, name)) and issubclass(value, bases)
     }
 
 

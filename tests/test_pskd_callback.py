@@ -6,20 +6,18 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_regs.callbacks import ProgressiveSelfKD
 from lightning_regs.datamodules import DigitsDataModule
-from lightning_regs.models import MLP, SmallCNN
+from lightning_regs.models import SmallCNN
 from lightning_regs.tasks import ImageClassifier
-from tests.helpers.ddp import DDP_SPAWN_CPU
 from tests.helpers.loggers import RecordingLogger
 from tests.helpers.pskd import (
     CollatedDigits,
     LossOnlyClassifier,
     RecordingClassifier,
-    SaveTable,
     drop_index,
     one_hot_targets,
     shift_index,
 )
-from tests.helpers.trainers import QUIET, CrashAtEpoch, SequentialDigits
+from tests.helpers.trainers import QUIET
 
 
 def trainer_for(tmp_path, max_epochs, callbacks, **kwargs) -> Trainer:
@@ -90,19 +88,6 @@ def fit_with_pskd(root, max_epochs=4, callbacks=(), ckpt_path=None, pskd=None):
     return task, pskd
 
 
-def test_stopped_and_resumed_ends_where_uninterrupted_ends(tmp_path):
-    full_task, full_pskd = fit_with_pskd(tmp_path / "full")
-    with pytest.raises(RuntimeError, match="CRASH"):
-        fit_with_pskd(tmp_path / "cut", callbacks=[CrashAtEpoch(2)])
-    saved = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)
-    assert saved["callbacks"]["ProgressiveSelfKD"]["total_epochs"] == 4
-    resumed_task, resumed_pskd = fit_with_pskd(tmp_path / "cut", ckpt_path=tmp_path / "cut" / "last.ckpt")
-    for (name, a), b in zip(full_task.state_dict().items(), resumed_task.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
-    for key in ("values", "classes", "seen"):
-        assert torch.equal(getattr(full_pskd.table, key), getattr(resumed_pskd.table, key)), key
-
-
 def test_resume_with_another_max_epochs_keeps_the_schedule_and_warns(tmp_path):
     fit_with_pskd(tmp_path, max_epochs=2)
     with pytest.warns(UserWarning, match="keeps T=2"):
@@ -132,35 +117,6 @@ def test_compact_storage_targets_are_within_the_stated_error(tmp_path, storage, 
         dropped = 1 - stored.topk(top_k, dim=1).values.sum(1)
         torch.testing.assert_close(error.sum(1), alpha * 2 * dropped, atol=1e-5, rtol=0)
         assert error.max() > 0
-
-
-def fit_mlp_with_pskd(per_rank_batch, out_dir, **trainer_kwargs):
-    out_dir.mkdir(parents=True)
-    seed_everything(0)
-    task = ImageClassifier(MLP(in_features=64, num_classes=10, width=32, depth=3), 10, lr=0.1, scheduler="constant")
-    trainer = Trainer(
-        max_epochs=2,
-        limit_train_batches=5,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        default_root_dir=out_dir,
-        callbacks=[ProgressiveSelfKD(0.8), SaveTable(str(out_dir))],
-        **QUIET,
-        **trainer_kwargs,
-    )
-    trainer.fit(task, SequentialDigits(batch_size=per_rank_batch))
-
-
-@pytest.mark.slow
-def test_ddp_tables_are_identical_on_both_ranks_and_equal_to_single_process(tmp_path):
-    fit_mlp_with_pskd(16, tmp_path / "single", accelerator="cpu", devices=1)
-    fit_mlp_with_pskd(8, tmp_path / "ddp", **DDP_SPAWN_CPU)
-    single = torch.load(tmp_path / "single" / "table_rank0.pt")
-    rank0 = torch.load(tmp_path / "ddp" / "table_rank0.pt")
-    rank1 = torch.load(tmp_path / "ddp" / "table_rank1.pt")
-    assert torch.equal(rank0["values"], rank1["values"]) and torch.equal(rank0["seen"], rank1["seen"])
-    assert torch.equal(rank0["seen"], single["seen"]) and int(single["seen"].sum()) == 80
-    torch.testing.assert_close(rank0["values"], single["values"], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,7 @@ import torch
 
 from lightning_regs.callbacks.robustness_monitor import AdversarialRobustnessMonitor
 from lightning_regs.functional.adversarial import pgd_attack, predict, random_perturbation
-from tests.helpers.ddp import DDP_SPAWN_CPU
-from tests.helpers.grokking_monitors import CrashAtEpoch, SaveMonitorState, fit_with_monitor, small_task
+from tests.helpers.grokking_monitors import fit_with_monitor
 
 
 def make_monitor(**kwargs) -> AdversarialRobustnessMonitor:
@@ -39,38 +38,9 @@ def test_fit_logs_robust_beside_clean_accuracy_with_the_functional_values(tmp_pa
     assert task.training
 
 
-def test_stopped_and_resumed_measures_the_same_points_and_values(tmp_path):
-    full = make_monitor()
-    fit_with_monitor(tmp_path / "full", full, lr=0.0)
-    with pytest.raises(RuntimeError, match="CRASH"):
-        fit_with_monitor(tmp_path / "cut", make_monitor(), callbacks=(CrashAtEpoch(2),), lr=0.0)
-    resumed = make_monitor()
-    fit_with_monitor(tmp_path / "cut", resumed, ckpt_path=tmp_path / "cut" / "last.ckpt", lr=0.0)
-    assert resumed.measured_steps == full.measured_steps
-    for key, value in full.points.items():
-        assert torch.equal(resumed.points[key], value), key
-    assert resumed.history == full.history
-    torch.save(resumed.state_dict(), tmp_path / "state.pt")
-    assert torch.load(tmp_path / "state.pt", weights_only=True)["history"] == full.history
-
-
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="norm"):
         AdversarialRobustnessMonitor(norm="l1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="epsilon"):
         AdversarialRobustnessMonitor(epsilon=0.0)
     assert make_monitor().state_key != make_monitor(norm="l2").state_key
-
-
-@pytest.mark.slow
-def test_ddp_logs_the_single_process_value_on_every_rank(tmp_path):
-    fit_with_monitor(tmp_path, make_monitor(), callbacks=(SaveMonitorState(str(tmp_path)),), **DDP_SPAWN_CPU)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert ranks[0]["monitor"]["history"] == ranks[1]["monitor"]["history"]
-    single = make_monitor()
-    single.load_state_dict(ranks[0]["monitor"])
-    task = small_task()
-    task.load_state_dict(ranks[0]["params"])
-    robust, clean = recompute(task, single, 12)
-    assert ranks[0]["monitor"]["history"]["robust/acc"][-1] == pytest.approx(robust, abs=1e-12)
-    assert ranks[0]["monitor"]["history"]["robust/clean_acc"][-1] == pytest.approx(clean, abs=1e-12)

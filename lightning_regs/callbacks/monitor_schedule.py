@@ -38,7 +38,7 @@ def measurement_steps(total_steps: int, num_measurements: int = 50, every_n_step
         raise ValueError(f"num_measurements must be at least 2 (the start and the end), got {num_measurements}.")
     top = math.log10(total_steps)
     count = num_measurements - 1
-    steps = {round(10 ** (top * i / max(count - 1, 1))) for i in range(count)}
+    steps = {round(10 ** (top * i / (count - 1))) for i in range(count)} if count > 1 else {total_steps}
     return sorted(steps | {0, total_steps})
 
 

@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
@@ -136,7 +137,9 @@ class ScheduledMonitor(Callback):
         plot: bool = True,
         seed: int = 0,
     ) -> None:
-        given = [name for name, value in _schedules(num_measurements, every_n_steps, every_n_epochs) if value is not None]
+        given = [
+            name for name, value in _schedules(num_measurements, every_n_steps, every_n_epochs) if value is not None
+        ]
         if len(given) > 1:
             raise ValueError(f"Give one schedule: num_measurements, every_n_steps or every_n_epochs; got {given}.")
         for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
@@ -145,7 +148,9 @@ class ScheduledMonitor(Callback):
         if num_measurements is not None and num_measurements < 2:
             raise ValueError(f"num_measurements must be at least 2 (the start and the end), got {num_measurements}.")
         if num_points != "auto" and num_points is not None and (not isinstance(num_points, int) or num_points < 1):
-            raise ValueError(f"num_points must be a positive int, 'auto' or None (the whole split), got {num_points!r}.")
+            raise ValueError(
+                f"num_points must be a positive int, 'auto' or None (the whole split), got {num_points!r}."
+            )
         if max_overhead is not None and not max_overhead > 0:
             raise ValueError(f"max_overhead must be a positive share of training time or None, got {max_overhead}.")
         if batch_size is not None and batch_size < 1:
@@ -228,9 +233,7 @@ class ScheduledMonitor(Callback):
             )
         return loaders[0].dataset
 
-    def draw_points(
-        self, trainer: pl.Trainer, split: str, offset: int = 1
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw_points(self, trainer: pl.Trainer, split: str, offset: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """:attr:`points_per_set` images and targets from ``split``, drawn from the private generator."""
         return draw_from_dataset(self.dataset(trainer, split), self.points_per_set, self.generator(offset))
 
@@ -344,6 +347,14 @@ class ScheduledMonitor(Callback):
             budget = self.max_overhead * TRAIN_COST_PER_SAMPLE * total_steps * _global_batch(trainer)
             sized = MAX_POINTS if self.num_points is None else requested  # the whole split: sized as the largest
             points, measurements = auto_size(budget, self.cost_per_point(), sized, measurements)
+            planned = points * measurements * self.cost_per_point()
+            if planned > budget:
+                rank_zero_warn(
+                    f"{type(self).__name__}: {measurements} measurements of {points} points cost about "
+                    f"{planned / budget * self.max_overhead:.0%} of this run's training in forward passes, above "
+                    f"max_overhead={self.max_overhead}; measurements that would exceed it are skipped. Lower "
+                    "num_points or the schedule, or set max_overhead=None to measure everything."
+                )
             self.points_per_set = points if self.num_points is not None else None
         if self.every_n_epochs is not None:
             self.epochs = measurement_epochs(_total_epochs(trainer), self.every_n_epochs)
@@ -413,7 +424,10 @@ def _trainer_loaders(trainer: pl.Trainer, split: str) -> list[DataLoader]:
         if attribute is None:
             raise ValueError(f"heldout_split must be 'val' or 'test' when fit has no DataModule, got {split!r}.")
         if split == "val" and trainer.val_dataloaders is None:
-            trainer.fit_loop.epoch_loop.val_loop.setup_data()  # Lightning sets it up lazily, at the first validation
+            try:  # Lightning sets the val loaders up lazily, at the first validation
+                trainer.fit_loop.epoch_loop.val_loop.setup_data()
+            except MisconfigurationException:  # fit was given no val_dataloaders
+                return []
         loaders = getattr(trainer, attribute)
     if loaders is None:
         return []

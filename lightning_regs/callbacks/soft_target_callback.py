@@ -65,7 +65,7 @@ class SoftTargetCallback(Callback):
         labels: torch.Tensor,
         targets: torch.Tensor,
     ) -> torch.Tensor | None:
-        """The new targets ``(B, C)`` from the labels ``(B,)`` and the current targets ``(B, C)``; ``None``: unchanged."""
+        """New targets ``(B, C)`` from the labels ``(B,)`` and the current targets ``(B, C)``; ``None``: unchanged."""
         raise NotImplementedError(f"{type(self).__name__} must implement refine_targets().")
 
     def resolve_num_classes(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None) -> int:
@@ -84,7 +84,9 @@ class SoftTargetCallback(Callback):
         """Apply :meth:`refine_targets` to ``batch`` in place (what every training batch goes through)."""
         labels = read_labels(batch, type(self).__name__)
         num_classes = self.resolve_num_classes(trainer, pl_module)
-        refined = self.refine_targets(trainer, pl_module, batch, labels, target_distribution(batch[TARGET], num_classes))
+        refined = self.refine_targets(
+            trainer, pl_module, batch, labels, target_distribution(batch[TARGET], num_classes)
+        )
         if refined is None:
             return
         if refined.shape != (labels.shape[0], num_classes):

@@ -9,7 +9,7 @@ __all__ = ["label_smoothing_targets", "target_distribution"]
 
 
 def target_distribution(target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``target`` as float32 class probabilities ``(B, C)``: the one-hot of int64 ids ``(B,)``, or soft targets as given.
+    """``target`` as float32 probabilities ``(B, C)``: the one-hot of int64 ids ``(B,)``, or soft targets as given.
 
     Raises:
         ValueError: when ``target`` is neither ``(B,)`` ids nor ``(B, num_classes)`` probabilities.

@@ -17,12 +17,15 @@ def assert_same_state(expected: Any, actual: Any, atol: float, path: str = "stat
             f"{path}: {expected.dtype}{tuple(expected.shape)} vs {actual.dtype}{tuple(actual.shape)}"
         )
         if expected.is_floating_point():
-            torch.testing.assert_close(actual, expected, rtol=0, atol=atol, equal_nan=True, msg=lambda m: f"{path}: {m}")
+            torch.testing.assert_close(
+                actual, expected, rtol=0, atol=atol, equal_nan=True, msg=lambda message: f"{path}: {message}"
+            )
         else:
             assert torch.equal(actual, expected), f"{path}: integer/bool tensors differ"
     elif isinstance(expected, dict):
-        assert isinstance(actual, dict) and sorted(map(str, expected)) == sorted(map(str, actual)), (
-            f"{path}: keys {sorted(map(str, expected))} vs {sorted(map(str, actual)) if isinstance(actual, dict) else actual}"
+        assert isinstance(actual, dict), f"{path}: expected a dict, got {type(actual).__name__}"
+        assert sorted(map(str, expected)) == sorted(map(str, actual)), (
+            f"{path}: keys {sorted(map(str, expected))} vs {sorted(map(str, actual))}"
         )
         for key in expected:
             assert_same_state(expected[key], actual[key], atol, f"{path}[{key!r}]")

@@ -78,6 +78,7 @@ def mlp(depth: int = 3) -> MLP:
 
 def small_convnet() -> LayeredModel:
     """Three conv layers without BatchNorm (InfoPro's decoder needs (C, H, W) features)."""
+
     def conv(c_in: int, c_out: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU())
 
@@ -180,17 +181,20 @@ REGISTRY: tuple[MethodSetting, ...] = (
         "local_complexity_monitor", (cb.LocalComplexityMonitor, cb.ScheduledMonitor), image_classifier, local_complexity
     ),
     MethodSetting("robustness_monitor", (cb.AdversarialRobustnessMonitor,), image_classifier, robustness),
-    MethodSetting(
-        "local_learning_dgl", (LocalLearningClassifier, LocalLearningMixin), local_learning("dgl"), **_LOCAL
-    ),
+    MethodSetting("local_learning_dgl", (LocalLearningClassifier, LocalLearningMixin), local_learning("dgl"), **_LOCAL),
     MethodSetting("local_learning_infopro", (), local_learning("infopro"), **_LOCAL),
     MethodSetting("local_learning_auglocal", (), local_learning("auglocal"), **_LOCAL),
     MethodSetting(
         "local_learning_man", (cb.MomentumAuxiliaryNetworks,), local_learning("dgl", man=True), man, **_LOCAL
     ),
     MethodSetting(
-        "mean_image_anomaly_baseline", (MeanImageAnomalyBaseline,), MeanImageAnomalyBaseline, no_callbacks,
-        make_datamodule=mvtec, max_epochs=2, limit_train_batches=1,
+        "mean_image_anomaly_baseline",
+        (MeanImageAnomalyBaseline,),
+        MeanImageAnomalyBaseline,
+        no_callbacks,
+        make_datamodule=mvtec,
+        max_epochs=2,
+        limit_train_batches=1,
         no_resume_because="it takes no optimizer step, so no checkpoint is written before the end of fit",
-    ),  # fmt: skip
+    ),
 )

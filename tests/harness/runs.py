@@ -25,9 +25,8 @@ SINGLE_BATCH = 2 * DDP_BATCH  # the same global batch on one process
 
 def final_state(trainer: Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
     """The module's weights and buffers and the package's callbacks' states, detached on the CPU."""
-    callbacks = {
-        c.state_key: _to_cpu(c.state_dict()) for c in trainer.callbacks if type(c).__module__.startswith("lightning_regs")
-    }
+    ours = [c for c in trainer.callbacks if type(c).__module__.startswith("lightning_regs")]
+    callbacks = {c.state_key: _to_cpu(c.state_dict()) for c in ours}
     weights = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
     return {"weights": weights, "callbacks": callbacks}
 

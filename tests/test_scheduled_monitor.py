@@ -1,0 +1,178 @@
+"""ScheduledMonitor: epoch and step schedules, loaders without a DataModule, should_measure, cost bound, overhead."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_regs.callbacks import AdversarialRobustnessMonitor, LocalComplexityMonitor, ScheduledMonitor
+from lightning_regs.callbacks import scheduled_monitor as scheduled_monitor_module
+from lightning_regs.callbacks.monitor_schedule import auto_size, measurement_epochs
+from lightning_regs.datamodules import DigitsDataModule
+from lightning_regs.models import MLP
+from lightning_regs.tasks import ImageClassifier
+from tests.helpers.loggers import RecordingLogger
+from tests.helpers.trainers import QUIET
+
+
+class StepCounter(ScheduledMonitor):
+    """Measures the optimizer step itself: the history is the schedule that ran."""
+
+    def prepare(self, trainer, pl_module):
+        pass
+
+    def cost_per_point(self):
+        return 1.0
+
+    def measure(self, trainer, pl_module):
+        return {f"{self.prefix}/step": float(trainer.global_step)}
+
+    def figure_spec(self):
+        return "steps", self.history, "step", ""
+
+
+class EveryThirdStep(StepCounter):
+    def should_measure(self, trainer, epoch_end):
+        return not epoch_end and trainer.global_step % 3 == 0
+
+
+def task() -> ImageClassifier:
+    return ImageClassifier(MLP(in_features=64, num_classes=10, width=16, depth=2), 10, scheduler="constant")
+
+
+def fit(tmp_path, monitor, max_epochs=3, logger=None, **kwargs) -> Trainer:
+    trainer = Trainer(max_epochs=max_epochs, limit_train_batches=4, limit_val_batches=0, default_root_dir=tmp_path,
+                      callbacks=[monitor], **{**QUIET, "logger": logger or False}, **kwargs)  # fmt: skip
+    trainer.fit(task(), DigitsDataModule(batch_size=32))
+    return trainer
+
+
+def test_epoch_schedule_measures_before_training_and_after_every_nth_epoch(tmp_path):
+    monitor = StepCounter(every_n_epochs=2, max_overhead=None, plot=False, prefix="count")
+    fit(tmp_path, monitor, max_epochs=5)
+    assert measurement_epochs(5, 2) == [0, 2, 4, 5]
+    assert monitor.measured_steps == [0, 8, 16, 20]  # 4 steps per epoch
+    assert monitor.history["count/step"] == [0.0, 8.0, 16.0, 20.0]
+
+
+def test_should_measure_can_be_overridden(tmp_path):
+    monitor = EveryThirdStep(max_overhead=None, plot=False)
+    fit(tmp_path, monitor, max_epochs=2)
+    assert monitor.measured_steps == [0, 3, 6]
+
+
+def test_overhead_is_logged_with_the_prefix_and_printed(tmp_path, caplog):
+    logger = RecordingLogger()
+    monitor = StepCounter(every_n_steps=2, max_overhead=None, plot=False, prefix="mine")
+    with caplog.at_level("INFO"):
+        fit(tmp_path, monitor, logger=logger)
+    overhead = logger.series("mine/overhead")
+    assert len(overhead) == len(monitor.measured_steps) and all(value >= 0 for value in overhead)
+    assert "StepCounter: 7 measurements" in caplog.text and "of" in caplog.text
+
+
+class SlowTraining(Callback):
+    """Each training step costs 100 ticks of the fake clock."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        for _ in range(100):
+            scheduled_monitor_module.time.perf_counter()
+
+
+class Costly(StepCounter):
+    def measure(self, trainer, pl_module):
+        for _ in range(300):  # each measurement costs 300 ticks of the fake clock
+            scheduled_monitor_module.time.perf_counter()
+        return super().measure(trainer, pl_module)
+
+
+def test_measurements_beyond_the_overhead_budget_are_skipped_on_wall_clock(tmp_path, monkeypatch):
+    clock = iter(range(10**7))
+    monkeypatch.setattr(scheduled_monitor_module.time, "perf_counter", lambda: float(next(clock)))
+    monitor = Costly(every_n_steps=1, max_overhead=0.5, plot=False)
+    trainer = Trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=0, default_root_dir=tmp_path,
+                      callbacks=[SlowTraining(), monitor], **QUIET)  # fmt: skip
+    trainer.fit(task(), DigitsDataModule(batch_size=32))
+    assert monitor.measured_steps[0] == 0 and monitor.skipped_steps
+    assert sorted(monitor.measured_steps + monitor.skipped_steps) == list(range(13))
+    assert 2 <= len(monitor.measured_steps) <= 6  # about one step in 6 is affordable at 300 / (0.5 × 100)
+    unbounded = StepCounter(every_n_steps=1, max_overhead=None, plot=False)
+    fit(tmp_path, unbounded)
+    assert unbounded.measured_steps == list(range(13)) and not unbounded.skipped_steps
+
+
+def test_auto_size_keeps_what_the_user_set_and_fits_the_rest_into_the_budget():
+    assert auto_size(1e12, 10.0, None, None) == (1024, 50)
+    points, measurements = auto_size(1e5, 10.0, None, None)
+    assert 64 <= points <= 1024 and points * measurements * 10.0 <= 1e5
+    assert auto_size(1e5, 10.0, 500, None) == (500, 20)
+    assert auto_size(1e5, 10.0, None, 4) == (1024, 4)
+    assert auto_size(10.0, 10.0, None, None) == (64, 2)  # the floors, above the budget: the monitor warns
+
+
+def test_default_monitors_size_themselves_from_the_run(tmp_path):
+    monitor = LocalComplexityMonitor(num_directions=4, plot=False)
+    fit(tmp_path, monitor)
+    budget = 0.1 * 3 * 12 * 32  # max_overhead × 3 forwards × steps × batch
+    assert monitor.points_per_set == 64 and monitor.points["train"].shape[0] == 64
+    assert monitor.steps == [0, 12]  # the budget buys the floors only: start and end
+    assert 64 * 2 * monitor.cost_per_point() > budget
+
+
+def test_points_come_from_the_loaders_given_to_fit_when_there_is_no_datamodule(tmp_path):
+    images, labels = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    held_out = TensorDataset(torch.randn(24, 1, 8, 8), torch.randint(0, 10, (24,)))
+    lc = LocalComplexityMonitor(num_directions=3, num_points=None, num_measurements=2, max_overhead=None, plot=False)
+    robust = AdversarialRobustnessMonitor(steps=2, num_points=None, num_measurements=2, max_overhead=None, plot=False)
+    trainer = Trainer(max_steps=2, default_root_dir=tmp_path, callbacks=[lc, robust], **QUIET)
+    trainer.fit(task(), DataLoader(TensorDataset(images, labels), batch_size=8), DataLoader(held_out, batch_size=8))
+    assert torch.equal(lc.points["train"], images) and torch.equal(lc.points["heldout"], held_out.tensors[0])
+    assert torch.equal(robust.points["targets"], held_out.tensors[1])
+    assert {"lc/train", "lc/heldout", "robust/acc"} <= set(trainer.callback_metrics)
+
+
+def test_no_heldout_loader_is_a_named_error(tmp_path):
+    loader = DataLoader(TensorDataset(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))), batch_size=4)
+    monitor = LocalComplexityMonitor(num_directions=2, num_points=4, max_overhead=None, plot=False)
+    trainer = Trainer(max_steps=1, default_root_dir=tmp_path, callbacks=[monitor], **QUIET)
+    with pytest.raises(RuntimeError, match="pass val_dataloaders to fit"):
+        trainer.fit(task(), loader)
+
+
+def test_submodule_is_measured_and_a_wrong_one_is_named(tmp_path):
+    monitor = LocalComplexityMonitor(num_directions=2, num_points=8, num_measurements=2, submodule="backbone",
+                                     max_overhead=None, plot=False)  # fmt: skip
+    fit(tmp_path, monitor, max_epochs=1)
+    assert monitor.history["lc/train"][-1] > 0
+    wrong = LocalComplexityMonitor(num_directions=2, num_points=8, submodule="net", max_overhead=None, plot=False)
+    with pytest.raises(ValueError, match=r"no such submodule; its children are \['backbone', 'metrics'\]"):
+        fit(tmp_path, wrong, max_epochs=1)
+
+
+def test_old_names_keep_working_with_a_deprecation_warning():
+    with pytest.deprecated_call(match="heldout"):
+        monitor = LocalComplexityMonitor(num_directions=2, sets=("train", "test"))
+    assert monitor.sets == ("train", "heldout")
+    with pytest.deprecated_call(match="heldout"):
+        monitor.set_points(train=torch.zeros(2, 1, 2, 2), test=torch.ones(2, 1, 2, 2))
+    assert torch.equal(monitor.points["heldout"], torch.ones(2, 1, 2, 2))
+    robust = AdversarialRobustnessMonitor()
+    with pytest.deprecated_call(match="heldout"):
+        robust.set_points(torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 2]))
+    assert robust.points["targets"].tolist() == [0, 1, 2]
+    fresh = LocalComplexityMonitor()
+    fresh.load_state_dict({"points": {"test": torch.ones(1)}, "history": {}})  # a checkpoint from before the rename
+    assert "heldout" in fresh.points and "test" not in fresh.points
+
+
+def test_bad_schedules_are_named():
+    with pytest.raises(ValueError, match="Give one schedule"):
+        StepCounter(num_measurements=5, every_n_epochs=1)
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        StepCounter(every_n_epochs=0)
+    with pytest.raises(ValueError, match="num_points"):
+        StepCounter(num_points=0)
+    with pytest.raises(ValueError, match="max_overhead"):
+        StepCounter(max_overhead=0.0)
