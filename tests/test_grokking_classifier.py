@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_regs.cli import LightningRegsCLI
-from lightning_regs.datamodules.digits_subset import DigitsSubsetDataModule, RepeatedShuffleSampler
+from lightning_regs.datamodules import EpochShuffleSampler
+from lightning_regs.datamodules.digits_subset import DigitsSubsetDataModule
 from lightning_regs.models import MLP
 from lightning_regs.tasks.grokking_classifier import GrokkingClassifier
 
@@ -35,7 +36,7 @@ def test_digits_subset_has_1000_training_digits_and_long_reproducible_epochs():
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 1000 and len(dm.datasets["val"]) == 797
     assert len(dm.train_dataloader()) == 7
-    sampler = RepeatedShuffleSampler(1000, 1400, seed=0)
+    sampler = EpochShuffleSampler(1000, seed=0, length=1400)
     first = list(sampler)
     assert sorted(first[:1000]) == list(range(1000)) and first == list(sampler)
     sampler.set_epoch(1)

@@ -1,5 +1,6 @@
 """DataModules yielding the dict batch contract (``image``, ``target``, ``index``)."""
 
+from lightning_regs.datamodules.base import NumClassesUnknownError, SplitDataModule, hparam
 from lightning_regs.datamodules.batch import HARD_TARGET, IMAGE, INDEX, TARGET, TensorDictDataset, unpack_batch
 from lightning_regs.datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
 from lightning_regs.datamodules.cub import CUB200DataModule
@@ -23,9 +24,12 @@ __all__ = [
     "RepeatedShuffleSampler",
     "EpochShuffleSampler",
     "MVTecADDataModule",
+    "NumClassesUnknownError",
     "RadImageNetDataModule",
+    "SplitDataModule",
     "TensorDictDataset",
     "download_file",
     "extract_archive",
+    "hparam",
     "unpack_batch",
 ]

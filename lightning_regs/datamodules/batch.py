@@ -1,6 +1,6 @@
 """The dict batch every DataModule yields, and the checks tasks and callbacks run on it.
 
-Keys (see ``shared/DESIGN.md``):
+Keys (see ``docs/design.md``):
 
 * ``image``: float tensor ``(B, C, H, W)``, normalized;
 * ``target``: int64 class ids ``(B,)`` (a task may also accept float class probabilities ``(B, C)``);

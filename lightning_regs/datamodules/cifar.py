@@ -6,17 +6,15 @@ import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
 from lightning_regs.datamodules.download import download_file, extract_archive
-from lightning_regs.datamodules.split_loaders import SplitDataLoaders
 
 __all__ = ["CIFAR10DataModule", "CIFAR100DataModule", "load_cifar_pickle"]
 
@@ -73,7 +71,7 @@ class _CIFARImages(Dataset):
         return {IMAGE: image, TARGET: self.targets[index], INDEX: torch.tensor(index, dtype=torch.long)}
 
 
-class _CIFARDataModule(SplitDataLoaders, pl.LightningDataModule):
+class _CIFARDataModule(SplitDataModule):
     """Shared logic of :class:`CIFAR10DataModule` and :class:`CIFAR100DataModule` (see their docstrings)."""
 
     num_classes: ClassVar[int]
@@ -88,6 +86,10 @@ class _CIFARDataModule(SplitDataLoaders, pl.LightningDataModule):
     label_key: ClassVar[str]
     mean: ClassVar[tuple[float, float, float]]
     std: ClassVar[tuple[float, float, float]]
+    split_arguments = ("val_fraction",)
+
+    val_fraction = hparam()
+    download = hparam()
 
     def __init__(
         self,
@@ -110,19 +112,8 @@ class _CIFARDataModule(SplitDataLoaders, pl.LightningDataModule):
         if num_workers < 0:
             raise ValueError(f"num_workers must be 0 or more, got {num_workers}.")
         self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
-        self.hparams["root"] = str(root)  # a Path would not load with torch.load(weights_only=True)
-        self.root = Path(root)
-        self.batch_size = batch_size
-        self.val_fraction = val_fraction
-        self.seed = seed
-        self.download = download
         self.train_transform = train_transform if train_transform is not None else self.default_train_transform()
         self.eval_transform = eval_transform if eval_transform is not None else self.default_eval_transform()
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
-        self.split_indices: dict[str, torch.Tensor] = {}
-        self.datasets: dict[str, _CIFARImages] = {}
         self._class_names: tuple[str, ...] | None = None
 
     @classmethod
@@ -141,6 +132,11 @@ class _CIFARDataModule(SplitDataLoaders, pl.LightningDataModule):
     def default_eval_transform(cls) -> nn.Module:
         """Scale to [0, 1] and normalize with the training set's mean/std."""
         return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cls.mean), list(cls.std))])
+
+    @property
+    def root(self) -> Path:
+        """The folder holding ``base_folder`` (the ``root`` argument)."""
+        return Path(self.hparams.root)
 
     @property
     def folder(self) -> Path:
@@ -234,29 +230,6 @@ class _CIFARDataModule(SplitDataLoaders, pl.LightningDataModule):
         else:
             self.datasets["val"] = self.datasets["test"]
 
-    def state_dict(self) -> dict[str, Any]:
-        if not self.split_indices:
-            return {}
-        return {"seed": self.seed, **{f"{split}_indices": indices for split, indices in self.split_indices.items()}}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = {
-            split: state_dict[f"{split}_indices"] for split in ("train", "val") if f"{split}_indices" in state_dict
-        }
-        if not saved:
-            return
-        saved_seed = state_dict.get("seed", self.seed)
-        if saved_seed != self.seed or ("val" in saved) != (self.val_fraction > 0):
-            rank_zero_warn(
-                f"{type(self).__name__}: the checkpoint's split (seed {saved_seed}, "
-                f"{'with' if 'val' in saved else 'without'} a validation carve) differs from this module's "
-                f"(seed {self.seed}, val_fraction {self.val_fraction}); the checkpoint's split is used, and its "
-                f"seed {saved_seed} orders the training samples, so the run continues as the uninterrupted one."
-            )
-        self.seed = int(saved_seed)
-        self.split_indices = {split: torch.as_tensor(indices, dtype=torch.long) for split, indices in saved.items()}
-        self.datasets = {}
-
 
 _CIFAR_DOC = """{title} from the official python tarball, as dict batches (``image``, ``target``, ``index``).
 
@@ -268,9 +241,9 @@ _CIFAR_DOC = """{title} from the official python tarball, as dict batches (``ima
     **What "val" means:** by default (``val_fraction=0``) there is no validation carve and the
     validation loader serves the official *test* split, as most papers report. With
     ``val_fraction > 0`` a seeded share of the training images is held out as validation and the rest
-    is trained on. The split and the seed are kept in :meth:`state_dict`: a run resumed from a
-    checkpoint uses the checkpoint's split and seed (with a warning if they differ from this module's),
-    so it sees the same data in the same order as the uninterrupted run.
+    is trained on. The split, ``val_fraction`` and the seed are kept in :meth:`state_dict`: a run
+    resumed from a checkpoint uses the checkpoint's split and seed (with a warning if they differ from
+    this module's), so it sees the same data in the same order as the uninterrupted run.
 
     Training uses RandomCrop(32, padding=4), horizontal flips and normalization with the training
     set's per-channel mean/std; evaluation normalizes only. Both can be replaced from YAML with any

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from PIL import Image
@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
-from lightning_regs.datamodules.split_loaders import SplitDataLoaders
 
 __all__ = ["CUB200DataModule"]
 
@@ -94,7 +94,7 @@ class _CUBImages(Dataset):
         return sample
 
 
-class CUB200DataModule(SplitDataLoaders, pl.LightningDataModule):
+class CUB200DataModule(SplitDataModule):
     """CUB-200-2011 (11,788 bird images, 200 classes) from its text files, as dict batches.
 
     Reads ``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt`` and ``classes.txt``
@@ -118,8 +118,18 @@ class CUB200DataModule(SplitDataLoaders, pl.LightningDataModule):
     set, ``batch["target"]`` is ``-1`` for every unlabeled image (the labels a GCD method may learn
     from); the ground truth of every image is ``batch["true_target"]``, for evaluation only. The
     validation (unlabeled training images) and test sets serve evaluation: there both are the true
-    class. The labeled indices and known classes are kept in :meth:`state_dict`. ``ImageClassifier``
-    refuses the ``-1`` targets: GCD mode is for GCD methods, not plain classification.
+    class. ``ImageClassifier`` refuses the ``-1`` targets: GCD mode is for GCD methods, not plain
+    classification.
+
+    **Resume:** the seed, ``labeled_fraction`` and, in GCD mode, the labeled indices and known classes
+    are kept in :meth:`state_dict`. A resumed run adopts the checkpoint's labeled images and seed (so
+    its training order), with a warning if they differ from this module's; a checkpoint made with
+    another ``gcd`` setting or other known classes is refused, as the targets would change meaning.
+
+    **num_classes** is the count in ``classes.txt`` (200 for CUB-200-2011), known once ``setup`` has
+    read it; before that, reading it raises
+    :class:`~lightning_regs.datamodules.base.NumClassesUnknownError` unless ``num_classes`` is given
+    (``setup`` then checks it against ``classes.txt``).
 
     Args:
         root: the folder holding ``CUB_200_2011`` (or that folder itself).
@@ -136,15 +146,27 @@ class CUB200DataModule(SplitDataLoaders, pl.LightningDataModule):
         num_workers: DataLoader workers.
         pin_memory: DataLoader ``pin_memory``.
         persistent_workers: DataLoader ``persistent_workers`` (only with ``num_workers > 0``).
+        num_classes: the number of classes, when it should be known before ``setup`` (e.g. 200).
 
     Example::
 
-        >>> dm = CUB200DataModule(root="/nonexistent", gcd=True, num_workers=0)
+        >>> dm = CUB200DataModule(root="/nonexistent", gcd=True, num_workers=0, num_classes=200)
+        >>> dm.num_classes
+        200
         >>> dm.setup("fit")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         FileNotFoundError: /nonexistent/CUB_200_2011 lacks [...]. CUB-200-2011 is not downloaded automatically...
     """
+
+    split_arguments = ("labeled_fraction",)
+    task_arguments = ("gcd",)
+
+    image_size = hparam()
+    crop_to_bbox = hparam()
+    gcd = hparam()
+    gcd_split_file = hparam()
+    labeled_fraction = hparam()
 
     def __init__(
         self,
@@ -162,6 +184,7 @@ class CUB200DataModule(SplitDataLoaders, pl.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         if not 0 < labeled_fraction <= 1:
@@ -172,25 +195,36 @@ class CUB200DataModule(SplitDataLoaders, pl.LightningDataModule):
             raise ValueError("known_classes and gcd_split_file only apply with gcd=True; set gcd=True or drop them.")
         if batch_size < 1 or image_size < 1:
             raise ValueError(f"batch_size and image_size must be positive, got {batch_size} and {image_size}.")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be positive, or None to read it from classes.txt; got {num_classes}.")
         self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
-        # Paths would not load with torch.load(weights_only=True)
-        self.hparams.update(root=str(root), gcd_split_file=None if gcd_split_file is None else str(gcd_split_file))
-        root_path = Path(root)
-        self.folder = root_path if (root_path / "images.txt").is_file() else root_path / "CUB_200_2011"
-        self.root = root_path
-        self.batch_size, self.image_size, self.crop_to_bbox = batch_size, image_size, crop_to_bbox
-        self.gcd, self.labeled_fraction, self.seed = gcd, labeled_fraction, seed
-        self.gcd_split_file = gcd_split_file
-        self._requested_known = None if known_classes is None else [int(c) for c in known_classes]
+        self.folder = self.root if (self.root / "images.txt").is_file() else self.root / "CUB_200_2011"
         self.train_transform = train_transform if train_transform is not None else self.default_train_transform()
         self.eval_transform = eval_transform if eval_transform is not None else self.default_eval_transform()
-        self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
         self._class_folders: list[str] | None = None
-        self.known_classes: tuple[int, ...] = ()
+        self._known_classes: tuple[int, ...] = ()
         self.class_order = torch.empty(0, dtype=torch.long)
-        self.labeled_indices: torch.Tensor | None = None
-        self.datasets: dict[str, _CUBImages] = {}
+
+    @property
+    def root(self) -> Path:
+        """The ``root`` argument: the folder holding ``CUB_200_2011`` (or that folder itself)."""
+        return Path(self.hparams.root)
+
+    @property
+    def known_classes(self) -> tuple[int, ...]:
+        """GCD mode: the known classes (original 0-based ids, targets ``0..k-1``) resolved by ``setup``; else ``()``."""
+        return self._known_classes
+
+    @property
+    def labeled_indices(self) -> torch.Tensor | None:
+        """GCD mode: positions (in the training set) of the labeled images; ``None`` before ``setup``."""
+        return self.split_indices.get("labeled")
+
+    @labeled_indices.setter
+    def labeled_indices(self, indices: torch.Tensor | None) -> None:
+        self.split_indices.pop("labeled", None)
+        if indices is not None:
+            self.split_indices["labeled"] = indices
 
     def default_train_transform(self) -> nn.Module:
         """RandomResizedCrop(image_size), horizontal flip, scale to [0, 1], ImageNet normalization."""
@@ -226,13 +260,13 @@ class CUB200DataModule(SplitDataLoaders, pl.LightningDataModule):
             classes = _read_table(self.folder / "classes.txt", 2, (str,))
             if sorted(classes) != list(range(1, len(classes) + 1)):
                 raise ValueError(f"{self.folder / 'classes.txt'} must number its classes 1..N without gaps.")
+            self.check_num_classes(len(classes), str(self.folder / "classes.txt"))
             self._class_folders = [classes[k][0] for k in range(1, len(classes) + 1)]
         return self._class_folders
 
-    @property
-    def num_classes(self) -> int:
-        """Number of classes in ``classes.txt`` (200 for CUB-200-2011)."""
-        return len(self._read_classes())
+    def num_classes_found(self) -> int | None:
+        """The number of classes in ``classes.txt`` (200 for CUB-200-2011), once read."""
+        return None if self._class_folders is None else len(self._class_folders)
 
     @property
     def num_known_classes(self) -> int:
@@ -263,7 +297,8 @@ class CUB200DataModule(SplitDataLoaders, pl.LightningDataModule):
                     f"0..{num_classes - 1} exactly once (0-based)."
                 )
             return known, novel
-        known = self._requested_known if self._requested_known is not None else list(range(num_classes // 2))
+        requested = self.hparams.known_classes
+        known = [int(c) for c in requested] if requested is not None else list(range(num_classes // 2))
         if not known or len(set(known)) != len(known) or min(known) < 0 or max(known) >= num_classes:
             raise ValueError(f"known_classes must be distinct 0-based ids in [0, {num_classes}), got {known}.")
         return known, [c for c in range(num_classes) if c not in set(known)]
@@ -311,10 +346,10 @@ class CUB200DataModule(SplitDataLoaders, pl.LightningDataModule):
         if self.datasets:
             return
         paths, original, is_train, boxes = self._read_records()
-        num_classes = self.num_classes
+        num_classes = len(self._read_classes())
         if self.gcd:
             known, novel = self._resolve_known_classes(num_classes)
-            self.known_classes = tuple(known)
+            self._known_classes = tuple(known)
             self.class_order = torch.tensor(known + novel, dtype=torch.long)
         else:
             self.class_order = torch.arange(num_classes)
@@ -349,26 +384,18 @@ class CUB200DataModule(SplitDataLoaders, pl.LightningDataModule):
             self.datasets["train"] = subset(train, self.train_transform)
             self.datasets["val"] = self.datasets["test"]
 
-    def state_dict(self) -> dict[str, Any]:
-        if not self.gcd or self.labeled_indices is None:
-            return {}
-        return {
-            "seed": self.seed,
-            "labeled_indices": self.labeled_indices,
-            "known_classes": torch.tensor(self.known_classes, dtype=torch.long),
-        }
+    def extra_state(self) -> dict[str, Any]:
+        return {"known_classes": torch.tensor(self.known_classes, dtype=torch.long)} if self.known_classes else {}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "labeled_indices" not in state_dict:
-            return
-        if not self.gcd:
+    def load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
+        if "labeled_indices" in state_dict and not self.gcd:  # a checkpoint from before `gcd` was saved
             raise ValueError("The checkpoint holds a GCD split but this CUB200DataModule has gcd=False; set gcd=True.")
+        if "known_classes" not in state_dict:
+            return
         saved_known = tuple(torch.as_tensor(state_dict["known_classes"]).tolist())
-        known, _ = self._resolve_known_classes(self.num_classes)
+        known, _ = self._resolve_known_classes(len(self._read_classes()))
         if tuple(known) != saved_known:
             raise ValueError(
                 f"The checkpoint was trained with known classes {list(saved_known)[:10]}... but this module has "
                 f"{known[:10]}...; the targets would change meaning. Use the same known_classes/gcd_split_file."
             )
-        self.labeled_indices = torch.as_tensor(state_dict["labeled_indices"], dtype=torch.long)
-        self.datasets = {}

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.datamodules.batch import TensorDictDataset
-from lightning_regs.datamodules.split_loaders import SplitDataLoaders
 
 __all__ = ["DigitsDataModule"]
 
-_SPLITS = ("train", "val", "test")
 
-
-class DigitsDataModule(SplitDataLoaders, pl.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """The 1,797 real 8×8 handwritten digits bundled with scikit-learn, in 10 classes.
 
     No download: the data ships inside scikit-learn. A seeded random split into train, validation
-    and test is drawn once and kept in :meth:`state_dict`, so a resumed run sees the same split.
+    and test is drawn once and kept in :meth:`state_dict`; a resumed run adopts the checkpoint's split
+    and seed (with a warning if they differ from this module's, see
+    :class:`~lightning_regs.datamodules.base.SplitDataModule`), so it sees the same data.
     Pixels (0..16) are scaled to [0, 1], optionally resized (bilinear) and repeated to ``channels``,
     then normalized with the training split's mean and standard deviation. ``predict`` uses the
     test split. Batches are dicts with ``image``, ``target`` and ``index`` (the position in the
@@ -51,6 +47,12 @@ class DigitsDataModule(SplitDataLoaders, pl.LightningDataModule):
 
     num_classes: int = 10
     class_names: tuple[str, ...] = tuple(str(digit) for digit in range(10))
+    split_arguments = ("val_fraction", "test_fraction")
+
+    val_fraction = hparam()
+    test_fraction = hparam()
+    image_size = hparam()
+    channels = hparam()
 
     def __init__(
         self,
@@ -77,17 +79,6 @@ class DigitsDataModule(SplitDataLoaders, pl.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         self.save_hyperparameters()
-        self.batch_size = batch_size
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.seed = seed
-        self.image_size = image_size
-        self.channels = channels
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
-        self.split_indices: dict[str, torch.Tensor] = {}
-        self.datasets: dict[str, TensorDictDataset] = {}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -125,22 +116,3 @@ class DigitsDataModule(SplitDataLoaders, pl.LightningDataModule):
         self.datasets = {
             split: TensorDictDataset(images[indices], targets[indices]) for split, indices in self.split_indices.items()
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            **{f"{split}_indices": self.split_indices[split] for split in self.split_indices},
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = {split: state_dict[f"{split}_indices"] for split in _SPLITS if f"{split}_indices" in state_dict}
-        if not saved:
-            return
-        if state_dict.get("seed") != self.seed:
-            rank_zero_warn(
-                f"DigitsDataModule: the checkpoint's split was drawn with seed {state_dict.get('seed')}, this "
-                f"module's seed is {self.seed}; the checkpoint's split is used so the run continues on the same data."
-            )
-        self.split_indices = {split: torch.as_tensor(indices, dtype=torch.long) for split, indices in saved.items()}
-        self.datasets = {}
-        self.setup()

@@ -2,47 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
 
-import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Dataset
 
+from lightning_regs.datamodules.base import hparam
 from lightning_regs.datamodules.digits import DigitsDataModule
+from lightning_regs.datamodules.samplers import EpochShuffleSampler
 
 __all__ = ["DigitsSubsetDataModule", "RepeatedShuffleSampler"]
 
 
-class RepeatedShuffleSampler(Sampler[int]):
-    """``length`` indices: back-to-back random permutations of ``range(num_samples)``, from (seed, epoch) alone.
-
-    Every sample is seen once per pass, as with ordinary shuffling, but an epoch can span many passes,
-    so a run of 1e5 steps over 1,000 samples does not pay Lightning's per-epoch cost 20,000 times.
+class RepeatedShuffleSampler(EpochShuffleSampler):
+    """Deprecated: use ``EpochShuffleSampler(num_samples, seed, length=length)``, which gives the same order.
 
     Example::
 
-        >>> sampler = RepeatedShuffleSampler(3, length=7, seed=0)
-        >>> order = list(sampler)
-        >>> len(order), sorted(order[:3]) == sorted(order[3:6]) == [0, 1, 2]
-        (7, True)
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", DeprecationWarning)
+        ...     old = RepeatedShuffleSampler(3, length=7, seed=0)
+        >>> list(old) == list(EpochShuffleSampler(3, seed=0, length=7))
+        True
     """
 
     def __init__(self, num_samples: int, length: int, seed: int = 0) -> None:
-        self.num_samples = int(num_samples)
-        self.length = int(length)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        passes = -(-self.length // self.num_samples)
-        order = torch.cat([torch.randperm(self.num_samples, generator=generator) for _ in range(passes)])
-        return iter(order[: self.length].tolist())
-
-    def __len__(self) -> int:
-        return self.length
+        warnings.warn(
+            "RepeatedShuffleSampler(num_samples, length, seed) is deprecated; use "
+            "EpochShuffleSampler(num_samples, seed, length=length), which gives the same order.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(num_samples, seed, length=length)
 
 
 class DigitsSubsetDataModule(DigitsDataModule):
@@ -50,9 +41,13 @@ class DigitsSubsetDataModule(DigitsDataModule):
 
     With ``val_fraction=0.4435, test_fraction=0`` the training split is exactly 1,000 digits (the
     grokking recipe's size) and all 797 others are held out. Validation runs once per (long) epoch.
+    An epoch is a slice of back-to-back shuffled passes
+    (:class:`~lightning_regs.datamodules.samplers.EpochShuffleSampler` with ``length``), so a run of
+    1e5 small steps does not pay Lightning's per-epoch cost at every pass over the data.
+    ``steps_per_epoch`` shapes the training order, so a resumed run adopts the checkpoint's.
 
     Args:
-        steps_per_epoch: training batches per epoch (each a slice of back-to-back shuffled passes).
+        steps_per_epoch: training batches per epoch.
         **kwargs: the :class:`DigitsDataModule` arguments.
 
     Example::
@@ -63,22 +58,14 @@ class DigitsSubsetDataModule(DigitsDataModule):
         (1000, 50)
     """
 
+    split_arguments = (*DigitsDataModule.split_arguments, "steps_per_epoch")
+
+    steps_per_epoch = hparam()
+
     def __init__(self, steps_per_epoch: int = 1000, **kwargs) -> None:
         if steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}.")
         super().__init__(**kwargs)
-        self.steps_per_epoch = steps_per_epoch
 
-    def train_dataloader(self) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        dataset = self.datasets["train"]
-        sampler = RepeatedShuffleSampler(len(dataset), self.steps_per_epoch * self.batch_size, self.seed)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
+    def train_sampler(self, dataset: Dataset) -> EpochShuffleSampler:
+        return EpochShuffleSampler(len(dataset), self.seed, length=self.steps_per_epoch * self.batch_size)  # type: ignore[arg-type]

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
-from lightning_regs.datamodules.split_loaders import SplitDataLoaders
 
 __all__ = ["CATEGORIES", "MVTecADDataModule"]
 
@@ -161,7 +159,7 @@ def default_transform(
     return v2.Compose(steps)
 
 
-class MVTecADDataModule(SplitDataLoaders, pl.LightningDataModule):
+class MVTecADDataModule(SplitDataModule):
     """One MVTec AD category: train on ``train/good``, evaluate on ``test/<defect>`` with pixel masks.
 
     Batches are dicts with ``image`` (normalized float ``(B, 3, H, W)``; grey categories are
@@ -175,7 +173,8 @@ class MVTecADDataModule(SplitDataLoaders, pl.LightningDataModule):
     default (``val_split="test"``) validation runs on the test set, as anomalib's ``SAME_AS_TEST``.
     With ``val_split="from_test"`` a seeded, per-label share ``val_fraction`` of the test images
     is held out for validation and the test set is the rest (indices kept in :meth:`state_dict`).
-    ``predict`` uses the test set.
+    ``predict`` uses the test set. A resumed run adopts the checkpoint's ``val_split``, split and seed
+    (with a warning if they differ from this module's), so it continues on the same data.
 
     Args:
         root: the folder holding the category folders (``<root>/<category>/train/good/...``).
@@ -210,6 +209,11 @@ class MVTecADDataModule(SplitDataLoaders, pl.LightningDataModule):
 
     num_classes: int = 2
     class_names: tuple[str, ...] = ("good", "anomalous")
+    split_arguments = ("val_split", "val_fraction")
+
+    category = hparam()
+    val_split = hparam()
+    val_fraction = hparam()
 
     def __init__(
         self,
@@ -240,22 +244,14 @@ class MVTecADDataModule(SplitDataLoaders, pl.LightningDataModule):
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}.")
         self.save_hyperparameters(ignore=["transform"])
-        self.hparams["root"] = str(root)  # a Path would not load with torch.load(weights_only=True)
-        self.root = Path(root).expanduser()
-        self.category = category
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.val_split = val_split
-        self.val_fraction = val_fraction
-        self.seed = seed
         self.transform = transform if transform is not None else default_transform(image_size, mean, std)
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
         self.defect_types: tuple[str, ...] = ()
-        self.split_indices: dict[str, torch.Tensor] = {}
         self.num_test_files: int | None = None
-        self.datasets: dict[str, _MVTecImages] = {}
+
+    @property
+    def root(self) -> Path:
+        """The folder holding the category folders (the ``root`` argument, ``~`` expanded)."""
+        return Path(self.hparams.root).expanduser()
 
     @property
     def category_dir(self) -> Path:
@@ -309,27 +305,8 @@ class MVTecADDataModule(SplitDataLoaders, pl.LightningDataModule):
                 [test_items[i] for i in self.split_indices[split].tolist()], self.transform
             )
 
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"seed": self.seed, "val_split": self.val_split, "num_test_files": self.num_test_files}
-        state.update({f"{split}_indices": indices for split, indices in self.split_indices.items()})
-        return state
+    def extra_state(self) -> dict[str, Any]:
+        return {"num_test_files": self.num_test_files}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("val_split", self.val_split) != self.val_split:
-            rank_zero_warn(
-                f"MVTecADDataModule: the checkpoint used val_split={state_dict.get('val_split')!r}, this module "
-                f"{self.val_split!r}; this module's setting is kept."
-            )
-            return
-        saved = {split: state_dict[f"{split}_indices"] for split in ("val", "test") if f"{split}_indices" in state_dict}
-        if not saved:
-            return
-        if state_dict.get("seed") != self.seed:
-            rank_zero_warn(
-                f"MVTecADDataModule: the checkpoint's split was drawn with seed {state_dict.get('seed')}, this "
-                f"module's seed is {self.seed}; the checkpoint's split is used so the run continues on the same data."
-            )
-        self.split_indices = {split: torch.as_tensor(indices, dtype=torch.long) for split, indices in saved.items()}
+    def load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         self.num_test_files = state_dict.get("num_test_files")
-        self.datasets = {}
-        self.setup()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
@@ -17,10 +16,10 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from lightning_regs.datamodules.base import SplitDataModule
 from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
 from lightning_regs.datamodules.image_report import REPORT_KINDS, format_report, image_report
 from lightning_regs.datamodules.mvtec import IMAGENET_MEAN, IMAGENET_STD
-from lightning_regs.datamodules.split_loaders import SplitDataLoaders
 
 __all__ = ["RadImageNetDataModule"]
 
@@ -82,7 +81,7 @@ class _RadImages(Dataset):
         }
 
 
-class RadImageNetDataModule(SplitDataLoaders, pl.LightningDataModule):
+class RadImageNetDataModule(SplitDataModule):
     """RadImageNet from its split CSVs (``mode="csv"``) or its folder tree (``mode="folder"``).
 
     CSV mode reads ``RadiologyAI_{train,val,test}.csv`` (``filename,label``; filenames relative to
@@ -104,6 +103,14 @@ class RadImageNetDataModule(SplitDataLoaders, pl.LightningDataModule):
     raises on any finding. ``check_images="exists"`` only checks that files exist (fast, for 1.35M
     files); the full check reads every file once. There is no download: the data comes by request.
 
+    **Resume:** a resumed run adopts the checkpoint's class index, ``mode``, split and seed (with a
+    warning if they differ from this module's); a checkpoint made at another ``label_level`` is refused.
+
+    **num_classes** is the length of the class index, known once ``setup`` (or a checkpoint) has set
+    it; before that, reading it raises :class:`~lightning_regs.datamodules.base.NumClassesUnknownError`
+    unless ``num_classes`` is given (e.g. 165 for ``label_level="label"`` on the full data), which
+    ``setup`` then checks against the class index.
+
     Args:
         root: the data folder (holding the CSVs and ``radiology_ai/``).
         mode: ``"csv"`` or ``"folder"``.
@@ -122,6 +129,7 @@ class RadImageNetDataModule(SplitDataLoaders, pl.LightningDataModule):
         check_workers: threads used by the image check.
         num_workers: DataLoader workers.
         pin_memory: DataLoader ``pin_memory``; ``persistent_workers`` likewise (only with ``num_workers > 0``).
+        num_classes: the number of classes, when it should be known before ``setup``.
 
     Example::
 
@@ -135,6 +143,9 @@ class RadImageNetDataModule(SplitDataLoaders, pl.LightningDataModule):
         (4, ('CT/abd/cyst', 'CT/abd/normal'), torch.Size([4, 3, 16, 16]))
         >>> tmp.cleanup()
     """
+
+    split_arguments = ("mode", "val_fraction", "test_fraction")
+    task_arguments = ("label_level",)
 
     def __init__(
         self,
@@ -158,6 +169,7 @@ class RadImageNetDataModule(SplitDataLoaders, pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         choices = {"mode": ("csv", "folder"), "label_level": ("label", "anatomy", "modality")}
@@ -170,26 +182,20 @@ class RadImageNetDataModule(SplitDataLoaders, pl.LightningDataModule):
             raise ValueError(f"val_fraction={val_fraction}, test_fraction={test_fraction} must be > 0 with sum < 1.")
         if channels not in (1, 3) or len(mean) != channels or len(std) != channels:
             raise ValueError(f"channels must be 1 or 3 with as many mean/std values; got {channels}, {mean}, {std}.")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be positive, or None to count the classes in setup; got {num_classes}.")
         self.save_hyperparameters()
-        # Paths would not load with torch.load(weights_only=True)
-        index_path = None if class_index_path is None else str(class_index_path)
-        self.hparams.update(root=str(root), class_index_path=index_path)
-        self.root = Path(root).expanduser()
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.seed = seed
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
         self.class_names: tuple[str, ...] = ()
-        self.split_indices: dict[str, torch.Tensor] = {}
         self.num_files: int | None = None
         self.report: dict[str, Any] = {}
-        self.datasets: dict[str, _RadImages] = {}
 
     @property
-    def num_classes(self) -> int | None:
-        """Number of classes at ``label_level`` (known after :meth:`setup`)."""
+    def root(self) -> Path:
+        """The data folder (the ``root`` argument, ``~`` expanded)."""
+        return Path(self.hparams.root).expanduser()
+
+    def num_classes_found(self) -> int | None:
+        """Number of classes at ``label_level``: the class index's length, once set."""
         return len(self.class_names) or None
 
     @property
@@ -286,6 +292,7 @@ class RadImageNetDataModule(SplitDataLoaders, pl.LightningDataModule):
             rank_zero_warn(f"{summary}\n{len(drop)} files dropped (bad_images='{self.hparams.bad_images}').")
         rows = {split: [(f, label) for f, label in split_rows if f not in drop] for split, split_rows in rows.items()}
         self._set_classes(sorted({label for _, label in rows["train"]}))
+        self.check_num_classes(len(self.class_names), f"the class index at label_level={level!r}")
         mapping = self.class_to_idx
         for split, split_rows in rows.items():
             unknown = [(f, label) for f, label in split_rows if label not in mapping]
@@ -337,28 +344,9 @@ class RadImageNetDataModule(SplitDataLoaders, pl.LightningDataModule):
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             _write_atomically(Path(log_dir) / "radimagenet_image_report.json", json.dumps(self.report, indent=1))
 
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"class_names": list(self.class_names), "label_level": self.hparams.label_level}
-        state.update(seed=self.seed, num_files=self.num_files)
-        state.update({f"{split}_indices": indices for split, indices in self.split_indices.items()})
-        return state
+    def extra_state(self) -> dict[str, Any]:
+        return {"class_names": list(self.class_names), "num_files": self.num_files}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("label_level", self.hparams.label_level) != self.hparams.label_level:
-            raise ValueError(
-                f"The checkpoint's classes are at label_level={state_dict['label_level']!r}, this module's at "
-                f"{self.hparams.label_level!r}; use the checkpoint's label_level to resume."
-            )
-        class_names = tuple(state_dict.get("class_names", ()))
-        saved = {split: state_dict[f"{split}_indices"] for split in SPLITS if f"{split}_indices" in state_dict}
-        same_split = all(
-            torch.equal(torch.as_tensor(v), self.split_indices.get(k, torch.empty(0))) for k, v in saved.items()
-        )
-        if self.datasets and class_names == self.class_names and same_split:
-            return  # already set up with this state: skip re-reading every file
-        self.class_names = class_names
-        if saved and self.hparams.mode == "folder":
-            self.split_indices = {split: torch.as_tensor(indices, dtype=torch.long) for split, indices in saved.items()}
-            self.num_files = state_dict.get("num_files")
-        self.datasets = {}
-        self.setup()
+    def load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
+        self.class_names = tuple(state_dict.get("class_names", ()))
+        self.num_files = state_dict.get("num_files")

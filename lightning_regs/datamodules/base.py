@@ -1,0 +1,312 @@
+"""The base of every lightning_regs DataModule: split, seed, loaders, ``num_classes`` and the resume rule."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lightning_regs.datamodules.samplers import EpochShuffleSampler
+
+__all__ = ["NumClassesUnknownError", "SplitDataModule", "hparam"]
+
+_REQUIRED = object()
+
+
+class NumClassesUnknownError(AttributeError):
+    """``num_classes`` was read before ``setup`` on a data set that learns its classes from the files.
+
+    An ``AttributeError``, so ``getattr(datamodule, "num_classes", None)`` treats the value as not
+    known yet; read directly, the message says what to pass.
+    """
+
+
+class hparam:
+    """A DataModule attribute stored once, in ``self.hparams[name]``: reads and writes go there.
+
+    So ``dm.batch_size = 32`` (e.g. by Lightning's batch-size finder) is also what the checkpoint's
+    hyper-parameters record. ``default`` is returned when the key is absent; without one a clear
+    error says to save the argument.
+
+    Example::
+
+        >>> class Data(SplitDataModule):
+        ...     image_size = hparam()
+        ...     def __init__(self, image_size: int = 8, batch_size: int = 4, seed: int = 0) -> None:
+        ...         super().__init__()
+        ...         self.save_hyperparameters()
+        >>> data = Data()
+        >>> data.image_size = 16
+        >>> data.image_size, data.hparams.image_size, data.num_workers
+        (16, 16, 0)
+    """
+
+    def __init__(self, default: Any = _REQUIRED) -> None:
+        self.default = default
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        if self.name in obj.hparams:
+            return obj.hparams[self.name]
+        if self.default is not _REQUIRED:
+            return self.default
+        raise AttributeError(
+            f"{type(obj).__name__}.{self.name} reads self.hparams['{self.name}'], which is not set: give __init__ "
+            f"a `{self.name}` argument and call self.save_hyperparameters() there."
+        )
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.hparams[self.name] = value
+
+
+class SplitDataModule(pl.LightningDataModule):
+    """The base of every lightning_regs DataModule: one way to split, load, count classes and resume.
+
+    A subclass calls ``super().__init__()``, checks its arguments, calls ``self.save_hyperparameters()``
+    (path values are stored as strings, so checkpoints load with ``torch.load(weights_only=True)``)
+    and reads its arguments from ``self.hparams``, or declares them as attributes with :class:`hparam`
+    (``val_fraction = hparam()``); nothing is copied by hand. Its ``setup`` fills ``datasets``
+    (``"train"``, ``"val"``, ``"test"``) and, when it draws a split, ``split_indices``.
+
+    **Owned here:** ``seed``, ``batch_size``, ``eval_batch_size`` (default ``batch_size``),
+    ``num_workers``, ``pin_memory``, ``persistent_workers`` (only with workers), the split indices by
+    name, and the four loaders: training batches in the resume-exact order of :meth:`train_sampler`
+    (an :class:`~lightning_regs.datamodules.samplers.EpochShuffleSampler` of ``seed`` and the epoch),
+    the other stages in data set order; ``predict`` uses the test split.
+
+    **num_classes:** a plain ``int`` right after construction wherever the data set fixes it (a class
+    attribute: Digits 10, CIFAR 10/100, MVTec AD 2). Where only the files tell (CUB, RadImageNet),
+    reading it before ``setup`` raises :class:`NumClassesUnknownError` naming the fix: call ``setup()``
+    first, or pass ``num_classes=N`` so it is known at construction; ``setup`` then checks ``N``
+    against the data and refuses a mismatch. A subclass reports what it found with
+    :meth:`num_classes_found` and checks it with :meth:`check_num_classes`.
+
+    **Resume:** :meth:`state_dict` holds ``seed``, the :attr:`split_arguments` and
+    :attr:`task_arguments` (their hyper-parameter values), every ``split_indices[name]`` as
+    ``<name>_indices`` and the subclass's :meth:`extra_state`; tensors and builtins only.
+    :meth:`load_state_dict` adopts the checkpoint's split and seed (so the training order) and writes
+    them into ``hparams``, so a resumed run ends where the uninterrupted one ends, with one warning when
+    this module's own values differ. A differing :attr:`task_arguments` value changes what the
+    targets mean: it is refused. Then the data is set up again, unless it already was with this state.
+
+    A subclass implements ``setup`` and declares: :attr:`split_arguments` (hyper-parameters that
+    define the split or training order, besides ``seed``), :attr:`task_arguments`, and optionally
+    :meth:`extra_state` / :meth:`load_extra_state`, :meth:`train_sampler` and :meth:`num_classes_found`.
+
+    Example::
+
+        >>> import torch
+        >>> from torch.utils.data import Subset
+        >>> from lightning_regs.datamodules.batch import TensorDictDataset
+        >>> class Squares(SplitDataModule):
+        ...     num_classes = 2
+        ...     split_arguments = ("val_fraction",)
+        ...     val_fraction = hparam()
+        ...     def __init__(self, batch_size: int = 4, val_fraction: float = 0.25, seed: int = 0) -> None:
+        ...         super().__init__()
+        ...         self.save_hyperparameters()
+        ...     def setup(self, stage: str | None = None) -> None:
+        ...         if self.datasets:
+        ...             return
+        ...         if not self.split_indices:
+        ...             order = torch.randperm(16, generator=torch.Generator().manual_seed(self.seed))
+        ...             self.split_indices = {"val": order[:4].sort().values, "train": order[4:].sort().values}
+        ...         data = TensorDictDataset(torch.randn(16, 1, 2, 2), torch.arange(16) % 2)
+        ...         self.datasets = {s: Subset(data, i.tolist()) for s, i in self.split_indices.items()}
+        ...         self.datasets["test"] = self.datasets["val"]
+        >>> original = Squares(seed=0)
+        >>> original.setup()
+        >>> resumed = Squares(seed=1)
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     resumed.load_state_dict(original.state_dict())
+        >>> len(caught), resumed.seed, torch.equal(resumed.split_indices["val"], original.split_indices["val"])
+        (1, 0, True)
+    """
+
+    #: Hyper-parameters besides ``seed`` that define the split or the training order: saved, and adopted on resume.
+    split_arguments: ClassVar[tuple[str, ...]] = ()
+    #: Hyper-parameters that define what the targets mean: saved, and a checkpoint made with others is refused.
+    task_arguments: ClassVar[tuple[str, ...]] = ()
+
+    seed = hparam()
+    batch_size = hparam()
+    num_workers = hparam(0)
+    pin_memory = hparam(False)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.split_indices: dict[str, torch.Tensor] = {}
+        self.datasets: dict[str, Dataset] = {}
+
+    def save_hyperparameters(
+        self,
+        *args: Any,
+        ignore: Sequence[str] | str | None = None,
+        frame: Any = None,
+        logger: bool = True,
+    ) -> None:
+        """Lightning's ``save_hyperparameters``, then every path value stored as a string.
+
+        An unset ``num_classes=None`` is not saved: Lightning refuses to log a model and a DataModule
+        whose hyper-parameters share a key with different values (the model's ``num_classes``).
+        """
+        if frame is None:  # Lightning reads the caller's arguments from the frame that called it
+            frame = inspect.currentframe().f_back  # type: ignore[union-attr]
+        if frame is not None and "num_classes" in frame.f_locals and frame.f_locals["num_classes"] is None:
+            ignore = [*([ignore] if isinstance(ignore, str) else ignore or ()), "num_classes"]
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
+        for key, value in list(self.hparams.items()):
+            if isinstance(value, os.PathLike):  # a Path would not load with torch.load(weights_only=True)
+                self.hparams[key] = os.fspath(value)
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Validation/test/predict batch size: the ``eval_batch_size`` argument, else ``batch_size``."""
+        return self.hparams.get("eval_batch_size") or self.batch_size
+
+    @eval_batch_size.setter
+    def eval_batch_size(self, value: int | None) -> None:
+        self.hparams["eval_batch_size"] = value
+
+    @property
+    def persistent_workers(self) -> bool:
+        """DataLoader ``persistent_workers``: the argument, and only with ``num_workers > 0``."""
+        return bool(self.hparams.get("persistent_workers", False)) and self.num_workers > 0
+
+    @persistent_workers.setter
+    def persistent_workers(self, value: bool) -> None:
+        self.hparams["persistent_workers"] = value
+
+    # num_classes ---------------------------------------------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: found in the data by ``setup``, else the ``num_classes`` argument (see the class)."""
+        found = self.num_classes_found()
+        if found is not None:
+            return found
+        given = self.hparams.get("num_classes")
+        if given is not None:
+            return int(given)
+        raise NumClassesUnknownError(
+            f"{type(self).__name__}.num_classes is read from the data by setup(), which has not run yet. Call "
+            f"setup() first, or pass num_classes=<N> to {type(self).__name__} so it is known at construction "
+            "(setup then checks it against the data)."
+        )
+
+    def num_classes_found(self) -> int | None:
+        """The number of classes the data showed, or ``None`` before it was read (override where it is read)."""
+        return None
+
+    def check_num_classes(self, found: int, where: str) -> None:
+        """Refuse a ``num_classes`` argument that differs from the ``found`` classes (``where``: their source)."""
+        given = self.hparams.get("num_classes")
+        if given is not None and int(given) != found:
+            raise ValueError(
+                f"{type(self).__name__}: {where} holds {found} classes but num_classes={given} was given. "
+                f"Pass num_classes={found}, or leave it unset to take the data's count."
+            )
+
+    # loaders -------------------------------------------------------------------------------------------------
+
+    def train_sampler(self, dataset: Dataset) -> Sampler[int]:
+        """The training order: a function of ``seed`` and the epoch, so a resumed run sees the same batches."""
+        return EpochShuffleSampler(len(dataset), self.seed)  # type: ignore[arg-type]
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        dataset = self.datasets[split]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=self.train_sampler(dataset) if train else None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    # state ---------------------------------------------------------------------------------------------------
+
+    def extra_state(self) -> dict[str, Any]:
+        """Subclass state beyond the arguments and split indices (tensors and builtins; no key ends in ``_indices``)."""
+        return {}
+
+    def load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
+        """Check and restore :meth:`extra_state`; raise, before changing anything, on a state this module cannot use."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {name: self.hparams.get(name) for name in ("seed", *self.split_arguments, *self.task_arguments)}
+        state.update({f"{name}_indices": indices for name, indices in self.split_indices.items()})
+        state.update(self.extra_state())
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        name = type(self).__name__
+        for argument in self.task_arguments:
+            if argument in state_dict and state_dict[argument] != self.hparams.get(argument):
+                raise ValueError(
+                    f"{name}: the checkpoint was made with {argument}={state_dict[argument]!r} but this module has "
+                    f"{argument}={self.hparams.get(argument)!r}, which changes what the targets mean. Build the "
+                    f"DataModule with {argument}={state_dict[argument]!r} to resume from this checkpoint."
+                )
+        if self.datasets and _same_state(self.state_dict(), state_dict):
+            return  # already set up with this state: do not read the data again
+        self.load_extra_state(state_dict)
+        adopted = {key: state_dict[key] for key in ("seed", *self.split_arguments) if key in state_dict}
+        differ = [key for key, value in adopted.items() if value != self.hparams.get(key)]
+        if differ:
+            theirs = ", ".join(f"{key} {adopted[key]!r}" for key in differ)
+            ours = ", ".join(f"{key} {self.hparams.get(key)!r}" for key in differ)
+            rank_zero_warn(
+                f"{name}: the checkpoint's split was made with {theirs}; this module has {ours}. The checkpoint's "
+                "split is used, and its seed orders the training samples, so the run continues as the uninterrupted "
+                "one would."
+            )
+        self.hparams.update(adopted)
+        self.split_indices = {
+            key.removesuffix("_indices"): torch.as_tensor(value, dtype=torch.long)
+            for key, value in state_dict.items()
+            if key.endswith("_indices")
+        }
+        self.datasets = {}
+        self.setup()
+
+
+def _same_state(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:
+    if ours.keys() != theirs.keys():
+        return False
+    for key, value in ours.items():
+        other = theirs[key]
+        if isinstance(value, torch.Tensor) or isinstance(other, torch.Tensor):
+            value, other = torch.as_tensor(value), torch.as_tensor(other)
+            if value.dtype != other.dtype or value.shape != other.shape or not torch.equal(value, other):
+                return False
+        elif value != other:
+            return False
+    return True
