@@ -1,10 +1,9 @@
-"""Shared by the local-complexity and robustness monitor tests (module level, so ddp_spawn can pickle it)."""
+"""A short fit with a monitor, shared by the local-complexity and robustness monitor tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -12,30 +11,14 @@ from lightning_regs.datamodules import DigitsDataModule
 from lightning_regs.models import MLP
 from lightning_regs.tasks import ImageClassifier
 from tests.helpers.loggers import RecordingLogger
-from tests.helpers.trainers import QUIET, CrashAtEpoch
+from tests.helpers.trainers import QUIET
 
-__all__ = ["CrashAtEpoch", "SaveMonitorState", "fit_with_monitor", "small_task"]
+__all__ = ["fit_with_monitor"]
 
 
 def small_task(lr: float = 1e-2) -> ImageClassifier:
     model = MLP(in_features=64, num_classes=10, width=16, depth=3)
     return ImageClassifier(model, 10, optimizer="adamw", lr=lr, weight_decay=0.0, scheduler="constant")
-
-
-class SaveMonitorState(Callback):
-    """Each rank writes the monitor's state and the model's parameters at the end of fit."""
-
-    def __init__(self, out_dir: str, monitor_index: int = 0) -> None:
-        self.out_dir = out_dir
-        self.monitor_index = monitor_index
-
-    def on_train_end(self, trainer, pl_module):
-        monitors = [c for c in trainer.callbacks if hasattr(c, "measured_steps")]
-        state = {
-            "monitor": monitors[self.monitor_index].state_dict(),
-            "params": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
-        }
-        torch.save(state, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
 
 
 def fit_with_monitor(
@@ -48,7 +31,7 @@ def fit_with_monitor(
     lr: float = 1e-2,
     **trainer_kwargs,
 ) -> tuple[ImageClassifier, Trainer]:
-    """Digits in three batches per epoch (checkpoints fall on epoch ends, so a resume is exact), a small MLP."""
+    """Digits in three batches per epoch, a small MLP, checkpoints in ``tmp_path``."""
     seed_everything(0)
     task = small_task(lr)
     trainer = Trainer(

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback
 from torch.utils.data import DataLoader, default_collate
 
 from lightning_regs.datamodules import DigitsDataModule
@@ -17,7 +15,6 @@ __all__ = [
     "CollatedDigits",
     "LossOnlyClassifier",
     "RecordingClassifier",
-    "SaveTable",
     "drop_index",
     "one_hot_targets",
     "shift_index",
@@ -81,16 +78,3 @@ class CollatedDigits(DigitsDataModule):
         self.setup()
         dataset = self.datasets["train"]
         return DataLoader(dataset, self.batch_size, sampler=EpochShuffleSampler(len(dataset)), collate_fn=self.collate)
-
-
-class SaveTable(Callback):
-    """Each rank writes the PS-KD table's dense contents and ``seen`` mask at the end of fit."""
-
-    def __init__(self, out_dir: str) -> None:
-        self.out_dir = out_dir
-
-    def on_train_end(self, trainer, pl_module):
-        (pskd,) = [c for c in trainer.callbacks if type(c).__name__ == "ProgressiveSelfKD"]
-        rows = torch.arange(pskd.table.num_samples)
-        state = {"values": pskd.table.read(rows).cpu(), "seen": pskd.table.seen.cpu()}
-        torch.save(state, Path(self.out_dir) / f"table_rank{trainer.global_rank}.pt")
