@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch import seed_everything
 
 import lightning_regs.callbacks
 import lightning_regs.local_learning
@@ -24,6 +25,20 @@ from tests.harness.registry import REGISTRY, MethodSetting
 from tests.harness.runs import run_ddp, run_resumed, run_uninterrupted
 
 ENTRIES = [pytest.param(entry, id=entry.name) for entry in REGISTRY]
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """Each entry's stopped-and-resumed run (state and checkpoint folder), computed once."""
+    cache: dict[str, tuple[dict, Path]] = {}
+
+    def get(entry: MethodSetting) -> tuple[dict, Path]:
+        if entry.name not in cache:
+            root = tmp_path_factory.mktemp(f"{entry.name}-resumed")
+            cache[entry.name] = (run_resumed(entry, root), root)
+        return cache[entry.name]
+
+    return get
 
 
 @pytest.fixture(scope="module")
@@ -42,25 +57,30 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_fit_trains_and_the_method_leaves_state(entry, uninterrupted):
     state = uninterrupted(entry)
-    assert state["weights"], "the module has no state"
+    seed_everything(0)
+    initial = entry.make_task().state_dict()
     assert all(torch.isfinite(v).all() for v in state["weights"].values() if v.is_floating_point())
-    assert len(state["callbacks"]) >= len(entry.make_callbacks())
+    changed = [name for name, value in initial.items() if not torch.equal(value, state["weights"][name])]
+    assert changed, "fit changed no weight or buffer"
+    for callback in entry.make_callbacks():
+        fresh = callback.state_dict()
+        if fresh:  # a stateful callback: fit must have filled or moved its state
+            with pytest.raises(AssertionError):
+                assert_same_state(fresh, state["callbacks"][callback.state_key], atol=0.0)
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
-def test_stopped_and_resumed_ends_where_uninterrupted_ends(entry, uninterrupted, tmp_path):
+def test_stopped_and_resumed_ends_where_uninterrupted_ends(entry, uninterrupted, resumed):
     if entry.no_resume_because:
         pytest.skip(entry.no_resume_because)
-    resumed = run_resumed(entry, tmp_path)
-    assert_same_state(uninterrupted(entry), resumed, atol=1e-6)
+    assert_same_state(uninterrupted(entry), resumed(entry)[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
-def test_every_checkpoint_loads_with_weights_only(entry, tmp_path):
+def test_every_checkpoint_loads_with_weights_only(entry, resumed):
     if entry.no_resume_because:
         pytest.skip(entry.no_resume_because)
-    run_resumed(entry, tmp_path)
-    checkpoints = sorted(tmp_path.glob("*.ckpt"))
+    checkpoints = sorted(resumed(entry)[1].glob("*.ckpt"))
     assert len(checkpoints) >= entry.max_epochs
     for path in checkpoints:
         checkpoint = torch.load(path, weights_only=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
-from torch.utils.data import DataLoader, TensorDataset
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_regs.callbacks import AdversarialRobustnessMonitor, LocalComplexityMonitor, ScheduledMonitor
 from lightning_regs.callbacks import scheduled_monitor as scheduled_monitor_module
@@ -42,9 +45,16 @@ def task() -> ImageClassifier:
     return ImageClassifier(MLP(in_features=64, num_classes=10, width=16, depth=2), 10, scheduler="constant")
 
 
-def fit(tmp_path, monitor, max_epochs=3, logger=None, **kwargs) -> Trainer:
-    trainer = Trainer(max_epochs=max_epochs, limit_train_batches=4, limit_val_batches=0, default_root_dir=tmp_path,
-                      callbacks=[monitor], **{**QUIET, "logger": logger or False}, **kwargs)  # fmt: skip
+def fit(tmp_path, monitor, max_epochs=3, logger=None, callbacks_extra=(), **kwargs) -> Trainer:
+    trainer = Trainer(
+        max_epochs=max_epochs,
+        limit_train_batches=4,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=[monitor, *callbacks_extra],
+        **{**QUIET, "logger": logger or False},
+        **kwargs,
+    )
     trainer.fit(task(), DigitsDataModule(batch_size=32))
     return trainer
 
@@ -69,8 +79,8 @@ def test_overhead_is_logged_with_the_prefix_and_printed(tmp_path, caplog):
     with caplog.at_level("INFO"):
         fit(tmp_path, monitor, logger=logger)
     overhead = logger.series("mine/overhead")
-    assert len(overhead) == len(monitor.measured_steps) and all(value >= 0 for value in overhead)
-    assert "StepCounter: 7 measurements" in caplog.text and "of" in caplog.text
+    assert len(overhead) == len(monitor.measured_steps) == 7 and 0 < overhead[-1] < 10
+    assert re.search(r"StepCounter: 7 measurements, [\d.]+ s measuring = [\d.]+% of [\d.]+ s training", caplog.text)
 
 
 class SlowTraining(Callback):
@@ -113,12 +123,77 @@ def test_auto_size_keeps_what_the_user_set_and_fits_the_rest_into_the_budget():
 
 
 def test_default_monitors_size_themselves_from_the_run(tmp_path):
-    monitor = LocalComplexityMonitor(num_directions=4, plot=False)
-    fit(tmp_path, monitor)
-    budget = 0.1 * 3 * 12 * 32  # max_overhead × 3 forwards × steps × batch
-    assert monitor.points_per_set == 64 and monitor.points["train"].shape[0] == 64
-    assert monitor.steps == [0, 12]  # the budget buys the floors only: start and end
-    assert 64 * 2 * monitor.cost_per_point() > budget
+    small = LocalComplexityMonitor(num_directions=4, plot=False)  # 12 steps of 32: 1,152 forwards of budget
+    with pytest.warns(UserWarning, match="above max_overhead=0.1"):
+        fit(tmp_path, small)
+    assert small.points_per_set == 64 and small.points["train"].shape[0] == 64
+    assert small.steps == [0, 12]  # the budget buys the floors only: start and end
+    large = LocalComplexityMonitor(num_directions=4, plot=False, max_overhead=5000.0)  # 57.6M forwards
+    fit(tmp_path, large)
+    assert large.points_per_set == 1024 and len(large.steps) > 2
+    assert large.points_per_set * len(large.steps) * large.cost_per_point() <= 5000.0 * 3 * 12 * 32
+
+
+def test_the_plan_covers_the_run_that_happens_when_max_epochs_ends_it_first(tmp_path):
+    monitor = StepCounter(num_measurements=5, max_overhead=None, plot=False)
+    fit(tmp_path, monitor, max_epochs=2, max_steps=1000)
+    assert monitor.steps[-1] == 8 and monitor.measured_steps[-1] == 8
+
+
+def test_gradient_accumulation_asks_once_per_optimizer_step(tmp_path, monkeypatch):
+    monitor = StepCounter(every_n_steps=1, max_overhead=None, plot=False)
+    fit(tmp_path, monitor, max_epochs=2, accumulate_grad_batches=2)
+    assert monitor.measured_steps == [0, 1, 2, 3, 4]
+    clock = iter(range(10**7))
+    monkeypatch.setattr(scheduled_monitor_module.time, "perf_counter", lambda: float(next(clock)))
+    costly = Costly(every_n_steps=1, max_overhead=0.5, plot=False)
+    fit(tmp_path, costly, max_epochs=2, accumulate_grad_batches=2)
+    assert sorted(costly.measured_steps + costly.skipped_steps) == [0, 1, 2, 3, 4]
+
+
+class NoisyImages(Dataset):
+    """Digits-like samples with a random augmentation drawn from the global RNG, as torchvision's are."""
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.images, self.labels = torch.randn(64, 1, 8, 8, generator=generator), torch.arange(64) % 10
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index] + 0.1 * torch.randn(1, 8, 8), self.labels[index]
+
+
+def test_drawing_the_points_leaves_the_global_rng_and_so_the_training_untouched(tmp_path):
+    weights = []
+    for callbacks in ([], [LocalComplexityMonitor(num_directions=2, num_points=16, max_overhead=None, plot=False,
+                                                  sets=("train",))]):  # fmt: skip
+        seed_everything(0)
+        model = task()
+        trainer = Trainer(max_steps=4, default_root_dir=tmp_path, callbacks=callbacks, **QUIET)
+        trainer.fit(model, DataLoader(NoisyImages(), batch_size=16, shuffle=True))
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_an_epoch_measurement_is_in_the_checkpoint_written_at_validation_end(tmp_path):
+    monitor = StepCounter(every_n_epochs=1, max_overhead=None, plot=False)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_on_train_epoch_end=False, save_top_k=-1)
+    trainer = Trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=1, default_root_dir=tmp_path,
+                      callbacks=[monitor, checkpoint], **{**QUIET, "enable_checkpointing": True})  # fmt: skip
+    trainer.fit(task(), DigitsDataModule(batch_size=32))
+    first = torch.load(tmp_path / "epoch=0-step=4.ckpt", weights_only=True)
+    assert first["callbacks"][monitor.state_key]["measured_steps"] == [0, 4]
+
+
+def test_two_monitors_of_one_class_keep_their_own_state(tmp_path):
+    on_val = AdversarialRobustnessMonitor(steps=1, num_points=8, num_measurements=2, max_overhead=None, plot=False)
+    on_test = AdversarialRobustnessMonitor(steps=1, num_points=8, num_measurements=2, max_overhead=None, plot=False,
+                                           heldout_split="test", prefix="robust_test")  # fmt: skip
+    assert on_val.state_key != on_test.state_key
+    fit(tmp_path, on_val, max_epochs=1, callbacks_extra=[on_test])
+    assert "robust_test/acc" in on_test.history and "robust/acc" in on_val.history
 
 
 def test_points_come_from_the_loaders_given_to_fit_when_there_is_no_datamodule(tmp_path):

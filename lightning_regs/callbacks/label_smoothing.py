@@ -21,7 +21,8 @@ class LabelSmoothing(SoftTargetCallback):
     in ``batch["hard_target"]`` (see :class:`~lightning_regs.callbacks.SoftTargetCallback` for how it
     composes with other target-rewriting callbacks, e.g. after PS-KD). With cross-entropy this is the
     same objective as ``F.cross_entropy(logits, y, label_smoothing=ε)``, for any module whose loss
-    takes ``(B, C)`` probabilities, and for MSE-trained modules too. Stateless: nothing to checkpoint.
+    takes ``(B, C)`` probabilities; an MSE-trained module regresses onto the smoothed targets instead
+    of the one-hot. Stateless: nothing to checkpoint.
 
     Args:
         smoothing: ``ε`` in [0, 1] (0.1 in the PS-KD paper's comparison and in Szegedy et al.).

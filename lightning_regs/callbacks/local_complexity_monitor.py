@@ -33,7 +33,9 @@ class LocalComplexityMonitor(ScheduledMonitor):
     end of training (and on :meth:`plot`) a plot of LC against the step goes to W&B or to
     ``<log dir>/lc.png``. Schedule, point count, cost bound and the other shared arguments are those
     of :class:`~lightning_regs.callbacks.ScheduledMonitor`; one point costs ``2P + 1`` forwards per
-    set and radius, and at the defaults the monitor sizes itself to at most 10% of the run.
+    set and radius. At the defaults the monitor sizes itself to 10% of the run's forward passes (above
+    the floors of 64 points and 2 measurements) and skips measurements that would take it past 10% of
+    the training time.
 
     Args:
         radius: the cross-polytope radius ``r`` (or a list of radii) in the units the model sees.
@@ -107,7 +109,11 @@ class LocalComplexityMonitor(ScheduledMonitor):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(radii=self.radii, num_directions=self.num_directions, sets=self.sets)
+        # The held-out set was called "test": keys keep that name, so older checkpoints restore.
+        sets = tuple("test" if name == "heldout" else name for name in self.sets)
+        return self._generate_state_key(
+            radii=self.radii, num_directions=self.num_directions, sets=sets, **self.state_key_fields()
+        )
 
     def set_points(
         self, train: torch.Tensor | None = None, heldout: torch.Tensor | None = None, test: torch.Tensor | None = None

@@ -93,7 +93,9 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(epsilon=self.epsilon, norm=self.norm, steps=self.steps_per_attack)
+        return self._generate_state_key(
+            epsilon=self.epsilon, norm=self.norm, steps=self.steps_per_attack, **self.state_key_fields()
+        )
 
     def set_points(
         self,

@@ -7,6 +7,7 @@ between ``log_every_n_steps``) and keeps them in the callback state, from which 
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,11 +78,13 @@ class ScheduledMonitor(Callback):
     Under DDP each rank measures its shard (:meth:`shard`) and the sums are all-reduced
     (:meth:`reduce_sum`), so every rank logs the single-process value.
 
-    **Cost**: left at ``None``, ``num_points`` and ``num_measurements`` are sized from the run (total
-    steps × global batch) so that the monitor's forward passes stay within ``max_overhead`` of the
-    training's (a training sample counted as 3 forwards); and at every scheduled point after the first,
-    the measurement is skipped when the seconds spent measuring so far plus the last measurement's would
-    exceed ``max_overhead`` × the seconds spent training (decided on rank 0, so ranks agree). The ratio
+    **Cost**: left at their defaults (``num_points="auto"``, ``num_measurements=None``), the point count
+    and the number of measurements are sized from the run (total steps × global batch) so that the
+    monitor's forward passes stay within ``max_overhead`` of the training's (a training sample counted
+    as 3 forwards), down to floors of 64 points and 2 measurements (a warning says when even those
+    exceed the budget); and at every scheduled point after the first of each ``fit``, the measurement
+    is skipped when the seconds spent measuring so far plus the last measurement's would exceed
+    ``max_overhead`` × the seconds spent training (decided on rank 0, so ranks agree). The ratio
     is logged as ``<prefix>/overhead`` and printed at the end. ``max_overhead=None`` measures exactly the
     schedule, whatever it costs (runs are then reproducible measurement for measurement).
 
@@ -175,7 +178,8 @@ class ScheduledMonitor(Callback):
         self.points: dict[str, torch.Tensor] = {}
         self.measure_seconds = 0.0
         self._train_started = 0.0
-        self._last_cost = 0.0
+        self._last_cost: float | None = None  # None until the first measurement of this fit
+        self._last_checked_step: int | None = None
 
     # -- what a subclass implements ----------------------------------------------------------------
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -195,15 +199,15 @@ class ScheduledMonitor(Callback):
         raise NotImplementedError
 
     def should_measure(self, trainer: pl.Trainer, epoch_end: bool) -> bool:
-        """Whether the schedule asks for a measurement now (after an optimizer step, or at an epoch's end).
+        """Whether the schedule asks for a measurement now, after optimizer step ``trainer.global_step``.
 
-        Override to measure on other events; the same answer must come on every rank.
+        Asked once per optimizer step (before the first step too) with ``epoch_end`` telling whether the
+        step ends the training epoch; override to measure on other events. The same answer must come on
+        every rank.
         """
         if self.every_n_epochs is not None:
-            if trainer.global_step == 0:
-                return True
-            return epoch_end and trainer.current_epoch + 1 in self.epochs
-        return not epoch_end and trainer.global_step in self.steps
+            return trainer.global_step == 0 or (epoch_end and trainer.current_epoch + 1 in self.epochs)
+        return trainer.global_step in self.steps
 
     # -- helpers for subclasses --------------------------------------------------------------------
     def model(self, pl_module: pl.LightningModule) -> torch.nn.Module:
@@ -237,6 +241,27 @@ class ScheduledMonitor(Callback):
         """:attr:`points_per_set` images and targets from ``split``, drawn from the private generator."""
         return draw_from_dataset(self.dataset(trainer, split), self.points_per_set, self.generator(offset))
 
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(**self.state_key_fields())
+
+    def state_key_fields(self) -> dict[str, Any]:
+        """What tells two monitors of one class apart in a checkpoint; extend it in subclasses.
+
+        ``prefix`` and ``heldout_split`` count only when not at their defaults, so that keys of
+        checkpoints written before they existed still match.
+        """
+        fields: dict[str, Any] = {}
+        if self.prefix != type(self)._default("prefix"):
+            fields["prefix"] = self.prefix
+        if self.heldout_split != "val":
+            fields["heldout_split"] = self.heldout_split
+        return fields
+
+    @classmethod
+    def _default(cls, name: str) -> Any:
+        return inspect.signature(cls.__init__).parameters[name].default
+
     def generator(self, offset: int = 0) -> torch.Generator:
         """A generator seeded by ``seed`` and ``offset``: draws that never touch the global RNG."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + offset)
@@ -269,10 +294,13 @@ class ScheduledMonitor(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.steps and not self.epochs:
             self._plan(trainer)
-        self.prepare(trainer, pl_module)  # fills only what is missing (nothing after a resume)
+        with torch.random.fork_rng(devices=[]):  # augmenting data sets draw from the global RNG: keep it untouched
+            self.prepare(trainer, pl_module)  # fills only what is missing (nothing after a resume)
         if trainer.world_size > 1:  # every rank measures rank 0's points
             self.points = trainer.strategy.broadcast(self.points, src=0)
         self.measure_seconds = 0.0
+        self._last_cost = None
+        self._last_checked_step = None
         self._train_started = time.perf_counter()
 
     @override
@@ -286,11 +314,13 @@ class ScheduledMonitor(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._maybe_measure(trainer, pl_module, epoch_end=False)
+        # The epoch's last batch, not on_train_epoch_end: a checkpoint saved at validation end (before
+        # on_train_epoch_end) must already hold the epoch's measurement.
+        self._maybe_measure(trainer, pl_module, epoch_end=batch_idx + 1 >= trainer.num_training_batches)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._maybe_measure(trainer, pl_module, epoch_end=True)
+        self._maybe_measure(trainer, pl_module, epoch_end=True)  # epochs of unknown length (iterable data)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -331,9 +361,13 @@ class ScheduledMonitor(Callback):
 
     # -- internals ---------------------------------------------------------------------------------
     def _plan(self, trainer: pl.Trainer) -> None:
-        total_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        if total_steps is None:
-            total_steps = int(trainer.estimated_stepping_batches)
+        estimated = trainer.estimated_stepping_batches  # the smaller of max_steps and max_epochs' steps
+        if estimated == float("inf"):
+            raise ValueError(
+                f"{type(self).__name__} plans its schedule over the run's optimizer steps, and this run's length is "
+                "unknown (an iterable data set without a length and no max_steps): give the Trainer max_steps."
+            )
+        total_steps = int(estimated)
         measurements = self.num_measurements
         if self.every_n_steps is not None:
             measurements = len(measurement_steps(total_steps, every_n_steps=self.every_n_steps))
@@ -365,7 +399,12 @@ class ScheduledMonitor(Callback):
         step = trainer.global_step
         if self.measured_steps and step <= self.measured_steps[-1]:
             return
+        if step == self._last_checked_step and not epoch_end:  # gradient accumulation: one answer per step
+            return
+        self._last_checked_step = step
         if not self.should_measure(trainer, epoch_end):
+            return
+        if self.skipped_steps and self.skipped_steps[-1] == step:
             return
         if not self._within_budget(trainer):
             self.skipped_steps.append(step)
@@ -385,7 +424,8 @@ class ScheduledMonitor(Callback):
             trainer.callback_metrics[name] = torch.tensor(value)
 
     def _within_budget(self, trainer: pl.Trainer) -> bool:
-        if self.max_overhead is None or not self.measured_steps or self._last_cost == 0.0:
+        # The first measurement of each fit always runs (the same on every rank: no broadcast skipped).
+        if self.max_overhead is None or self._last_cost is None:
             return True
         training = time.perf_counter() - self._train_started - self.measure_seconds
         decision = self.measure_seconds + self._last_cost <= self.max_overhead * training

@@ -56,6 +56,7 @@ class SoftTargetCallback(Callback):
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 (or None to read it from the module), got {num_classes}.")
         self.num_classes = num_classes
+        self._range_checked = False
 
     def refine_targets(
         self,
@@ -84,6 +85,14 @@ class SoftTargetCallback(Callback):
         """Apply :meth:`refine_targets` to ``batch`` in place (what every training batch goes through)."""
         labels = read_labels(batch, type(self).__name__)
         num_classes = self.resolve_num_classes(trainer, pl_module)
+        if not self._range_checked:  # once: a device sync, and F.one_hot's own error names nothing
+            if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+                raise ValueError(
+                    f"{type(self).__name__}: the labels hold class ids in [{int(labels.min())}, {int(labels.max())}] "
+                    f"but there are {num_classes} classes. Soft targets need every row labelled with a 0-based id "
+                    "(unlabelled rows, e.g. target -1 in generalized category discovery, cannot be softened)."
+                )
+            self._range_checked = True
         refined = self.refine_targets(
             trainer, pl_module, batch, labels, target_distribution(batch[TARGET], num_classes)
         )

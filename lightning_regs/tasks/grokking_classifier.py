@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_regs.datamodules.batch import unpack_batch
-from lightning_regs.functional.classification import is_soft_target
+from lightning_regs.functional.soft_targets import target_distribution
 from lightning_regs.tasks.image_classifier import ImageClassifier
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName
 
@@ -68,8 +68,4 @@ class GrokkingClassifier(ImageClassifier):
         if self.loss_name == "cross_entropy":
             return super().compute_loss(logits, batch)
         _, target = unpack_batch(batch)
-        if is_soft_target(target):
-            regression_target = target.to(logits.dtype)
-        else:
-            regression_target = F.one_hot(target, self.num_classes).to(logits.dtype)
-        return F.mse_loss(logits, regression_target)
+        return F.mse_loss(logits, target_distribution(target, self.num_classes).to(logits.dtype))

@@ -7,9 +7,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
+from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback
 from lightning_regs.datamodules.batch import HARD_TARGET, unpack_batch
 from lightning_regs.functional.classification import classification_loss, hard_labels
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, WarmupSchedule, build_optimizer
@@ -100,6 +102,15 @@ class ImageClassifier(pl.LightningModule):
             }
         )
         self._targets_checked = False
+
+    def on_fit_start(self) -> None:
+        rewriting = [type(c).__name__ for c in self.trainer.callbacks if isinstance(c, SoftTargetCallback)]
+        if rewriting and self.hparams.label_smoothing > 0:
+            rank_zero_warn(
+                f"{type(self).__name__}(label_smoothing={self.hparams.label_smoothing}) smooths the targets that "
+                f"{', '.join(rewriting)} already rewrote: they are smoothed twice. Set label_smoothing=0 (or use "
+                "the LabelSmoothing callback alone)."
+            )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.backbone(image)
