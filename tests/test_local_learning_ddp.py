@@ -1,4 +1,4 @@
-"""Local learning with MAN under 2-process DDP: one all-reduce per step, and the single-process result."""
+"""Local learning with MAN under 2-process DDP: one all-reduce per optimizer step."""
 
 from __future__ import annotations
 
@@ -61,19 +61,13 @@ def fit(per_rank_batch: int, out_dir: Path, **trainer_kwargs) -> None:
     trainer.fit(task, SequentialDigits(batch_size=per_rank_batch))
 
 
-def test_ddp_matches_single_process_parameters_and_ema(tmp_path):
-    fit(16, tmp_path / "single", accelerator="cpu", devices=1)
-    single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
+def test_ddp_all_reduces_once_per_optimizer_step_not_once_per_module(tmp_path):
+    # That 2 ranks equal one process (parameters and EMA) is the method harness's test (local_learning_man).
     strategy = DDPStrategy(start_method="spawn", find_unused_parameters=True)
     fit(8, tmp_path / "ddp", accelerator="cpu", devices=2, strategy=strategy)
     rank0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
-    assert any(".ema." in k for k in single)
-    ema_key = next(k for k in single if k.endswith("ema.0.weight"))
-    assert not torch.equal(single[ema_key], single["backbone.layers.fc2.0.weight"])  # the EMA lags the block
+    ema_key = next(k for k in rank0 if k.endswith("ema.0.weight"))
+    assert not torch.equal(rank0[ema_key], rank0["backbone.layers.fc2.0.weight"])  # the EMA lags the block
     # One all-reduce per optimizer step (5 steps, one gradient bucket), not one per module backward (K=3).
-    assert int(single.pop("allreduce_calls")) == 0
     assert int(rank0.pop("allreduce_calls")) == int(rank1.pop("allreduce_calls")) == 5
-    for name, value in single.items():
-        torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=name)
-        torch.testing.assert_close(rank0[name], value, rtol=0, atol=1e-6, msg=name)

@@ -18,6 +18,7 @@ from lightning_regs.local_learning.man import MomentumAuxiliaryHead
 from lightning_regs.models import resnet20
 from lightning_regs.models.cifar_resnet import BasicBlock
 from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
+from tests.helpers.ddp import run_in_ddp
 from tests.helpers.trainers import QUIET
 
 
@@ -115,6 +116,48 @@ def test_ema_update_matches_the_hand_computation(momentum):
             assert torch.equal(e, o)
     for b, o in zip(man.ema.buffers(), old_buffers, strict=True):
         assert torch.equal(b, o)  # BN statistics are not averaged
+
+
+def test_ema_after_several_updates_is_the_closed_form_recursion():
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 3)).double()
+    man = MomentumAuxiliaryHead(DGLHead((3,), 2), block)
+    m = 0.9
+    expected = [p.detach().clone() for p in man.ema.parameters()]
+    for _ in range(5):
+        perturb(block)
+        man.update_ema(m)
+        expected = [m * e + (1 - m) * p for e, p in zip(expected, block.parameters(), strict=True)]
+        for got, want in zip(man.ema.parameters(), expected, strict=True):
+            assert got.dtype == torch.float64
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+
+
+def _man_update_on_fully_sharded_parameters(rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    man = MomentumAuxiliaryHead(DGLHead((4,), 2), block)
+    expected = [0.75 * e + 0.25 * (p + 1) for e, p in zip(man.ema.parameters(), block.parameters(), strict=True)]
+    mesh = init_device_mesh("cpu", (world_size,))
+    fully_shard(block, mesh=mesh)
+    fully_shard(man, mesh=mesh)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(1.0)
+    man.update_ema(0.75)
+    ema = list(man.ema.parameters())
+    assert all(isinstance(p, DTensor) for p in [*ema, *man.tracked.parameters()])
+    return {"ema": [p.full_tensor() for p in ema], "expected": expected}
+
+
+def test_ema_update_works_shard_by_shard_on_fsdp2_dtensor_parameters():
+    for result in run_in_ddp(_man_update_on_fully_sharded_parameters):
+        for got, want in zip(result["ema"], result["expected"], strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
 def test_gradient_reaches_the_input_through_both_branches_only_correction_learns():

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_regs.callbacks.momentum_auxiliary_networks import MomentumAuxiliaryNetworks
 from lightning_regs.datamodules import DigitsDataModule
 from lightning_regs.functional.classification import classification_loss
 from lightning_regs.local_learning.splits import module_ranges
@@ -78,6 +75,23 @@ def test_each_module_gets_the_gradient_of_its_own_local_loss_alone(tmp_path, K, 
     assert trainer.global_step == 1
 
 
+@pytest.mark.parametrize(("head", "man"), [("dgl", False), ("infopro", True)])
+def test_the_auto_split_probe_leaves_the_global_rng_and_the_heads_initialization_alone(head, man):
+    def build(split):
+        seed_everything(0)
+        task = LocalLearningClassifier(resnet20(), 10, K=3, split=split, head=head, man=man, input_shape=(3, 8, 8))
+        return task, torch.random.get_rng_state()
+
+    auto, auto_rng = build("auto")
+    explicit, explicit_rng = build(list(auto.split_points))
+    assert explicit.split_points == auto.split_points
+    assert torch.equal(auto_rng, explicit_rng)
+    auto_heads, explicit_heads = auto.aux_heads.state_dict(), explicit.aux_heads.state_dict()
+    assert auto_heads.keys() == explicit_heads.keys()
+    for key, value in auto_heads.items():
+        assert torch.equal(value, explicit_heads[key]), key
+
+
 def test_evaluation_uses_the_backbone_only_and_export_drops_the_heads():
     task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b0"], input_shape=(3, 8, 8))
     x = torch.randn(2, 3, 8, 8)
@@ -111,44 +125,6 @@ def test_unsupported_strategies_and_bad_heads_are_named():
         LocalLearningClassifier(torch.nn.Linear(3, 10), 10, K=2)
     with pytest.raises(ValueError, match="larger than"):
         LocalLearningClassifier(resnet20(), 10, K=11, split="auto", input_shape=(3, 8, 8))
-
-
-class CrashAt(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("CRASH")
-
-
-def fit(tmp_path: Path, callbacks=(), ckpt_path=None) -> tuple[LocalLearningClassifier, Trainer]:
-    seed_everything(0)
-    task = LocalLearningClassifier(
-        resnet20(), 10, K=3, split="auto", head="infopro", man=True, input_shape=(3, 8, 8), lr=0.05
-    )
-    trainer = Trainer(
-        max_epochs=3,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        default_root_dir=tmp_path,
-        **{**QUIET, "enable_checkpointing": True},
-        callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True), MomentumAuxiliaryNetworks(0.7), *callbacks],
-    )
-    trainer.fit(task, DigitsDataModule(batch_size=64, channels=3), ckpt_path=ckpt_path)
-    return task, trainer
-
-
-def test_stopped_and_resumed_ends_where_uninterrupted_ends_ema_included(tmp_path):
-    uninterrupted, trainer = fit(tmp_path / "full")
-    assert trainer.global_step == 9 and trainer.lr_scheduler_configs[0].scheduler.last_epoch == 9
-    with pytest.raises(RuntimeError, match="CRASH"):
-        fit(tmp_path / "cut", callbacks=[CrashAt(2)])
-    resumed, _ = fit(tmp_path / "cut", ckpt_path=tmp_path / "cut" / "last.ckpt")
-    state, other = uninterrupted.state_dict(), resumed.state_dict()
-    assert any(".ema." in k for k in state)
-    for key, value in state.items():
-        torch.testing.assert_close(other[key], value, rtol=0, atol=1e-6, msg=key)
 
 
 class GradNorm(Callback):

@@ -19,8 +19,10 @@ from lightning_regs.functional.local_complexity import (
     local_complexity,
     orthonormal_directions,
 )
+from lightning_regs.functional.modes import eval_mode
 from lightning_regs.functional.prediction_table import PredictionTable
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
+from lightning_regs.functional.soft_targets import label_smoothing_targets, target_distribution
 from lightning_regs.functional.supcon import supervised_contrastive_loss
 
 __all__ = [
@@ -45,9 +47,12 @@ __all__ = [
     "rank_auroc",
     "unique_by_index",
     "classification_loss",
+    "eval_mode",
     "gcd_accuracy",
     "hard_labels",
     "is_soft_target",
     "pskd_alpha",
     "pskd_targets",
+    "label_smoothing_targets",
+    "target_distribution",
 ]

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_regs.functional.modes import eval_mode
+
 __all__ = ["Norm", "pgd_attack", "predict", "random_perturbation", "robust_accuracy"]
 
 Norm = Literal["linf", "l2"]
@@ -107,25 +109,19 @@ def pgd_attack(
         delta = random_perturbation(inputs, epsilon, norm, generator)
     else:
         delta = torch.zeros_like(inputs)
-    training = {module: module.training for module in model.modules()}
-    try:
-        model.eval()
-        with torch.enable_grad(), torch.autocast(inputs.device.type, enabled=False):
-            for _ in range(steps):
-                delta.requires_grad_(True)
-                loss = F.cross_entropy(model(inputs + delta), targets, reduction="sum")
-                (gradient,) = torch.autograd.grad(loss, delta)
-                with torch.no_grad():
-                    if norm == "linf":
-                        delta = delta + step_size * gradient.sign()
-                    else:
-                        delta = delta + step_size * gradient / _per_sample_norm(gradient)
-                    delta = _project(delta, epsilon, norm)
-                    if input_range is not None:
-                        delta = (inputs + delta).clamp(*input_range) - inputs
-    finally:
-        for module, mode in training.items():
-            module.training = mode
+    with eval_mode(model), torch.enable_grad(), torch.autocast(inputs.device.type, enabled=False):
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model(inputs + delta), targets, reduction="sum")
+            (gradient,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                if norm == "linf":
+                    delta = delta + step_size * gradient.sign()
+                else:
+                    delta = delta + step_size * gradient / _per_sample_norm(gradient)
+                delta = _project(delta, epsilon, norm)
+                if input_range is not None:
+                    delta = (inputs + delta).clamp(*input_range) - inputs
     adversarial = inputs + delta.detach()
     return adversarial.clamp(*input_range) if input_range is not None else adversarial
 
@@ -162,11 +158,5 @@ def robust_accuracy(
 
 def predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """Class ids the model predicts for ``inputs`` in eval mode, without gradients; training flags restored."""
-    training = {module: module.training for module in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad(), torch.autocast(inputs.device.type, enabled=False):
-            return model(inputs.float()).argmax(dim=-1)
-    finally:
-        for module, mode in training.items():
-            module.training = mode
+    with eval_mode(model), torch.no_grad(), torch.autocast(inputs.device.type, enabled=False):
+        return model(inputs.float()).argmax(dim=-1)

@@ -24,6 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from lightning_regs.functional.modes import eval_mode
+
 __all__ = [
     "LocalComplexity",
     "cross_polytope_vertices",
@@ -297,7 +299,6 @@ def local_complexity(
     counter = _RegionChangeCounter(num_vertices)
     vertex_buffer: torch.Tensor | None = None
     handles = []
-    training = {module: module.training for module in model.modules()}
     counts: list[torch.Tensor] = []
     names: tuple[str, ...] = ()
     neurons: tuple[int, ...] = ()
@@ -309,8 +310,8 @@ def local_complexity(
                 handles.append(module.register_forward_pre_hook(hook))
             else:
                 handles.append(module.register_forward_hook(counter.output_hook(name)))
-        model.eval()
         with (
+            eval_mode(model),
             torch.random.fork_rng(devices=devices),
             torch.no_grad(),
             torch.autocast(points.device.type, enabled=False),
@@ -336,6 +337,4 @@ def local_complexity(
     finally:
         for handle in handles:
             handle.remove()
-        for module, mode in training.items():
-            module.training = mode
     return LocalComplexity(torch.cat(counts).to(torch.long), names, neurons)

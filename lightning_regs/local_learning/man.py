@@ -52,10 +52,14 @@ class MomentumAuxiliaryHead(nn.Module):
 
     @torch.no_grad()
     def update_ema(self, momentum: float) -> None:
-        """``theta_ema <- momentum · theta_ema + (1 - momentum) · theta_block`` over parameters (not buffers)."""
-        ema = list(self.ema.parameters())
-        tracked = list(self.tracked.parameters())
-        torch._foreach_lerp_(ema, tracked, 1.0 - momentum)
+        """``theta_ema <- momentum · theta_ema + (1 - momentum) · theta_block`` over parameters (not buffers).
+
+        An in-place :meth:`torch.Tensor.lerp_` per parameter pair, so sharded parameters (DTensors under FSDP2's
+        ``fully_shard``) are updated shard by shard, without gathering.
+        """
+        weight = 1.0 - momentum
+        for ema, tracked in zip(self.ema.parameters(), self.tracked.parameters(), strict=True):
+            ema.lerp_(tracked, weight)
 
     def forward(self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.ema(h) + self.correction(h), target, image)

@@ -3,17 +3,73 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.types import STEP_OUTPUT, LRSchedulerConfig
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_regs.functional.classification import classification_loss
 from lightning_regs.local_learning.splits import module_ranges
 
 __all__ = ["LocalLearningMixin"]
+
+# Scheduler-dict keys that Lightning parses for automatic optimization only (it drops them, with a warning, under
+# manual optimization); the mixin keeps them and steps ReduceLROnPlateau as automatic optimization would.
+_PLATEAU_KEYS = ("reduce_on_plateau", "monitor", "strict")
+# Checkpoint entry with the last values of the metrics ReduceLROnPlateau monitors (Lightning does not save logged
+# metrics, and a checkpoint written at validation end resumes with that epoch's scheduler update still to do).
+_MONITORED_KEY = "local_learning_monitored_metrics"
+
+
+def _split_plateau_keys(conf: Any) -> tuple[Any, dict[int, dict[str, Any]]]:
+    """``configure_optimizers``' output without :data:`_PLATEAU_KEYS`, and those keys per scheduler (by ``id``)."""
+    found: dict[int, dict[str, Any]] = {}
+
+    def scheduler_entry(entry: Any, monitor: Any) -> Any:
+        if isinstance(entry, Mapping) and "scheduler" in entry:
+            found[id(entry["scheduler"])] = {key: entry[key] for key in _PLATEAU_KEYS if key in entry}
+            return {key: value for key, value in entry.items() if key not in _PLATEAU_KEYS}
+        if monitor is not None:  # a bare scheduler beside a top-level "monitor"
+            found[id(entry)] = {"monitor": monitor}
+        return entry
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, Mapping):
+            if "scheduler" in node:
+                return scheduler_entry(node, None)
+            if "lr_scheduler" in node:
+                return {**node, "lr_scheduler": scheduler_entry(node["lr_scheduler"], node.get("monitor"))}
+            return node
+        if isinstance(node, (list, tuple)):
+            return type(node)(walk(item) for item in node)
+        return node
+
+    return walk(conf), found
+
+
+def _keeping_plateau_keys(configure: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(configure)
+    def configure_optimizers(self: LocalLearningMixin, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "_local_configuring", False):  # a super() call from an overriding configure_optimizers
+            return configure(self, *args, **kwargs)
+        self._local_configuring = True
+        try:
+            conf = configure(self, *args, **kwargs)
+        finally:
+            self._local_configuring = False
+        conf, self._local_plateau_keys = _split_plateau_keys(conf)
+        return conf
+
+    configure_optimizers._keeps_plateau_keys = True  # type: ignore[attr-defined]
+    return configure_optimizers
 
 
 class LocalLearningMixin(pl.LightningModule):
@@ -22,10 +78,15 @@ class LocalLearningMixin(pl.LightningModule):
     Per training batch, for each of the first ``K - 1`` modules in turn: forward, local loss through its
     auxiliary head, :meth:`manual_backward` at once (its graph is freed here, which is the whole memory
     saving), then detach the output before the next module. The last module trains through the real
-    classifier head. One optimizer step covers backbone and heads; per-step LR schedulers are stepped
-    here, per-epoch ones at the epoch's end. Under DDP the first ``K - 1`` backwards run inside the
-    strategy's ``block_backward_sync()`` and the last outside, so gradients are all-reduced once per step
-    (use ``DDPStrategy(find_unused_parameters=True)``).
+    classifier head. One optimizer step covers backbone and heads. Under DDP the first ``K - 1`` backwards
+    run inside the strategy's ``block_backward_sync()`` and the last outside, so gradients are all-reduced
+    once per step (use ``DDPStrategy(find_unused_parameters=True)``).
+
+    LR schedulers are configured in ``configure_optimizers`` exactly as for automatic optimization and are
+    stepped as Lightning would step them, through :meth:`lr_scheduler_step`: ``interval="step"`` ones after
+    every ``frequency``-th optimizer step, ``interval="epoch"`` ones after every ``frequency``-th epoch (before
+    that epoch's validation), and ``ReduceLROnPlateau`` with the value of its ``monitor`` (e.g. ``"val/loss"``)
+    from ``trainer.callback_metrics`` (at the epoch's end after validation, or after the step's logging).
 
     The host calls :meth:`configure_local_learning` in its ``__init__`` and :meth:`local_training_step` in
     ``training_step``. Auxiliary heads live in ``self.aux_heads`` (an :class:`~torch.nn.ModuleDict` keyed
@@ -45,6 +106,14 @@ class LocalLearningMixin(pl.LightningModule):
         >>> sorted(Task().export_state_dict())[:2]
         ['net.head.bias', 'net.head.weight']
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Lightning drops a scheduler dict's "monitor"/"strict"/"reduce_on_plateau" under manual optimization;
+        # wrapping the host's configure_optimizers keeps them (and spares the user Lightning's warning).
+        configure = cls.configure_optimizers
+        if configure is not pl.LightningModule.configure_optimizers and not hasattr(configure, "_keeps_plateau_keys"):
+            cls.configure_optimizers = _keeping_plateau_keys(configure)  # type: ignore[method-assign]
 
     def configure_local_learning(
         self,
@@ -68,6 +137,8 @@ class LocalLearningMixin(pl.LightningModule):
         self._local_modules = tuple(layers[a:b] for a, b in module_ranges(points, len(layers)))
         self._local_head = (head,)
         self._local_clip = (gradient_clip_val, gradient_clip_algorithm)
+        self._local_stepped = False
+        self._local_monitored: dict[str, float] = {}
 
     @property
     def num_local_modules(self) -> int:
@@ -95,11 +166,14 @@ class LocalLearningMixin(pl.LightningModule):
         target: torch.Tensor,
         label_smoothing: float = 0.0,
         backward: Callable[[torch.Tensor], None] | None = None,
+        final_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Forward and backward module by module; returns the detached final loss, logits and local losses.
 
         ``backward`` defaults to :meth:`manual_backward` (inside ``block_backward_sync()`` for all but the last
         module); pass ``torch.Tensor.backward`` to run the loop without a Trainer (e.g. to measure memory).
+        ``final_loss(logits)`` is the last module's loss (a task's ``compute_loss``); by default cross-entropy
+        on ``target`` with ``label_smoothing``.
         """
         block_sync = getattr(self.trainer.strategy, "block_backward_sync", None) if backward is None else None
         run_backward = self.manual_backward if backward is None else backward
@@ -113,38 +187,111 @@ class LocalLearningMixin(pl.LightningModule):
             local_losses.append(loss_j.detach())
             h = h.detach()
         logits = self._local_head[0](self._local_modules[-1](h))
-        loss = classification_loss(logits, target, label_smoothing)
+        loss = final_loss(logits) if final_loss is not None else classification_loss(logits, target, label_smoothing)
         run_backward(loss)
         return loss.detach(), logits.detach(), local_losses
 
     def local_training_step(
-        self, image: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
+        self,
+        image: torch.Tensor,
+        target: torch.Tensor,
+        label_smoothing: float = 0.0,
+        final_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """One optimizer step of local learning; returns the detached final loss, logits and local losses."""
         self._check_can_train_locally()
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
-        loss, logits, local_losses = self.local_backward(image, target, label_smoothing)
+        loss, logits, local_losses = self.local_backward(image, target, label_smoothing, final_loss=final_loss)
         clip_val, clip_algorithm = self._local_clip
         if clip_val is not None:
             self.clip_gradients(optimizer, gradient_clip_val=clip_val, gradient_clip_algorithm=clip_algorithm)
         optimizer.step()
-        self._step_schedulers("step")
+        self._local_stepped = True
+        self._step_lr_schedulers("step", plateau=False)
+        if self._is_last_training_batch():
+            # Before validation, as Lightning does: a checkpoint saved at validation end then holds this step.
+            self._step_lr_schedulers("epoch", plateau=False)
         for j, loss_j in enumerate(local_losses):
             self.log(f"local/loss{j}", loss_j)
         return loss, logits, local_losses
 
-    def _step_schedulers(self, interval: str) -> None:
-        for config in self.trainer.lr_scheduler_configs:
-            if config.interval != interval:
+    def _is_last_training_batch(self) -> bool:
+        # The test of Lightning's own epoch-end scheduler update (`_num_ready_batches_reached`), on the
+        # public progress counters: the fetcher saw the last batch, or the epoch's batch limit is reached.
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        return bool(progress.is_last_batch) or progress.current.ready >= self.trainer.num_training_batches
+
+    def _lr_scheduler_configs(self) -> list[LRSchedulerConfig]:
+        """Lightning's parsed scheduler configs, with the ReduceLROnPlateau settings automatic optimization has."""
+        configs = self.trainer.lr_scheduler_configs
+        kept = getattr(self, "_local_plateau_keys", {})
+        for config in configs:
+            keys = kept.get(id(config.scheduler), {})
+            config.reduce_on_plateau = keys.get("reduce_on_plateau", isinstance(config.scheduler, ReduceLROnPlateau))
+            # Lightning's CLI ReduceLROnPlateau carries its monitor as an attribute.
+            config.monitor = keys.get("monitor", getattr(config.scheduler, "monitor", None))
+            config.strict = keys.get("strict", True)
+            if config.reduce_on_plateau and config.monitor is None:
+                raise MisconfigurationException(
+                    f"{type(config.scheduler).__name__} needs a metric to monitor: return "
+                    '{"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}} '
+                    "from configure_optimizers."
+                )
+        return configs
+
+    def _step_lr_schedulers(self, interval: str, plateau: bool) -> None:
+        """Step the configured schedulers of this ``interval`` and kind through :meth:`lr_scheduler_step`.
+
+        ``interval="step"`` ones advance after every ``frequency``-th optimizer step (counted by
+        ``global_step``), ``interval="epoch"`` ones after every ``frequency``-th epoch; ``ReduceLROnPlateau``
+        gets the value of its ``monitor`` from ``trainer.callback_metrics``.
+        """
+        trainer = self.trainer
+        for config in self._lr_scheduler_configs():
+            if config.interval != interval or config.reduce_on_plateau != plateau:
                 continue
-            count = self.trainer.global_step if interval == "step" else self.trainer.current_epoch + 1
-            if count % config.frequency == 0:
-                config.scheduler.step()
+            count = trainer.global_step if interval == "step" else trainer.current_epoch + 1
+            if count % config.frequency != 0:
+                continue
+            metric = None
+            if config.reduce_on_plateau:
+                # After a resume, the values saved with the checkpoint stand in for the logged ones until logged anew.
+                metric = trainer.callback_metrics.get(config.monitor, self._local_monitored.get(config.monitor))
+                if metric is None:
+                    message = (
+                        f"{type(config.scheduler).__name__} monitors {config.monitor!r}, which has not been logged "
+                        f"before its {interval}-end update (logged metrics: {sorted(trainer.callback_metrics)}). "
+                        f"Log {config.monitor!r} (for a validation metric, keep validation running before every "
+                        "scheduler update), or set 'monitor' in configure_optimizers to one of the logged metrics."
+                    )
+                    if config.strict:
+                        raise MisconfigurationException(message)
+                    rank_zero_warn(f"{message} Skipping this update (strict=False).", category=RuntimeWarning)
+                    continue
+            self.lr_scheduler_step(config.scheduler, metric)
+
+    def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if self._local_stepped:  # after the step's metrics are logged, as Lightning updates them
+            self._local_stepped = False
+            self._step_lr_schedulers("step", plateau=True)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        self._step_schedulers("epoch")
+        # After validation, whose metrics ReduceLROnPlateau usually monitors.
+        self._step_lr_schedulers("epoch", plateau=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        metrics = self.trainer.callback_metrics
+        monitored = {config.monitor for config in self._lr_scheduler_configs() if config.reduce_on_plateau}
+        values = {**self._local_monitored, **{key: float(metrics[key]) for key in monitored if key in metrics}}
+        checkpoint[_MONITORED_KEY] = values
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._local_monitored = dict(checkpoint.get(_MONITORED_KEY, {}))
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict without the auxiliary heads: what inference needs."""

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from lightning_regs.datamodules.batch import HARD_TARGET, unpack_batch
+from lightning_regs.datamodules.batch import unpack_batch
 from lightning_regs.functional.classification import classification_loss
+from lightning_regs.functional.modes import eval_mode
 from lightning_regs.local_learning.auglocal import AugLocalHead, auglocal_depths
 from lightning_regs.local_learning.heads import INFOPRO_LAMBDAS, DGLHead, InfoProHead, TaskLoss, infopro_lambdas
 from lightning_regs.local_learning.man import MomentumAuxiliaryHead
@@ -107,14 +108,18 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
                 f"InfoPro lambdas {tuple(lambdas)} give some of the K={K} modules zero weight on both terms, so they "
                 "would never be trained; choose endpoints that keep one term positive at every module."
             )
-        probe = torch.randn(8, *self._input_shape)
         if head == "auglocal":
             points = every_layer_split(len(layers), d)
             self._auglocal_depths = auglocal_depths(len(layers), d, pyramid_coeff)
         else:
-            points = resolve_split(
-                backbone, split, K=K, sample=probe, head_for=_CostProbe(self, layers, shapes, probe, num_classes)
-            )
+            # The auto split's probe batch comes from a private generator, and the throwaway heads it builds to
+            # measure memory draw inside a forked RNG: the global stream, hence the real heads' initialization
+            # below, is the same whichever split mode found the points.
+            probe = torch.randn(8, *self._input_shape, generator=torch.Generator().manual_seed(0))
+            with torch.random.fork_rng(devices=[]):
+                points = resolve_split(
+                    backbone, split, K=K, sample=probe, head_for=_CostProbe(self, layers, shapes, probe, num_classes)
+                )
         aux_heads = [self._build_aux_head(layers, shapes, end, num_classes, weights[j]) for j, end in enumerate(points)]
         self.configure_local_learning(
             layers, backbone.head, points, aux_heads, gradient_clip_val, gradient_clip_algorithm
@@ -139,15 +144,12 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         return num_layers - d
 
     def _layer_output_shapes(self, layers: nn.Sequential) -> list[tuple[int, ...]]:
-        was_training = layers.training
-        layers.eval()
         shapes = []
-        with torch.no_grad():
+        with eval_mode(layers), torch.no_grad():
             h = torch.zeros(2, *self._input_shape)
             for layer in layers:
                 h = layer(h)
                 shapes.append(tuple(h.shape[1:]))
-        layers.train(was_training)
         return shapes
 
     def _build_aux_head(
@@ -174,14 +176,8 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         image, target = unpack_batch(batch)
         if not self._targets_checked:
             self._check_target_range(target)
-        loss, logits, _ = self.local_training_step(image, target, self.hparams.label_smoothing)
-        labels = batch[HARD_TARGET] if isinstance(batch, Mapping) and HARD_TARGET in batch else target
-        if labels.dim() == 2:
-            labels = labels.argmax(dim=-1)
-        self.metrics["train_acc"](logits, labels)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
-        return {"loss": loss, "logits": logits}
+        loss, logits, _ = self.local_training_step(image, target, final_loss=lambda z: self.compute_loss(z, batch))
+        return self.log_training(loss, logits, batch)
 
 
 class _CostProbe:
