@@ -17,11 +17,11 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from typing_extensions import override
 
 from lightning_regs.callbacks._plots import plot_curves, plot_directory, publish_figure
+from lightning_regs.callbacks.monitor_points import draw_from_dataset, trainer_loaders
 from lightning_regs.callbacks.monitor_schedule import (
     MAX_MEASUREMENTS,
     MAX_POINTS,
@@ -30,36 +30,8 @@ from lightning_regs.callbacks.monitor_schedule import (
     measurement_epochs,
     measurement_steps,
 )
-from lightning_regs.datamodules.batch import unpack_batch
 
 __all__ = ["ScheduledMonitor", "draw_from_dataset", "measurement_epochs", "measurement_steps"]
-
-
-def draw_from_dataset(
-    dataset: Dataset, num_points: int | None, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``num_points`` (all when ``None`` or larger than the set) images and targets drawn without replacement.
-
-    Samples may be dicts with ``image``/``target`` or ``(image, target)`` pairs.
-
-    Example::
-
-        >>> from torch.utils.data import TensorDataset
-        >>> data = TensorDataset(torch.arange(10.0).view(10, 1), torch.arange(10))
-        >>> images, targets = draw_from_dataset(data, 3, torch.Generator().manual_seed(0))
-        >>> images.shape, bool((images.squeeze(1).long() == targets).all())
-        (torch.Size([3, 1]), True)
-    """
-    size = len(dataset)  # type: ignore[arg-type]
-    if size == 0:
-        raise ValueError("The monitor's point set is drawn from an empty data set; give it a split that has samples.")
-    if num_points is None or num_points >= size:
-        indices = torch.arange(size)
-    else:
-        indices = torch.randperm(size, generator=generator)[:num_points].sort().values
-    images, targets = zip(*(unpack_batch(dataset[int(i)]) for i in indices), strict=True)
-    image_tensor = torch.stack([torch.as_tensor(x) for x in images]).float()
-    return image_tensor, torch.stack([torch.as_tensor(t) for t in targets])
 
 
 class ScheduledMonitor(Callback):
@@ -228,7 +200,7 @@ class ScheduledMonitor(Callback):
         datamodule = trainer.datamodule
         if datamodule is not None:
             return getattr(datamodule, f"{split}_dataloader")().dataset
-        loaders = _trainer_loaders(trainer, split)
+        loaders = trainer_loaders(trainer, split)
         if not loaders:
             raise RuntimeError(
                 f"{type(self).__name__} draws its {split!r} points from the Trainer's data, and this run has no "
@@ -385,7 +357,7 @@ class ScheduledMonitor(Callback):
             if planned > budget:
                 rank_zero_warn(
                     f"{type(self).__name__}: {measurements} measurements of {points} points cost about "
-                    f"{planned / budget * self.max_overhead:.0%} of this run's training in forward passes, above "
+                    f"{planned / budget * self.max_overhead:.1%} of this run's training in forward passes, above "
                     f"max_overhead={self.max_overhead}; measurements that would exceed it are skipped. Lower "
                     "num_points or the schedule, or set max_overhead=None to measure everything."
                 )
@@ -454,25 +426,3 @@ def _global_batch(trainer: pl.Trainer) -> int:
     if size is None:
         size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
     return int(size or 32) * trainer.world_size * trainer.accumulate_grad_batches
-
-
-def _trainer_loaders(trainer: pl.Trainer, split: str) -> list[DataLoader]:
-    if split == "train":
-        loaders: Any = trainer.train_dataloader
-    else:
-        attribute = {"val": "val_dataloaders", "test": "test_dataloaders"}.get(split)
-        if attribute is None:
-            raise ValueError(f"heldout_split must be 'val' or 'test' when fit has no DataModule, got {split!r}.")
-        if split == "val" and trainer.val_dataloaders is None:
-            try:  # Lightning sets the val loaders up lazily, at the first validation
-                trainer.fit_loop.epoch_loop.val_loop.setup_data()
-            except MisconfigurationException:  # fit was given no val_dataloaders
-                return []
-        loaders = getattr(trainer, attribute)
-    if loaders is None:
-        return []
-    if isinstance(loaders, DataLoader):
-        return [loaders]
-    if isinstance(loaders, dict):
-        return list(loaders.values())
-    return list(loaders)
