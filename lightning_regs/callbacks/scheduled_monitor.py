@@ -53,8 +53,8 @@ class ScheduledMonitor(Callback):
     **Cost**: left at their defaults (``num_points="auto"``, ``num_measurements=None``), the point count
     and the number of measurements are sized from the run (total steps × global batch) so that the
     monitor's forward passes stay within ``max_overhead`` of the training's (a training sample counted
-    as 3 forwards), down to floors of 64 points and 2 measurements (a warning says when even those
-    exceed the budget); and at every scheduled point after the first of each ``fit``, the measurement
+    as 3 forwards), down to floors of 64 points and 2 measurements (a warning says when those exceed
+    the budget by half or more); and at every scheduled point after the first of each ``fit``, the measurement
     is skipped when the seconds spent measuring so far plus the last measurement's would exceed
     ``max_overhead`` × the seconds spent training (decided on rank 0, so ranks agree). The ratio
     is logged as ``<prefix>/overhead`` and printed at the end. ``max_overhead=None`` measures exactly the
@@ -354,7 +354,7 @@ class ScheduledMonitor(Callback):
             sized = MAX_POINTS if self.num_points is None else requested  # the whole split: sized as the largest
             points, measurements = auto_size(budget, self.cost_per_point(), sized, measurements)
             planned = points * measurements * self.cost_per_point()
-            if planned > budget:
+            if planned > 1.5 * budget:  # the wall-clock guard handles small excesses; warn about large ones
                 rank_zero_warn(
                     f"{type(self).__name__}: {measurements} measurements of {points} points cost about "
                     f"{planned / budget * self.max_overhead:.1%} of this run's training in forward passes, above "
