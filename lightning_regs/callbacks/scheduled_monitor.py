@@ -299,8 +299,9 @@ class ScheduledMonitor(Callback):
         if self.measured_steps:
             training = time.perf_counter() - self._train_started - self.measure_seconds
             skipped = f", {len(self.skipped_steps)} skipped to stay within max_overhead" if self.skipped_steps else ""
+            count = f"{len(self.measured_steps)} measurement{_plural(self.measured_steps)}"
             rank_zero_info(
-                f"{type(self).__name__}: {len(self.measured_steps)} measurements{skipped}, "
+                f"{type(self).__name__}: {count}{skipped}, "
                 f"{self.measure_seconds:.1f} s measuring = {_ratio(self.measure_seconds, training):.1%} of "
                 f"{training:.1f} s training."
             )
@@ -408,6 +409,10 @@ class ScheduledMonitor(Callback):
 
 def _schedules(*values: int | None) -> Sequence[tuple[str, int | None]]:
     return list(zip(("num_measurements", "every_n_steps", "every_n_epochs"), values, strict=True))
+
+
+def _plural(items: Sequence[Any]) -> str:
+    return "" if len(items) == 1 else "s"
 
 
 def _ratio(numerator: float, denominator: float) -> float:
