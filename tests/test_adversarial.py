@@ -83,3 +83,26 @@ def test_bad_arguments_are_named():
         pgd_attack(model, inputs, targets, 0.1, 0.1, 1, "l1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="non-negative"):
         pgd_attack(model, inputs, targets, -0.1, 0.1, 1)
+
+
+def official_linf_pgd(model, x, y, epsilon, alpha, steps, start, low, high):
+    """The grokking code's loop, written out: clamp the random start, then step, project, clamp."""
+    x_adv = (x + start).clamp(low, high)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x_adv), y, reduction="sum"), x_adv)
+        x_adv = x_adv.detach() + alpha * gradient.sign()
+        x_adv = torch.min(torch.max(x_adv, x - epsilon), x + epsilon).clamp(low, high)
+    return x_adv.detach()
+
+
+def test_the_random_start_is_clamped_to_the_input_range_as_the_official_code_does():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = torch.rand(8, 1, 4, 4)  # many pixels near 0 and 1: an unclamped start leaves the range
+    x[:, :, 0] = 0.0
+    y = torch.randint(0, 3, (8,))
+    start = random_perturbation(x, 0.3, "linf", torch.Generator().manual_seed(1))
+    expected = official_linf_pgd(model, x, y, 0.3, 0.1, 3, start, 0.0, 1.0)
+    ours = pgd_attack(model, x, y, 0.3, 0.1, 3, "linf", input_range=(0.0, 1.0), start=start)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)

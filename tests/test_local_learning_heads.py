@@ -204,3 +204,11 @@ def test_callback_without_man_heads_and_bad_momentum_are_named(tmp_path):
     with pytest.raises(ValueError, match="man=True"):
         trainer.fit(task, DigitsDataModule(batch_size=32, channels=3))
     assert copy.deepcopy(MomentumAuxiliaryNetworks(0.9)).state_key != MomentumAuxiliaryNetworks(0.5).state_key
+
+
+@pytest.mark.parametrize("channels", [16, 32, 64])
+def test_the_infopro_decoder_has_the_official_parameters(channels):
+    head = InfoProHead((channels, 8, 8), 10, (3, 32, 32), 1.0, 1.0)
+    # conv3x3(C→12) with bias, BN(12), ReLU, conv3x3(12→3) with bias (InfoPro's CIFAR decoder)
+    official = (channels * 12 * 9 + 12) + 2 * 12 + (12 * 3 * 9 + 3)
+    assert sum(p.numel() for p in head.decoder.parameters()) == official

@@ -85,7 +85,8 @@ def pgd_attack(
         norm: ``"linf"`` or ``"l2"``.
         random_start: start uniformly inside the ball (drawn from ``generator``) instead of at ``inputs``.
         generator: private generator of the random start (seeded 0 when ``None``).
-        input_range: clamp the adversarial inputs to ``[low, high]`` (the valid data range), if given.
+        input_range: clamp the adversarial inputs to ``[low, high]`` (the valid data range), if given:
+            the start point and every step.
         start: an explicit initial perturbation instead of the random one (e.g. drawn for a whole set
             and sliced per rank, so sharded attacks match a single-process one).
 
@@ -109,6 +110,8 @@ def pgd_attack(
         delta = random_perturbation(inputs, epsilon, norm, generator)
     else:
         delta = torch.zeros_like(inputs)
+    if input_range is not None:  # the first gradient is taken at a valid input, as the official code does
+        delta = (inputs + delta).clamp(*input_range) - inputs
     with eval_mode(model), torch.enable_grad(), torch.autocast(inputs.device.type, enabled=False):
         for _ in range(steps):
             delta.requires_grad_(True)

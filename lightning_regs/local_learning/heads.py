@@ -201,7 +201,7 @@ class InfoProHead(nn.Module):
         self.task_loss, self.temperature = task_loss, float(temperature)
         self.decoder = nn.Sequential(
             nn.Upsample(size=image_shape[1:], mode="bilinear", align_corners=True),
-            nn.Conv2d(channels, 12, 3, padding=1, bias=not norm),
+            nn.Conv2d(channels, 12, 3, padding=1),  # with a bias before its BN, as the official decoder has
             _norm2d(12, norm),
             nn.ReLU(),
             nn.Conv2d(12, image_shape[0], 3, padding=1),
