@@ -226,3 +226,28 @@ def test_a_non_strict_plateau_monitor_that_is_missing_warns_and_keeps_the_rate(t
     with pytest.warns(RuntimeWarning, match="strict=False"):
         _, _, record = fit(tmp_path, "plateau", epochs=2, monitor="val/nope", strict=False)
     assert record.lrs == [LR] * 6
+
+
+class StepPlateauOnValidation(ScheduledClassifier):
+    """A step-interval ReduceLROnPlateau watching a validation metric, validated every 2 steps."""
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=0.5, patience=0, threshold=1e6, threshold_mode="abs"
+        )
+        config = {"scheduler": scheduler, "interval": "step", "frequency": 2, "monitor": "val/loss"}
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def test_a_step_plateau_on_a_validation_metric_updates_after_that_validation(tmp_path):
+    seed_everything(0)
+    task = StepPlateauOnValidation("plateau")
+    record = RecordLR()
+    trainer = Trainer(max_epochs=1, limit_train_batches=6, limit_val_batches=1, val_check_interval=2,
+                      default_root_dir=tmp_path, callbacks=[record], **QUIET)  # fmt: skip
+    trainer.fit(task, DigitsDataModule(batch_size=32))
+    # Validations after steps 2, 4, 6; updates at steps 2 (sets `best`), 4 and 6 (each halves): the LR of the
+    # steps that follow them. Stepping before the validation would raise: val/loss not logged yet at step 2.
+    assert record.lrs == pytest.approx([LR, LR, LR, LR, LR / 2, LR / 2])
+    assert len(record.val_losses) == 3

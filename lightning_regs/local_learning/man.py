@@ -55,7 +55,8 @@ class MomentumAuxiliaryHead(nn.Module):
         """``theta_ema <- momentum · theta_ema + (1 - momentum) · theta_block`` over parameters (not buffers).
 
         An in-place :meth:`torch.Tensor.lerp_` per parameter pair, so sharded parameters (DTensors under FSDP2's
-        ``fully_shard``) are updated shard by shard, without gathering.
+        ``fully_shard``) are updated shard by shard, without gathering; the head must then be sharded like the
+        tracked block (a DTensor block beside a plain-tensor EMA copy cannot be mixed).
         """
         weight = 1.0 - momentum
         for ema, tracked in zip(self.ema.parameters(), self.tracked.parameters(), strict=True):

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.types import STEP_OUTPUT, LRSchedulerConfig
+from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -27,6 +27,8 @@ _PLATEAU_KEYS = ("reduce_on_plateau", "monitor", "strict")
 # Checkpoint entry with the last values of the metrics ReduceLROnPlateau monitors (Lightning does not save logged
 # metrics, and a checkpoint written at validation end resumes with that epoch's scheduler update still to do).
 _MONITORED_KEY = "local_learning_monitored_metrics"
+# Checkpoint entry with the scheduler updates still due when it was written (a plateau update after the step).
+_PENDING_KEY = "local_learning_pending_updates"
 
 
 def _split_plateau_keys(conf: Any) -> tuple[Any, dict[int, dict[str, Any]]]:
@@ -83,10 +85,13 @@ class LocalLearningMixin(pl.LightningModule):
     once per step (use ``DDPStrategy(find_unused_parameters=True)``).
 
     LR schedulers are configured in ``configure_optimizers`` exactly as for automatic optimization and are
-    stepped as Lightning would step them, through :meth:`lr_scheduler_step`: ``interval="step"`` ones after
-    every ``frequency``-th optimizer step, ``interval="epoch"`` ones after every ``frequency``-th epoch (before
-    that epoch's validation), and ``ReduceLROnPlateau`` with the value of its ``monitor`` (e.g. ``"val/loss"``)
-    from ``trainer.callback_metrics`` (at the epoch's end after validation, or after the step's logging).
+    stepped through :meth:`lr_scheduler_step`: ``interval="step"`` ones after every ``frequency``-th optimizer
+    step (counted by ``global_step`` over the run; Lightning counts the batch index within the epoch),
+    ``interval="epoch"`` ones after every ``frequency``-th full epoch (before that epoch's validation), and
+    ``ReduceLROnPlateau`` with the value of its ``monitor`` (e.g. ``"val/loss"``) from
+    ``trainer.callback_metrics``, after the validation that follows its step or epoch. A host that overrides
+    ``on_train_batch_start``, ``on_train_epoch_end``, ``on_save_checkpoint`` or ``on_load_checkpoint`` must
+    call ``super()``.
 
     The host calls :meth:`configure_local_learning` in its ``__init__`` and :meth:`local_training_step` in
     ``training_step``. Auxiliary heads live in ``self.aux_heads`` (an :class:`~torch.nn.ModuleDict` keyed
@@ -138,6 +143,8 @@ class LocalLearningMixin(pl.LightningModule):
         self._local_head = (head,)
         self._local_clip = (gradient_clip_val, gradient_clip_algorithm)
         self._local_stepped = False
+        self._local_epoch_finished = False
+        self._local_batch_idx = 0
         self._local_monitored: dict[str, float] = {}
 
     @property
@@ -209,7 +216,8 @@ class LocalLearningMixin(pl.LightningModule):
         optimizer.step()
         self._local_stepped = True
         self._step_lr_schedulers("step", plateau=False)
-        if self._is_last_training_batch():
+        self._local_epoch_finished = self._is_last_training_batch()
+        if self._local_epoch_finished:
             # Before validation, as Lightning does: a checkpoint saved at validation end then holds this step.
             self._step_lr_schedulers("epoch", plateau=False)
         for j, loss_j in enumerate(local_losses):
@@ -217,10 +225,10 @@ class LocalLearningMixin(pl.LightningModule):
         return loss, logits, local_losses
 
     def _is_last_training_batch(self) -> bool:
-        # The test of Lightning's own epoch-end scheduler update (`_num_ready_batches_reached`), on the
-        # public progress counters: the fetcher saw the last batch, or the epoch's batch limit is reached.
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress
-        return bool(progress.is_last_batch) or progress.current.ready >= self.trainer.num_training_batches
+        # The test of Lightning's own epoch-end scheduler update: the data ran out, or the epoch's batch limit
+        # (limit_train_batches) is reached.
+        trainer = self.trainer
+        return bool(trainer.is_last_batch) or self._local_batch_idx + 1 >= trainer.num_training_batches
 
     def _lr_scheduler_configs(self) -> list[LRSchedulerConfig]:
         """Lightning's parsed scheduler configs, with the ReduceLROnPlateau settings automatic optimization has."""
@@ -271,16 +279,25 @@ class LocalLearningMixin(pl.LightningModule):
                     continue
             self.lr_scheduler_step(config.scheduler, metric)
 
-    def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
-        if self._local_stepped:  # after the step's metrics are logged, as Lightning updates them
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        self._local_batch_idx = batch_idx
+        self._flush_step_plateau()
+
+    def _flush_step_plateau(self) -> None:
+        # Step-interval ReduceLROnPlateau updates once the step's metrics are logged and any validation that
+        # followed the step has run (Lightning updates after its in-epoch validation too): at the next batch's
+        # start, or at the epoch's end.
+        if self._local_stepped:
             self._local_stepped = False
             self._step_lr_schedulers("step", plateau=True)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        # After validation, whose metrics ReduceLROnPlateau usually monitors.
-        self._step_lr_schedulers("epoch", plateau=True)
+        self._flush_step_plateau()
+        if self._local_epoch_finished:  # not when max_steps cut the epoch short, as Lightning
+            # After validation, whose metrics ReduceLROnPlateau usually monitors.
+            self._step_lr_schedulers("epoch", plateau=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -288,10 +305,14 @@ class LocalLearningMixin(pl.LightningModule):
         monitored = {config.monitor for config in self._lr_scheduler_configs() if config.reduce_on_plateau}
         values = {**self._local_monitored, **{key: float(metrics[key]) for key in monitored if key in metrics}}
         checkpoint[_MONITORED_KEY] = values
+        checkpoint[_PENDING_KEY] = {"step_plateau": self._local_stepped, "epoch_finished": self._local_epoch_finished}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self._local_monitored = dict(checkpoint.get(_MONITORED_KEY, {}))
+        pending = checkpoint.get(_PENDING_KEY, {})
+        self._local_stepped = bool(pending.get("step_plateau", False))
+        self._local_epoch_finished = bool(pending.get("epoch_finished", False))
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict without the auxiliary heads: what inference needs."""
