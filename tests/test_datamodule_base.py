@@ -258,3 +258,25 @@ def test_the_old_mixin_name_is_the_base_with_a_deprecation_warning():
 
     with pytest.warns(DeprecationWarning, match="SplitDataModule"):
         assert split_loaders.SplitDataLoaders is SplitDataModule
+
+
+def test_options_init_did_not_take_stay_out_of_the_checkpoint_hyperparameters():
+    from lightning_regs.datamodules import DigitsDataModule
+
+    dm = DigitsDataModule(batch_size=16)
+    dm.eval_batch_size = 64  # DigitsDataModule has no eval_batch_size argument
+    dm.batch_size = 32  # it has this one: the checkpoint records the new value
+    assert dm.eval_batch_size == 64 and "eval_batch_size" not in dm.hparams
+    assert dm.hparams["batch_size"] == 32
+    DigitsDataModule(**dm.hparams)  # what load_from_checkpoint does with them
+
+
+def test_a_host_of_the_deprecated_mixin_can_still_set_num_classes():
+    from lightning_regs.datamodules import DigitsDataModule
+
+    class Old(DigitsDataModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.num_classes = 10
+
+    assert Old().num_classes == 10

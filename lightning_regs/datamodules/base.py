@@ -57,6 +57,9 @@ class hparam:
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
             return self
+        overrides = obj.__dict__.get("_hparam_overrides", {})
+        if self.name in overrides:
+            return overrides[self.name]
         if self.name in obj.hparams:
             return obj.hparams[self.name]
         if self.default is not _REQUIRED:
@@ -67,7 +70,25 @@ class hparam:
         )
 
     def __set__(self, obj: Any, value: Any) -> None:
-        obj.hparams[self.name] = value
+        set_option(obj, self.name, value)
+
+
+def set_option(obj: Any, name: str, value: Any) -> None:
+    """Write ``name`` to ``obj.hparams`` when ``__init__`` took it; else keep it on the instance.
+
+    A key ``__init__`` does not take must not reach the checkpoint's hyper-parameters:
+    ``load_from_checkpoint`` would pass it back as an unexpected argument.
+    """
+    if name in obj.hparams:
+        obj.hparams[name] = value
+    else:
+        obj.__dict__.setdefault("_hparam_overrides", {})[name] = value
+
+
+def get_option(obj: Any, name: str, default: Any = None) -> Any:
+    """The value :func:`set_option` wrote, else ``obj.hparams[name]``, else ``default``."""
+    overrides = obj.__dict__.get("_hparam_overrides", {})
+    return overrides[name] if name in overrides else obj.hparams.get(name, default)
 
 
 class SplitDataModule(pl.LightningDataModule):
@@ -175,20 +196,20 @@ class SplitDataModule(pl.LightningDataModule):
     @property
     def eval_batch_size(self) -> int:
         """Validation/test/predict batch size: the ``eval_batch_size`` argument, else ``batch_size``."""
-        return self.hparams.get("eval_batch_size") or self.batch_size
+        return get_option(self, "eval_batch_size") or self.batch_size
 
     @eval_batch_size.setter
     def eval_batch_size(self, value: int | None) -> None:
-        self.hparams["eval_batch_size"] = value
+        set_option(self, "eval_batch_size", value)
 
     @property
     def persistent_workers(self) -> bool:
         """DataLoader ``persistent_workers``: the argument, and only with ``num_workers > 0``."""
-        return bool(self.hparams.get("persistent_workers", False)) and self.num_workers > 0
+        return bool(get_option(self, "persistent_workers", False)) and self.num_workers > 0
 
     @persistent_workers.setter
     def persistent_workers(self, value: bool) -> None:
-        self.hparams["persistent_workers"] = value
+        set_option(self, "persistent_workers", value)
 
     # num_classes ---------------------------------------------------------------------------------------------
 
@@ -198,7 +219,7 @@ class SplitDataModule(pl.LightningDataModule):
         found = self.num_classes_found()
         if found is not None:
             return found
-        given = self.hparams.get("num_classes")
+        given = get_option(self, "num_classes")
         if given is not None:
             return int(given)
         raise NumClassesUnknownError(
@@ -206,6 +227,10 @@ class SplitDataModule(pl.LightningDataModule):
             f"setup() first, or pass num_classes=<N> to {type(self).__name__} so it is known at construction "
             "(setup then checks it against the data)."
         )
+
+    @num_classes.setter
+    def num_classes(self, value: int) -> None:  # hosts of the deprecated SplitDataLoaders set it
+        set_option(self, "num_classes", value)
 
     def num_classes_found(self) -> int | None:
         """The number of classes the data showed, or ``None`` before it was read (override where it is read)."""

@@ -159,7 +159,10 @@ class CUB200DataModule(SplitDataModule):
         FileNotFoundError: /nonexistent/CUB_200_2011 lacks [...]. CUB-200-2011 is not downloaded automatically...
     """
 
-    split_arguments = ("labeled_fraction",)
+    @property
+    def split_arguments(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("labeled_fraction",) if self.hparams.get("gcd") else ()
+
     task_arguments = ("gcd",)
 
     image_size = hparam()

@@ -144,7 +144,11 @@ class RadImageNetDataModule(SplitDataModule):
         >>> tmp.cleanup()
     """
 
-    split_arguments = ("mode", "val_fraction", "test_fraction")
+    @property
+    def split_arguments(self) -> tuple[str, ...]:  # type: ignore[override]
+        # The fractions draw the split in folder mode only; the CSVs fix it otherwise.
+        return ("mode", "val_fraction", "test_fraction") if self.hparams.get("mode") == "folder" else ("mode",)
+
     task_arguments = ("label_level",)
 
     def __init__(
