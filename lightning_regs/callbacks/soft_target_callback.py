@@ -137,10 +137,7 @@ def read_labels(batch: Any, who: str) -> torch.Tensor:
 def num_classes_of(trainer: pl.Trainer | None, pl_module: pl.LightningModule | None) -> int | None:
     """The ``num_classes`` of the module, else of the Trainer's DataModule, when either has an int one."""
     for owner in (pl_module, getattr(trainer, "datamodule", None)):
-        try:
-            value = getattr(owner, "num_classes", None)
-        except (RuntimeError, ValueError):  # a DataModule that only knows it after setup
-            value = None
+        value = getattr(owner, "num_classes", None)  # None too from a DataModule that knows it only after setup
         if isinstance(value, int):
             return value
     return None
