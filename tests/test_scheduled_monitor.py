@@ -251,3 +251,25 @@ def test_bad_schedules_are_named():
         StepCounter(num_points=0)
     with pytest.raises(ValueError, match="max_overhead"):
         StepCounter(max_overhead=0.0)
+
+
+def test_training_points_are_clean_images_not_augmented_views(tmp_path):
+    from lightning_regs.callbacks.monitor_points import draw_from_dataset
+    from lightning_regs.datamodules import CIFAR10DataModule
+    from lightning_regs.models import resnet20
+    from tests.helpers.fake_datasets_vision import write_cifar
+
+    write_cifar(tmp_path, train_per_batch=4)
+    dm = CIFAR10DataModule(root=tmp_path, batch_size=4, download=False)
+    dm.setup("fit")
+    view = dm.evaluation_dataset("train")
+    assert view.transform is dm.eval_transform and dm.datasets["train"].transform is dm.train_transform
+    augmented = torch.stack([dm.datasets["train"][i]["image"] for i in range(8)])
+    assert not torch.equal(augmented, torch.stack([view[i]["image"] for i in range(8)]))  # crops and flips
+    monitor = LocalComplexityMonitor(num_directions=2, num_points=8, num_measurements=2, max_overhead=None,
+                                     plot=False, sets=("train",))  # fmt: skip
+    model = ImageClassifier(resnet20(), 10, scheduler="constant")
+    trainer = Trainer(max_steps=1, limit_val_batches=0, default_root_dir=tmp_path, callbacks=[monitor], **QUIET)
+    trainer.fit(model, dm)
+    expected, _ = draw_from_dataset(view, 8, monitor.generator(1))
+    assert torch.equal(monitor.points["train"], expected)

@@ -196,9 +196,16 @@ class ScheduledMonitor(Callback):
             ) from None
 
     def dataset(self, trainer: pl.Trainer, split: str) -> Dataset:
-        """The data set of ``split``: the DataModule's, else the one of the loaders given to ``fit``."""
+        """The data set of ``split``: the DataModule's, else the one of the loaders given to ``fit``.
+
+        From a lightning_regs DataModule the training split comes with the evaluation transform
+        (``evaluation_dataset``): clean images, not augmented views. Loaders given to ``fit`` are used
+        as they are; give clean points with ``set_points`` when their data set augments.
+        """
         datamodule = trainer.datamodule
         if datamodule is not None:
+            if hasattr(datamodule, "evaluation_dataset"):  # training points without augmentation
+                return datamodule.evaluation_dataset(split)
             return getattr(datamodule, f"{split}_dataloader")().dataset
         loaders = trainer_loaders(trainer, split)
         if not loaders:

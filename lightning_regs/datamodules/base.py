@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -263,6 +264,35 @@ class SplitDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
         )
+
+    def evaluation_dataset(self, split: str) -> Dataset:
+        """``split``'s data set as evaluation sees it: for ``train``, the same samples with the evaluation transform.
+
+        What monitors measure the training points on (clean images, as the papers' code does, not the
+        random crops and flips the training loader draws). A training set without a ``transform``
+        attribute, or a DataModule without :meth:`evaluation_transform`, is returned as it is.
+
+        Example::
+
+            >>> from lightning_regs.datamodules import DigitsDataModule
+            >>> dm = DigitsDataModule()
+            >>> dm.setup("fit")
+            >>> dm.evaluation_dataset("train") is dm.datasets["train"]  # digits does not augment
+            True
+        """
+        if not self.datasets:
+            self.setup()
+        dataset = self.datasets[split]
+        transform = self.evaluation_transform()
+        if split != "train" or transform is None or not hasattr(dataset, "transform"):
+            return dataset
+        view = copy.copy(dataset)
+        view.transform = transform
+        return view
+
+    def evaluation_transform(self) -> Callable[..., Any] | None:
+        """The transform of the evaluation splits (``eval_transform`` where the subclass has one)."""
+        return getattr(self, "eval_transform", None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -206,6 +206,9 @@ class RadImageNetDataModule(SplitDataModule):
     def class_to_idx(self) -> dict[str, int]:
         return {name: position for position, name in enumerate(self.class_names)}
 
+    def evaluation_transform(self) -> v2.Compose:
+        return self._transform(train=False)
+
     def _transform(self, train: bool) -> v2.Compose:
         size = self.hparams.image_size
         steps: list[Any] = []
