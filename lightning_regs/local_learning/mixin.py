@@ -233,6 +233,8 @@ class LocalLearningMixin(pl.LightningModule):
     def _lr_scheduler_configs(self) -> list[LRSchedulerConfig]:
         """Lightning's parsed scheduler configs, with the ReduceLROnPlateau settings automatic optimization has."""
         configs = self.trainer.lr_scheduler_configs
+        if self.__dict__.get("_local_resolved_configs") is configs:  # resolved once per configure_optimizers
+            return configs
         kept = getattr(self, "_local_plateau_keys", {})
         for config in configs:
             keys = kept.get(id(config.scheduler), {})
@@ -246,6 +248,7 @@ class LocalLearningMixin(pl.LightningModule):
                     '{"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}} '
                     "from configure_optimizers."
                 )
+        self.__dict__["_local_resolved_configs"] = configs
         return configs
 
     def _step_lr_schedulers(self, interval: str, plateau: bool) -> None:
