@@ -6,6 +6,7 @@ import copy
 import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -211,6 +212,11 @@ class SplitDataModule(pl.LightningDataModule):
     @persistent_workers.setter
     def persistent_workers(self, value: bool) -> None:
         set_option(self, "persistent_workers", value)
+
+    @property
+    def root(self) -> Path:
+        """The data folder: the ``root`` argument, ``~`` expanded (for the DataModules that read files)."""
+        return Path(self.hparams.root).expanduser()
 
     # num_classes ---------------------------------------------------------------------------------------------
 

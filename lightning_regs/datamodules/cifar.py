@@ -134,11 +134,6 @@ class _CIFARDataModule(SplitDataModule):
         return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cls.mean), list(cls.std))])
 
     @property
-    def root(self) -> Path:
-        """The folder holding ``base_folder`` (the ``root`` argument)."""
-        return Path(self.hparams.root)
-
-    @property
     def folder(self) -> Path:
         return self.root / self.base_folder
 

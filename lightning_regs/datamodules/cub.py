@@ -209,11 +209,6 @@ class CUB200DataModule(SplitDataModule):
         self.class_order = torch.empty(0, dtype=torch.long)
 
     @property
-    def root(self) -> Path:
-        """The ``root`` argument: the folder holding ``CUB_200_2011`` (or that folder itself)."""
-        return Path(self.hparams.root)
-
-    @property
     def known_classes(self) -> tuple[int, ...]:
         """GCD mode: the known classes (original 0-based ids, targets ``0..k-1``) resolved by ``setup``; else ``()``."""
         return self._known_classes

@@ -249,11 +249,6 @@ class MVTecADDataModule(SplitDataModule):
         self.num_test_files: int | None = None
 
     @property
-    def root(self) -> Path:
-        """The folder holding the category folders (the ``root`` argument, ``~`` expanded)."""
-        return Path(self.hparams.root).expanduser()
-
-    @property
     def category_dir(self) -> Path:
         return self.root / self.category
 

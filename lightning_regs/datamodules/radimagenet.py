@@ -193,11 +193,6 @@ class RadImageNetDataModule(SplitDataModule):
         self.num_files: int | None = None
         self.report: dict[str, Any] = {}
 
-    @property
-    def root(self) -> Path:
-        """The data folder (the ``root`` argument, ``~`` expanded)."""
-        return Path(self.hparams.root).expanduser()
-
     def num_classes_found(self) -> int | None:
         """Number of classes at ``label_level``: the class index's length, once set."""
         return len(self.class_names) or None
