@@ -112,9 +112,12 @@ class ScheduledMonitor(Callback):
         plot: bool = True,
         seed: int = 0,
     ) -> None:
-        given = [
-            name for name, value in _schedules(num_measurements, every_n_steps, every_n_epochs) if value is not None
-        ]
+        schedules = {
+            "num_measurements": num_measurements,
+            "every_n_steps": every_n_steps,
+            "every_n_epochs": every_n_epochs,
+        }
+        given = [name for name, value in schedules.items() if value is not None]
         if len(given) > 1:
             raise ValueError(f"Give one schedule: num_measurements, every_n_steps or every_n_epochs; got {given}.")
         for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
@@ -348,19 +351,21 @@ class ScheduledMonitor(Callback):
                 "unknown (an iterable data set without a length and no max_steps): give the Trainer max_steps."
             )
         total_steps = int(estimated)
-        measurements = self.num_measurements
-        if self.every_n_steps is not None:
+        if self.every_n_epochs is not None:
+            self.epochs = measurement_epochs(_total_epochs(trainer), self.every_n_epochs)
+            measurements: int | None = len(self.epochs)
+        elif self.every_n_steps is not None:
             measurements = len(measurement_steps(total_steps, every_n_steps=self.every_n_steps))
-        elif self.every_n_epochs is not None:
-            measurements = len(measurement_epochs(_total_epochs(trainer), self.every_n_epochs))
-        requested = None if self.num_points == "auto" else self.num_points
+        else:
+            measurements = self.num_measurements
         if self.max_overhead is None:
-            self.points_per_set = requested if self.num_points != "auto" else MAX_POINTS
+            self.points_per_set = MAX_POINTS if self.num_points == "auto" else self.num_points
             measurements = measurements or MAX_MEASUREMENTS
         else:
             budget = self.max_overhead * TRAIN_COST_PER_SAMPLE * total_steps * _global_batch(trainer)
-            sized = MAX_POINTS if self.num_points is None else requested  # the whole split: sized as the largest
-            points, measurements = auto_size(budget, self.cost_per_point(), sized, measurements)
+            # "auto" is sized; the whole split (None) is budgeted as the largest point set.
+            requested = None if self.num_points == "auto" else (self.num_points or MAX_POINTS)
+            points, measurements = auto_size(budget, self.cost_per_point(), requested, measurements)
             planned = points * measurements * self.cost_per_point()
             if planned > 1.5 * budget:  # the wall-clock guard handles small excesses; warn about large ones
                 rank_zero_warn(
@@ -369,10 +374,8 @@ class ScheduledMonitor(Callback):
                     f"max_overhead={self.max_overhead}; measurements that would exceed it are skipped. Lower "
                     "num_points or the schedule, or set max_overhead=None to measure everything."
                 )
-            self.points_per_set = points if self.num_points is not None else None
-        if self.every_n_epochs is not None:
-            self.epochs = measurement_epochs(_total_epochs(trainer), self.every_n_epochs)
-        else:
+            self.points_per_set = None if self.num_points is None else points
+        if self.every_n_epochs is None:
             self.steps = measurement_steps(total_steps, measurements, self.every_n_steps)
 
     def _maybe_measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch_end: bool) -> None:
@@ -412,10 +415,6 @@ class ScheduledMonitor(Callback):
         if trainer.world_size > 1:  # wall clocks differ across ranks; rank 0 decides for all
             decision = trainer.strategy.broadcast(decision, src=0)
         return bool(decision)
-
-
-def _schedules(*values: int | None) -> Sequence[tuple[str, int | None]]:
-    return list(zip(("num_measurements", "every_n_steps", "every_n_epochs"), values, strict=True))
 
 
 def _plural(items: Sequence[Any]) -> str:
