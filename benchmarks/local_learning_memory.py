@@ -20,9 +20,10 @@ import torch
 
 from lightning_regs.functional.classification import classification_loss
 from lightning_regs.local_learning import SavedTensorMeter, auto_split
+from lightning_regs.local_learning.builder import _CostProbe, layer_output_shapes
 from lightning_regs.local_learning.splits import INFOPRO_STAR_SPLITS, PAPER_SPLITS
 from lightning_regs.models import CifarResNet
-from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier, _CostProbe
+from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
 
 
 def end_to_end_peak(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -66,8 +67,8 @@ def main() -> None:
                 peak = local_peak(task, x, y)
                 floor_text = ratio_text = ""
                 if split == "auto":
-                    shapes = task._layer_output_shapes(backbone.layers)
-                    probe = _CostProbe(task, backbone.layers, shapes, x, 10)
+                    shapes = layer_output_shapes(backbone.layers, shape)
+                    probe = _CostProbe(task.local_spec, backbone, backbone.layers, shapes, shape, x, 10)
                     _, floor = auto_split(backbone.layers, K, x, probe)
                     floor_text, ratio_text = f"{floor / 2**20:.2f}", f"{peak / floor:.3f}"
                 label = f"{head}+man" if man else head

@@ -121,7 +121,7 @@ def test_unsupported_strategies_and_bad_heads_are_named():
         LocalLearningClassifier(resnet20(), 10, K=2, head="dgl", task_loss="contrast")
     with pytest.raises(ValueError, match="never be trained"):
         LocalLearningClassifier(resnet20(), 10, K=3, split=[2, 5], head="infopro", lambdas=(1, 1, 0, 0))
-    with pytest.raises(TypeError, match="layer sequence"):
+    with pytest.raises(TypeError, match="does not know how to split Linear into layers"):
         LocalLearningClassifier(torch.nn.Linear(3, 10), 10, K=2)
     with pytest.raises(ValueError, match="larger than"):
         LocalLearningClassifier(resnet20(), 10, K=11, split="auto", input_shape=(3, 8, 8))

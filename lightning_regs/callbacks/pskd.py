@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback, num_classes_of, read_labels
-from lightning_regs.datamodules.batch import INDEX, TARGET
+from lightning_regs.datamodules.batch import INDEX, INDEXED_DATASET_HINT, TARGET
 from lightning_regs.functional.prediction_table import PredictionTable, Storage
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
 
@@ -59,6 +59,9 @@ class ProgressiveSelfKD(SoftTargetCallback):
         (True, 2)
     """
 
+    #: Epoch 0 trains on the data's targets: there are no stored predictions yet.
+    softening_starts = "epoch 1"
+
     def __init__(
         self,
         alpha_T: float = 0.8,
@@ -100,7 +103,9 @@ class ProgressiveSelfKD(SoftTargetCallback):
             raise RuntimeError("ProgressiveSelfKD.alpha() is known once training starts (T comes from the Trainer).")
         return pskd_alpha(epoch, self.alpha_T, self.total_epochs)
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         self._resolve_total_epochs(trainer)
         device = torch.device(self.table_device) if self.table_device else pl_module.device
         if self._restored_table is not None:
@@ -246,7 +251,7 @@ def _read_index(batch: Any) -> torch.Tensor:
         raise TypeError(
             f"ProgressiveSelfKD keys its per-sample table by batch['{INDEX}'] and refines batch['{TARGET}'], but the "
             f"batch is {keys}. Yield dict batches with '{TARGET}' (int64 class ids) and '{INDEX}' (each sample's "
-            "position in the training set), as every lightning_regs DataModule does."
+            f"position in the training set), as every lightning_regs DataModule does: {INDEXED_DATASET_HINT}."
         )
     labels = read_labels(batch, "ProgressiveSelfKD")
     index = batch[INDEX]

@@ -30,6 +30,7 @@ from lightning_regs.callbacks.monitor_schedule import (
     measurement_epochs,
     measurement_steps,
 )
+from lightning_regs.functional.modes import uncompiled, unwrap_compiled
 
 __all__ = ["ScheduledMonitor", "draw_from_dataset", "measurement_epochs", "measurement_steps"]
 
@@ -66,8 +67,8 @@ class ScheduledMonitor(Callback):
         every_n_epochs: measure after every ``n`` epochs instead.
         num_points: points per set; ``"auto"``: 64 to 1024, as the budget allows; ``None``: the whole split.
         heldout_split: the split held-out points come from (``val`` or ``test``).
-        submodule: measure ``pl_module.<submodule>`` (e.g. ``backbone``, or ``net._orig_mod`` for a
-            ``torch.compile``d ``net``) instead of the whole LightningModule.
+        submodule: measure ``pl_module.<submodule>`` (e.g. ``backbone``) instead of the whole LightningModule.
+            Compiled parts (``torch.compile``) are measured eagerly: hooks do not fire inside compiled graphs.
         prefix: metric names are ``<prefix>/<quantity>``.
         max_overhead: the share of training time the monitor may add; ``None``: no limit.
         batch_size: points per forward; ``None`` lets the subclass choose.
@@ -186,11 +187,12 @@ class ScheduledMonitor(Callback):
 
     # -- helpers for subclasses --------------------------------------------------------------------
     def model(self, pl_module: pl.LightningModule) -> torch.nn.Module:
-        """The module measured: ``pl_module`` or its ``submodule``."""
+        """The module measured: ``pl_module`` or its ``submodule``, unwrapped if compiled."""
         if not self.submodule:
-            return pl_module
+            return unwrap_compiled(pl_module)
+        path = ".".join(part for part in self.submodule.split(".") if part != "_orig_mod")  # older configs name it
         try:
-            return pl_module.get_submodule(self.submodule)
+            return unwrap_compiled(pl_module.get_submodule(path))
         except AttributeError:
             names = [name for name, _ in pl_module.named_children()]
             raise ValueError(
@@ -393,7 +395,8 @@ class ScheduledMonitor(Callback):
             self.skipped_steps.append(step)
             return
         started = time.perf_counter()
-        values = self.measure(trainer, pl_module)
+        with uncompiled(pl_module):  # hooks do not fire in compiled graphs, and extra forwards would recompile
+            values = self.measure(trainer, pl_module)
         self._last_cost = time.perf_counter() - started
         self.measure_seconds += self._last_cost
         self.measured_steps.append(step)

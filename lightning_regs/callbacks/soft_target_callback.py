@@ -8,9 +8,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_regs.datamodules.batch import HARD_TARGET, TARGET
+from lightning_regs.datamodules.batch import HARD_TARGET, INDEXED_DATASET_HINT, TARGET
 from lightning_regs.functional.soft_targets import target_distribution
 
 __all__ = ["SoftTargetCallback", "num_classes_of"]
@@ -35,8 +36,17 @@ class SoftTargetCallback(Callback):
     target is ``(1 − ε)·((1 − α)·onehot(y) + α·p) + ε/C``; listed the other way round it is
     ``(1 − α)·((1 − ε)·onehot(y) + ε/C) + α·p``.
 
-    The module's loss must accept ``(B, C)`` probabilities (``F.cross_entropy`` does;
-    :class:`~lightning_regs.tasks.ImageClassifier` does and measures accuracy against ``hard_target``).
+    **What your own ``training_step`` sees.** The batch contract holds: from the first softened step
+    (:attr:`softening_starts`; epoch 1 for PS-KD) ``batch["target"]`` is float ``(B, C)``
+    probabilities and the class ids are in ``batch["hard_target"]``. The loss must accept
+    probabilities (``F.cross_entropy`` does); measure accuracy against
+    :func:`lightning_regs.datamodules.class_ids` ``(batch)``, which is right whether or not a callback
+    ran. The targets are rewritten in place rather than handed over in a new key so that an
+    unmodified ``F.cross_entropy(logits, batch["target"])`` trains on them. A module written for
+    int ids only (``logits.argmax(-1) == batch["target"]``, ``F.nll_loss``) would break or measure
+    nonsense from that step on, so at the start of training the first such callback warns once,
+    naming all of them, unless the module declares the class attribute ``accepts_soft_targets = True``
+    (:class:`~lightning_regs.tasks.ImageClassifier` does).
 
     Args:
         num_classes: columns of the soft targets; by default the module's or DataModule's ``num_classes``.
@@ -52,11 +62,15 @@ class SoftTargetCallback(Callback):
         ([[0.5, 0.5], [0.5, 0.5]], [1, 0])
     """
 
+    #: When ``batch["target"]`` first holds probabilities, as the soft-target warning words it.
+    softening_starts: str = "the first training step"
+
     def __init__(self, num_classes: int | None = None) -> None:
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 (or None to read it from the module), got {num_classes}.")
         self.num_classes = num_classes
         self._range_checked = False
+        self._warned = False
 
     def refine_targets(
         self,
@@ -108,6 +122,25 @@ class SoftTargetCallback(Callback):
         batch[TARGET] = refined
 
     @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.warn_unless_soft_targets_accepted(trainer, pl_module)
+
+    def warn_unless_soft_targets_accepted(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Warn once that ``batch["target"]`` becomes ``(B, C)`` unless the module sets ``accepts_soft_targets``."""
+        softening = [c for c in trainer.callbacks if isinstance(c, SoftTargetCallback)] or [self]
+        # One warning per run, from the first such callback, naming all of them.
+        if self._warned or getattr(pl_module, "accepts_soft_targets", False) or softening[0] is not self:
+            return
+        self._warned = True
+        who = ", ".join(f"{type(c).__name__} (from {c.softening_starts})" for c in softening)
+        rank_zero_warn(
+            f"{who} will replace batch['{TARGET}'] by float (B, C) class probabilities; the class ids are then in "
+            f"batch['{HARD_TARGET}'], which `lightning_regs.datamodules.class_ids(batch)` returns either way. Give "
+            "your loss the probabilities (F.cross_entropy accepts them) and measure accuracy against class_ids(batch). "
+            f"Set `accepts_soft_targets = True` on {type(pl_module).__name__} to silence this warning."
+        )
+
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -120,8 +153,7 @@ def read_labels(batch: Any, who: str) -> torch.Tensor:
         kind = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
         raise TypeError(
             f"{who} rewrites batch['{TARGET}'], but the batch is {kind}. Yield dict batches with '{TARGET}' "
-            "(int64 class ids), as every lightning_regs DataModule does; wrap your own data set with "
-            "lightning_regs.datamodules.TensorDictDataset or yield dicts from it."
+            f"(int64 class ids), as every lightning_regs DataModule does: {INDEXED_DATASET_HINT}."
         )
     labels = batch.get(HARD_TARGET, batch[TARGET])
     if labels.is_floating_point() or labels.dim() != 1:

@@ -1,12 +1,21 @@
 """DataModules yielding the dict batch contract (``image``, ``target``, ``index``)."""
 
 from lightning_regs.datamodules.base import NumClassesUnknownError, SplitDataModule, hparam
-from lightning_regs.datamodules.batch import HARD_TARGET, IMAGE, INDEX, TARGET, TensorDictDataset, unpack_batch
+from lightning_regs.datamodules.batch import (
+    HARD_TARGET,
+    IMAGE,
+    INDEX,
+    TARGET,
+    TensorDictDataset,
+    class_ids,
+    unpack_batch,
+)
 from lightning_regs.datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
 from lightning_regs.datamodules.cub import CUB200DataModule
 from lightning_regs.datamodules.digits import DigitsDataModule
 from lightning_regs.datamodules.digits_subset import DigitsSubsetDataModule, RepeatedShuffleSampler
 from lightning_regs.datamodules.download import download_file, extract_archive
+from lightning_regs.datamodules.indexed import IndexedDataset
 from lightning_regs.datamodules.mvtec import MVTecADDataModule
 from lightning_regs.datamodules.radimagenet import RadImageNetDataModule
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
@@ -23,11 +32,13 @@ __all__ = [
     "DigitsSubsetDataModule",
     "RepeatedShuffleSampler",
     "EpochShuffleSampler",
+    "IndexedDataset",
     "MVTecADDataModule",
     "NumClassesUnknownError",
     "RadImageNetDataModule",
     "SplitDataModule",
     "TensorDictDataset",
+    "class_ids",
     "download_file",
     "extract_archive",
     "hparam",

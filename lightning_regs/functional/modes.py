@@ -1,4 +1,4 @@
-"""Run a module in eval mode for a while, then give every submodule back its own training flag."""
+"""Run a module in eval mode, or without ``torch.compile``, for a while; then give it back as it was."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from contextlib import contextmanager
 
 from torch import nn
 
-__all__ = ["eval_mode"]
+_ORIGINAL = "_orig_mod"  # where torch.compile's OptimizedModule keeps the module it wraps
+
+__all__ = ["eval_mode", "uncompiled", "unwrap_compiled"]
 
 
 @contextmanager
@@ -43,3 +45,59 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for sub, training in flags:
             sub.training = training
+
+
+def unwrap_compiled(module: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped (``module._orig_mod``), or ``module`` itself when it is not compiled.
+
+    Example::
+
+        >>> net = nn.Linear(2, 2)
+        >>> unwrap_compiled(net) is net
+        True
+    """
+    while isinstance(getattr(module, _ORIGINAL, None), nn.Module):
+        module = getattr(module, _ORIGINAL)
+    return module
+
+
+@contextmanager
+def uncompiled(module: nn.Module) -> Iterator[nn.Module]:
+    """Run ``module`` eagerly inside the ``with`` block: no ``torch.compile``\\ d part anywhere in its tree.
+
+    Hooks (what monitors count with) do not fire inside a compiled graph, and compiling a measurement's
+    extra forwards would cost a recompilation. Inside the block, every compiled submodule is replaced by
+    the module it wraps and a LightningModule compiled through ``Trainer.fit(torch.compile(model))`` gets its
+    original ``forward`` back; on exit everything is restored. Parameters are the same objects throughout.
+
+    Yields:
+        the eager module (``module`` unwrapped if it is itself compiled).
+
+    Example::
+
+        >>> import torch
+        >>> net = nn.Sequential(torch.compile(nn.Linear(2, 2)))
+        >>> with uncompiled(net) as eager:
+        ...     type(eager[0]).__name__
+        'Linear'
+        >>> type(net[0]).__name__
+        'OptimizedModule'
+    """
+    root = unwrap_compiled(module)
+    swapped = []
+    for parent in list(root.modules()):
+        for name, child in list(parent._modules.items()):
+            if child is not None and unwrap_compiled(child) is not child:
+                swapped.append((parent, name, child))
+                parent._modules[name] = unwrap_compiled(child)
+    compiler_ctx = getattr(root, "_compiler_ctx", None)  # set by Lightning's from_compiled
+    forward = root.__dict__.get("forward")
+    if isinstance(compiler_ctx, dict) and "original_forward" in compiler_ctx:
+        root.forward = compiler_ctx["original_forward"]
+    try:
+        yield root
+    finally:
+        for parent, name, child in swapped:
+            parent._modules[name] = child
+        if forward is not None:
+            root.forward = forward

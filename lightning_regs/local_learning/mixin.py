@@ -17,6 +17,9 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_regs.functional.classification import classification_loss
+from lightning_regs.local_learning.builder import HeadName, LocalLearningSpec
+from lightning_regs.local_learning.heads import TaskLoss
+from lightning_regs.local_learning.sample_shape import training_input_shape
 from lightning_regs.local_learning.splits import module_ranges
 
 __all__ = ["LocalLearningMixin"]
@@ -29,6 +32,8 @@ _PLATEAU_KEYS = ("reduce_on_plateau", "monitor", "strict")
 _MONITORED_KEY = "local_learning_monitored_metrics"
 # Checkpoint entry with the scheduler updates still due when it was written (a plateau update after the step).
 _PENDING_KEY = "local_learning_pending_updates"
+# Checkpoint entry with the input shape the auxiliary heads were sized for (when it came from the data).
+_INPUT_SHAPE_KEY = "local_learning_input_shape"
 
 
 def _split_plateau_keys(conf: Any) -> tuple[Any, dict[int, dict[str, Any]]]:
@@ -120,6 +125,100 @@ class LocalLearningMixin(pl.LightningModule):
         if configure is not pl.LightningModule.configure_optimizers and not hasattr(configure, "_keeps_plateau_keys"):
             cls.configure_optimizers = _keeping_plateau_keys(configure)  # type: ignore[method-assign]
 
+    def setup_local_learning(
+        self,
+        backbone: nn.Module,
+        num_classes: int | None = None,
+        *,
+        K: int | None = None,
+        split: str | Sequence[int | str] = "auto",
+        head: HeadName = "dgl",
+        man: bool = False,
+        d: int = 2,
+        pyramid_coeff: float = 0.5,
+        input_shape: Sequence[int] | None = None,
+        lambdas: Sequence[float] | None = None,
+        task_loss: TaskLoss = "cross_entropy",
+        head_norm: bool = True,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+    ) -> None:
+        r"""Set up local learning on ``backbone`` in one call (in ``__init__``, after registering the backbone).
+
+        ``backbone`` is the module the host registered and calls in ``forward``: a layered model, or any model
+        :func:`lightning_regs.models.layered` understands (``nn.Sequential``, torchvision ResNet/VGG/ConvNeXt/ViT,
+        a ``torch.compile``\ d one); local learning runs its layers eagerly through a layered view that shares its
+        parameters, so the state dict keeps the backbone's own keys. The choices are checked here; the heads are
+        built here when ``input_shape`` is given, else at ``setup`` from one sample of the training data (and the
+        shape is saved in the checkpoint, so ``load_from_checkpoint`` rebuilds them).
+
+        Args:
+            backbone: the network to train module by module.
+            num_classes: classes of the auxiliary heads; by default the backbone's ``num_classes``.
+            K: number of modules; inferred from explicit ``split`` points, from ``d`` for AugLocal, else 4.
+            split: ``"auto"``, ``"paper"``, ``"infopro_star"`` or the layer names/indices after which a module ends.
+            head: ``"dgl"``, ``"infopro"`` or ``"auglocal"``; man: a momentum auxiliary network in front of each head
+                (add the :class:`~lightning_regs.callbacks.MomentumAuxiliaryNetworks` callback).
+            d, pyramid_coeff: AugLocal's depth and decay; lambdas, task_loss: InfoPro's weights and task term;
+                head_norm: batch normalization in the heads (see ``LocalLearningClassifier``).
+            input_shape: one sample's shape; ``None`` takes it from the training data.
+            gradient_clip_val, gradient_clip_algorithm: clipping (the Trainer's needs automatic optimization).
+
+        Example::
+
+            >>> import torch
+            >>> from torch import nn
+            >>> class Mine(LocalLearningMixin):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.net = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32),
+            ...                                  nn.ReLU(), nn.Linear(32, 3))
+            ...         self.setup_local_learning(self.net, K=2, input_shape=(16,))
+            ...     def training_step(self, batch, batch_idx):
+            ...         x, y = batch
+            ...         loss, logits, _ = self.local_training_step(x, y)
+            ...         return loss
+            >>> Mine().num_local_modules
+            2
+        """
+        from lightning_regs.models.adapters import layered  # models import local_learning's splits
+
+        view = layered(backbone)
+        classes = num_classes if num_classes is not None else getattr(view, "num_classes", None)
+        if not isinstance(classes, int):
+            raise ValueError(
+                f"setup_local_learning needs the number of classes: {type(backbone).__name__} has no int "
+                "`num_classes`; pass num_classes=C."
+            )
+        spec = LocalLearningSpec.check(view, K, split, head, man, d, pyramid_coeff, lambdas, task_loss, head_norm)
+        self.automatic_optimization = False
+        self._local_pending = (view, spec, classes, gradient_clip_val, gradient_clip_algorithm)
+        self.local_spec = spec
+        if input_shape is not None:
+            self._build_local_learning(tuple(int(s) for s in input_shape))
+
+    def _build_local_learning(self, input_shape: tuple[int, ...]) -> None:
+        view, spec, classes, clip_val, clip_algorithm = self._local_pending
+        points, aux_heads = spec.build(view, classes, input_shape)
+        self.configure_local_learning(view.layers, view.head, points, aux_heads, clip_val, clip_algorithm)
+        self.split_points = points
+        self.local_input_shape = input_shape
+        self._local_pending = None
+
+    def _build_pending_from_data(self) -> None:
+        if getattr(self, "_local_pending", None) is None:
+            return
+        shape = training_input_shape(self.trainer)
+        if shape is None:
+            raise ValueError(
+                f"{type(self).__name__} sizes its auxiliary heads from one training sample, and none could be read "
+                "(no DataModule with a training set, no train_dataloaders given to fit, or samples that are not "
+                "(image, target) pairs or dicts with 'image'). Pass input_shape=(C, H, W), the shape of one sample."
+            )
+        self._build_local_learning(shape)
+        if hasattr(self, "_hparams") and "input_shape" in self.hparams and self.hparams.input_shape is None:
+            self.hparams.input_shape = list(shape)  # load_from_checkpoint then builds the heads at once
+
     def configure_local_learning(
         self,
         layers: nn.Sequential,
@@ -150,9 +249,19 @@ class LocalLearningMixin(pl.LightningModule):
     @property
     def num_local_modules(self) -> int:
         """K, the number of gradient-isolated modules."""
+        if getattr(self, "_local_modules", None) is None:
+            spec = getattr(self, "local_spec", None)
+            if spec is None:
+                raise RuntimeError(f"{type(self).__name__} has not set up local learning: call setup_local_learning.")
+            return spec.K
         return len(self._local_modules)
 
     def _check_can_train_locally(self) -> None:
+        if getattr(self, "_local_modules", None) is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no local-learning split yet: call setup_local_learning(...) in __init__ "
+                "(its heads are built at setup when input_shape is not given), or configure_local_learning(...)."
+            )
         if self.automatic_optimization:
             raise RuntimeError(
                 f"{type(self).__name__} trains with manual optimization (one backward per module); "
@@ -309,9 +418,18 @@ class LocalLearningMixin(pl.LightningModule):
         values = {**self._local_monitored, **{key: float(metrics[key]) for key in monitored if key in metrics}}
         checkpoint[_MONITORED_KEY] = values
         checkpoint[_PENDING_KEY] = {"step_plateau": self._local_stepped, "epoch_finished": self._local_epoch_finished}
+        if getattr(self, "local_input_shape", None) is not None:
+            checkpoint[_INPUT_SHAPE_KEY] = list(self.local_input_shape)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":
+            self._build_pending_from_data()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        if getattr(self, "_local_pending", None) is not None and _INPUT_SHAPE_KEY in checkpoint:
+            self._build_local_learning(tuple(checkpoint[_INPUT_SHAPE_KEY]))  # before the weights are loaded
         self._local_monitored = dict(checkpoint.get(_MONITORED_KEY, {}))
         pending = checkpoint.get(_PENDING_KEY, {})
         self._local_stepped = bool(pending.get("step_plateau", False))

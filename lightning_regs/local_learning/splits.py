@@ -93,6 +93,9 @@ def stage_block_to_name(stage: int, block: int) -> str:
 def split_points(layers: nn.Sequential, points: Sequence[int | str]) -> tuple[int, ...]:
     """Validate explicit split points (layer indices or names) and return them as indices.
 
+    A dotted name is also read with ``_`` for ``.``: torchvision's block name ``"layer2.1"`` means the layer
+    ``layer2_1`` of :func:`lightning_regs.models.layered`.
+
     Raises:
         ValueError: a name that is not a layer, an index out of ``[0, len(layers) - 2]``, or points
             that are not strictly increasing.
@@ -102,15 +105,20 @@ def split_points(layers: nn.Sequential, points: Sequence[int | str]) -> tuple[in
         >>> from lightning_regs.models import resnet20
         >>> split_points(resnet20().layers, ["s1b2", 6])
         (3, 6)
+        >>> from torchvision.models import resnet18
+        >>> from lightning_regs.models import layered
+        >>> split_points(layered(resnet18()).layers, ["layer2.1"])
+        (4,)
     """
     names = [name for name, _ in layers.named_children()]
     last = len(names) - 1
     indices = []
     for point in points:
         if isinstance(point, str):
-            if point not in names:
+            name = point if point in names else point.replace(".", "_")
+            if name not in names:
                 raise ValueError(f"Split point {point!r} is not a layer name; the layers are {names}.")
-            indices.append(names.index(point))
+            indices.append(names.index(name))
         else:
             indices.append(int(point))
     for index in indices:

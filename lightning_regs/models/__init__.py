@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from lightning_regs.models.adapters import layered
 from lightning_regs.models.cifar_resnet import (
     BasicBlock,
     CifarResNet,
@@ -23,6 +24,7 @@ from lightning_regs.models.small_cnn import SmallCNN
 __all__ = [
     "LayeredModel",
     "layer_sequence",
+    "layered",
     "CifarResNet",
     "BasicBlock",
     "resnet20",

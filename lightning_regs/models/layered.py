@@ -98,7 +98,8 @@ def layer_sequence(model: nn.Module) -> nn.Sequential:
     raise TypeError(
         f"{type(model).__name__} does not expose an ordered layer sequence: it lacks "
         + " and ".join(missing)
-        + ". Use a model from lightning_regs.models, wrap yours as "
+        + ". Adapt it with `lightning_regs.models.layered(model)` (nn.Sequential, torchvision ResNet, VGG, "
+        "ConvNeXt, VisionTransformer), use a model from lightning_regs.models, wrap yours as "
         "`LayeredModel(layers=[('name', module), ...], head=head, num_classes=C)` so that "
         "forward(x) == head(layers(x)), or give it those two attributes."
     )

@@ -58,6 +58,9 @@ class ImageClassifier(pl.LightningModule):
         (['logits', 'loss'], torch.Size([4, 10]))
     """
 
+    #: Soft ``(B, C)`` targets are trained on and metrics read ``hard_target`` (silences SoftTargetCallback's warning).
+    accepts_soft_targets = True
+
     def __init__(
         self,
         backbone: nn.Module,
