@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import LightningModule, Trainer, seed_everything
 
 from lightning_regs.callbacks import LabelSmoothing, ProgressiveSelfKD, SoftTargetCallback
 from lightning_regs.datamodules import DigitsDataModule
@@ -105,3 +105,28 @@ def test_smoothing_twice_is_warned_and_unlabelled_rows_are_named(tmp_path):
         trainer.fit(task, DigitsDataModule(batch_size=8))
     with pytest.raises(ValueError, match=r"class ids in \[-1, 1\] but there are 3 classes"):
         LabelSmoothing(0.1, num_classes=3).soften(None, None, {"target": torch.tensor([1, -1])})
+
+
+class _NoForward(LightningModule):
+    """A module that computes its logits inside training_step only: no forward to probe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(64, 10)
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.cross_entropy(self.layer(batch["image"].flatten(1)), batch["target"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_num_classes_unknown_everywhere_is_a_named_error() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_regs.datamodules import IndexedDataset
+
+    data = IndexedDataset(TensorDataset(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))))
+    trainer = Trainer(max_steps=1, callbacks=[LabelSmoothing(0.1)], **QUIET)
+    with pytest.raises(ValueError, match=r"did not give \(B, C\) logits.*Pass LabelSmoothing\(num_classes=C\)"):
+        trainer.fit(_NoForward(), DataLoader(data, batch_size=4))

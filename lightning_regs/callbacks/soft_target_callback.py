@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_regs.datamodules.batch import HARD_TARGET, INDEXED_DATASET_HINT, TARGET
+from lightning_regs.datamodules.batch import HARD_TARGET, IMAGE, INDEXED_DATASET_HINT, TARGET
+from lightning_regs.functional.modes import eval_mode
 from lightning_regs.functional.soft_targets import target_distribution
 
 __all__ = ["SoftTargetCallback", "num_classes_of"]
@@ -49,7 +50,8 @@ class SoftTargetCallback(Callback):
     (:class:`~lightning_regs.tasks.ImageClassifier` does).
 
     Args:
-        num_classes: columns of the soft targets; by default the module's or DataModule's ``num_classes``.
+        num_classes: columns of the soft targets; by default the ``num_classes`` of the module, the DataModule
+            or the training data set, else the width of the module's logits on the first batch.
 
     Example::
 
@@ -70,6 +72,7 @@ class SoftTargetCallback(Callback):
             raise ValueError(f"num_classes must be at least 2 (or None to read it from the module), got {num_classes}.")
         self.num_classes = num_classes
         self._range_checked = False
+        self._logits_width: int | None = None
         self._warned = False
 
     def refine_targets(
@@ -87,17 +90,20 @@ class SoftTargetCallback(Callback):
         """``num_classes`` as given, else the module's or the DataModule's; a named error when none has it."""
         if self.num_classes is not None:
             return self.num_classes
-        found = num_classes_of(trainer, pl_module)
+        found = num_classes_of(trainer, pl_module) or self._logits_width
         if found is None:
             raise ValueError(
-                f"{type(self).__name__} needs the number of classes: neither the LightningModule nor the DataModule "
-                f"has an int `num_classes`. Pass {type(self).__name__}(num_classes=C)."
+                f"{type(self).__name__} needs the number of classes: neither the LightningModule, the DataModule nor "
+                "the training data set has an int `num_classes`, and the module's forward did not give (B, C) logits "
+                f"for batch['{IMAGE}']. Pass {type(self).__name__}(num_classes=C)."
             )
         return found
 
     def soften(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, batch: Any) -> None:
         """Apply :meth:`refine_targets` to ``batch`` in place (what every training batch goes through)."""
         labels = read_labels(batch, type(self).__name__)
+        if self.num_classes is None and self._logits_width is None and num_classes_of(trainer, pl_module) is None:
+            self._logits_width = logits_width(pl_module, batch)
         num_classes = self.resolve_num_classes(trainer, pl_module)
         if not self._range_checked:  # once: a device sync, and F.one_hot's own error names nothing
             if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
@@ -167,9 +173,31 @@ def read_labels(batch: Any, who: str) -> torch.Tensor:
 
 
 def num_classes_of(trainer: pl.Trainer | None, pl_module: pl.LightningModule | None) -> int | None:
-    """The ``num_classes`` of the module, else of the Trainer's DataModule, when either has an int one."""
-    for owner in (pl_module, getattr(trainer, "datamodule", None)):
+    """The int ``num_classes`` of the module, else of the DataModule, else of the training data set (``None``).
+
+    The training data set has one when it is an :class:`~lightning_regs.datamodules.IndexedDataset` over a data
+    set with ``classes`` (torchvision's do).
+    """
+    loader = getattr(trainer, "train_dataloader", None) if trainer is not None else None
+    for owner in (pl_module, getattr(trainer, "datamodule", None), getattr(loader, "dataset", None)):
         value = getattr(owner, "num_classes", None)  # None too from a DataModule that knows it only after setup
         if isinstance(value, int):
             return value
     return None
+
+
+def logits_width(pl_module: pl.LightningModule | None, batch: Any) -> int | None:
+    """The number of logits ``pl_module`` gives one image of ``batch``, by one eval-mode forward; ``None`` if it can't.
+
+    The forward runs without gradients, in eval mode (BatchNorm statistics untouched) and in a forked RNG, so
+    training is the same as without it.
+    """
+    image = batch.get(IMAGE) if isinstance(batch, Mapping) else None
+    if pl_module is None or not isinstance(image, torch.Tensor):
+        return None
+    try:
+        with torch.random.fork_rng(devices=[]), eval_mode(pl_module), torch.no_grad():
+            logits = pl_module(image[:1])
+    except Exception:  # no forward, or one that needs more than the image: the caller names num_classes
+        return None
+    return int(logits.shape[-1]) if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None
