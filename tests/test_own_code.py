@@ -148,3 +148,36 @@ def test_local_learning_on_own_module_with_torchvision_resnet18(local: dict, K: 
     if local.get("man"):
         ema = [p for head in module.aux_heads.values() for p in head.ema.parameters()]
         assert ema and all(p.requires_grad is False for p in ema)
+
+
+class CompiledOwnClassifier(OwnClassifier):
+    """The same classifier with its network compiled, as users do for speed, by a backend that counts compilations."""
+
+    def __init__(self, backend: object) -> None:
+        super().__init__()
+        self.net = torch.compile(self.net, backend=backend)
+
+
+def _compilations(with_monitor: bool) -> int:
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    seed_everything(0)
+    callbacks = [
+        LocalComplexityMonitor(
+            radius=0.5, num_directions=2, num_points=4, every_n_steps=1, max_overhead=None, plot=False
+        )
+    ]
+    train = DataLoader(IndexedDataset(own_data()), batch_size=16)
+    val = DataLoader(IndexedDataset(own_data(8)), batch_size=8)
+    trainer = Trainer(max_epochs=1, callbacks=callbacks if with_monitor else [], **QUIET)
+    trainer.fit(CompiledOwnClassifier(counter), train, val)
+    if with_monitor:
+        assert len(callbacks[0].measured_steps) == 3 and callbacks[0].history["lc/train"]
+    return counter.frame_count
+
+
+def test_a_compiled_model_is_measured_eagerly_without_recompiling() -> None:
+    # The monitor's forwards (other batch shapes, hooks) would each recompile the graph; measured eagerly they don't.
+    assert _compilations(with_monitor=True) == _compilations(with_monitor=False) > 0
