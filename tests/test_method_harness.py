@@ -22,7 +22,14 @@ import lightning_regs.local_learning
 import lightning_regs.tasks
 from tests.harness.compare import assert_same_state
 from tests.harness.registry import REGISTRY, MethodSetting
-from tests.harness.runs import run_ddp, run_resumed, run_uninterrupted
+from tests.harness.runs import (
+    DDP_BATCH,
+    fit_setting,
+    run_ddp,
+    run_resumed,
+    run_resumed_mid_epoch,
+    run_uninterrupted,
+)
 
 ENTRIES = [pytest.param(entry, id=entry.name) for entry in REGISTRY]
 
@@ -74,6 +81,36 @@ def test_stopped_and_resumed_ends_where_uninterrupted_ends(entry, uninterrupted,
     if entry.no_resume_because:
         pytest.skip(entry.no_resume_because)
     assert_same_state(uninterrupted(entry), resumed(entry)[0], atol=1e-6)
+
+
+# (checkpoint every N optimizer steps, crash before step k + 1), with 4 batches an epoch (epoch 1 is steps 5-8): the
+# last checkpoint is step 5 (1 batch into epoch 1) for (1, 5), and step 6 (2 batches into epoch 1) for (3, 7).
+MID_EPOCH_STOPS = [pytest.param(1, 5, id="every-step-ckpt-stop-at-5"), pytest.param(3, 7, id="every-3-steps-stop-at-7")]
+
+
+@pytest.mark.parametrize(("every_n_train_steps", "crash_at_step"), MID_EPOCH_STOPS)
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_stopped_mid_epoch_and_resumed_ends_where_uninterrupted_ends(
+    entry, uninterrupted, tmp_path, every_n_train_steps, crash_at_step
+):
+    if entry.no_resume_because:
+        pytest.skip(entry.no_resume_because)
+    resumed = run_resumed_mid_epoch(entry, tmp_path, every_n_train_steps, crash_at_step, accelerator="cpu", devices=1)
+    assert_same_state(uninterrupted(entry), resumed, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["pskd", "local_learning_man"])
+def test_two_processes_stopped_mid_epoch_and_resumed_end_where_uninterrupted_ends(name, tmp_path):
+    entry = next(entry for entry in REGISTRY if entry.name == name)
+    strategy = "ddp_spawn_find_unused_parameters_true" if name.startswith("local_learning") else "ddp_spawn"
+    ddp = {"per_rank_batch": DDP_BATCH, "accelerator": "cpu", "devices": 2, "strategy": strategy}  # fresh per fit
+    fit_setting(entry, tmp_path / "full", **ddp)
+    uninterrupted = [torch.load(tmp_path / "full" / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    run_resumed_mid_epoch(entry, tmp_path / "resumed", 3, 7, **ddp)
+    for rank in (0, 1):
+        resumed = torch.load(tmp_path / "resumed" / f"rank{rank}.pt", weights_only=True)
+        assert_same_state(uninterrupted[rank], resumed, atol=1e-6)
 
 
 @pytest.mark.parametrize("entry", ENTRIES)

@@ -16,6 +16,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
 
+# State entry with the training position (epoch, batches trained in it) of a checkpoint written mid-epoch.
+_POSITION_KEY = "training_position"
+
 __all__ = ["NumClassesUnknownError", "SplitDataModule", "hparam"]
 
 _REQUIRED = object()
@@ -258,14 +261,26 @@ class SplitDataModule(pl.LightningDataModule):
         """The training order: a function of ``seed`` and the epoch, so a resumed run sees the same batches."""
         return EpochShuffleSampler(len(dataset), self.seed)  # type: ignore[arg-type]
 
+    def _training_sampler(self, dataset: Dataset) -> Sampler[int]:
+        sampler = self.train_sampler(dataset)
+        self._last_train_sampler = sampler
+        self._apply_position(sampler)
+        self._resume_position = None  # once: a later fit of this DataModule starts its epochs from the top
+        return sampler
+
+    def _apply_position(self, sampler: Sampler[int] | None) -> None:
+        position = getattr(self, "_resume_position", None)
+        if position is not None and isinstance(sampler, EpochShuffleSampler):
+            sampler.resume_at(position["epoch"], position["batches"] * self.batch_size)
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
         dataset = self.datasets[split]
-        return DataLoader(
+        return (ResumableDataLoader if train else DataLoader)(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=self.train_sampler(dataset) if train else None,
+            sampler=self._training_sampler(dataset) if train else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
@@ -325,9 +340,29 @@ class SplitDataModule(pl.LightningDataModule):
         state = {name: self.hparams.get(name) for name in ("seed", *self.split_arguments, *self.task_arguments)}
         state.update({f"{name}_indices": indices for name, indices in self.split_indices.items()})
         state.update(self.extra_state())
+        position = self._training_position()
+        if position is not None:
+            state[_POSITION_KEY] = position
         return state
 
+    def _training_position(self) -> dict[str, int] | None:
+        """Where training is in its epoch: the epoch and the batches this rank trained on in it (``None``: not fitting).
+
+        Read from Lightning's own progress counters when a checkpoint is written, so batches the loader fetched
+        ahead (Lightning prefetches one) are not counted as trained.
+        """
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return None
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
+
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        self._resume_position = state_dict.pop(_POSITION_KEY, None)
+        # A loader made before the restore (Lightning builds one early when configure_optimizers asks for
+        # estimated_stepping_batches) gets the position too.
+        self._apply_position(getattr(self, "_last_train_sampler", None))
         name = type(self).__name__
         for argument in self.task_arguments:
             if argument in state_dict and state_dict[argument] != self.hparams.get(argument):
@@ -359,7 +394,24 @@ class SplitDataModule(pl.LightningDataModule):
         self.setup()
 
 
+class ResumableDataLoader(DataLoader):
+    """The training loader of a :class:`SplitDataModule`: its position lives in the DataModule's state.
+
+    The DataModule saves the epoch and the batches trained in it with every checkpoint and hands them to its
+    :class:`~lightning_regs.datamodules.EpochShuffleSampler` on restore, so a run resumed from a mid-epoch
+    checkpoint continues with the next batch. These methods only tell Lightning that the loader resumes (it
+    otherwise warns that a mid-epoch resume is unreliable); the state is the DataModule's.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": "in the DataModule's state"}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        pass
+
+
 def _same_state(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:
+    ours = {key: value for key, value in ours.items() if key != _POSITION_KEY}
     if ours.keys() != theirs.keys():
         return False
     for key, value in ours.items():

@@ -15,9 +15,18 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tests.harness.registry import MethodSetting
-from tests.helpers.trainers import QUIET, CrashAtEpoch
+from tests.helpers.trainers import QUIET, CrashAtEpoch, CrashAtStep
 
-__all__ = ["DDP_BATCH", "SINGLE_BATCH", "final_state", "fit_setting", "run_ddp", "run_resumed", "run_uninterrupted"]
+__all__ = [
+    "DDP_BATCH",
+    "SINGLE_BATCH",
+    "final_state",
+    "fit_setting",
+    "run_ddp",
+    "run_resumed",
+    "run_resumed_mid_epoch",
+    "run_uninterrupted",
+]
 
 DDP_BATCH = 16  # per rank, on two ranks
 SINGLE_BATCH = 2 * DDP_BATCH  # the same global batch on one process
@@ -47,14 +56,18 @@ def fit_setting(
     *,
     per_rank_batch: int = SINGLE_BATCH,
     crash_at_epoch: int | None = None,
+    crash_at_step: int | None = None,
+    every_n_train_steps: int | None = None,
     ckpt_path: Path | None = None,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
-    """Fit ``entry`` from seed 0 with checkpoints at every epoch end in ``root``; return rank 0's final state."""
+    """Fit ``entry`` from seed 0, checkpointing in ``root`` (each epoch end, or every N steps); rank 0's final state."""
     root.mkdir(parents=True, exist_ok=True)
     seed_everything(0)
     task = entry.make_task()
     extra: list[Callback] = [CrashAtEpoch(crash_at_epoch)] if crash_at_epoch is not None else []
+    if crash_at_step is not None:
+        extra.append(CrashAtStep(crash_at_step))
     trainer = Trainer(
         max_epochs=entry.max_epochs,
         limit_train_batches=entry.limit_train_batches,
@@ -63,7 +76,7 @@ def fit_setting(
         default_root_dir=root,
         callbacks=[
             *entry.make_callbacks(),
-            ModelCheckpoint(dirpath=root, save_last=True, save_top_k=-1),
+            ModelCheckpoint(dirpath=root, save_last=True, save_top_k=-1, every_n_train_steps=every_n_train_steps),
             SaveFinalState(str(root)),
             *extra,
         ],
@@ -88,6 +101,26 @@ def run_resumed(entry: MethodSetting, root: Path, stop_at_epoch: int = 1) -> dic
     else:
         raise AssertionError("the run was meant to crash")
     return fit_setting(entry, root, ckpt_path=root / "last.ckpt", accelerator="cpu", devices=1)
+
+
+def run_resumed_mid_epoch(
+    entry: MethodSetting, root: Path, every_n_train_steps: int, crash_at_step: int, **trainer_kwargs: Any
+) -> dict[str, Any]:
+    """Checkpoint every N optimizer steps, crash before step ``crash_at_step + 1``, resume from ``last.ckpt``.
+
+    With ``limit_train_batches=4``, step 5 is batch 1 of epoch 1: the last checkpoint was written in the middle of
+    an epoch, and the resumed run must start after the batches it had trained on.
+    """
+    try:
+        fit_setting(entry, root, crash_at_step=crash_at_step, every_n_train_steps=every_n_train_steps, **trainer_kwargs)
+    except Exception as error:  # under ddp_spawn the worker's RuntimeError arrives as a ProcessRaisedException
+        if "CRASH" not in str(error):
+            raise
+    else:
+        raise AssertionError("the run was meant to crash")
+    return fit_setting(
+        entry, root, ckpt_path=root / "last.ckpt", every_n_train_steps=every_n_train_steps, **trainer_kwargs
+    )
 
 
 def run_ddp(entry: MethodSetting, root: Path) -> list[dict[str, Any]]:

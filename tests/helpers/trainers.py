@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.distributed as dist
 from lightning.pytorch import Callback
-from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_regs.datamodules import DigitsDataModule
 
-__all__ = ["QUIET", "CrashAtEpoch", "SequentialDigits"]
+__all__ = ["QUIET", "CrashAtEpoch", "CrashAtStep", "SequentialDigits"]
 
 # Trainer arguments that keep test output short and runs deterministic.
 QUIET: dict[str, Any] = {
@@ -24,18 +22,13 @@ QUIET: dict[str, Any] = {
 
 
 class SequentialDigits(DigitsDataModule):
-    """Digits in a fixed order; under DDP rank r takes samples r, r+W, ... (no shuffling, no padding).
+    """Digits whose training order is shared by one process and W ranks: rank r takes items r, r+W, ... of it.
 
-    With per-rank batch B on W ranks, the union of one step's batches is the single-process batch of
-    W·B, so a DDP run can be compared with a single-process one (Trainer(use_distributed_sampler=False)).
+    The DataModules' ``EpochShuffleSampler`` draws one order per (seed, epoch) and, under DDP, gives
+    rank r the items r, r+W, ... of it. With per-rank batch B on W ranks, the union of one step's
+    batches is the single-process batch of W·B, so a DDP run can be compared with a single-process
+    one; the sampler also keeps the position of a mid-epoch checkpoint.
     """
-
-    def train_dataloader(self) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        dataset = self.datasets["train"]
-        sampler = DistributedSampler(dataset, shuffle=False) if dist.is_initialized() else None
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False)
 
 
 class CrashAtEpoch(Callback):
@@ -46,4 +39,15 @@ class CrashAtEpoch(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == self.epoch:
+            raise RuntimeError("CRASH")
+
+
+class CrashAtStep(Callback):
+    """Raises ``RuntimeError("CRASH")`` before the batch that would make optimizer step ``step + 1``: mid-epoch."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
             raise RuntimeError("CRASH")
