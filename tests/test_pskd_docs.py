@@ -2,6 +2,7 @@
 
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,16 @@ def test_the_own_module_example_runs(tmp_path, monkeypatch):
     (code,) = re.findall(r"<!-- tested-example -->\s*```python\n(.*?)```", CARD, re.S)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "pskd_example"}
-    exec(compile(code, "docs/methods/pskd.md", "exec"), namespace)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(code, "docs/methods/pskd.md", "exec"), namespace)
     trainer = namespace["trainer"]
     (pskd,) = [c for c in trainer.callbacks if isinstance(c, ProgressiveSelfKD)]
     assert trainer.current_epoch == 3 and bool(pskd.table.seen.all())
+    assert (pskd.table.num_samples, pskd.table.num_classes) == (1500, 10)  # the classes from the logits
+    assert float(trainer.callback_metrics["val/acc"]) > 0.8  # it learns the digits in three epochs
+    # accepts_soft_targets = True: the module declared it reads class_ids(batch), so no soft-target warning
+    assert not [w for w in caught if "accepts_soft_targets" in str(w.message)]
 
 
 @pytest.mark.parametrize("name", ["pskd_digits.yaml", "pskd_cifar100.yaml"])
