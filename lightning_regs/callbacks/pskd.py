@@ -12,7 +12,8 @@ from typing_extensions import override
 
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback, num_classes_of, read_labels
 from lightning_regs.datamodules.batch import INDEX, INDEXED_DATASET_HINT, TARGET
-from lightning_regs.functional.prediction_table import PredictionTable, Storage
+from lightning_regs.datamodules.fingerprint import data_fingerprint, fingerprint_difference
+from lightning_regs.functional.prediction_table import PredictionTable, Storage, check_table_state
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
 
 __all__ = ["ProgressiveSelfKD"]
@@ -30,7 +31,11 @@ class ProgressiveSelfKD(SoftTargetCallback):
     (listed before it), ``onehot(y)`` is replaced by that callback's target.
     After the step, the softmax of ``training_step``'s returned ``"logits"`` is written to the table;
     under DDP the (index, probabilities) pairs of all ranks are gathered first so every rank holds
-    the same table. The table is saved in checkpoints with the schedule's ``T``.
+    the same table. The table is saved in checkpoints with the schedule's ``T`` and a fingerprint of the
+    training set (size, labels and file digests), and checked on restore: a table from other data, or one
+    that is not a table of probabilities, is a named error. Predictions that are not finite (a diverged
+    batch) are not stored: those samples keep their previous targets, and a warning at the epoch's end
+    says how many.
 
     The module needs: dict batches with ``target`` and ``index``, a loss that accepts ``(B, C)``
     probabilities (``F.cross_entropy`` does), and ``training_step`` returning ``{"loss", "logits"}``.
@@ -92,6 +97,9 @@ class ProgressiveSelfKD(SoftTargetCallback):
         self._restored_table: dict[str, Any] | None = None
         self._pending_index: torch.Tensor | None = None
         self._check_indices = True
+        self._fingerprint: dict[str, Any] | None = None
+        self._restored_fingerprint: dict[str, Any] | None = None
+        self._warned_skipped = 0
 
     @property
     def state_key(self) -> str:
@@ -108,7 +116,9 @@ class ProgressiveSelfKD(SoftTargetCallback):
         super().on_train_start(trainer, pl_module)
         self._resolve_total_epochs(trainer)
         device = torch.device(self.table_device) if self.table_device else pl_module.device
+        current = self._training_fingerprint(trainer)
         if self._restored_table is not None:
+            self._check_same_data(current)
             self.table = PredictionTable.from_state_dict(self._restored_table, device=device)
             self._restored_table = None
             expected_rows = self._resolve_num_samples(trainer, required=False)
@@ -193,14 +203,46 @@ class ProgressiveSelfKD(SoftTargetCallback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After one epoch every index of the data set has been range-checked; later checks would only cost syncs.
         self._check_indices = self.table is None
+        skipped = self.table.skipped_rows if self.table is not None else 0  # one sync an epoch
+        if skipped > self._warned_skipped:
+            rank_zero_warn(
+                f"ProgressiveSelfKD: {skipped - self._warned_skipped} predictions of epoch {trainer.current_epoch} "
+                "were not finite (NaN or inf logits) and were not stored; those samples keep their previous "
+                "targets. The model diverged on those batches: lower the learning rate, clip gradients, or find them "
+                "with Trainer(detect_anomaly=True)."
+            )
+            self._warned_skipped = skipped
+
+    def _training_fingerprint(self, trainer: pl.Trainer) -> dict[str, Any] | None:
+        dataset = getattr(trainer.train_dataloader, "dataset", None)
+        if dataset is not None:
+            try:
+                self._fingerprint = data_fingerprint(dataset)
+            except TypeError:  # not sized
+                self._fingerprint = None
+        return self._fingerprint
+
+    def _check_same_data(self, current: dict[str, Any] | None) -> None:
+        saved = self._restored_fingerprint
+        difference = fingerprint_difference(saved, current) if saved and current else None
+        if difference:
+            raise ValueError(
+                f"The checkpoint's PS-KD table was made on other training data: {difference} (saved {saved}, now "
+                f"{current}). Its rows are keyed by sample index, so they would refine other samples' targets. Resume "
+                "with the data the run was started with, or start a new run (a fresh ProgressiveSelfKD)."
+            )
 
     def state_dict(self) -> dict[str, Any]:
         table = self.table.state_dict() if self.table is not None else self._restored_table
-        return {"alpha_T": self.alpha_T, "total_epochs": self.total_epochs, "table": table}
+        fingerprint = self._fingerprint if self.table is not None else self._restored_fingerprint
+        return {"alpha_T": self.alpha_T, "total_epochs": self.total_epochs, "table": table, "fingerprint": fingerprint}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("table") is not None:
+            check_table_state(state_dict["table"])  # before anything is changed: a named error, not a raw one
         self.total_epochs = state_dict["total_epochs"]
         self._restored_table = state_dict["table"]
+        self._restored_fingerprint = state_dict.get("fingerprint")  # absent in checkpoints of earlier versions
         self.table = None
         if state_dict["alpha_T"] != self.alpha_T:
             rank_zero_warn(

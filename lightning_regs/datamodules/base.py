@@ -14,10 +14,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lightning_regs.datamodules.fingerprint import data_fingerprint, fingerprint_difference
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
 
 # State entry with the training position (epoch, batches trained in it) of a checkpoint written mid-epoch.
 _POSITION_KEY = "training_position"
+# State entry with each split's data fingerprint (size, labels and file digests), checked on restore.
+_FINGERPRINT_KEY = "data_fingerprint"
 
 __all__ = ["NumClassesUnknownError", "SplitDataModule", "hparam"]
 
@@ -343,7 +346,35 @@ class SplitDataModule(pl.LightningDataModule):
         position = self._training_position()
         if position is not None:
             state[_POSITION_KEY] = position
+        if self.datasets:
+            state[_FINGERPRINT_KEY] = self._fingerprints()
         return state
+
+    def _fingerprints(self) -> dict[str, dict[str, Any]]:
+        """Each split's :func:`~lightning_regs.datamodules.fingerprint.data_fingerprint`, computed once per setup."""
+        key = tuple(self.datasets.values())  # the objects themselves: an id could be reused by a rebuilt set
+        cached = getattr(self, "_fingerprint_cache", None)
+        if cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0], key)):
+            cached = (key, {split: data_fingerprint(dataset) for split, dataset in self.datasets.items()})
+            self._fingerprint_cache = cached
+        return cached[1]
+
+    def _check_fingerprints(self, saved: Mapping[str, Mapping[str, Any]] | None) -> None:
+        if not saved:  # a checkpoint from before fingerprints were saved
+            return
+        current = self._fingerprints()
+        changes = {
+            split: difference
+            for split, fingerprint in saved.items()
+            if split in current and (difference := fingerprint_difference(fingerprint, current[split]))
+        }
+        if changes:
+            what = "; ".join(f"{split}: {difference}" for split, difference in changes.items())
+            raise ValueError(
+                f"{type(self).__name__}: the data under {self.hparams.get('root', 'this DataModule')} is not the data "
+                f"the checkpoint was made on ({what}). Its split indices and every per-sample state (e.g. PS-KD's "
+                "table) would point at other samples. Resume with the original data, or start a new run."
+            )
 
     def _training_position(self) -> dict[str, int] | None:
         """Where training is in its epoch: the epoch and the batches this rank trained on in it (``None``: not fitting).
@@ -360,6 +391,7 @@ class SplitDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         state_dict = dict(state_dict)
         self._resume_position = state_dict.pop(_POSITION_KEY, None)
+        fingerprints = state_dict.pop(_FINGERPRINT_KEY, None)
         # A loader made before the restore (Lightning builds one early when configure_optimizers asks for
         # estimated_stepping_batches) gets the position too.
         self._apply_position(getattr(self, "_last_train_sampler", None))
@@ -372,6 +404,7 @@ class SplitDataModule(pl.LightningDataModule):
                     f"DataModule with {argument}={state_dict[argument]!r} to resume from this checkpoint."
                 )
         if self.datasets and _same_state(self.state_dict(), state_dict):
+            self._check_fingerprints(fingerprints)
             return  # already set up with this state: do not read the data again
         self.load_extra_state(state_dict)
         adopted = {key: state_dict[key] for key in ("seed", *self.split_arguments) if key in state_dict}
@@ -392,6 +425,7 @@ class SplitDataModule(pl.LightningDataModule):
         }
         self.datasets = {}
         self.setup()
+        self._check_fingerprints(fingerprints)
 
 
 class ResumableDataLoader(DataLoader):
@@ -411,7 +445,7 @@ class ResumableDataLoader(DataLoader):
 
 
 def _same_state(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:
-    ours = {key: value for key, value in ours.items() if key != _POSITION_KEY}
+    ours = {key: value for key, value in ours.items() if key not in (_POSITION_KEY, _FINGERPRINT_KEY)}
     if ours.keys() != theirs.keys():
         return False
     for key, value in ours.items():

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["PredictionTable", "Storage"]
+__all__ = ["PredictionTable", "Storage", "check_table_state"]
 
 Storage = Literal["float32", "float16"]
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -56,6 +56,7 @@ class PredictionTable:
         self.top_k = top_k
         dtype = _DTYPES[storage]
         self.seen = torch.zeros(num_samples, dtype=torch.bool, device=device)
+        self._skipped = torch.zeros((), dtype=torch.long, device=device)
         if top_k is None:
             self.values = torch.zeros(num_samples, num_classes, dtype=dtype, device=device)
             self.classes: torch.Tensor | None = None
@@ -79,6 +80,7 @@ class PredictionTable:
     def to(self, device: torch.device | str) -> PredictionTable:
         """Move the table (in place) and return it."""
         self.seen = self.seen.to(device)
+        self._skipped = self._skipped.to(device)
         self.values = self.values.to(device)
         if self.classes is not None:
             self.classes = self.classes.to(device)
@@ -93,7 +95,10 @@ class PredictionTable:
         return dense.scatter_(1, self.classes[index].long(), self.values[index].float())
 
     def write(self, index: torch.Tensor, probabilities: torch.Tensor, deduplicate: bool = True) -> None:
-        """Store ``probabilities`` ``(n, C)`` at rows ``index`` ``(n,)``.
+        """Store ``probabilities`` ``(n, C)`` at rows ``index`` ``(n,)``; rows that are not finite are not stored.
+
+        A row with a NaN or inf (a diverged step, a corrupted input) keeps what it held, and is counted in
+        :attr:`skipped_rows`, so one bad batch cannot poison the targets of later epochs.
 
         With ``deduplicate`` the first of repeated indices is kept (deterministic on every device); pass
         ``False`` to skip that work when ``index`` is known to hold no repeats.
@@ -103,14 +108,23 @@ class PredictionTable:
         if deduplicate:
             rows, first = _first_occurrences(rows)
             probabilities = probabilities[first]
+        # Rows that are not finite keep what they held, without a device sync: counted in a tensor, read on demand.
+        finite = torch.isfinite(probabilities).all(dim=1)
+        self._skipped = self._skipped.to(self.device) + (~finite).sum()
         if self.classes is None:
-            self.values[rows] = probabilities.to(self.values.dtype)
+            kept = torch.where(finite[:, None], probabilities.to(self.values.dtype), self.values[rows])
+            self.values[rows] = kept
         else:
-            values, classes = probabilities.topk(self.top_k, dim=1)
+            values, classes = probabilities.nan_to_num(0.0, 0.0, 0.0).topk(self.top_k, dim=1)
             values = values / values.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-            self.values[rows] = values.to(self.values.dtype)
-            self.classes[rows] = classes.to(self.classes.dtype)
-        self.seen[rows] = True
+            self.values[rows] = torch.where(finite[:, None], values.to(self.values.dtype), self.values[rows])
+            self.classes[rows] = torch.where(finite[:, None], classes.to(self.classes.dtype), self.classes[rows])
+        self.seen[rows] = self.seen[rows] | finite
+
+    @property
+    def skipped_rows(self) -> int:
+        """How many written rows were not finite and so not stored, since the table was made (a device sync)."""
+        return int(self._skipped)
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors (on the CPU) and builtins only: loadable with ``torch.load(weights_only=True)``."""
@@ -128,13 +142,70 @@ class PredictionTable:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> PredictionTable:
-        """Rebuild a table saved with :meth:`state_dict`."""
+        """Rebuild a table saved with :meth:`state_dict`, after checking every entry.
+
+        Raises:
+            ValueError: naming the entry that is missing or has the wrong type, dtype or shape, or values that
+                are not finite probabilities (a checkpoint from another table, or a corrupted one).
+        """
+        check_table_state(state)
         table = cls(state["num_samples"], state["num_classes"], state["storage"], state["top_k"], device=device)
         table.seen.copy_(state["seen"])
         table.values.copy_(state["values"])
         if table.classes is not None:
             table.classes.copy_(state["classes"])
         return table
+
+
+def check_table_state(state: Any) -> None:
+    """Raise a ``ValueError`` that says what is wrong when ``state`` is not a :meth:`PredictionTable.state_dict`.
+
+    Example::
+
+        >>> check_table_state(PredictionTable(3, 2).state_dict())
+        >>> state = PredictionTable(3, 2).state_dict(); state["values"] = torch.zeros(2)
+        >>> check_table_state(state)
+        Traceback (most recent call last):
+        ...
+        ValueError: The prediction table's 'values' has shape (2,); a table of 3 samples and 2 classes needs (3, 2). ...
+    """
+    fix = (
+        "The checkpoint holds another table or was corrupted: resume from a checkpoint of this run, or start "
+        "a new run (a fresh callback)."
+    )
+    if not isinstance(state, dict):
+        raise ValueError(f"The prediction table's state is a {type(state).__name__}, not a dict. {fix}")
+    missing = [key for key in ("num_samples", "num_classes", "storage", "top_k", "seen", "values") if key not in state]
+    if missing:
+        raise ValueError(f"The prediction table's state lacks {missing}. {fix}")
+    n, c, k = state["num_samples"], state["num_classes"], state["top_k"]
+    if not (isinstance(n, int) and n >= 1 and isinstance(c, int) and c >= 2 and (k is None or isinstance(k, int))):
+        raise ValueError(f"The prediction table's sizes are num_samples={n!r}, num_classes={c!r}, top_k={k!r}. {fix}")
+    if state["storage"] not in _DTYPES:
+        raise ValueError(f"The prediction table's storage is {state['storage']!r}, not one of {sorted(_DTYPES)}. {fix}")
+    width = c if k is None else k
+    expected = {"seen": ((n,), (torch.bool,)), "values": ((n, width), (_DTYPES[state["storage"]],))}
+    if k is not None:
+        expected["classes"] = ((n, k), (torch.int16, torch.int32))
+    for key, (shape, dtypes) in expected.items():
+        value = state.get(key)
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"The prediction table's {key!r} is a {type(value).__name__}, not a tensor. {fix}")
+        if tuple(value.shape) != shape:
+            raise ValueError(
+                f"The prediction table's {key!r} has shape {tuple(value.shape)}; a table of {n} samples and {c} "
+                f"classes needs {shape}. {fix}"
+            )
+        if value.dtype not in dtypes:
+            raise ValueError(f"The prediction table's {key!r} has dtype {value.dtype}, expected {dtypes[0]}. {fix}")
+    values = state["values"].float()
+    if not bool(torch.isfinite(values).all()) or bool((values < 0).any()) or bool((values > 1 + 1e-3).any()):
+        bad = int((~torch.isfinite(values) | (values < 0) | (values > 1 + 1e-3)).any(dim=1).sum())
+        raise ValueError(
+            f"The prediction table holds {bad} rows that are not probabilities (NaN, inf, < 0, > 1). {fix}"
+        )
+    if k is not None and bool(((state["classes"] < 0) | (state["classes"] >= c)).any()):
+        raise ValueError(f"The prediction table's class ids lie outside [0, {c}). {fix}")
 
 
 def _first_occurrences(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
