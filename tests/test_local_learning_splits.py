@@ -158,3 +158,12 @@ def test_split_points_checks_each_point():
     assert split_points(layers, []) == ()
     with pytest.raises(ValueError, match=r"\[0, 14\]"):
         split_points(layers, [0, 15])
+
+
+@pytest.mark.parametrize("point", [2.7, True, None, 1.0])
+def test_split_points_that_are_not_ints_or_names_are_refused(point) -> None:
+    from lightning_regs.local_learning.splits import split_points
+    from lightning_regs.models import resnet20
+
+    with pytest.raises(ValueError, match="is neither a layer index"):
+        split_points(resnet20().layers, [point])

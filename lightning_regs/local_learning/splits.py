@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -119,8 +120,13 @@ def split_points(layers: nn.Sequential, points: Sequence[int | str]) -> tuple[in
             if name not in names:
                 raise ValueError(f"Split point {point!r} is not a layer name; the layers are {names}.")
             indices.append(names.index(name))
-        else:
+        elif isinstance(point, numbers.Integral) and not isinstance(point, bool):
             indices.append(int(point))
+        else:
+            raise ValueError(
+                f"Split point {point!r} ({type(point).__name__}) is neither a layer index (an int) nor a layer name; "
+                f"the layers are {names}."
+            )
     for index in indices:
         if not 0 <= index < last:
             raise ValueError(
