@@ -17,6 +17,7 @@ from lightning_regs.datamodules.digits_subset import DigitsSubsetDataModule, Rep
 from lightning_regs.datamodules.download import download_file, extract_archive
 from lightning_regs.datamodules.indexed import IndexedDataset
 from lightning_regs.datamodules.mvtec import MVTecADDataModule
+from lightning_regs.datamodules.own_data import DatasetDataModule
 from lightning_regs.datamodules.radimagenet import RadImageNetDataModule
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
 
@@ -28,6 +29,7 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "CUB200DataModule",
+    "DatasetDataModule",
     "DigitsDataModule",
     "DigitsSubsetDataModule",
     "RepeatedShuffleSampler",

@@ -354,7 +354,7 @@ class SplitDataModule(pl.LightningDataModule):
         """Each split's :func:`~lightning_regs.datamodules.fingerprint.data_fingerprint`, computed once per setup."""
         key = tuple(self.datasets.values())  # the objects themselves: an id could be reused by a rebuilt set
         cached = getattr(self, "_fingerprint_cache", None)
-        if cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0], key)):
+        if cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0], key, strict=True)):
             cached = (key, {split: data_fingerprint(dataset) for split, dataset in self.datasets.items()})
             self._fingerprint_cache = cached
         return cached[1]
