@@ -12,6 +12,7 @@ from lightning_regs.datamodules import download as download_module
 from lightning_regs.datamodules.download import (
     ArchiveSecurityError,
     ChecksumError,
+    DownloadError,
     download_file,
     extract_archive,
     sha256_of,
@@ -71,8 +72,9 @@ class _BrokenResponse(io.BytesIO):
 
 def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(download_module.urllib.request, "urlopen", lambda url, timeout: _BrokenResponse(b"abcdefgh"))
-    with pytest.raises(ConnectionResetError):
+    with pytest.raises(DownloadError, match=r"failed midway: ConnectionResetError: connection dropped") as caught:
         download_file("https://example.invalid/x.bin", tmp_path / "x.bin", sha256="2" * 64)
+    assert isinstance(caught.value.__cause__, ConnectionResetError)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -54,7 +54,14 @@ def test_csv_mode_lengths_classes_targets_and_pixels_are_what_was_written(clean)
     for split in ("train", "val", "test"):
         assert len(dm.datasets[split]) == len(clean["rows"][split]) == {"train": 12}.get(split, 4)
         assert_split_is(dm, split, clean["rows"][split], clean["ids"])
-    assert dm.report == {"checked": 20, "missing": [], "unreadable": [], "blank": [], "duplicates": []}
+    assert dm.report == {
+        "checked": 20,
+        "missing": [],
+        "unreadable": [],
+        "blank": [],
+        "duplicates": [],
+        "listed_twice": [],
+    }
 
 
 def test_image_size_augment_and_channels(clean):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import math
 import pickle
+import pickletools
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,18 +18,86 @@ from torchvision.transforms import v2
 
 from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
-from lightning_regs.datamodules.download import download_file, extract_archive
+from lightning_regs.datamodules.download import download_file, extract_archive, remove_interrupted
 
 __all__ = ["CIFAR10DataModule", "CIFAR100DataModule", "load_cifar_pickle"]
 
-_reconstruct = np.empty(0).__reduce__()[0]  # numpy's array reconstructor, whatever its module in this numpy
+_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+_PLAIN_DTYPE = re.compile(r"[biuf][1248]")  # bool, integers and floats: all a CIFAR batch holds
+_MALFORMED = (
+    "The file is truncated, damaged or not an official CIFAR batch: delete the folder and extract the tarball again."
+)
+
+
+class _NdarrayGlobal:
+    """What ``numpy.ndarray`` unpickles to: a marker that ``_reconstruct`` expects, never an array constructor."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise pickle.UnpicklingError("the pickle calls numpy.ndarray directly, which a CIFAR batch never does")
+
+
+class _DtypeSpec:
+    """What ``numpy.dtype(code, align, copy)`` unpickles to: a plain numeric type code and a byte order, not numpy's."""
+
+    def __init__(self, code: Any, align: Any = False, copy: Any = False) -> None:
+        if not isinstance(code, str) or not _PLAIN_DTYPE.fullmatch(code):
+            raise pickle.UnpicklingError(f"the dtype {code!r} is not a plain bool, integer or float type")
+        self.code, self.byteorder = code, "="
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, byteorder, subarray, names, fields, elsize, alignment, flags); only the byte order may be set
+        if not isinstance(state, tuple) or len(state) < 5 or state[1] not in "<>|=" or state[2:5] != (None,) * 3:
+            raise pickle.UnpicklingError(f"the dtype state {state!r} is not that of a plain numeric type")
+        self.byteorder = state[1] if state[1] in "<>" else "="
+
+    def to_numpy(self) -> np.dtype:
+        return np.dtype(self.code).newbyteorder(self.byteorder)
+
+
+class _ArraySpec:
+    """What ``_reconstruct(ndarray, ...)`` unpickles to: the array's shape, dtype and bytes, checked, no numpy object.
+
+    numpy's own reconstruction allocates what the pickle asks for (shape and item size) before it
+    sees any data; here the data must already be in the file, byte for byte, so no array can need
+    more memory than the file's size.
+    """
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 5:
+            state = state[1:]  # (version, shape, dtype, is_fortran, data)
+        if not isinstance(state, tuple) or len(state) != 4:
+            raise pickle.UnpicklingError("an array's state is not (shape, dtype, is_fortran, data)")
+        shape, dtype, fortran, raw = state
+        if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise pickle.UnpicklingError(f"an array's shape {shape!r} is not a tuple of sizes")
+        if not isinstance(dtype, _DtypeSpec) or not isinstance(raw, bytes | str):
+            raise pickle.UnpicklingError("an array's state lacks a plain numeric dtype or its raw bytes")
+        raw = raw.encode("latin1") if isinstance(raw, str) else raw  # Python 2 strings arrive as latin-1 text
+        dtype = dtype.to_numpy()
+        needed = math.prod(shape) * dtype.itemsize
+        if needed != len(raw):
+            raise pickle.UnpicklingError(
+                f"an array of shape {shape} and dtype {dtype} needs {needed:,} bytes but the file gives it {len(raw):,}"
+            )
+        self.array = np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> _ArraySpec:
+    if subtype is not _NdarrayGlobal:
+        raise pickle.UnpicklingError(f"numpy's _reconstruct is called with {subtype!r}, not numpy.ndarray")
+    return _ArraySpec()  # shape and typecode are placeholders in numpy's own pickles; the state holds the real ones
+
 
 # The official batches were pickled by Python 2 and only reference these globals; anything else is refused.
+# None of them runs numpy code on the file's bytes: they build the checked stand-ins above.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): _NdarrayGlobal,
+    ("numpy", "dtype"): _DtypeSpec,
 }
 
 
@@ -35,25 +107,83 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(
-                f"Refusing to unpickle the global {module}.{name}: a CIFAR batch only references numpy's array "
-                "reconstruction. The file is not an official CIFAR batch; delete the folder and download it again."
+                f"refusing to unpickle the global {module}.{name}: a CIFAR batch only references numpy's array "
+                "reconstruction"
             ) from None
+
+
+def _check_opcodes(data: bytes) -> None:
+    """Refuse a pickle that would make the unpickler allocate more than the file holds, before it runs.
+
+    The unpickler allocates what a counted opcode announces (``BINBYTES8``: up to 2**64 bytes) before
+    reading it, and grows its memo table to the largest index put. ``pickletools.genops`` reads each
+    announced length from the data (a length past the end fails), and memo indices must come in
+    order, as every pickler writes them.
+    """
+    puts = 0
+    for opcode, argument, position in pickletools.genops(data):
+        if opcode.name in _MEMO_PUTS:
+            if argument > puts:
+                raise pickle.UnpicklingError(f"the memo index {argument} at byte {position} skips ahead of {puts}")
+            puts += argument == puts
+        elif opcode.name == "MEMOIZE":
+            puts += 1
+        elif opcode.name == "FRAME" and argument > len(data) - position:
+            raise pickle.UnpicklingError(f"the frame at byte {position} announces {argument:,} bytes past the end")
+
+
+def _arrays(value: Any) -> Any:
+    """``value`` with every unpickled array stand-in replaced by its numpy array (in dicts, lists and tuples)."""
+    if isinstance(value, _ArraySpec):
+        if value.array is None:
+            raise pickle.UnpicklingError("an array was created without its data")
+        return value.array
+    if isinstance(value, dict):
+        return {key: _arrays(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_arrays(item) for item in value)
+    return value
 
 
 def load_cifar_pickle(path: str | Path) -> dict[str, Any]:
     """Load one CIFAR batch or meta file through an unpickler that allows numpy arrays only.
 
+    Allocations are bounded by the file's size: counted opcodes must fit in the file, and an array
+    is built from exactly the bytes the file holds for it (plain bool, integer or float types only).
+
     Raises:
-        pickle.UnpicklingError: the file references any other global (e.g. ``os.system``) or is not a pickle.
+        pickle.UnpicklingError: naming ``path``: the file is empty, truncated or damaged, references
+            any other global (e.g. ``os.system``), or asks for more memory than it holds.
     """
-    with open(path, "rb") as handle:
-        try:
-            content = _RestrictedUnpickler(handle, encoding="latin1").load()
-        except pickle.UnpicklingError as error:
-            raise pickle.UnpicklingError(f"{path}: {error}") from None
+    data = Path(path).read_bytes()
+    if not data:
+        raise pickle.UnpicklingError(f"{path} is empty (0 bytes), as a copy cut short leaves it. {_MALFORMED}")
+    try:
+        _check_opcodes(data)
+        content = _arrays(_RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load())
+    except pickle.UnpicklingError as error:
+        raise pickle.UnpicklingError(f"{path}: {error}. {_MALFORMED}") from None
+    except Exception as error:  # whatever else malformed bytes raise (EOFError, ValueError, MemoryError, ...)
+        raise pickle.UnpicklingError(
+            f"{path} is not a readable CIFAR batch pickle ({type(error).__name__}: {error}). {_MALFORMED}"
+        ) from error
     if not isinstance(content, dict):
         raise pickle.UnpicklingError(f"{path} holds a {type(content).__name__}, not the dict of a CIFAR batch.")
     return content
+
+
+def _integer_labels(labels: Any, count: int, where: str) -> torch.Tensor:
+    """``labels`` as int64, when they are ``count`` integers; refuse floats (which would be truncated) and the rest."""
+    if labels is None or len(labels) != count:
+        raise ValueError(f"{where} must hold one label per image ({count}); the file is malformed.")
+    array = np.asarray(labels)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        example = next((value for value in array.ravel() if not isinstance(value, int | np.integer)), array[:1])
+        raise ValueError(
+            f"{where} must be integer class ids, got {array.dtype} values (e.g. {example!r}). Refusing to round them: "
+            "the file is malformed; delete the folder and extract the tarball again."
+        )
+    return torch.as_tensor(array.astype(np.int64))
 
 
 class _CIFARImages(Dataset):
@@ -90,6 +220,7 @@ class _CIFARDataModule(SplitDataModule):
 
     val_fraction = hparam()
     download = hparam()
+    download_timeout = hparam(60.0)
 
     def __init__(
         self,
@@ -103,6 +234,7 @@ class _CIFARDataModule(SplitDataModule):
         num_workers: int = 4,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        download_timeout: float = 60.0,
     ) -> None:
         super().__init__()
         if not 0 <= val_fraction < 1:
@@ -111,6 +243,8 @@ class _CIFARDataModule(SplitDataModule):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         if num_workers < 0:
             raise ValueError(f"num_workers must be 0 or more, got {num_workers}.")
+        if not download_timeout > 0:
+            raise ValueError(f"download_timeout must be positive (seconds), got {download_timeout}.")
         self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
         self.train_transform = train_transform if train_transform is not None else self.default_train_transform()
         self.eval_transform = eval_transform if eval_transform is not None else self.default_eval_transform()
@@ -151,10 +285,17 @@ class _CIFARDataModule(SplitDataModule):
         )
 
     def prepare_data(self) -> None:
-        """Download and extract the tarball when ``download=True`` and the batch files are missing."""
-        if not self._missing_files() or not self.download:
+        """Download and extract the tarball when ``download=True`` and the batch files are missing.
+
+        What a killed earlier run left in ``root`` (a hidden ``.part`` download, an ``.extracting-*``
+        folder) is removed first, also when the batch files are already there.
+        """
+        if not self.download:
             return
-        archive = download_file(self.url, self.root / self.filename, sha256=self.sha256)
+        if not self._missing_files():
+            remove_interrupted(self.root, self.filename)
+            return
+        archive = download_file(self.url, self.root / self.filename, self.sha256, timeout=self.download_timeout)
         extract_archive(archive, self.root, overwrite=True)
 
     @property
@@ -177,13 +318,13 @@ class _CIFARDataModule(SplitDataModule):
         for name in files:
             path = self.folder / name
             content = load_cifar_pickle(path)
-            data, labels = content.get("data"), content.get(self.label_key)
+            data = content.get("data")
             if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
                 raise ValueError(f"{path}: 'data' must be a uint8 array of shape (N, 3072); the file is malformed.")
-            if labels is None or len(labels) != len(data):
-                raise ValueError(f"{path}: '{self.label_key}' must hold one label per image; the file is malformed.")
-            labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-            if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            if not len(data):
+                raise ValueError(f"{path} holds no images (its 'data' is empty). {_MALFORMED}")
+            labels = _integer_labels(content.get(self.label_key), len(data), f"{path}: '{self.label_key}'")
+            if labels.min() < 0 or labels.max() >= self.num_classes:
                 raise ValueError(f"{path}: labels must lie in [0, {self.num_classes}); the file is malformed.")
             images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
             targets.append(labels)
@@ -229,9 +370,11 @@ class _CIFARDataModule(SplitDataModule):
 _CIFAR_DOC = """{title} from the official python tarball, as dict batches (``image``, ``target``, ``index``).
 
     ``prepare_data`` downloads ``{filename}`` only when ``download=True`` and the batch files are
-    missing, checks its sha256 before extracting it (safely) into ``root``; no other hook touches
-    the network. The batch files are read through a restricted unpickler that accepts numpy arrays
-    only, never plain ``pickle.load``. The official test split is ``test`` (and ``predict``).
+    missing, checks its sha256 before extracting it (safely, within size caps) into ``root``, and
+    removes what an interrupted earlier run left there; no other hook touches the network. The batch
+    files are read through a restricted unpickler that accepts plain numeric numpy arrays only, never
+    plain ``pickle.load``, and allocates no more than the file holds. The official test split is
+    ``test`` (and ``predict``).
 
     **What "val" means:** by default (``val_fraction=0``) there is no validation carve and the
     validation loader serves the official *test* split, as most papers report. With
@@ -259,6 +402,8 @@ _CIFAR_DOC = """{title} from the official python tarball, as dict batches (``ima
         num_workers: DataLoader workers.
         pin_memory: DataLoader ``pin_memory``.
         persistent_workers: DataLoader ``persistent_workers`` (only with ``num_workers > 0``).
+        download_timeout: seconds to wait for the server (to connect, and for each read) before the
+            download fails with a :class:`~lightning_regs.datamodules.download.DownloadError`.
 
     Example::
 

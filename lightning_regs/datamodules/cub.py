@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
+from lightning_regs.datamodules.files import RootGuard, read_json
 
 __all__ = ["CUB200DataModule"]
 
@@ -35,9 +35,22 @@ _SOURCE = (
 )
 
 
-def _read_table(path: Path, columns: int, kinds: tuple[type, ...]) -> dict[int, tuple]:
+class _Table(dict[int, tuple]):
+    """``{id: values}`` read from one CUB text file, with the line each id was read from (for error messages)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.lines: dict[int, int] = {}
+
+    def where(self, key: int) -> str:
+        """``"<file>, line <n>"`` of ``key``."""
+        return f"{self.path}, line {self.lines[key]}"
+
+
+def _read_table(path: Path, columns: int, kinds: tuple[type, ...]) -> _Table:
     """``{id: values}`` from a whitespace-separated CUB text file whose first column is a 1-based id."""
-    rows: dict[int, tuple] = {}
+    rows = _Table(path)
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -54,8 +67,38 @@ def _read_table(path: Path, columns: int, kinds: tuple[type, ...]) -> dict[int, 
             ) from None
         if key in rows:
             raise ValueError(f"{path}, line {number}: the id {key} appears twice; extract CUB_200_2011.tgz again.")
-        rows[key] = values
+        rows[key], rows.lines[key] = values, number
+    if not rows:
+        raise ValueError(
+            f"{path} lists nothing (it is empty or blank). The file is malformed: extract CUB_200_2011.tgz again."
+        )
     return rows
+
+
+def _crop_bounds(box: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` pixel bounds of ``box`` (x, y, w, h) cut to a ``width``×``height`` image.
+
+    ``None`` when the box is not finite, or less than half of its width or height lies inside the
+    image: a box for another image size (or another image) rather than one cut by the border.
+    """
+    if not all(math.isfinite(value) for value in box):
+        return None
+    x, y, w, h = box
+    left, top = max(0, math.floor(x)), max(0, math.floor(y))
+    right, bottom = min(width, max(left + 1, math.ceil(x + w))), min(height, max(top + 1, math.ceil(y + h)))
+    if 2 * (right - left) < w or 2 * (bottom - top) < h:
+        return None
+    return top, bottom, left, right
+
+
+def _box_error(where: str, image: str, box: tuple[float, ...], size: tuple[int, int]) -> ValueError:
+    x, y, w, h = box
+    return ValueError(
+        f"{where}: the box of {image} is x={x!r}, y={y!r}, w={w!r}, h={h!r} but the image is {size[0]}×{size[1]} "
+        "pixels: less than half of the box lies inside it (or a value is not a number). Boxes are in the pixels of "
+        "the images as distributed: if the images were resized or replaced, extract CUB_200_2011.tgz again; or set "
+        "crop_to_bbox=False."
+    )
 
 
 class _CUBImages(Dataset):
@@ -81,10 +124,13 @@ class _CUBImages(Dataset):
         # PIL, as ImageFolder: torchvision.io's decoders are deprecated in favour of TorchCodec (not a dependency)
         with Image.open(str(self.paths[index])) as opened:
             image = pil_to_tensor(opened if opened.mode == "RGB" else opened.convert("RGB"))
-        if self.boxes is not None:
-            x, y, width, height = self.boxes[index].tolist()
-            left, top = max(0, math.floor(x)), max(0, math.floor(y))
-            image = image[:, top : max(top + 1, math.ceil(y + height)), left : max(left + 1, math.ceil(x + width))]
+        if self.boxes is not None:  # checked by setup; the file may have changed since
+            box, size = tuple(self.boxes[index].tolist()), (image.shape[2], image.shape[1])
+            bounds = _crop_bounds(box, *size)
+            if bounds is None:
+                raise _box_error("Loading an image cropped to its box", str(self.paths[index]), box, size)
+            top, bottom, left, right = bounds
+            image = image[:, top:bottom, left:right]
         image = self.transform(image) if self.transform is not None else image.float().div_(255)
         sample = {IMAGE: image, TARGET: self.targets[index], INDEX: torch.tensor(index, dtype=torch.long)}
         if self.labeled is not None:
@@ -94,14 +140,39 @@ class _CUBImages(Dataset):
         return sample
 
 
+def _check_class_folders(ids: list[int], images: _Table, labels: _Table, class_folders: list[str]) -> None:
+    """Every image lies in the folder of its class (``images.txt`` and ``image_class_labels.txt`` agree)."""
+    for i in ids:
+        folder, expected = PurePosixPath(images[i][0]).parent.as_posix(), class_folders[labels[i][0] - 1]
+        if folder != expected:
+            raise ValueError(
+                f"image {i}: images.txt (line {images.lines[i]}) puts it in {folder!r} but image_class_labels.txt "
+                f"(line {labels.lines[i]}) gives class {labels[i][0]} ({expected!r}). The two files disagree: "
+                "extract CUB_200_2011.tgz again."
+            )
+
+
+def _check_boxes(ids: list[int], images: _Table, boxes: _Table, paths: np.ndarray) -> None:
+    """Every box is positive and lies (at least half) inside its image, whose size is read from the file header."""
+    for i, path in zip(ids, paths, strict=True):
+        box = boxes[i]
+        if box[2] <= 0 or box[3] <= 0:
+            raise ValueError(f"{boxes.where(i)}: the box {box} has a non-positive width or height.")
+        with Image.open(str(path)) as opened:  # reads the header only
+            size = opened.size
+        if _crop_bounds(box, *size) is None:
+            raise _box_error(boxes.where(i), f"image {i} ({images[i][0]})", box, size)
+
+
 class CUB200DataModule(SplitDataModule):
     """CUB-200-2011 (11,788 bird images, 200 classes) from its text files, as dict batches.
 
     Reads ``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt`` and ``classes.txt``
     (plus ``bounding_boxes.txt`` with ``crop_to_bbox``), whose 1-based ids become 0-based targets;
     the official split (5,994 train / 5,794 test) is used as is. ``setup`` checks the tree (files,
-    fields, matching ids, every listed image present) and names what is wrong. There is no automatic
-    download: see ``docs/datasets/cub200.md`` (CaltechDATA record 65de6-vp158).
+    fields, matching ids, every image in its class's folder and present, no entry leading outside
+    ``images/``, and with ``crop_to_bbox`` every box at least half inside its image) and names what is
+    wrong. There is no automatic download: see ``docs/datasets/cub200.md`` (CaltechDATA record 65de6-vp158).
 
     **What "val" means:** without GCD, the validation loader serves the official *test* split. In
     GCD mode (``gcd=True``) it serves the *unlabeled training images* with evaluation transforms
@@ -280,7 +351,7 @@ class CUB200DataModule(SplitDataModule):
 
     def _resolve_known_classes(self, num_classes: int) -> tuple[list[int], list[int]]:
         if self.gcd_split_file is not None:
-            spec = json.loads(Path(self.gcd_split_file).read_text())
+            spec = read_json(self.gcd_split_file, "Fix it, or pass known_classes instead.")
             if not isinstance(spec, dict) or "known_classes" not in spec or "unknown_classes" not in spec:
                 raise ValueError(
                     f"{self.gcd_split_file} must be a JSON object with 'known_classes' and 'unknown_classes'."
@@ -302,7 +373,8 @@ class CUB200DataModule(SplitDataModule):
         return known, [c for c in range(num_classes) if c not in set(known)]
 
     def _read_records(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        num_classes = len(self._read_classes())
+        class_folders = self._read_classes()
+        num_classes = len(class_folders)
         images = _read_table(self.folder / "images.txt", 2, (str,))
         labels = _read_table(self.folder / "image_class_labels.txt", 2, (int,))
         split = _read_table(self.folder / "train_test_split.txt", 2, (int,))
@@ -320,7 +392,9 @@ class CUB200DataModule(SplitDataModule):
                 f"Images {bad} have a class id outside 1..{num_classes} (classes.txt) or a train/test flag other "
                 f"than 0/1 in {self.folder}."
             )
-        paths = np.array([str(self.folder / "images" / images[i][0]) for i in ids])
+        guard = RootGuard(self.folder / "images")
+        paths = np.array([str(guard(images[i][0], images.where(i))) for i in ids])
+        _check_class_folders(ids, images, labels, class_folders)
         absent = [p for p in paths if not Path(p).is_file()]
         if absent:
             raise FileNotFoundError(
@@ -329,9 +403,10 @@ class CUB200DataModule(SplitDataModule):
             )
         targets = torch.tensor([labels[i][0] - 1 for i in ids], dtype=torch.long)
         is_train = torch.tensor([split[i][0] == 1 for i in ids])
-        boxes = torch.tensor([tables["bounding_boxes.txt"][i] for i in ids]) if self.crop_to_bbox else None
-        if boxes is not None and bool((boxes[:, 2:] <= 0).any()):
-            raise ValueError(f"{self.folder / 'bounding_boxes.txt'} has boxes with a non-positive width or height.")
+        boxes = None
+        if self.crop_to_bbox:
+            boxes = torch.tensor([tables["bounding_boxes.txt"][i] for i in ids], dtype=torch.float64)
+            _check_boxes(ids, images, tables["bounding_boxes.txt"], paths)
         return paths, targets, is_train, boxes
 
     def draw_labeled(self, train_targets: torch.Tensor) -> torch.Tensor:

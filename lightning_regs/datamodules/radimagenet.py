@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 
 from lightning_regs.datamodules.base import SplitDataModule
 from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
+from lightning_regs.datamodules.files import RootGuard, read_json
 from lightning_regs.datamodules.image_report import REPORT_KINDS, format_report, image_report
 from lightning_regs.datamodules.mvtec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -33,6 +34,10 @@ _LAYOUT = (
     "  <root>/radiology_ai/US/<label>/<image>.png  (ultrasound has no anatomy level)\n"
     "The data is available only by request under a data-use agreement (https://www.radimagenet.com, "
     "github.com/BMEII-AI/RadImageNet); it is never downloaded automatically."
+)
+_LISTED_TWICE = (
+    "\n(listed_twice: the same path in more than one CSV row, e.g. in train and test; 'drop' keeps its first "
+    "listing, in train, then val, then test)"
 )
 
 
@@ -58,6 +63,84 @@ def _levels(filename: str) -> tuple[str, str]:
         f"Cannot read the modality and anatomy of {filename!r}: no CT/MR/US folder in its path. Use "
         f"label_level='label', or keep the original paths.\n{_LAYOUT}"
     )
+
+
+def _read_csv(path: Path, guard: RootGuard) -> list[tuple[str, str]]:
+    """The ``(filename, label)`` rows of one split CSV; a malformed row, or one leading out of the root, is named."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (mode='csv').\n{_LAYOUT}")
+    rows = []
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        if not {"filename", "label"} <= set(header):
+            raise ValueError(f"{path} has columns {header}; expected filename,label.\n{_LAYOUT}")
+        columns = (header.index("filename"), header.index("label"))
+        for fields in reader:
+            if not fields:
+                continue  # a blank line
+            where = f"{path}, line {reader.line_num}"
+            problem = _row_problem(fields, len(header), columns)
+            if problem:
+                raise ValueError(f"{where}: {problem}; expected filename,label, got {fields!r}. Fix or remove the row.")
+            filename, label = (fields[column] for column in columns)
+            guard(filename, where)
+            rows.append((filename, label))
+    return rows
+
+
+def _row_problem(fields: list[str], width: int, columns: tuple[int, int]) -> str | None:
+    """What is wrong with one CSV row of ``width`` columns (``columns``: where filename and label are), or None."""
+    if len(fields) != width:
+        return f"has {len(fields)} field{'s' if len(fields) != 1 else ''} under a header of {width}"
+    for name, column in zip(("filename", "label"), columns, strict=True):
+        if not fields[column].strip():
+            return f"has an empty {name}"
+    return None
+
+
+def _keep(
+    rows: dict[str, list[tuple[str, str]]], drop: set[str], first_listing_only: bool
+) -> dict[str, list[tuple[str, str]]]:
+    """``rows`` without the files in ``drop`` and, with ``first_listing_only``, without repeated listings.
+
+    The first listing of a file is kept: train, then val, then test, in row order (as for duplicates).
+    """
+    seen: set[str] = set()
+    kept: dict[str, list[tuple[str, str]]] = {}
+    for split in SPLITS:
+        kept[split] = []
+        for filename, label in rows[split]:
+            if filename in drop or (first_listing_only and filename in seen):
+                continue
+            seen.add(filename)
+            kept[split].append((filename, label))
+    return kept
+
+
+def _read_class_index(path: Path, label_level: str) -> tuple[str, ...]:
+    """The class names of a class-index JSON file (as :meth:`RadImageNetDataModule.save_class_index` writes it)."""
+    fix = "Delete it (it is written again from the training split) or fix it."
+    content = read_json(path, fix)
+    names = content.get("class_names") if isinstance(content, dict) else None
+    if not isinstance(names, list):
+        raise ValueError(
+            f"{path} must be a JSON object with a 'class_names' list (and 'label_level'), as save_class_index writes "
+            f"it. {fix}"
+        )
+    level = content.get("label_level", label_level)
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if level != label_level:
+        problem = f"was written at label_level={level!r}, not {label_level!r}: its classes mean something else"
+    elif not names:
+        problem = "'class_names' is empty"
+    elif not all(isinstance(name, str) and name for name in names):
+        problem = f"'class_names' must hold class names (strings), got {names[:5]}"
+    elif repeated is not None:
+        problem = f"'class_names' names {repeated!r} twice"
+    else:
+        return tuple(names)
+    raise ValueError(f"{path}: {problem}. {fix}")
 
 
 class _RadImages(Dataset):
@@ -96,11 +179,14 @@ class RadImageNetDataModule(SplitDataModule):
     ``radimagenet_image_report.json`` in its log directory in both cases. Both files are written
     atomically by global rank 0 (a failed write leaves no partial file).
 
+    Every filename must lead inside ``root`` once symlinks are resolved (``..``, absolute paths and
+    symlinks pointing out are refused, naming the CSV, line and entry; the folder walk likewise).
     ``setup`` checks every image before a worker sees it and stores :attr:`report` (``missing``,
-    ``unreadable``, ``blank`` = constant, ``duplicates`` = same sha256, groups of filenames).
-    ``bad_images="warn"`` drops missing and unreadable files and warns; ``"drop"`` also drops blank
-    images and every copy of a duplicate after the first (train, then val, then test); ``"raise"``
-    raises on any finding. ``check_images="exists"`` only checks that files exist (fast, for 1.35M
+    ``unreadable``, ``blank`` = constant, ``duplicates`` = same sha256, groups of filenames,
+    ``listed_twice`` = one path in several rows, e.g. in train and test). ``bad_images="warn"`` drops
+    missing and unreadable files and warns; ``"drop"`` also drops blank images, every copy of a
+    duplicate after the first and every listing of a path after its first (train, then val, then
+    test); ``"raise"`` raises on any finding. ``check_images="exists"`` only checks that files exist (fast, for 1.35M
     files); the full check reads every file once. There is no download: the data comes by request.
 
     **Resume:** a resumed run adopts the checkpoint's class index, ``mode``, split and seed (with a
@@ -217,22 +303,14 @@ class RadImageNetDataModule(SplitDataModule):
         return v2.Compose(steps)
 
     def _read_csvs(self) -> dict[str, list[tuple[str, str]]]:
-        rows: dict[str, list[tuple[str, str]]] = {}
-        for split in SPLITS:
-            path = self.root / f"RadiologyAI_{split}.csv"
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} not found (mode='csv').\n{_LAYOUT}")
-            with open(path, newline="") as handle:
-                reader = csv.DictReader(handle)
-                if not {"filename", "label"} <= set(reader.fieldnames or ()):
-                    raise ValueError(f"{path} has columns {reader.fieldnames}; expected filename,label.\n{_LAYOUT}")
-                rows[split] = [(row["filename"], row["label"]) for row in reader]
-        return rows
+        guard = RootGuard(self.root)
+        return {split: _read_csv(self.root / f"RadiologyAI_{split}.csv", guard) for split in SPLITS}
 
     def _walk_folders(self) -> dict[str, list[tuple[str, str]]]:
         base = self.root / "radiology_ai" if (self.root / "radiology_ai").is_dir() else self.root
         if not base.is_dir():
             raise FileNotFoundError(f"{base} not found (mode='folder').\n{_LAYOUT}")
+        guard, source = RootGuard(self.root), f"the folder walk of {base}"
         found: list[tuple[str, str]] = []
         for modality in sorted(d for d in base.iterdir() if d.is_dir() and d.name.upper() in MODALITIES):
             is_us = modality.name.upper() == "US"  # ultrasound has no anatomy level
@@ -240,11 +318,11 @@ class RadImageNetDataModule(SplitDataModule):
             for group in groups:
                 for label in sorted(d for d in group.iterdir() if d.is_dir()):
                     name = label.relative_to(base).as_posix()
-                    found += [
-                        (path.relative_to(self.root).as_posix(), name)
-                        for path in sorted(label.iterdir())
-                        if path.suffix.lower() in IMAGE_SUFFIXES
-                    ]
+                    for path in sorted(label.iterdir()):
+                        if path.suffix.lower() in IMAGE_SUFFIXES:
+                            entry = path.relative_to(self.root).as_posix()
+                            guard(entry, source)  # a symlinked file or folder may lead out of the root
+                            found.append((entry, name))
         if not found:
             raise FileNotFoundError(f"No images under {base} in <CT|MR>/<anatomy>/<label>/ or US/<label>/.\n{_LAYOUT}")
         if self.num_files is not None and self.num_files != len(found):
@@ -262,8 +340,12 @@ class RadImageNetDataModule(SplitDataModule):
         return {split: [found[i] for i in self.split_indices[split].tolist()] for split in SPLITS}
 
     def check(self, rows: dict[str, list[tuple[str, str]]]) -> tuple[dict[str, Any], set[str]]:
-        """The image report over all rows, and the filenames to drop under ``bad_images``."""
-        filenames = list(dict.fromkeys(filename for split in SPLITS for filename, _ in rows[split]))
+        """The image report over all rows, and the filenames to drop under ``bad_images``.
+
+        Under ``"drop"``, a file listed more than once also loses every listing after its first
+        (see :func:`_keep`); that is not in the returned set, which names files dropped everywhere.
+        """
+        filenames = [filename for split in SPLITS for filename, _ in rows[split]]
         full = self.hparams.check_images == "full"
         report = image_report(self.root, filenames, full, self.hparams.check_workers)
         drop = set(report["missing"]) | set(report["unreadable"])
@@ -288,11 +370,14 @@ class RadImageNetDataModule(SplitDataModule):
             self.report, drop = self.check(rows)
         problems = sum(len(self.report[kind]) for kind in REPORT_KINDS)
         summary = format_report(self.report, "RadImageNet image check")
+        summary += _LISTED_TWICE if self.report["listed_twice"] else ""
         if problems and self.hparams.bad_images == "raise":
-            raise ValueError(f"{summary}\nFix the files, or set bad_images='drop' or 'warn'.")
+            raise ValueError(f"{summary}\nFix the files and CSVs, or set bad_images='drop' or 'warn'.")
+        kept = _keep(rows, drop, first_listing_only=self.hparams.bad_images == "drop")
         if problems:
-            rank_zero_warn(f"{summary}\n{len(drop)} files dropped (bad_images='{self.hparams.bad_images}').")
-        rows = {split: [(f, label) for f, label in split_rows if f not in drop] for split, split_rows in rows.items()}
+            dropped = sum(map(len, rows.values())) - sum(map(len, kept.values()))
+            rank_zero_warn(f"{summary}\n{dropped} files dropped (bad_images='{self.hparams.bad_images}').")
+        rows = kept
         self._set_classes(sorted({label for _, label in rows["train"]}))
         self.check_num_classes(len(self.class_names), f"the class index at label_level={level!r}")
         mapping = self.class_to_idx
@@ -312,7 +397,7 @@ class RadImageNetDataModule(SplitDataModule):
     def _set_classes(self, train_classes: list[str]) -> None:
         path = self.hparams.class_index_path
         if not self.class_names and path is not None and Path(path).is_file():
-            self.class_names = tuple(json.loads(Path(path).read_text())["class_names"])
+            self.class_names = _read_class_index(Path(path), self.hparams.label_level)
         if not self.class_names:
             self.class_names = tuple(train_classes)
             return

@@ -15,7 +15,15 @@ from typing import Any
 import torch
 from PIL import Image
 
-__all__ = ["RADIMAGENET_CLASSES", "make_mvtec", "make_radimagenet", "mvtec_box", "mvtec_fill"]
+__all__ = [
+    "RADIMAGENET_CLASSES",
+    "make_mvtec",
+    "make_radimagenet",
+    "mvtec_box",
+    "mvtec_fill",
+    "write_grey_png",
+    "write_radimagenet_csv",
+]
 
 MVTEC_SIZE = (20, 24)  # (H, W): not square, so a swapped axis shows
 MVTEC_DEFECTS = ("broken_large", "contamination")
@@ -35,6 +43,26 @@ def _png(path: Path, image: torch.Tensor) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     array = image.to(torch.uint8).permute(1, 2, 0).numpy()
     Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+
+
+def write_grey_png(path: str | Path, seed: int = 0, size: int = 12) -> Path:
+    """A readable, non-blank single-channel PNG of ``size``² random pixels at ``path`` (folders created)."""
+    path = Path(path)
+    _png(path, torch.randint(0, 256, (1, size, size), generator=torch.Generator().manual_seed(seed)))
+    return path
+
+
+def write_radimagenet_csv(root: str | Path, split: str, rows: list[tuple[str, ...]]) -> Path:
+    """(Re)write ``RadiologyAI_<split>.csv`` with the ``filename,label`` header and ``rows`` as given.
+
+    A row may have any number of fields, so tests can write malformed rows (e.g. a file name alone).
+    """
+    path = Path(root) / f"RadiologyAI_{split}.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filename", "label"])
+        writer.writerows(rows)
+    return path
 
 
 def make_mvtec(
@@ -123,8 +151,5 @@ def make_radimagenet(root: str | Path, defects: bool = False, per_split: tuple[i
         rows["val"].append((duplicate, "US/ovary"))
         manifest.update(missing=missing, blank=blank, unreadable=unreadable, duplicate=(original, duplicate))
     for split, split_rows in rows.items():
-        with open(root / f"RadiologyAI_{split}.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["filename", "label"])
-            writer.writerows(split_rows)
+        write_radimagenet_csv(root, split, split_rows)
     return manifest
