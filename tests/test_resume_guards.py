@@ -121,3 +121,30 @@ def test_a_datamodule_refuses_data_replaced_under_its_checkpoint(tmp_path) -> No
     same = CIFAR10DataModule(root=tmp_path, val_fraction=0.25, batch_size=4)
     same.setup("fit")
     same.load_state_dict(state)  # the original data again: accepted
+
+
+def test_split_indices_that_do_not_fit_the_data_are_a_named_error() -> None:
+    from lightning_regs.datamodules import DigitsDataModule
+
+    original = DigitsDataModule()
+    original.setup("fit")
+    foreign = original.state_dict()
+    foreign["train_indices"] = foreign["train_indices"] + 5000  # from a larger data set
+    foreign.pop("data_fingerprint")
+    with pytest.raises(ValueError, match="split indices do not fit the data"):
+        DigitsDataModule().load_state_dict(foreign)
+
+
+def test_a_checkpoint_without_its_split_arguments_warns_which_are_missing() -> None:
+    from lightning_regs.datamodules import DigitsDataModule
+
+    original = DigitsDataModule(val_fraction=0.3)
+    original.setup("fit")
+    old = {k: v for k, v in original.state_dict().items() if k not in ("val_fraction", "test_fraction")}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        DigitsDataModule(val_fraction=0.15).load_state_dict(old)
+    messages = [str(w.message) for w in caught if "does not record" in str(w.message)]
+    assert (
+        len(messages) == 1 and "'val_fraction', 'test_fraction'" in messages[0] and "val_fraction=0.15" in messages[0]
+    )

@@ -14,7 +14,14 @@ from lightning_regs.datamodules.cifar import CIFAR10DataModule, CIFAR100DataModu
 from lightning_regs.datamodules.cub import CUB200DataModule
 from lightning_regs.datamodules.digits import DigitsDataModule
 from lightning_regs.datamodules.digits_subset import DigitsSubsetDataModule, RepeatedShuffleSampler
-from lightning_regs.datamodules.download import download_file, extract_archive
+from lightning_regs.datamodules.download import (
+    ArchiveSecurityError,
+    CorruptArchiveError,
+    DownloadError,
+    download_file,
+    extract_archive,
+    remove_interrupted,
+)
 from lightning_regs.datamodules.indexed import IndexedDataset
 from lightning_regs.datamodules.mvtec import MVTecADDataModule
 from lightning_regs.datamodules.own_data import DatasetDataModule
@@ -22,6 +29,10 @@ from lightning_regs.datamodules.radimagenet import RadImageNetDataModule
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
 
 __all__ = [
+    "ArchiveSecurityError",
+    "CorruptArchiveError",
+    "DownloadError",
+    "remove_interrupted",
     "HARD_TARGET",
     "IMAGE",
     "INDEX",

@@ -423,8 +423,22 @@ class SplitDataModule(pl.LightningDataModule):
             for key, value in state_dict.items()
             if key.endswith("_indices")
         }
+        missing = [key for key in self.split_arguments if key not in state_dict]
+        if missing and any(key.endswith("_indices") for key in state_dict):
+            rank_zero_warn(
+                f"{name}: the checkpoint's split indices are used, but it does not record {missing} (it predates "
+                f"them); this module's {', '.join(f'{key}={self.hparams.get(key)!r}' for key in missing)} may not "
+                "describe that split."
+            )
         self.datasets = {}
-        self.setup()
+        try:
+            self.setup()
+        except IndexError as error:
+            raise ValueError(
+                f"{name}: the checkpoint's split indices do not fit the data under "
+                f"{self.hparams.get('root', 'this DataModule')} ({error}): the checkpoint was made on other data. "
+                "Resume with the original data, or start a new run."
+            ) from error
         self._check_fingerprints(fingerprints)
 
 
