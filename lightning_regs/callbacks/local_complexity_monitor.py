@@ -28,8 +28,8 @@ class LocalComplexityMonitor(ScheduledMonitor):
     points uniform in the training points' value range. The ``P`` orthonormal directions are drawn
     once and kept too. At each scheduled step the callback logs ``lc/train``, ``lc/heldout``,
     ``lc/random`` (neurons summed over layers, averaged over points) and, with ``log_per_layer``,
-    ``lc/<set>/<layer>``. With several radii the names end in ``@r=<radius>``. Under DDP the points are
-    sharded over the ranks and the counts summed, so every rank logs the single-process value. At the
+    ``lc/<set>/<layer>``. With several radii the names end in ``@r=<radius>``. Under DDP and FSDP2 the points
+    are sharded over the ranks and the counts summed, so every rank logs the single-process value. At the
     end of training (and on :meth:`plot`) a plot of LC against the step goes to W&B or to
     ``<log dir>/lc.png``. Schedule, point count, cost bound and the other shared arguments are those
     of :class:`~lightning_regs.callbacks.ScheduledMonitor`; one point costs ``2P + 1`` forwards per
@@ -159,10 +159,8 @@ class LocalComplexityMonitor(ScheduledMonitor):
             suffix = "" if len(self.radii) == 1 else f"@r={radius:g}"
             for name in self.sets:
                 points = self.points[name]
-                shard = self.shard(trainer, points)
-                empty = shard.shape[0] == 0
-                if empty:  # every rank must still run the forward (FSDP gathers parameters in it)
-                    shard = points[:1]
+                # Padded: every rank runs the same forwards in the same chunks (FSDP2 gathers parameters in each).
+                shard, real = self.even_shard(trainer, points)
                 result = local_complexity(
                     model,
                     shard.to(device),
@@ -171,7 +169,7 @@ class LocalComplexityMonitor(ScheduledMonitor):
                     layers=self.layers,
                     batch_size=self.batch_size,
                 )
-                sums = result.counts.sum(dim=0).to(torch.float64) * (0.0 if empty else 1.0)
+                sums = result.counts[:real].sum(dim=0).to(torch.float64)
                 sums = self.reduce_sum(trainer, sums.to(device)).cpu() / points.shape[0]
                 values[f"{self.prefix}/{name}{suffix}"] = float(sums.sum())
                 if self.log_per_layer:

@@ -22,7 +22,7 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
     falls around the data. ``num_points`` held-out images (and targets) are drawn once (from
     ``heldout_split`` of the DataModule or of the loaders given to ``fit``) and kept in the callback
     state; the random starts are drawn for the whole set from a private generator seeded by
-    ``seed`` and the step, so a run under DDP (points sharded over the ranks, correct counts summed)
+    ``seed`` and the step, so a run under DDP or FSDP2 (points sharded over the ranks, correct counts summed)
     and a resumed run measure exactly what a single uninterrupted run measures. Same schedule as
     :class:`~lightning_regs.callbacks.local_complexity_monitor.LocalComplexityMonitor`; at the end a
     plot goes to W&B or ``<log dir>/robust.png``. Schedule, point count, cost bound and the other shared
@@ -137,12 +137,15 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
             generator = self.generator(10 + trainer.global_step)
             start = random_perturbation(images, self.epsilon, self.norm, generator)
         counts = torch.zeros(2, dtype=torch.float64)
-        shard_images, shard_targets = self.shard(trainer, images), self.shard(trainer, targets)
-        shard_start = self.shard(trainer, start) if start is not None else None
+        # Padded: every rank attacks the same number of rows in the same chunks, so FSDP2's parameter gathers (a
+        # collective in every forward and backward) line up; the padding rows are not counted.
+        (shard_images, real), (shard_targets, _) = self.even_shard(trainer, images), self.even_shard(trainer, targets)
+        shard_start = self.even_shard(trainer, start)[0] if start is not None else None
         for begin in range(0, shard_images.shape[0], batch_size):
             x = shard_images[begin : begin + batch_size].to(device)
             y = shard_targets[begin : begin + batch_size].to(device)
             delta = shard_start[begin : begin + batch_size] if shard_start is not None else None
+            counted = (torch.arange(begin, begin + x.shape[0]) < real).to(device)
             adversarial = pgd_attack(
                 model,
                 x,
@@ -155,8 +158,8 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
                 input_range=self.input_range,
                 start=delta,
             )
-            counts[0] += float(predict(model, adversarial).eq(y).sum())
-            counts[1] += float(predict(model, x).eq(y).sum())
+            counts[0] += float((predict(model, adversarial).eq(y) & counted).sum())
+            counts[1] += float((predict(model, x).eq(y) & counted).sum())
         counts = self.reduce_sum(trainer, counts.to(device)).cpu() / images.shape[0]
         return {f"{self.prefix}/acc": float(counts[0]), f"{self.prefix}/clean_acc": float(counts[1])}
 

@@ -48,7 +48,8 @@ class ScheduledMonitor(Callback):
     epochs and before training). **Points**: ``num_points`` per set, drawn once from the Trainer's
     DataModule (``train`` and ``heldout_split``), or, when ``fit`` got DataLoaders and no DataModule,
     from the Trainer's own loaders; kept in the checkpoint, so a resumed run measures the same points.
-    Under DDP each rank measures its shard (:meth:`shard`) and the sums are all-reduced
+    Under DDP and FSDP2 each rank measures its shard (:meth:`even_shard`: padded so that every rank runs
+    the same forwards, which FSDP2's parameter gathering needs) and the sums are all-reduced
     (:meth:`reduce_sum`), so every rank logs the single-process value.
 
     **Cost**: left at their defaults (``num_points="auto"``, ``num_measurements=None``), the point count
@@ -254,6 +255,29 @@ class ScheduledMonitor(Callback):
     def shard(trainer: pl.Trainer, tensor: torch.Tensor) -> torch.Tensor:
         """Rank ``r``'s share of a point set: items ``r, r + W, ...``."""
         return tensor[trainer.global_rank :: trainer.world_size]
+
+    @staticmethod
+    def even_shard(trainer: pl.Trainer, tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Rank ``r``'s share (items ``r, r + W, ...``) padded to ``ceil(N / W)`` rows, and how many rows are real.
+
+        The padding repeats the set's first item after the real rows; give it weight 0 in the sums. Every
+        rank then runs the same number of forwards in the same chunks, which FSDP2 needs: its forwards
+        gather the parameters, a collective all ranks must join. On one process nothing is padded.
+
+        Example::
+
+            >>> from types import SimpleNamespace
+            >>> rank1 = SimpleNamespace(global_rank=1, world_size=2)
+            >>> shard, real = ScheduledMonitor.even_shard(rank1, torch.arange(5))
+            >>> shard.tolist(), real
+            ([1, 3, 0], 2)
+        """
+        shard = tensor[trainer.global_rank :: trainer.world_size]
+        real = shard.shape[0]
+        rows = -(-tensor.shape[0] // trainer.world_size)
+        if real < rows:
+            shard = torch.cat([shard, tensor[:1].expand(rows - real, *tensor.shape[1:])])
+        return shard, real
 
     @staticmethod
     def reduce_sum(trainer: pl.Trainer, tensor: torch.Tensor) -> torch.Tensor:

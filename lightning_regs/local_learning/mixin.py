@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.types import LRSchedulerConfig
@@ -87,7 +87,10 @@ class LocalLearningMixin(pl.LightningModule):
     saving), then detach the output before the next module. The last module trains through the real
     classifier head. One optimizer step covers backbone and heads. Under DDP the first ``K - 1`` backwards
     run inside the strategy's ``block_backward_sync()`` and the last outside, so gradients are all-reduced
-    once per step (use ``DDPStrategy(find_unused_parameters=True)``).
+    once per step (use ``DDPStrategy(find_unused_parameters=True)``). Under FSDP2
+    (``ModelParallelStrategy``, see :mod:`lightning_regs.tasks.sharding`) each sharded unit reduce-scatters its
+    gradients at the end of the one backward it takes part in; gradient clipping works on the sharded
+    gradients (the norm is the norm of the whole gradient).
 
     LR schedulers are configured in ``configure_optimizers`` exactly as for automatic optimization and are
     stepped through :meth:`lr_scheduler_step`: ``interval="step"`` ones after every ``frequency``-th optimizer
@@ -269,11 +272,12 @@ class LocalLearningMixin(pl.LightningModule):
             )
         strategy = self.trainer.strategy
         is_deepspeed = "deepspeed" in type(strategy).__name__.lower()
-        if is_deepspeed or not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+        if is_deepspeed or not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy)):
             raise RuntimeError(
-                f"Local learning runs several backwards per step, which only single-device and DDP strategies "
-                f"support; got {type(strategy).__name__}. Use strategy='auto' on one device, or "
-                "DDPStrategy(find_unused_parameters=True) (or 'ddp_find_unused_parameters_true')."
+                f"Local learning runs several backwards per step, which only the single-device and DDP strategies "
+                f"and FSDP2 (ModelParallelStrategy) support; got {type(strategy).__name__}. Use strategy='auto' on "
+                "one device, DDPStrategy(find_unused_parameters=True) (or 'ddp_find_unused_parameters_true'), or "
+                "ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1)."
             )
 
     def local_backward(
