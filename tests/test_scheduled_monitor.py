@@ -273,3 +273,10 @@ def test_training_points_are_clean_images_not_augmented_views(tmp_path):
     trainer.fit(model, dm)
     expected, _ = draw_from_dataset(view, 8, monitor.generator(1))
     assert torch.equal(monitor.points["train"], expected)
+
+
+def test_a_heldout_split_typo_is_refused_at_construction() -> None:
+    from lightning_regs.callbacks import LocalComplexityMonitor
+
+    with pytest.raises(ValueError, match="heldout_split must be 'val' or 'test'.*got 'vall'"):
+        LocalComplexityMonitor(heldout_split="vall")

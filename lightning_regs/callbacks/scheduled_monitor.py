@@ -131,6 +131,10 @@ class ScheduledMonitor(Callback):
             raise ValueError(
                 f"num_points must be a positive int, 'auto' or None (the whole split), got {num_points!r}."
             )
+        if heldout_split not in ("val", "test"):
+            raise ValueError(
+                f"heldout_split must be 'val' or 'test' (the split held-out points come from), got {heldout_split!r}."
+            )
         if max_overhead is not None and not max_overhead > 0:
             raise ValueError(f"max_overhead must be a positive share of training time or None, got {max_overhead}.")
         if batch_size is not None and batch_size < 1:
