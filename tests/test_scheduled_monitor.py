@@ -278,5 +278,5 @@ def test_training_points_are_clean_images_not_augmented_views(tmp_path):
 def test_a_heldout_split_typo_is_refused_at_construction() -> None:
     from lightning_regs.callbacks import LocalComplexityMonitor
 
-    with pytest.raises(ValueError, match="heldout_split must be 'val' or 'test'.*got 'vall'"):
+    with pytest.raises(ValueError, match=r"heldout_split must be 'val' or 'test'.*got 'vall'"):
         LocalComplexityMonitor(heldout_split="vall")
