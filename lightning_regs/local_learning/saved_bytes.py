@@ -49,7 +49,9 @@ class SavedTensorMeter:
 
     def __init__(self, exclude: Iterable[nn.Module] = ()) -> None:
         self._excluded = {
-            t.untyped_storage().data_ptr() for module in exclude for t in [*module.parameters(), *module.buffers()]
+            _local(t).untyped_storage().data_ptr()
+            for module in exclude
+            for t in [*module.parameters(), *module.buffers()]
         }
         self.sizes: dict[int, int] = {}
         self._counts: dict[int, int] = {}
@@ -105,3 +107,9 @@ class SavedTensorMeter:
         assert self._hooks is not None
         self._hooks.__exit__(exc_type, exc, tb)
         self._hooks = None
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (DTensor) parameter, whose storage is the one a forward reads."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
