@@ -64,6 +64,15 @@ class MeanImageAnomalyBaseline(pl.LightningModule):
     def configure_optimizers(self) -> None:
         return None
 
+    def configure_model(self) -> None:
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
+            raise TypeError(
+                "MeanImageAnomalyBaseline holds one mean image and trains nothing: there is nothing to shard under "
+                "ModelParallelStrategy (FSDP2). Run it on one device or with DDP (strategy='ddp'), which it supports."
+            )
+
     @staticmethod
     def _adopt_saved_shape(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # The mean's shape is that of the data, unknown until it is computed: take the saved one (checkpoints,

@@ -966,11 +966,10 @@ _NO_OPTIMIZER_CLIPPING = replace(
 )
 _NOTHING_TO_SHARD = Error(
     TypeError,
-    r"When using the ModelParallelStrategy, you are required to override the `configure_model\(\)` hook",
+    r"MeanImageAnomalyBaseline holds one mean image and trains nothing: there is nothing to shard",
     why="nothing to shard",
-    fix="The baseline holds one mean image and one unused scalar: it has no `configure_model` and nothing to "
-    'shard. Run it with DDP (`strategy="ddp"`), which it supports. (Lightning\'s message asks for a '
-    "`configure_model` that applies `fully_shard`.)",
+    fix='The baseline holds one mean image and trains nothing. Run it on one device or with DDP (`strategy="ddp"`), '
+    "which it supports.",
 )
 _RESUME_BY_HAND = Proven(0.0, route="a checkpoint saved by hand after epoch 0")
 
