@@ -280,3 +280,26 @@ def test_a_heldout_split_typo_is_refused_at_construction() -> None:
 
     with pytest.raises(ValueError, match=r"heldout_split must be 'val' or 'test'.*got 'vall'"):
         LocalComplexityMonitor(heldout_split="vall")
+
+
+def test_an_empty_heldout_split_is_a_named_error_before_training() -> None:
+    import torch
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_regs.callbacks import LocalComplexityMonitor
+    from lightning_regs.datamodules import IndexedDataset
+    from lightning_regs.models import MLP
+    from lightning_regs.tasks import ImageClassifier
+
+    def loader(n: int) -> DataLoader:
+        return DataLoader(IndexedDataset(TensorDataset(torch.randn(n, 64), torch.arange(n) % 10)), batch_size=8)
+
+    monitor = LocalComplexityMonitor(num_points=4, num_directions=2, num_measurements=2, plot=False)
+    task = ImageClassifier(MLP(in_features=64, num_classes=10, width=8, depth=2), 10)
+    trainer = Trainer(
+        max_steps=2, callbacks=[monitor], logger=False, enable_progress_bar=False, enable_checkpointing=False
+    )
+    with pytest.raises(ValueError, match="drawn from an empty data set; give it a split that has samples"):
+        trainer.fit(task, loader(32), loader(0))
+    assert trainer.global_step == 0
