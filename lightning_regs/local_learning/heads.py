@@ -86,48 +86,57 @@ def _norm1d(features: int, norm: bool) -> nn.Module:
 class DGLHead(nn.Module):
     """DGL's auxiliary classifier (Belilovsky et al., 2020), trained with cross-entropy only.
 
-    Image features: adaptive average pooling to ``ceil(H/4) x ceil(W/4)``, three 1x1 convolutions (+BN,
-    ReLU) keeping ``C`` channels, pooling to 2x2, then two ``Linear(hidden) + BN1d + ReLU`` and a linear
-    classifier. Flat features ``(F,)`` skip the convolutional part.
+    The structure of the official code (the AugLocal repository's re-implementation of eugenium/DGL):
+    image features ``(C, H, W)`` are average-pooled to ``ceil(H/4) x ceil(W/4)``, go through three 1x1
+    convolutions ``C -> C`` without bias (+BN, ReLU), are pooled to ``s x s`` with
+    ``s = min(ceil(H/4), 2)``, then two ``Linear(C·s², C·s²)`` without bias (+BN1d, ReLU) and a linear
+    classifier. The head's width follows the features': 9,962 parameters on 16 channels with 10 classes,
+    37,834 on 32, 147,338 on 64. Flat features ``(F,)`` (MLPs; not in the papers) skip the convolutional
+    part: two ``Linear(F, F)`` (+BN1d, ReLU) and the classifier. Without ``norm`` the convolutions and
+    hidden linear layers get a bias instead of the normalization.
 
     Args:
         in_shape: shape of one sample's features, ``(C, H, W)`` or ``(F,)``.
         num_classes: number of logits.
-        hidden: width of the two hidden linear layers.
+        hidden: width of the two hidden linear layers; ``None`` (the official head): ``C·s²`` (or ``F``).
         norm: batch normalization in the head (turn off for tiny per-device batches).
 
     Example::
 
         >>> head = DGLHead((16, 32, 32), num_classes=10)
-        >>> loss = head(torch.randn(4, 16, 32, 32), torch.tensor([0, 1, 2, 3]), None)
-        >>> loss.shape
+        >>> sum(p.numel() for p in head.parameters())
+        9962
+        >>> head(torch.randn(4, 16, 32, 32), torch.tensor([0, 1, 2, 3]), None).shape
         torch.Size([])
     """
 
-    def __init__(self, in_shape: Sequence[int], num_classes: int, hidden: int = 256, norm: bool = True) -> None:
+    def __init__(self, in_shape: Sequence[int], num_classes: int, hidden: int | None = None, norm: bool = True) -> None:
         super().__init__()
         in_shape = tuple(int(s) for s in in_shape)
         if len(in_shape) == 3:
             channels, height, width = in_shape
-            convs: list[nn.Module] = [nn.AdaptiveAvgPool2d((math.ceil(height / 4), math.ceil(width / 4)))]
+            pooled = (math.ceil(height / 4), math.ceil(width / 4))
+            side = (min(pooled[0], 2), min(pooled[1], 2))
+            convs: list[nn.Module] = [nn.AdaptiveAvgPool2d(pooled)]
             for _ in range(3):
                 convs += [nn.Conv2d(channels, channels, 1, bias=not norm), _norm2d(channels, norm), nn.ReLU()]
-            convs += [nn.AdaptiveAvgPool2d(2), nn.Flatten()]
+            convs += [nn.AdaptiveAvgPool2d(side), nn.Flatten()]
             self.features: nn.Module = nn.Sequential(*convs)
-            flat = channels * 4
+            flat = channels * side[0] * side[1]
         elif len(in_shape) == 1:
             self.features = nn.Flatten()
             flat = in_shape[0]
         else:
             raise ValueError(f"DGLHead reads (C, H, W) or (F,) features; got a sample shape {in_shape}.")
+        width = flat if hidden is None else int(hidden)
         self.classifier = nn.Sequential(
-            nn.Linear(flat, hidden),
-            _norm1d(hidden, norm),
+            nn.Linear(flat, width, bias=not norm),
+            _norm1d(width, norm),
             nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            _norm1d(hidden, norm),
+            nn.Linear(width, width, bias=not norm),
+            _norm1d(width, norm),
             nn.ReLU(),
-            nn.Linear(hidden, num_classes),
+            nn.Linear(width, num_classes),
         )
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
