@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import sys
 from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
@@ -17,7 +18,7 @@ from torch import nn
 
 from lightning_regs.cli import LightningRegsCLI
 from lightning_regs.datamodules import DigitsDataModule
-from lightning_regs.local_learning.auglocal import AugLocalHead, auglocal_depths, auglocal_indices
+from lightning_regs.local_learning.auglocal import AugLocalHead, auglocal_depths, auglocal_indices, auglocal_strides
 from lightning_regs.local_learning.splits import every_layer_split, module_ranges
 from lightning_regs.models import MLP, PreActResNet18, SmallCNN, resnet20, resnet32, resnet110
 from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
@@ -31,17 +32,47 @@ def half_even(value: Fraction) -> int:
     return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
-def reference_depths(L: int, d: int, tau: Fraction = Fraction(1, 2)) -> list[int]:
+def exact_depths(L: int, d: int, tau: Fraction = Fraction(1, 2)) -> list[int]:
+    """The paper's depth formula in exact arithmetic (ties exactly at .5, half to even)."""
     K = L - d
     if K <= 2:
         return [d] * (K - 1)
     return [max(1, half_even(d * (1 - tau * Fraction(i, K - 2)) + tau * Fraction(i, K - 2))) for i in range(K - 1)]
 
 
-def reference_indices(layer: int, L: int, depth: int) -> list[int]:
+def exact_indices(layer: int, L: int, depth: int) -> list[int]:
     if depth >= L - 1 - layer:
         return list(range(layer + 1, L))
     return [half_even(layer + Fraction((L - 1 - layer) * i, depth)) for i in range(1, depth + 1)]
+
+
+def reference_depths(L: int, d: int, tau: float = 0.5) -> list[int]:
+    """The official code's depths: its float expression, in its order (networks/resnet.py, aux_depth_list)."""
+    K = L - d
+    if K <= 2:
+        return [d] * (K - 1)
+    return [max(1, round(d * (1 - (i * tau) / (K - 2)) + (i * tau) / (K - 2) * 1)) for i in range(K - 1)]
+
+
+def reference_indices(layer: int, L: int, depth: int) -> list[int]:
+    """The official code's layer choice (networks/auxiliary_nets.py, unifSamp): ``remaining / depth * i``."""
+    if depth >= L - 1 - layer:
+        return list(range(layer + 1, L))
+    return [round(layer + (L - layer - 1) / depth * i) for i in range(1, depth + 1)]
+
+
+def reference_strides(net_dim: list[int], layer: int, indices: list[int]) -> list[int]:
+    """The official stride rule: log2 of each width ratio accumulates; a block takes at most one 2x."""
+    strides, num_pool, inplanes = [], 0, net_dim[layer]
+    for index in indices:
+        num_pool += int(math.log2(net_dim[index] // inplanes))
+        if num_pool >= 1:
+            strides.append(2)
+            num_pool -= 1
+        else:
+            strides.append(1)
+        inplanes = net_dim[index]
+    return strides
 
 
 def test_depths_match_the_worked_example_and_round_half_to_even():
@@ -242,3 +273,33 @@ def test_ddp_without_find_unused_parameters_raises_a_clear_error(tmp_path):
         _ddp_fit(DDPStrategy(start_method="spawn"), str(tmp_path))
     # The fix, find_unused_parameters=True, is what tests/test_local_learning_ddp.py runs (a second spawn here,
     # after the failed one, sometimes aborts in gloo's teardown).
+
+
+def test_depths_layer_choices_and_strides_equal_the_official_code_for_every_l_up_to_60_and_d_up_to_8():
+    depth_cases = index_cases = ties = 0
+    for L in range(3, 61):
+        for d in range(1, min(8, L - 1) + 1):
+            assert auglocal_depths(L, d) == reference_depths(L, d), (L, d)
+            ties += auglocal_depths(L, d) != exact_depths(L, d)
+            depth_cases += 1
+        for layer in range(L - 1):
+            for depth in range(1, 9):
+                picked = auglocal_indices(layer, L, depth)
+                assert picked == reference_indices(layer, L, depth), (L, layer, depth)
+                index_cases += 1
+                if L % 3 == 1:  # a CIFAR ResNet of L layers: the stem and three stages of (L - 1) / 3 blocks
+                    n = (L - 1) // 3
+                    net_dim = [16] * (n + 1) + [32] * n + [64] * n
+                    widths = [net_dim[k] for k in picked]
+                    assert auglocal_strides(net_dim[layer], widths) == reference_strides(net_dim, layer, picked)
+    assert ties > 0  # the float arithmetic of the official code does differ from exact ties somewhere
+    assert depth_cases > 400 and index_cases > 10_000
+
+
+def test_with_d_1_the_stem_aux_net_is_one_stride_2_block_as_in_the_official_code():
+    task = LocalLearningClassifier(resnet32(), 10, head="auglocal", d=1, input_shape=(3, 32, 32))
+    stem_head = task.aux_heads["0"]
+    assert stem_head.indices == [15] and stem_head.strides == [2]
+    block = stem_head.layers[0]
+    out = block(torch.zeros(2, 16, 32, 32))
+    assert out.shape == (2, 64, 16, 16)  # the leftover 2x downsampling is dropped, as the official code does

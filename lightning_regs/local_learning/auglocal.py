@@ -7,7 +7,11 @@ layer ``l`` stacks freshly initialized copies of ``d_l`` layers picked uniformly
 layer always among them), then global pooling, ``BatchNorm1d`` when ``d_l <= 1``, and a linear classifier,
 trained with cross-entropy. ``d_l`` decays linearly with ``l`` ("pyramidal", coefficient ``tau``).
 
-Both index formulas use Python's :func:`round` (round half to even), as the official code does.
+Both formulas are evaluated in the official code's float arithmetic and order (``remaining / depth * i``; ``d · (1 -
+i·tau/(K-2)) + i·tau/(K-2)``) with Python's :func:`round` (half to even), so ties land where the official code puts
+them (``5.4999999`` rounds to 5 there, where exact arithmetic would give ``5.5`` → 6). Rebuilt blocks downsample as
+the official code does (:func:`auglocal_strides`): at most stride 2 per block, the rest carried to the next block and
+dropped after the last.
 
 Example::
 
@@ -28,13 +32,13 @@ from torch import nn
 from lightning_regs.functional.classification import classification_loss
 from lightning_regs.models.cifar_resnet import BasicBlock
 
-__all__ = ["AugLocalHead", "auglocal_depths", "auglocal_indices"]
+__all__ = ["AugLocalHead", "auglocal_depths", "auglocal_indices", "auglocal_strides"]
 
 
 def auglocal_depths(num_layers: int, d: int, tau: float = 0.5, pyramid: bool = True) -> list[int]:
     """Aux depths ``d_i`` of the ``K - 1`` locally trained layers, ``K = num_layers - d``.
 
-    ``d_i = max(1, round(d - (d - 1) · tau · i / (K - 2)))`` for ``i = 0 .. K-2``; constant ``d`` without
+    ``d_i = max(1, round(d · (1 - i·tau/(K - 2)) + i·tau/(K - 2)))`` for ``i = 0 .. K-2``; constant ``d`` without
     ``pyramid`` (and for ``K = 2``, where there is a single hidden layer).
 
     Example::
@@ -54,13 +58,13 @@ def auglocal_depths(num_layers: int, d: int, tau: float = 0.5, pyramid: bool = T
     K = num_layers - d
     if not pyramid or K <= 2:
         return [d] * (K - 1)
-    return [max(1, round(d - (d - 1) * tau * i / (K - 2))) for i in range(K - 1)]
+    return [max(1, round(d * (1 - (i * tau) / (K - 2)) + (i * tau) / (K - 2) * 1)) for i in range(K - 1)]
 
 
 def auglocal_indices(layer: int, num_layers: int, depth: int) -> list[int]:
     """Indices of the later layers whose fresh copies form the aux network of ``layer`` (``unifSamp``).
 
-    All of ``layer+1 .. L-1`` if ``depth >= L-1-layer``, else ``round(layer + (L-1-layer) · i / depth)`` for
+    All of ``layer+1 .. L-1`` if ``depth >= L-1-layer``, else ``round(layer + (L-1-layer) / depth · i)`` for
     ``i = 1 .. depth``; the last layer ``L - 1`` is always included.
 
     Example::
@@ -75,7 +79,33 @@ def auglocal_indices(layer: int, num_layers: int, depth: int) -> list[int]:
     remaining = num_layers - 1 - layer
     if depth >= remaining:
         return list(range(layer + 1, num_layers))
-    return [round(layer + remaining * i / depth) for i in range(1, depth + 1)]
+    return [round(layer + remaining / depth * i) for i in range(1, depth + 1)]
+
+
+def auglocal_strides(in_channels: int, channels: Sequence[int]) -> list[int]:
+    """Strides of the rebuilt blocks of one aux network, from the input width and each copied layer's width.
+
+    The official rule: every doubling of the width asks for one 2x downsampling; a block takes at most one
+    (stride 2), the rest waits for the next block, and what is left after the last block is dropped. So with
+    ``d = 1`` the stem's aux net on a CIFAR ResNet is one 16 → 64 block of stride 2 (16x16 output), not 8x8.
+
+    Example::
+
+        >>> auglocal_strides(16, [64])
+        [2]
+        >>> auglocal_strides(16, [16, 64, 64])
+        [1, 2, 2]
+    """
+    strides, pending, width = [], 0, in_channels
+    for out in channels:
+        if out < width or out % width:
+            raise ValueError(f"AugLocal rebuilds blocks of growing width; a {width} -> {out} block cannot be built.")
+        pending += (out // width).bit_length() - 1  # int(log2(out // width)), as the official code computes it
+        stride = 2 if pending >= 1 else 1
+        pending -= stride == 2
+        strides.append(stride)
+        width = out
+    return strides
 
 
 def _init_fresh(module: nn.Module) -> nn.Module:
@@ -178,16 +208,32 @@ class AugLocalHead(nn.Module):
             raise ValueError(f"Need one output shape per layer ({len(layers)}); got {len(shapes)}.")
         names = [name for name, _ in layers.named_children()]
         self.indices = auglocal_indices(layer, len(layers), depth)
-        copies, current = [], shapes[layer]
-        for k in self.indices:
-            expected_in = shapes[k - 1]
-            copies.append(_fresh_copy(layers[k], names[k], current, expected_in, shapes[k]))
-            current = shapes[k]
+        if (
+            all(isinstance(layers[k], BasicBlock) and len(shapes[k]) == 3 for k in self.indices)
+            and len(shapes[layer]) == 3
+        ):
+            copies, current = self._official_blocks(shapes, layer)
+        else:
+            copies, current = [], shapes[layer]
+            for k in self.indices:
+                copies.append(_fresh_copy(layers[k], names[k], current, shapes[k - 1], shapes[k]))
+                current = shapes[k]
         self.layers = nn.Sequential(*copies)
         pool: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if len(current) == 3 else [nn.Flatten()]
         features = current[0]
         bn: list[nn.Module] = [nn.BatchNorm1d(features)] if norm and depth <= 1 else []
         self.classifier = nn.Sequential(*pool, *bn, nn.Linear(features, num_classes))
+
+    def _official_blocks(self, shapes: list[tuple[int, ...]], layer: int) -> tuple[list[nn.Module], tuple[int, ...]]:
+        """Fresh BasicBlocks of the copied layers' widths, strided by :func:`auglocal_strides` (the official build)."""
+        channels, height, width = shapes[layer]
+        widths = [shapes[k][0] for k in self.indices]
+        copies: list[nn.Module] = []
+        for out, stride in zip(widths, auglocal_strides(channels, widths), strict=True):
+            copies.append(_init_fresh(BasicBlock(channels, out, stride=stride)))
+            channels, height, width = out, -(-height // stride), -(-width // stride)
+        self.strides = auglocal_strides(shapes[layer][0], widths)
+        return copies, (channels, height, width)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.layers(h))
