@@ -10,6 +10,10 @@ from lightning_regs.functional.anomaly import (
     rank_auroc,
 )
 from lightning_regs.functional.classification import classification_loss, hard_labels, is_soft_target
+from lightning_regs.functional.diffusion_entropy import (
+    diffusion_spectral_entropy,
+    diffusion_spectral_mutual_information,
+)
 from lightning_regs.functional.distributed import all_gather_variable, gather_unique_by_index, unique_by_index
 from lightning_regs.functional.gcd import gcd_accuracy
 from lightning_regs.functional.local_complexity import (
@@ -20,6 +24,7 @@ from lightning_regs.functional.local_complexity import (
     orthonormal_directions,
 )
 from lightning_regs.functional.modes import eval_mode
+from lightning_regs.functional.neural_collapse import NeuralCollapseAccumulator, neural_collapse
 from lightning_regs.functional.prediction_table import PredictionTable
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
 from lightning_regs.functional.soft_targets import label_smoothing_targets, target_distribution
@@ -55,4 +60,8 @@ __all__ = [
     "pskd_targets",
     "label_smoothing_targets",
     "target_distribution",
+    "NeuralCollapseAccumulator",
+    "neural_collapse",
+    "diffusion_spectral_entropy",
+    "diffusion_spectral_mutual_information",
 ]

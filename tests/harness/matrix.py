@@ -993,6 +993,8 @@ DECLARED: dict[str, dict[str, Cell]] = {
     "pskd+label_smoothing": _row(),
     "local_complexity_monitor": _row(),
     "robustness_monitor": _row(),
+    "neural_collapse_monitor": _row(),
+    "dse_monitor": _row(),
     "local_learning_dgl": _row(**_LOCAL),
     "local_learning_infopro": _row(**_LOCAL),
     "local_learning_auglocal": _row(**_LOCAL),

@@ -20,6 +20,7 @@ from lightning_regs import callbacks as cb
 from lightning_regs.local_learning import LocalLearningMixin
 from lightning_regs.models import MLP, LayeredModel
 from lightning_regs.tasks import GrokkingClassifier, ImageClassifier, LocalLearningClassifier, MeanImageAnomalyBaseline
+from tests.harness import representation_settings as representation
 from tests.helpers.trainers import SequentialDigits
 
 __all__ = ["REGISTRY", "MethodSetting", "setting"]
@@ -197,4 +198,8 @@ REGISTRY: tuple[MethodSetting, ...] = (
         limit_train_batches=1,
         no_resume_because="it takes no optimizer step, so no checkpoint is written before the end of fit",
     ),
+    MethodSetting(
+        "neural_collapse_monitor", (cb.NeuralCollapseMonitor,), image_classifier, representation.neural_collapse
+    ),
+    MethodSetting("dse_monitor", (cb.DiffusionSpectralEntropyMonitor,), image_classifier, representation.dse),
 )

@@ -1,0 +1,207 @@
+"""Track the diffusion spectral entropy of a layer's outputs, and their mutual information with labels and inputs.
+
+The monitor and its arguments: :class:`DiffusionSpectralEntropyMonitor`; the equations:
+:mod:`lightning_regs.functional.diffusion_entropy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_regs.callbacks._features import FeatureTap, chunked_features, find_classifier
+from lightning_regs.callbacks._labelled_points import LabelledPointsMonitor
+from lightning_regs.functional.diffusion_entropy import (
+    diffusion_spectral_entropy,
+    diffusion_spectral_mutual_information,
+    discretize,
+    kernel_width,
+)
+
+__all__ = ["DiffusionSpectralEntropyMonitor"]
+
+PENULTIMATE = "penultimate"
+
+
+class DiffusionSpectralEntropyMonitor(LabelledPointsMonitor):
+    """Log DSE of a layer's outputs on a fixed probe set, and DSMI with the labels and with the inputs.
+
+    Liao, Liu et al. (ICML workshop 2023): the diffusion spectral entropy (DSE) of a network's representations
+    rises during training, and their diffusion spectral mutual information with the class labels (DSMI(Z; Y))
+    rises while the network generalizes and stays flat while it fits random labels. At each scheduled point the
+    probe images go through the model in eval mode; each layer's output ``Z`` (flattened per image; default the
+    ``penultimate`` features, i.e. the classifier's input) is gathered from all ranks and measured once, in float64
+    on the CPU, with :func:`~lightning_regs.functional.diffusion_entropy.diffusion_spectral_entropy` and
+    :func:`~lightning_regs.functional.diffusion_entropy.diffusion_spectral_mutual_information` (``σ`` once per
+    layer and measurement, shared by DSE and both DSMIs). Logged: ``dse/<layer>``, ``dsmi_y/<layer>`` (with the
+    probe's class ids) and ``dsmi_x/<layer>`` (with the probe inputs, spectrally clustered once into
+    ``num_clusters`` groups at the start); for the held-out probe the names end in ``@heldout``. Also
+    ``dse/overhead``. DSE of ``N`` points is at most ``log2 N``: compare values at the same ``num_points``.
+
+    Args:
+        layers: names of modules (in ``pl_module``, or in ``submodule`` when given) whose outputs are measured, or
+            ``"penultimate"`` (the input of the classifier, found as
+            :class:`~lightning_regs.callbacks.NeuralCollapseMonitor` finds it). Default: ``"penultimate"``.
+        sigma: the kernel width; ``None``: the median pairwise distance (scale-free; the paper's 10 is not).
+        t: the diffusion time (1 in the paper).
+        labels: log DSMI with the class ids.
+        inputs: log DSMI with the (clustered) inputs.
+        repeats: random subsets averaged in DSMI (5 in the paper).
+        num_clusters: clusters of the inputs for ``dsmi_x`` (10 in the paper).
+        sets: probe sets, of ``train`` (clean training images) and ``heldout``; default ``train``.
+        num_measurements, every_n_steps, every_n_epochs, num_points, heldout_split, submodule, prefix,
+            max_overhead, batch_size, plot, seed: see :class:`~lightning_regs.callbacks.ScheduledMonitor`
+            (``num_points``: the probe size ``N``, the eigenproblem is ``N × N``; ``batch_size``: points per
+            forward, 512 when ``None``; without a schedule: every epoch).
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> monitor = DiffusionSpectralEntropyMonitor(layers=["penultimate", "backbone.layers.block2"], num_points=500)
+        >>> trainer = Trainer(callbacks=[monitor], logger=False, max_epochs=20)
+    """
+
+    def __init__(
+        self,
+        layers: str | Sequence[str] | None = None,
+        sigma: float | None = None,
+        t: int = 1,
+        labels: bool = True,
+        inputs: bool = True,
+        repeats: int = 5,
+        num_clusters: int = 10,
+        sets: Sequence[str] = ("train",),
+        num_points: int | Literal["auto"] | None = "auto",
+        heldout_split: str = "val",
+        every_n_epochs: int | None = None,
+        every_n_steps: int | None = None,
+        num_measurements: int | None = None,
+        submodule: str | None = None,
+        batch_size: int | None = None,
+        prefix: str = "dse",
+        max_overhead: float | None = 0.05,
+        plot: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            sets=sets,
+            num_measurements=num_measurements,
+            every_n_steps=every_n_steps,
+            every_n_epochs=every_n_epochs,
+            num_points=num_points,
+            heldout_split=heldout_split,
+            submodule=submodule,
+            prefix=prefix,
+            max_overhead=max_overhead,
+            batch_size=batch_size,
+            plot=plot,
+            seed=seed,
+        )
+        names = [PENULTIMATE] if layers is None else [layers] if isinstance(layers, str) else list(layers)
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"layers must name distinct modules (or 'penultimate'), got {layers!r}.")
+        if sigma is not None and not sigma > 0:
+            raise ValueError(f"sigma must be positive or None (the median pairwise distance), got {sigma}.")
+        if t < 1 or repeats < 1 or num_clusters < 2:
+            raise ValueError(f"t and repeats must be >= 1 and num_clusters >= 2; got {t}, {repeats}, {num_clusters}.")
+        self.layers = names
+        self.sigma = None if sigma is None else float(sigma)
+        self.t = int(t)
+        self.labels = labels
+        self.inputs = inputs
+        self.repeats = int(repeats)
+        self.num_clusters = int(num_clusters)
+
+    def state_key_fields(self) -> dict[str, Any]:
+        return {**super().state_key_fields(), "layers": self.layers, "sets": self.sets}
+
+    def cost_per_point(self) -> float:
+        # One eval forward per point and set, and about as much again for the eigenproblems at N <= 1024 on a CPU.
+        return 2.0 * len(self.sets)
+
+    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().prepare(trainer, pl_module)
+        for name in self.sets:
+            if self.inputs and f"{name}_clusters" not in self.points:  # clustered once: the inputs do not change
+                self.points[f"{name}_clusters"] = discretize(
+                    self.points[name], num_clusters=self.num_clusters, seed=self.seed
+                )
+
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        model = self.model(pl_module)
+        taps = [self._tap(model, layer) for layer in self.layers]
+        values: dict[str, float] = {}
+        for set_name in self.sets:
+            features = self._gathered_features(trainer, pl_module, model, taps, set_name)
+            if trainer.is_global_zero:  # one process computes, every rank logs its values
+                values.update(self._entropies(trainer, set_name, features))
+        if trainer.world_size > 1:
+            values = trainer.strategy.broadcast(values, src=0)
+        return values
+
+    def figure_spec(self) -> tuple[str, dict[str, list[float]], str, str]:
+        """DSE and DSMI of every layer against the step, saved as ``dse.png``."""
+        curves = {name: values for name, values in self.history.items() if not name.endswith("/overhead")}
+        return "dse", curves, "bits", "Diffusion spectral entropy"
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _tap(self, model: torch.nn.Module, layer: str) -> FeatureTap:
+        if layer == PENULTIMATE:
+            _, classifier = find_classifier(model)
+            return FeatureTap(PENULTIMATE, classifier, "input")
+        try:
+            return FeatureTap(layer, model.get_submodule(layer), "output")
+        except AttributeError:
+            names = [name for name, _ in model.named_modules() if name][:20]
+            raise ValueError(
+                f"DiffusionSpectralEntropyMonitor(layers=[..., {layer!r}]): {type(model).__name__} has no such module; "
+                f"its modules include {names} (or use 'penultimate')."
+            ) from None
+
+    def _gathered_features(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        model: torch.nn.Module,
+        taps: list[FeatureTap],
+        set_name: str,
+    ) -> dict[str, torch.Tensor]:
+        """Every layer's features of the whole probe set, in the probe's order, on every rank (float32, CPU)."""
+        images = self.points[set_name]
+        shard, _ = self.even_shard(trainer, images)  # every rank runs the same forwards (FSDP2)
+        chunks: dict[str, list[torch.Tensor]] = {tap.name: [] for tap in taps}
+        for _ in chunked_features(model, shard, taps, self.batch_size or 512, pl_module.device):
+            for tap in taps:
+                chunks[tap.name].append(tap.take().float())
+        features = {name: torch.cat(parts) for name, parts in chunks.items()}
+        if trainer.world_size == 1:
+            return {name: value.cpu() for name, value in features.items()}
+        gathered = {}
+        for name, value in features.items():
+            ranks = trainer.strategy.all_gather(value)  # (W, rows, d): rank r holds items r, r + W, ...
+            gathered[name] = ranks.transpose(0, 1).reshape(-1, value.shape[1])[: images.shape[0]].cpu()
+        return gathered
+
+    def _entropies(self, trainer: pl.Trainer, set_name: str, features: dict[str, torch.Tensor]) -> dict[str, float]:
+        suffix = "" if set_name == "train" else f"@{set_name}"
+        targets = self.points[f"{set_name}_targets"]
+        values: dict[str, float] = {}
+        for layer, z in features.items():
+            z = z.double()
+            sigma = kernel_width(z, self.sigma)
+            values[f"{self.prefix}/{layer}{suffix}"] = diffusion_spectral_entropy(z, sigma, self.t, max_points=None)
+            shared = {"sigma": sigma, "t": self.t, "repeats": self.repeats, "max_points": None}
+            if self.labels:
+                generator = self.generator(1000 + trainer.global_step)
+                values[f"dsmi_y/{layer}{suffix}"] = diffusion_spectral_mutual_information(
+                    z, targets, generator=generator, **shared
+                )
+            if self.inputs:
+                generator = self.generator(2000 + trainer.global_step)
+                values[f"dsmi_x/{layer}{suffix}"] = diffusion_spectral_mutual_information(
+                    z, self.points[f"{set_name}_clusters"], generator=generator, **shared
+                )
+        return values

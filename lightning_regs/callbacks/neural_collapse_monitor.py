@@ -1,0 +1,189 @@
+"""Track neural collapse (NC1–NC4, CDNV) of the classifier's input features on training and held-out points."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from lightning_regs.callbacks._features import FeatureTap, chunked_features, find_classifier, full_tensor
+from lightning_regs.callbacks._labelled_points import SETS, LabelledPointsMonitor
+from lightning_regs.callbacks._plots import plot_curves, plot_directory, publish_figure
+from lightning_regs.functional.modes import unwrap_compiled
+from lightning_regs.functional.neural_collapse import NeuralCollapseAccumulator
+
+__all__ = ["NeuralCollapseMonitor"]
+
+
+class NeuralCollapseMonitor(LabelledPointsMonitor):
+    """Log the neural collapse metrics of the features the classifier sees, on training and held-out points.
+
+    Papyan, Han, Donoho (PNAS 2020): past 100% training accuracy (the terminal phase) the last-layer features
+    of each class collapse to their mean (NC1), the means form a simplex equiangular tight frame (NC2), the
+    classifier aligns with them (NC3) and classifies as the nearest class centre (NC4). A forward pre-hook on
+    the classifier reads its input ``h`` during eval-mode forwards of fixed point sets — ``train`` (clean
+    training images: the DataModule's evaluation transform) and ``heldout`` (``heldout_split``) — and each
+    set is reduced to float64 class counts, means and within-class scatter (memory ``O(K·d + d²)``; see
+    :mod:`lightning_regs.functional.neural_collapse`), with its own class means. Logged per set ``s``:
+    ``nc/<s>/nc1`` (Papyan), ``nc1_trace``, ``nc2``, ``nc2_equinorm``, ``nc2_equiangle``, ``nc2_max_angle``,
+    ``nc3``, ``nc4``, ``accuracy`` (of the classifier on the set) and ``cdnv``, and ``nc/overhead``.
+
+    NC4 needs a second pass (the nearest class centre is known only after all points): this process's
+    features of a set are kept for it when they fit in ``feature_cache_mb`` (1024 points × 512 dims is 2 MB),
+    and the forwards run again otherwise; the result is the same. Under DDP and FSDP2 the points are
+    sharded over the ranks, the statistics gathered and merged, and the classifier's weights gathered
+    (``DTensor.full_tensor()``), so every rank logs the single-process value. The schedule is every epoch
+    unless one is given (NC is a terminal-phase phenomenon); the shared arguments are those of
+    :class:`~lightning_regs.callbacks.ScheduledMonitor`. At the end a plot of NC1–NC3 goes to W&B or to
+    ``<log dir>/nc.png``.
+
+    Args:
+        submodule: the classifier: an ``nn.Linear`` whose input is the feature vector and whose output is the
+            logits, or a module whose last ``nn.Linear`` is (e.g. ``"net.fc"``, ``"backbone.head"``). Default:
+            the last ``Linear`` of ``backbone.head`` (the library's tasks), else of ``head``, else of the whole
+            module; a default whose output is not the module's output is refused with an error asking for it.
+        sets: which of ``train``, ``heldout`` to measure.
+        feature_cache_mb: per-process memory for the second pass's features; beyond it the forwards run again.
+        num_points: points per set (``"auto"``: 64–1024 within ``max_overhead``; ``None``: the whole split,
+            Papyan's choice for the training set).
+        num_measurements, every_n_steps, every_n_epochs, heldout_split, prefix, max_overhead, batch_size, plot,
+            seed: see :class:`~lightning_regs.callbacks.ScheduledMonitor` (``batch_size``: points per forward,
+            512 when ``None``).
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> monitor = NeuralCollapseMonitor(num_points=None, every_n_epochs=5)  # the whole training set
+        >>> trainer = Trainer(callbacks=[monitor], logger=False, max_epochs=100)
+    """
+
+    def __init__(
+        self,
+        submodule: str | None = None,
+        sets: Sequence[str] = SETS,
+        num_points: int | Literal["auto"] | None = "auto",
+        heldout_split: str = "val",
+        every_n_epochs: int | None = None,
+        every_n_steps: int | None = None,
+        num_measurements: int | None = None,
+        feature_cache_mb: float = 256.0,
+        batch_size: int | None = None,
+        prefix: str = "nc",
+        max_overhead: float | None = 0.05,
+        plot: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            sets=sets,
+            num_measurements=num_measurements,
+            every_n_steps=every_n_steps,
+            every_n_epochs=every_n_epochs,
+            num_points=num_points,
+            heldout_split=heldout_split,
+            submodule=submodule,
+            prefix=prefix,
+            max_overhead=max_overhead,
+            batch_size=batch_size,
+            plot=plot,
+            seed=seed,
+        )
+        if feature_cache_mb < 0:
+            raise ValueError(
+                f"feature_cache_mb must be >= 0 (0: run the forwards again for NC4), got {feature_cache_mb}."
+            )
+        self.feature_cache_mb = float(feature_cache_mb)
+
+    def classifier(self, pl_module: pl.LightningModule) -> tuple[str, nn.Linear]:
+        """``(name, module)`` of the classifier the monitor hooks (see ``submodule``)."""
+        if not self.submodule:
+            return find_classifier(unwrap_compiled(pl_module))
+        inner, linear = find_classifier(self.model(pl_module))
+        return ".".join(part for part in (self.submodule, inner) if part), linear
+
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        name, classifier = self.classifier(pl_module)
+        weight = full_tensor(classifier.weight).detach()  # FSDP2: every rank gathers the whole classifier
+        bias = full_tensor(classifier.bias).detach() if classifier.bias is not None else None
+        values: dict[str, float] = {}
+        for set_name in self.sets:
+            metrics = self._measure_set(
+                trainer, pl_module, FeatureTap(name, classifier, "input"), set_name, weight, bias
+            )
+            values.update({f"{self.prefix}/{set_name}/{key}": value for key, value in metrics.items()})
+        return values
+
+    def figure_spec(self) -> tuple[str, dict[str, list[float]], str, str]:
+        """NC1 (Papyan), NC2 and NC3 of each set against the step, saved as ``nc.png`` (log axis)."""
+        keep = ("nc1", "nc2", "nc3")
+        curves = {name: values for name, values in self.history.items() if name.rsplit("/", 1)[-1] in keep}
+        return "nc", curves, "distance to collapse", "Neural collapse"
+
+    def plot(self, trainer: pl.Trainer) -> Path | None:
+        """As :meth:`ScheduledMonitor.plot`, on a log axis (the metrics fall by orders of magnitude)."""
+        directory = plot_directory(trainer)
+        if not trainer.is_global_zero:
+            return None
+        stem, curves, ylabel, title = self.figure_spec()
+        figure = plot_curves(self.measured_steps, curves, ylabel=ylabel, title=title, ylog=True)
+        return publish_figure(
+            trainer, figure, stem, directory, self.measured_steps[-1] if self.measured_steps else None
+        )
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _measure_set(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        tap: FeatureTap,
+        set_name: str,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> dict[str, float]:
+        model, device = unwrap_compiled(pl_module), pl_module.device
+        images, targets = self.labelled_points(set_name)
+        # Padded: every rank runs the same forwards (FSDP2 gathers parameters in each); padding rows are not counted.
+        shard, real = self.even_shard(trainer, images)
+        labels = self.even_shard(trainer, targets)[0][:real]
+        accumulator = NeuralCollapseAccumulator(weight.shape[0])
+        cache: list[tuple[int, torch.Tensor]] | None = []
+        for begin, rows in self._features(model, shard, real, tap, device):
+            accumulator.update(rows, labels[begin : begin + rows.shape[0]])
+            if begin == 0 and shard.shape[0] * rows.shape[1] * rows.element_size() > self.feature_cache_mb * 2**20:
+                cache = None  # the same decision on every rank: the shards have the same shape
+            if cache is not None:
+                cache.append((begin, rows))
+        accumulator.sync()
+        second_pass = cache if cache is not None else self._features(model, shard, real, tap, device)
+        for begin, rows in second_pass:
+            accumulator.update_ncc(rows, labels[begin : begin + rows.shape[0]], weight, bias)
+        accumulator.sync()
+        return accumulator.compute(weight)
+
+    def _features(
+        self, model: nn.Module, shard: torch.Tensor, real: int, tap: FeatureTap, device: torch.device
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(begin, features)`` of the shard's chunks, without the padding rows."""
+        for begin, output in chunked_features(model, shard, [tap], self.batch_size or 512, device):
+            if begin == 0:
+                self._check_classifier(tap, output)
+            yield begin, tap.take()[: max(0, real - begin)]
+
+    def _check_classifier(self, tap: FeatureTap, output: Any) -> None:
+        """A classifier found by the default rule must produce the module's output (the logits)."""
+        if self.submodule:
+            return
+        logits = tap.output
+        if tap.calls != 1:
+            problem = f"it ran {tap.calls} times in one forward, not once"
+        elif isinstance(output, torch.Tensor) and not (logits.shape == output.shape and torch.equal(logits, output)):
+            problem = "its output is not the LightningModule's output (the logits)"
+        else:
+            return
+        raise ValueError(
+            f"NeuralCollapseMonitor hooks {tap.name!r} (the last nn.Linear it found), but {problem}: name the "
+            "classifier whose output is the logits with submodule='...' (its input is the feature vector measured)."
+        )
