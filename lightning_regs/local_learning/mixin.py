@@ -98,8 +98,8 @@ class LocalLearningMixin(pl.LightningModule):
     ``interval="epoch"`` ones after every ``frequency``-th full epoch (before that epoch's validation), and
     ``ReduceLROnPlateau`` with the value of its ``monitor`` (e.g. ``"val/loss"``) from
     ``trainer.callback_metrics``, after the validation that follows its step or epoch. A host that overrides
-    ``on_train_batch_start``, ``on_train_epoch_end``, ``on_save_checkpoint`` or ``on_load_checkpoint`` must
-    call ``super()``.
+    ``setup`` (where heads without an ``input_shape`` are built from the data), ``on_train_batch_start``,
+    ``on_train_epoch_end``, ``on_save_checkpoint`` or ``on_load_checkpoint`` must call ``super()``.
 
     The host calls :meth:`configure_local_learning` in its ``__init__`` and :meth:`local_training_step` in
     ``training_step``. Auxiliary heads live in ``self.aux_heads`` (an :class:`~torch.nn.ModuleDict` keyed
