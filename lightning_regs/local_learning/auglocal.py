@@ -208,6 +208,7 @@ class AugLocalHead(nn.Module):
             raise ValueError(f"Need one output shape per layer ({len(layers)}); got {len(shapes)}.")
         names = [name for name, _ in layers.named_children()]
         self.indices = auglocal_indices(layer, len(layers), depth)
+        self.strides: list[int] | None = None  # the rebuilt blocks' strides, on the official (BasicBlock) path
         if (
             all(isinstance(layers[k], BasicBlock) and len(shapes[k]) == 3 for k in self.indices)
             and len(shapes[layer]) == 3
@@ -228,11 +229,11 @@ class AugLocalHead(nn.Module):
         """Fresh BasicBlocks of the copied layers' widths, strided by :func:`auglocal_strides` (the official build)."""
         channels, height, width = shapes[layer]
         widths = [shapes[k][0] for k in self.indices]
+        self.strides = auglocal_strides(channels, widths)
         copies: list[nn.Module] = []
-        for out, stride in zip(widths, auglocal_strides(channels, widths), strict=True):
+        for out, stride in zip(widths, self.strides, strict=True):
             copies.append(_init_fresh(BasicBlock(channels, out, stride=stride)))
             channels, height, width = out, -(-height // stride), -(-width // stride)
-        self.strides = auglocal_strides(shapes[layer][0], widths)
         return copies, (channels, height, width)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
