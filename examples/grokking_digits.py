@@ -82,7 +82,9 @@ def main() -> None:
         "heldout_clean_acc": dict(zip(robust.measured_steps, robust.history["robust/clean_acc"], strict=True)),
         "robust_acc": dict(zip(robust.measured_steps, robust.history["robust/acc"], strict=True)),
         "lc_train_peak": (steps[peak], lc.history["lc/train"][peak]),
-        "lc": {name: dict(zip(steps, lc.history[name], strict=True)) for name in ("lc/train", "lc/heldout", "lc/random")},
+        "lc": {
+            name: dict(zip(steps, lc.history[name], strict=True)) for name in ("lc/train", "lc/heldout", "lc/random")
+        },
     }
     print(json.dumps(summary, indent=1))
 

@@ -60,8 +60,11 @@ def test_cells_proven_by_the_method_harness_name_a_test_that_runs_for_the_entry(
             assert path == "tests/test_method_harness.py" and callable(getattr(harness_tests, name, None)), declared.by
             if "resumed" in name:  # the harness skips the entries it cannot stop; the matrix must prove those
                 assert entry.no_resume_because is None, f"{entry.name}: the harness skips {name}; prove it here"
-            if "ddp" in name:  # the harness compares with the entry's own tolerance
+            if "ddp" in name:  # the harness compares with the entry's own tolerance, or not at all
                 assert declared.tol == entry.atol, f"{entry.name}: declare the ddp cell with the entry's atol"
+                assert declared.differs_because == entry.ddp_differs_because, (
+                    f"{entry.name}: the ddp cell's differs_because must be the entry's ddp_differs_because"
+                )
 
 
 def test_the_compatibility_page_is_what_the_declarations_render():

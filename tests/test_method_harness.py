@@ -20,7 +20,7 @@ from lightning.pytorch import seed_everything
 import lightning_regs.callbacks
 import lightning_regs.local_learning
 import lightning_regs.tasks
-from tests.harness.compare import assert_same_state
+from tests.harness.compare import assert_same_state, assert_trained
 from tests.harness.registry import REGISTRY, MethodSetting
 from tests.harness.runs import (
     DDP_BATCH,
@@ -64,11 +64,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_fit_trains_and_the_method_leaves_state(entry, uninterrupted):
     state = uninterrupted(entry)
-    seed_everything(0)
-    initial = entry.make_task().state_dict()
-    assert all(torch.isfinite(v).all() for v in state["weights"].values() if v.is_floating_point())
-    changed = [name for name, value in initial.items() if not torch.equal(value, state["weights"][name])]
-    assert changed, "fit changed no weight or buffer"
+    assert_trained(_initial(entry), state["weights"])
     for callback in entry.make_callbacks():
         fresh = callback.state_dict()
         if fresh:  # a stateful callback: fit must have filled or moved its state
@@ -124,11 +120,20 @@ def test_every_checkpoint_loads_with_weights_only(entry, resumed):
         assert {"state_dict", "callbacks", "loops"} <= set(checkpoint), path.name
 
 
+def _initial(entry: MethodSetting) -> dict[str, torch.Tensor]:
+    seed_everything(0)
+    return entry.make_task().state_dict()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_two_ddp_processes_equal_one_on_the_same_global_batches(entry, uninterrupted, tmp_path):
+    """Or, for an entry whose losses are per-rank by design (``ddp_differs_because``): trains, ranks identical."""
     rank0, rank1 = run_ddp(entry, tmp_path)
     assert_same_state(rank0, rank1, atol=0.0, path="rank1 vs rank0")
+    if entry.ddp_differs_because:
+        assert_trained(_initial(entry), rank0["weights"], "ddp")
+        return
     assert_same_state(uninterrupted(entry), rank0, atol=entry.atol, path="ddp vs one process")
 
 

@@ -18,6 +18,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
 from lightning_regs.datamodules.files import RootGuard, read_json
+from lightning_regs.datamodules.views import TwoViews
 
 __all__ = ["CUB200DataModule"]
 
@@ -218,6 +219,9 @@ class CUB200DataModule(SplitDataModule):
         pin_memory: DataLoader ``pin_memory``.
         persistent_workers: DataLoader ``persistent_workers`` (only with ``num_workers > 0``).
         num_classes: the number of classes, when it should be known before ``setup`` (e.g. 200).
+        gcd_views: GCD mode: augmented views per training image; 2 stacks them, ``image`` ``(2, 3, H, W)``
+            (:class:`~lightning_regs.datamodules.views.TwoViews`), what
+            :class:`~lightning_regs.tasks.GCDClassifier` trains on.
 
     Example::
 
@@ -259,8 +263,11 @@ class CUB200DataModule(SplitDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         num_classes: int | None = None,
+        gcd_views: int = 1,
     ) -> None:
         super().__init__()
+        if gcd_views < 1 or (gcd_views > 1 and not gcd):
+            raise ValueError(f"gcd_views must be >= 1, and > 1 only with gcd=True (2: GCDClassifier); got {gcd_views}.")
         if not 0 < labeled_fraction <= 1:
             raise ValueError(f"labeled_fraction must lie in (0, 1], got {labeled_fraction}.")
         if known_classes is not None and gcd_split_file is not None:
@@ -449,7 +456,9 @@ class CUB200DataModule(SplitDataModule):
                 raise ValueError("The saved labeled indices exceed the training set: the data on disk changed.")
             labeled = torch.zeros(len(train), dtype=torch.bool)
             labeled[self.labeled_indices] = True
-            self.datasets["train"] = subset(train, self.train_transform, labeled, hide_unlabeled=True)
+            views = self.hparams.gcd_views
+            transform = TwoViews(self.train_transform, views) if views > 1 else self.train_transform
+            self.datasets["train"] = subset(train, transform, labeled, hide_unlabeled=True)
             self.datasets["val"] = subset(
                 train[~labeled], self.eval_transform, torch.zeros(int((~labeled).sum()), dtype=torch.bool)
             )

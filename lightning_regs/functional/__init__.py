@@ -15,7 +15,16 @@ from lightning_regs.functional.diffusion_entropy import (
     diffusion_spectral_mutual_information,
 )
 from lightning_regs.functional.distributed import all_gather_variable, gather_unique_by_index, unique_by_index
-from lightning_regs.functional.gcd import gcd_accuracy
+from lightning_regs.functional.gcd import gcd_accuracy, gcd_accuracy_balanced, gcd_accuracy_v1
+from lightning_regs.functional.lego_gcd import (
+    LogitPriorEMA,
+    dual_view_kl,
+    local_entropy_regularization,
+    mean_entropy_maximization,
+    self_distillation_loss,
+    teacher_temperature,
+    unsupervised_contrastive_loss,
+)
 from lightning_regs.functional.local_complexity import (
     LocalComplexity,
     cross_polytope_vertices,
@@ -54,6 +63,15 @@ __all__ = [
     "classification_loss",
     "eval_mode",
     "gcd_accuracy",
+    "gcd_accuracy_balanced",
+    "gcd_accuracy_v1",
+    "LogitPriorEMA",
+    "dual_view_kl",
+    "local_entropy_regularization",
+    "mean_entropy_maximization",
+    "self_distillation_loss",
+    "teacher_temperature",
+    "unsupervised_contrastive_loss",
     "hard_labels",
     "is_soft_target",
     "pskd_alpha",

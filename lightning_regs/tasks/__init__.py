@@ -1,5 +1,6 @@
 """Ready LightningModules that honour the dict batch contract."""
 
+from lightning_regs.tasks.gcd_classifier import GCDClassifier
 from lightning_regs.tasks.grokking_classifier import GrokkingClassifier
 from lightning_regs.tasks.image_classifier import ImageClassifier
 from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
@@ -7,6 +8,7 @@ from lightning_regs.tasks.mean_image_baseline import MeanImageAnomalyBaseline
 from lightning_regs.tasks.optim import WarmupSchedule, build_optimizer
 
 __all__ = [
+    "GCDClassifier",
     "GrokkingClassifier",
     "ImageClassifier",
     "LocalLearningClassifier",

@@ -7,7 +7,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
@@ -16,7 +15,7 @@ from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback
 from lightning_regs.datamodules.batch import HARD_TARGET, unpack_batch
 from lightning_regs.functional.classification import classification_loss, hard_labels
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, WarmupSchedule, build_optimizer
-from lightning_regs.tasks.sharding import fully_shard_task
+from lightning_regs.tasks.sharding import shard_under_model_parallel
 
 __all__ = ["ImageClassifier"]
 
@@ -132,21 +131,11 @@ class ImageClassifier(pl.LightningModule):
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``, shard the model with FSDP2; under any other strategy, nothing.
 
-        :func:`~lightning_regs.tasks.sharding.fully_shard_task` over the strategy's ``data_parallel`` mesh, once
-        (the hook runs at every ``fit``/``validate``/``test``). See ``docs/fsdp2.md``.
+        :func:`~lightning_regs.tasks.sharding.shard_under_model_parallel`: ``fully_shard_task`` over the
+        strategy's ``data_parallel`` mesh, once (the hook runs at every ``fit``/``validate``/``test``). See
+        ``docs/fsdp2.md``.
         """
-        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
-            return
-        mesh = self.device_mesh
-        if mesh is None or "data_parallel" not in (mesh.mesh_dim_names or ()):
-            raise RuntimeError("ModelParallelStrategy set no data-parallel device mesh on the module before sharding.")
-        if mesh["tensor_parallel"].size() > 1:
-            raise ValueError(
-                f"{type(self).__name__} shards with FSDP2 only; ModelParallelStrategy(tensor_parallel_size="
-                f"{mesh['tensor_parallel'].size()}) would replicate the work on every tensor-parallel rank. Use "
-                "tensor_parallel_size=1 (and data_parallel_size=number of devices), or override configure_model."
-            )
-        fully_shard_task(self, mesh["data_parallel"])
+        shard_under_model_parallel(self)
 
     def compute_loss(self, logits: torch.Tensor, batch: Any) -> torch.Tensor:
         """The training objective for ``logits`` on ``batch``: cross-entropy on hard or soft ``target``.

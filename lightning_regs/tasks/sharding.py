@@ -44,12 +44,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
-__all__ = ["fully_shard_task", "sharding_units"]
+__all__ = ["fully_shard_task", "shard_under_model_parallel", "sharding_units"]
 
 
 def _layer_entries(model: nn.Module) -> list[nn.Module]:
@@ -158,3 +159,28 @@ def _root_first(root: nn.Module, units: list[nn.Module]) -> None:
 
     # prepend: before the unit's own FSDP pre-forward hook (registered, also prepended, by fully_shard).
     handles.extend(unit.register_forward_pre_hook(init_root, prepend=True) for unit in units)
+
+
+def shard_under_model_parallel(pl_module: pl.LightningModule) -> None:
+    """A task's ``configure_model``: :func:`fully_shard_task` over the strategy's ``data_parallel`` mesh.
+
+    Does nothing outside a Trainer or under any strategy but ``ModelParallelStrategy``; idempotent (the hook runs
+    at every ``fit``/``validate``/``test``).
+
+    Raises:
+        ValueError: ``tensor_parallel_size > 1`` (the tasks shard with FSDP2 only).
+    """
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    if pl_module._trainer is None or not isinstance(pl_module.trainer.strategy, ModelParallelStrategy):
+        return
+    mesh = pl_module.device_mesh
+    if mesh is None or "data_parallel" not in (mesh.mesh_dim_names or ()):
+        raise RuntimeError("ModelParallelStrategy set no data-parallel device mesh on the module before sharding.")
+    if mesh["tensor_parallel"].size() > 1:
+        raise ValueError(
+            f"{type(pl_module).__name__} shards with FSDP2 only; ModelParallelStrategy(tensor_parallel_size="
+            f"{mesh['tensor_parallel'].size()}) would replicate the work on every tensor-parallel rank. Use "
+            "tensor_parallel_size=1 (and data_parallel_size=number of devices), or override configure_model."
+        )
+    fully_shard_task(pl_module, mesh["data_parallel"])

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["assert_same_state"]
+__all__ = ["assert_same_state", "assert_trained"]
 
 
 def assert_same_state(expected: Any, actual: Any, atol: float, path: str = "state") -> None:
@@ -37,3 +37,12 @@ def assert_same_state(expected: Any, actual: Any, atol: float, path: str = "stat
         assert isinstance(actual, (int, float)) and abs(expected - actual) <= atol, f"{path}: {expected} vs {actual}"
     else:
         assert expected == actual, f"{path}: {expected!r} vs {actual!r}"
+
+
+def assert_trained(initial: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], what: str = "the run") -> None:
+    """Every float weight and buffer is finite, and fit changed at least one of ``initial``'s tensors."""
+    for name, value in weights.items():
+        if value.is_floating_point():
+            assert torch.isfinite(value).all(), f"{what}: {name} is not finite"
+    changed = [name for name, value in initial.items() if not torch.equal(value, weights[name])]
+    assert changed, f"{what}: fit changed no weight or buffer"

@@ -19,8 +19,15 @@ from torch import nn
 from lightning_regs import callbacks as cb
 from lightning_regs.local_learning import LocalLearningMixin
 from lightning_regs.models import MLP, LayeredModel
-from lightning_regs.tasks import GrokkingClassifier, ImageClassifier, LocalLearningClassifier, MeanImageAnomalyBaseline
+from lightning_regs.tasks import (
+    GCDClassifier,
+    GrokkingClassifier,
+    ImageClassifier,
+    LocalLearningClassifier,
+    MeanImageAnomalyBaseline,
+)
 from tests.harness import representation_settings as representation
+from tests.helpers import gcd
 from tests.helpers.trainers import SequentialDigits
 
 __all__ = ["REGISTRY", "MethodSetting", "setting"]
@@ -41,6 +48,9 @@ class MethodSetting:
         ddp_strategy: the 2-process strategy.
         atol: tolerance of the DDP-vs-one-process comparison (float32 sums in another order).
         no_resume_because: why a stopped-and-resumed run does not apply (the resume tests skip, saying so).
+        ddp_differs_because: why two processes do not compute what one process computes on the same global
+            batches (losses over each rank's batch, as the official code does). The DDP tests then prove that the
+            run trains and that the ranks end identical, and do not compare it with one process.
     """
 
     name: str
@@ -53,6 +63,7 @@ class MethodSetting:
     ddp_strategy: Callable[[], Any] = field(default=None)  # type: ignore[assignment]
     atol: float = 1e-5
     no_resume_because: str | None = None
+    ddp_differs_because: str | None = None
 
     def datamodule(self, root: Path, per_rank_batch: int) -> pl.LightningDataModule:
         return (self.make_datamodule or sequential_digits)(root, per_rank_batch)
@@ -202,4 +213,14 @@ REGISTRY: tuple[MethodSetting, ...] = (
         "neural_collapse_monitor", (cb.NeuralCollapseMonitor,), image_classifier, representation.neural_collapse
     ),
     MethodSetting("dse_monitor", (cb.DiffusionSpectralEntropyMonitor,), image_classifier, representation.dse),
+    MethodSetting(
+        "gcd_classifier",
+        (GCDClassifier,),
+        gcd.gcd_classifier,
+        no_callbacks,
+        make_datamodule=gcd.sequential_gcd_digits,
+        ddp_differs_because="SupCon, InfoNCE, the mean-entropy term and the means over labelled rows are computed "
+        "over each rank's batch, as SimGCD and LegoGCD compute them: two ranks of 16 images optimize the mean of two "
+        "16-image losses, not one 32-image loss",
+    ),
 )

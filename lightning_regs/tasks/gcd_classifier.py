@@ -1,0 +1,284 @@
+"""Generalized category discovery: a SimGCD-style task with LegoGCD's LER and DKL as switches."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
+from lightning_regs.datamodules.cub import LABELED, TRUE_TARGET
+from lightning_regs.functional.distributed import gather_unique_by_index
+from lightning_regs.functional.gcd import gcd_accuracy, gcd_accuracy_balanced, gcd_accuracy_v1
+from lightning_regs.functional.lego_gcd import (
+    LogitPriorEMA,
+    dual_view_kl,
+    local_entropy_regularization,
+    mean_entropy_maximization,
+    self_distillation_loss,
+    teacher_temperature,
+    unsupervised_contrastive_loss,
+)
+from lightning_regs.functional.supcon import supervised_contrastive_loss
+from lightning_regs.tasks.optim import WarmupSchedule, build_optimizer
+from lightning_regs.tasks.sharding import shard_under_model_parallel
+
+__all__ = ["GCDClassifier", "ProjectionHead"]
+
+
+class ProjectionHead(nn.Sequential):
+    """SimGCD's projection MLP: ``layers - 1`` Linear-GELU blocks of ``hidden`` units, then a linear map to ``out``.
+
+    Example::
+
+        >>> ProjectionHead(8, hidden=16, out=4)(torch.zeros(2, 8)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(self, in_features: int, hidden: int = 2048, out: int = 256, layers: int = 3) -> None:
+        sizes = [in_features] + [hidden] * (layers - 1)
+        blocks: list[nn.Module] = []
+        for a, b in itertools.pairwise(sizes):
+            blocks += [nn.Linear(a, b), nn.GELU()]
+        super().__init__(*blocks, nn.Linear(sizes[-1], out))
+
+
+class GCDClassifier(pl.LightningModule):
+    """SimGCD (Wen et al., ICCV 2023) with LegoGCD (Cao et al., CVPR 2024): find new classes in unlabelled images.
+
+    ``backbone`` maps images to ``(B, feature_dim)`` features. A cosine prototype classifier gives
+    logits ``cos(h_i, c_k)`` over ``num_known + num_novel`` classes and a :class:`ProjectionHead`
+    gives the contrastive embedding. A training batch holds two augmented views per image,
+    ``image`` of shape ``(B, 2, C, H, W)`` (:class:`~lightning_regs.datamodules.views.TwoViews`), ``target``
+    (``-1`` for unlabelled rows) and ``labeled`` (else ``target >= 0``). The loss, on the ``2B`` view-major rows:
+
+    ``(1 - λ)·(L_distill + w_me·L_me-max + w_dkl·L_DKL + L_infoNCE) + λ·(L_CE + L_SupCon) + β·L_LER``
+
+    with λ = ``sup_weight``; CE and SupCon on the labelled rows only. LegoGCD's defaults are on
+    (``ler_weight=2``, ``dkl_weight=1``); ``ler_weight=0, dkl_weight=0`` is SimGCD. ``q̂`` (the LER prior) is
+    a buffer, saved in checkpoints; under DDP its batch mean is averaged over ranks so every rank keeps
+    the same ``q̂``. The teacher temperature follows the epoch, so a resumed run continues the schedule.
+
+    Evaluation (validation and test) predicts the arg-max cluster of each image, gathers
+    ``(index, prediction, class)`` from every rank (padded duplicates dropped) and scores All/Old/New
+    with one Hungarian matching (v2, logged ``gcd/all``, ``gcd/old``, ``gcd/new``; test:
+    ``gcd/test_all`` ...), plus ``gcd/v1_*`` and the per-class ``gcd/v2b_*``. Old/New is by class id, so
+    the known classes may have any ids (``known_classes``). The ground truth is ``true_target`` when the
+    batch has it, else ``target``. With CUB's GCD mode, validation runs on the unlabelled training
+    images: the transductive protocol the papers report.
+
+    Args:
+        backbone: any module returning ``(B, feature_dim)`` features (e.g. a DINO ViT-B/16 with its head removed).
+        feature_dim: the backbone's feature size.
+        num_known: known ("Old") classes.
+        num_novel: novel ("New") classes.
+        known_classes: the known classes' ids; default ``0..num_known-1`` (CUB's GCD mode).
+        sup_weight: λ, SimGCD's supervised weight (0.35).
+        memax_weight: mean-entropy maximization weight (2 on CUB and CIFAR-100, 1 elsewhere).
+        student_temp: student temperature (0.1).
+        teacher_temp_start: teacher temperature at epoch 0 (0.07).
+        teacher_temp: teacher temperature after the warm-up (0.04).
+        teacher_warmup_epochs: warm-up length (30).
+        supcon_temperature: supervised contrastive temperature (0.07).
+        infonce_temperature: unsupervised contrastive temperature (1.0).
+        ler_weight: β, LegoGCD's LER weight (2 on CUB; 1 on CIFAR-100); 0 disables LER.
+        ler_threshold: δ (CUB 0.7, SCars 0.85, Aircraft 0.9, CIFAR-10 0.95, CIFAR-100 0.85, IN-100 0.8).
+        ler_prior: use the margin-aware prior ``q̂`` (LegoGCD's final version).
+        ler_lambda: λ_ler, the weight of ``log q̂`` (0.4).
+        prior_momentum: the EMA momentum of ``q̂`` (0.999).
+        dkl_weight: weight of the dual-view KL inside the unsupervised term (1 in LegoGCD); 0 disables it.
+        proj_hidden: projection head width (2048).
+        proj_dim: projection output size (256).
+        proj_layers: projection head depth (3).
+        lr: SGD learning rate (0.1), cosine-annealed per step to ``lr * 1e-3``.
+        momentum: SGD momentum (0.9).
+        weight_decay: weight decay (5e-5).
+
+    Example::
+
+        >>> backbone = nn.Sequential(nn.Flatten(), nn.Linear(16, 8))
+        >>> task = GCDClassifier(backbone, feature_dim=8, num_known=2, num_novel=2, proj_hidden=16, proj_dim=4)
+        >>> batch = {"image": torch.randn(4, 2, 1, 4, 4), "target": torch.tensor([0, 1, -1, -1])}
+        >>> out = task.training_step(batch, 0)
+        >>> sorted(out), out["logits"].shape
+        (['logits', 'loss'], torch.Size([8, 4]))
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        num_known: int,
+        num_novel: int,
+        known_classes: Sequence[int] | None = None,
+        sup_weight: float = 0.35,
+        memax_weight: float = 2.0,
+        student_temp: float = 0.1,
+        teacher_temp_start: float = 0.07,
+        teacher_temp: float = 0.04,
+        teacher_warmup_epochs: int = 30,
+        supcon_temperature: float = 0.07,
+        infonce_temperature: float = 1.0,
+        ler_weight: float = 2.0,
+        ler_threshold: float = 0.7,
+        ler_prior: bool = True,
+        ler_lambda: float = 0.4,
+        prior_momentum: float = 0.999,
+        dkl_weight: float = 1.0,
+        proj_hidden: int = 2048,
+        proj_dim: int = 256,
+        proj_layers: int = 3,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-5,
+    ) -> None:
+        super().__init__()
+        if num_known < 1 or num_novel < 0:
+            raise ValueError(f"Need num_known >= 1 and num_novel >= 0; got {num_known} and {num_novel}.")
+        num_classes = num_known + num_novel
+        known = list(range(num_known)) if known_classes is None else [int(c) for c in known_classes]
+        if len(known) != num_known or len(set(known)) != num_known or not all(0 <= c < num_classes for c in known):
+            raise ValueError(
+                f"known_classes must be {num_known} distinct ids in [0, {num_classes}); got {known_classes}."
+            )
+        self.save_hyperparameters(ignore=["backbone"])
+        if "_instantiator" in self.hparams:
+            self.save_hyperparameters()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.known_classes = known
+        self.prototypes = nn.Parameter(F.normalize(torch.randn(num_classes, feature_dim), dim=1))
+        self.projection = ProjectionHead(feature_dim, proj_hidden, proj_dim, proj_layers)
+        self.prior_ema = LogitPriorEMA(num_classes, prior_momentum)
+        self._eval_rows: dict[str, list[torch.Tensor]] = {}
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """The backbone's features, flattened to ``(B, feature_dim)``."""
+        return self.backbone(image).flatten(1)
+
+    def cosine_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """``cos(h_i, c_k)`` between features and the prototypes, in [-1, 1]."""
+        return F.normalize(features, dim=1) @ F.normalize(self.prototypes, dim=1).T
+
+    def forward(self, image: torch.Tensor, embed: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The cosine logits of ``image``; with ``embed``, also its L2-normalized projection.
+
+        Training calls the module itself (not its parts) so that FSDP2 gathers the prototypes and the
+        projection head, which the root unit holds, before they are used.
+        """
+        features = self.features(image)
+        logits = self.cosine_logits(features)
+        if not embed:
+            return logits
+        return logits, F.normalize(self.projection(features), dim=1)
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``, shard with FSDP2 (backbone layers are units; see ``docs/fsdp2.md``)."""
+        shard_under_model_parallel(self)
+
+    def current_teacher_temperature(self) -> float:
+        hp = self.hparams
+        return teacher_temperature(self.current_epoch, hp.teacher_temp_start, hp.teacher_temp, hp.teacher_warmup_epochs)
+
+    def compute_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """All loss terms (and their weighted sum under ``"loss"``) and the view-major logits of a training batch."""
+        hp = self.hparams
+        image, target = batch[IMAGE], batch[TARGET]
+        if image.dim() != 5 or image.shape[1] != 2:
+            raise ValueError(
+                f"GCDClassifier trains on two views per image, batch['image'] of shape (B, 2, C, H, W); got "
+                f"{tuple(image.shape)}. Wrap the training transform in lightning_regs.datamodules.views.TwoViews."
+            )
+        labelled = batch[LABELED].bool() if LABELED in batch else target >= 0
+        logits, embedding = self(torch.cat([image[:, 0], image[:, 1]]), embed=True)
+        labelled2, target2 = labelled.repeat(2), target.repeat(2)
+        zero = logits.sum() * 0.0
+        terms: dict[str, torch.Tensor] = {
+            "distill": self_distillation_loss(logits, logits, self.current_teacher_temperature(), hp.student_temp),
+            "memax": mean_entropy_maximization(logits, hp.student_temp),
+            "infonce": unsupervised_contrastive_loss(embedding, hp.infonce_temperature),
+            "ce": F.cross_entropy(logits[labelled2] / hp.student_temp, target2[labelled2]) if labelled.any() else zero,
+            "supcon": supervised_contrastive_loss(
+                embedding[labelled2], target2[labelled2], hp.supcon_temperature, hp.supcon_temperature
+            ),
+        }
+        first, second = logits.chunk(2)
+        terms["dkl"] = dual_view_kl(first, second) if hp.dkl_weight else zero
+        terms["ler"] = zero
+        if hp.ler_weight:
+            prior = self.prior_ema.prior if hp.ler_prior else None
+            terms["ler"] = local_entropy_regularization(
+                logits, labelled2, self.known_classes, hp.ler_threshold, prior=prior, lambda_ler=hp.ler_lambda
+            )
+        unsupervised = terms["distill"] + hp.memax_weight * terms["memax"] + hp.dkl_weight * terms["dkl"]
+        supervised = terms["ce"] + terms["supcon"]
+        terms["loss"] = (
+            (1 - hp.sup_weight) * (unsupervised + terms["infonce"])
+            + hp.sup_weight * supervised
+            + hp.ler_weight * terms["ler"]
+        )
+        return terms, logits
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        terms, logits = self.compute_losses(batch)
+        self._update_prior(logits.detach())
+        for name, value in terms.items():
+            self.log(f"gcd/train_{name}", value.detach(), prog_bar=name == "loss")
+        self.log("gcd/teacher_temp", self.current_teacher_temperature())
+        return {"loss": terms["loss"], "logits": logits.detach()}
+
+    def _update_prior(self, logits: torch.Tensor) -> None:
+        mean = logits.float().softmax(dim=1).mean(dim=0)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(mean)
+            mean /= dist.get_world_size()
+        self.prior_ema.update(mean)
+
+    def _collect(self, batch: Mapping[str, torch.Tensor], stage: str) -> None:
+        image = batch[IMAGE]
+        if image.dim() == 5:  # evaluation on the first view when the loader gives two
+            image = image[:, 0]
+        truth = batch[TRUE_TARGET] if TRUE_TARGET in batch else batch[TARGET]
+        predictions = self(image).argmax(dim=1)
+        index = batch[INDEX] if INDEX in batch else torch.arange(len(truth), device=truth.device)
+        self._eval_rows.setdefault(stage, []).append(torch.stack([index, predictions, truth]))
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._collect(batch, "val")
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._collect(batch, "test")
+
+    def _score(self, stage: str) -> None:
+        rows = self._eval_rows.pop(stage, [])
+        local = torch.cat(rows, dim=1) if rows else torch.zeros(3, 0, dtype=torch.long, device=self.device)
+        _, predictions, truth = gather_unique_by_index(local[0], local[1], local[2])
+        if not len(truth) or self.trainer.sanity_checking:
+            return
+        prefix = "gcd/" if stage == "val" else "gcd/test_"
+        for version, score in (("", gcd_accuracy), ("v1_", gcd_accuracy_v1), ("v2b_", gcd_accuracy_balanced)):
+            for group, value in score(predictions, truth, self.known_classes).items():
+                # every rank scores the same gathered predictions; sync_dist only averages equal values
+                self.log(f"{prefix}{version}{group}", value, prog_bar=not version and stage == "val", sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._score("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._score("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = build_optimizer(
+            self.parameters(), "sgd", hp.lr, hp.weight_decay, momentum=hp.momentum, nesterov=False
+        )
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = WarmupSchedule("cosine", total_steps=total_steps, steps_per_epoch=total_steps, min_lr_ratio=1e-3)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
