@@ -61,7 +61,9 @@ PAPER_ERRORS: dict[tuple[str, int], float] = {
 }
 
 
-def run_one(method: str, K: int | None, seed: int, epochs: int, d: int) -> dict[str, Any]:
+def run_one(method: str, K: int | None, seed: int, epochs: int, d: int, preset: str = "library") -> dict[str, Any]:
+    data = DigitsDataModule(batch_size=64, image_size=32, channels=3, seed=seed)
+    data.setup("fit")  # its Normalize constants: InfoPro's official target un-normalizes
     seed_everything(seed, verbose=False)
     backbone = CifarResNet(depth=32, num_classes=10, in_channels=3)
     callbacks = []
@@ -73,16 +75,19 @@ def run_one(method: str, K: int | None, seed: int, epochs: int, d: int) -> dict[
         base, _, man = method.partition("+")
         head, _, variant = base.partition("_")  # infopro_contrast: the supervised contrastive task loss
         task_loss = "contrast" if variant == "contrast" else "cross_entropy"
+        official_infopro = preset == "official" and head == "infopro"
+        normalize = {"image_mean": data.mean, "image_std": data.std} if official_infopro else {}
         task = LocalLearningClassifier(
-            backbone, 10, K=K, split="paper", head=head, man=bool(man), task_loss=task_loss, **RECIPE
-        )
+            backbone, 10, K=K, split="paper", head=head, man=bool(man), task_loss=task_loss, preset=preset,
+            **normalize, **RECIPE,
+        )  # fmt: skip
         if man:
-            callbacks.append(MomentumAuxiliaryNetworks(momentum=0.995))
-    data = DigitsDataModule(batch_size=64, image_size=32, channels=3, seed=seed)
+            callbacks.append(MomentumAuxiliaryNetworks(momentum=0.995, preset=preset))
     metrics, seconds = fit_and_test(task, data, epochs, callbacks)
     K_used = getattr(task, "num_local_modules", 1)
     return {
         "method": method,
+        "preset": preset,
         "K": K_used,
         "seed": seed,
         "epochs": epochs,
@@ -109,28 +114,33 @@ def load(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _label(record: dict[str, Any]) -> str:
+    """The method's name, with ``@official`` under the official preset (records before it existed: library)."""
+    return record["method"] + ("@official" if record.get("preset", "library") == "official" else "")
+
+
 def print_summary(records: list[dict[str, Any]], epochs: int) -> None:
     groups: dict[tuple[str, int], list[float]] = {}
     seconds: dict[tuple[str, int], list[float]] = {}
     for record in records:
         if record["epochs"] != epochs:
             continue
-        key = (record["method"], record["K"])
+        key = (_label(record), record["K"])
         groups.setdefault(key, []).append(record["acc"] * 100)
         seconds.setdefault(key, []).append(record["seconds"])
-    order = {name: i for i, name in enumerate(METHODS)}
+    order = {name: i for i, name in enumerate(METHODS)} | {f"{n}@official": i + 0.5 for i, n in enumerate(METHODS)}
     print(f"\nResNet-32 on digits 3x32x32, {epochs} epochs, test accuracy %, mean ± std over seeds:")
-    print(f"{'method':<13}{'K':>3}{'seeds':>7}{'test acc %':>17}{'fit s':>8}   paper CIFAR-10 ResNet-32 error %")
+    print(f"{'method':<22}{'K':>3}{'seeds':>7}{'test acc %':>17}{'fit s':>8}   paper CIFAR-10 ResNet-32 error %")
     for key in sorted(groups, key=lambda k: (order[k[0]], k[1])):
         values = groups[key]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        paper = PAPER_ERRORS.get(key)
+        paper = PAPER_ERRORS.get((key[0].removesuffix("@official"), key[1]))
         source = "MAN, 400 ep." if "man" in key[0] else "InfoPro Table 2, 160 ep."
         paper_text = f"{paper:.2f} ({source})" if paper is not None else "-"
         if key[0] == "e2e":
             paper_text = "7.37 (InfoPro) / 6.37 (MAN)"
         print(
-            f"{key[0]:<13}{key[1]:>3}{len(values):>7}{statistics.mean(values):>10.2f} ± {spread:<4.2f}"
+            f"{key[0]:<22}{key[1]:>3}{len(values):>7}{statistics.mean(values):>10.2f} ± {spread:<4.2f}"
             f"{statistics.mean(seconds[key]):>8.0f}   {paper_text}"
         )
 
@@ -146,16 +156,20 @@ def main() -> None:
     parser.add_argument("--auglocal-d", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/local_learning_accuracy_digits.jsonl"))
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument(
+        "--preset", choices=["library", "official"], default="library", help="LocalLearningClassifier's preset"
+    )
     args = parser.parse_args()
     records = load(args.out)
     if not args.summary_only:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        done = {(r["method"], r["K"], r["seed"], r["epochs"]) for r in records}
+        done = {(_label(r), r["K"], r["seed"], r["epochs"]) for r in records}
         for seed in args.seeds:
             for method, K in planned_runs(args):
-                if (method, K, seed, args.epochs) in done:
+                label = method + ("@official" if args.preset == "official" else "")
+                if (label, K, seed, args.epochs) in done:
                     continue
-                record = run_one(method, K, seed, args.epochs, args.auglocal_d)
+                record = run_one(method, K, seed, args.epochs, args.auglocal_d, args.preset)
                 records.append(record)
                 with args.out.open("a") as file:
                     file.write(json.dumps(record) + "\n")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_regs.local_learning.man import MomentumAuxiliaryHead
 
@@ -24,8 +25,13 @@ class MomentumAuxiliaryNetworks(Callback):
     :attr:`state_key`. The official code defaults to ``momentum=1.0``, which never updates the EMA; the
     paper's 0.995 is the default here.
 
+    ``preset="official"`` updates where the official code does: after the backward, *before* the optimizer
+    step (``on_before_optimizer_step``), so the EMA follows the weights the step starts from, one step behind
+    the default. Build the task with ``preset="official"`` too for the official (random) initialization.
+
     Args:
         momentum: EMA momentum in [0, 1]; 0 copies the block every step, 1 freezes the EMA.
+        preset: ``"library"`` (update after each optimizer step) or ``"official"`` (before it).
 
     Example::
 
@@ -36,15 +42,20 @@ class MomentumAuxiliaryNetworks(Callback):
         >>> trainer = pl.Trainer(callbacks=[callback], max_steps=1, logger=False)  # doctest: +SKIP
     """
 
-    def __init__(self, momentum: float = 0.995) -> None:
+    def __init__(self, momentum: float = 0.995, preset: Literal["library", "official"] = "library") -> None:
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1] (the paper uses 0.995); got {momentum}.")
+        if preset not in ("library", "official"):
+            raise ValueError(f"preset must be 'library' or 'official'; got {preset!r}.")
         self.momentum = float(momentum)
+        self.preset = preset
         self._last_step = 0
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(momentum=self.momentum)
+        if self.preset == "library":  # unchanged key: checkpoints written before the preset existed still load
+            return self._generate_state_key(momentum=self.momentum)
+        return self._generate_state_key(momentum=self.momentum, preset=self.preset)
 
     @staticmethod
     def _heads(pl_module: pl.LightningModule) -> list[MomentumAuxiliaryHead]:
@@ -56,17 +67,31 @@ class MomentumAuxiliaryNetworks(Callback):
                 f"MomentumAuxiliaryNetworks found no momentum auxiliary network in {type(pl_module).__name__}: "
                 "build the task with man=True (LocalLearningClassifier(..., man=True)) or drop the callback."
             )
+        spec = getattr(pl_module, "local_spec", None)
+        task_preset = getattr(spec, "preset", self.preset)
+        if task_preset != self.preset:
+            rank_zero_warn(
+                f"MomentumAuxiliaryNetworks(preset={self.preset!r}) on a task built with preset={task_preset!r}: "
+                "the EMA's initialization follows the task's preset and its update timing the callback's. Give "
+                "both the same preset for the official (or the library's) MAN."
+            )
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if self.preset == "official" and trainer.global_step + 1 > self._last_step:
+            for head in self._heads(pl_module):
+                head.update_ema(self.momentum)
+            self._last_step = trainer.global_step + 1  # the step about to be taken
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.global_step > self._last_step:
+        if self.preset == "library" and trainer.global_step > self._last_step:
             for head in self._heads(pl_module):
                 head.update_ema(self.momentum)
             self._last_step = trainer.global_step
 
     def state_dict(self) -> dict[str, Any]:
-        return {"momentum": self.momentum, "last_step": self._last_step}
+        return {"momentum": self.momentum, "preset": self.preset, "last_step": self._last_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_step = int(state_dict["last_step"])

@@ -19,7 +19,8 @@ class DigitsDataModule(SplitDataModule):
     and seed (with a warning if they differ from this module's, see
     :class:`~lightning_regs.datamodules.base.SplitDataModule`), so it sees the same data.
     Pixels (0..16) are scaled to [0, 1], optionally resized (bilinear) and repeated to ``channels``,
-    then normalized with the training split's mean and standard deviation. ``predict`` uses the
+    then normalized with the training split's mean and standard deviation (per channel in :attr:`mean` and
+    :attr:`std` after ``setup``: the values InfoPro's official reconstruction target needs). ``predict`` uses the
     test split. Batches are dicts with ``image``, ``target`` and ``index`` (the position in the
     stage's split). The training order is a function of ``seed`` and the epoch
     (:class:`~lightning_regs.datamodules.samplers.EpochShuffleSampler`), so a resumed run sees the
@@ -79,6 +80,8 @@ class DigitsDataModule(SplitDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         self.save_hyperparameters()
+        self.mean: tuple[float, ...] | None = None  # per channel, set by setup
+        self.std: tuple[float, ...] | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -113,6 +116,8 @@ class DigitsDataModule(SplitDataModule):
         train_images = images[self.split_indices["train"]]
         mean, std = train_images.mean(), train_images.std()
         images = (images - mean) / std
+        self.mean = (float(mean),) * self.channels
+        self.std = (float(std),) * self.channels
         self.datasets = {
             split: TensorDictDataset(images[indices], targets[indices]) for split, indices in self.split_indices.items()
         }

@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["supervised_contrastive_loss"]
+__all__ = ["SupConAnchors", "supervised_contrastive_loss"]
+
+SupConAnchors = Literal["with_positives", "all"]
 
 
 def supervised_contrastive_loss(
-    features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07, base_temperature: float = 0.07
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 0.07,
+    base_temperature: float = 0.07,
+    anchors: SupConAnchors = "with_positives",
 ) -> torch.Tensor:
     """``L^sup_out`` (Khosla et al., Eq. 2) over one view per sample, on L2-normalized ``features``.
 
     For each anchor ``i`` with positives ``P(i) = {p != i : y_p = y_i}``:
     ``l_i = -(tau / tau_base) / |P(i)| · sum_{p in P(i)} log( exp(z_i·z_p / tau) / sum_{a != i} exp(z_i·z_a / tau) )``,
-    averaged over the anchors that have at least one positive (an anchor alone in its class has no term;
-    the reference code counts it as a zero, which only rescales the loss by the share of such anchors).
-    A batch with no positive pair gives 0, still attached to the graph.
+    averaged over the anchors that have at least one positive (an anchor alone in its class has no term).
+    ``anchors="all"`` is the reference code's mean (SupContrast, as InfoPro ships it): over every anchor,
+    one without a positive counting as a zero term, which scales the loss by the share of anchors that have
+    one. A batch with no positive pair gives 0, still attached to the graph.
 
     Args:
         features: ``(B, D)`` embeddings (normalized here).
         labels: ``(B,)`` class ids.
         temperature: ``tau`` (0.07 in InfoPro).
         base_temperature: ``tau_base``; the loss is scaled by ``tau / tau_base``.
+        anchors: ``"with_positives"`` (default) or ``"all"`` (the official code's normalization).
 
     Example::
 
@@ -36,6 +46,8 @@ def supervised_contrastive_loss(
         raise ValueError(
             f"Need features (B, D) and labels (B,); got {tuple(features.shape)} and {tuple(labels.shape)}."
         )
+    if anchors not in ("with_positives", "all"):
+        raise ValueError(f"anchors must be 'with_positives' or 'all' (the official code); got {anchors!r}.")
     if temperature <= 0 or base_temperature <= 0:
         raise ValueError(f"Temperatures must be positive; got {temperature} and {base_temperature}.")
     # At least float32 (half-precision logits / 0.07 overflow), float64 kept.
@@ -50,4 +62,5 @@ def supervised_contrastive_loss(
     if not bool(has_positive.any()):
         return features.sum() * 0.0
     mean_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)[has_positive] / counts[has_positive]
-    return -(temperature / base_temperature) * mean_log_prob.mean()
+    per_anchor = mean_log_prob.sum() / len(z) if anchors == "all" else mean_log_prob.mean()
+    return -(temperature / base_temperature) * per_anchor

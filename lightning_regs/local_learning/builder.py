@@ -17,10 +17,11 @@ from lightning_regs.local_learning.man import MomentumAuxiliaryHead
 from lightning_regs.local_learning.splits import every_layer_split, resolve_split
 from lightning_regs.models.layered import layer_sequence
 
-__all__ = ["HeadName", "LocalLearningSpec"]
+__all__ = ["HeadName", "LocalLearningSpec", "Preset"]
 
 HeadName = Literal["dgl", "infopro", "auglocal"]
 _HEADS = ("dgl", "infopro", "auglocal")
+Preset = Literal["library", "official"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class LocalLearningSpec:
     lambdas: tuple[float, ...] | None
     task_loss: TaskLoss
     head_norm: bool
+    preset: Preset = "library"
+    image_mean: tuple[float, ...] | None = None
+    image_std: tuple[float, ...] | None = None
 
     @classmethod
     def check(
@@ -65,10 +69,29 @@ class LocalLearningSpec:
         lambdas: Sequence[float] | None = None,
         task_loss: TaskLoss = "cross_entropy",
         head_norm: bool = True,
+        *,
+        preset: Preset = "library",
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
     ) -> LocalLearningSpec:
         """Validate the choices against ``model`` (a layered model) and infer ``K``."""
         if head not in _HEADS:
             raise ValueError(f"Unknown head {head!r}: use one of {_HEADS}.")
+        if preset not in ("library", "official"):
+            raise ValueError(f"preset must be 'library' or 'official'; got {preset!r}.")
+        if (image_mean is None) != (image_std is None):
+            raise ValueError("Pass both image_mean and image_std (the input's Normalize), or neither.")
+        if image_mean is not None and not (head == "infopro" and preset == "official"):
+            raise ValueError(
+                "image_mean/image_std set InfoPro's official reconstruction target: they apply with head='infopro' "
+                f"and preset='official' only (got head={head!r}, preset={preset!r})."
+            )
+        if preset == "official" and head == "infopro" and image_mean is None:
+            raise ValueError(
+                "preset='official' reconstructs the un-normalized image, as the official InfoPro code does: pass "
+                "image_mean and image_std, the per-channel Normalize of your inputs (e.g. "
+                "image_mean=CIFAR10DataModule.mean, image_std=CIFAR10DataModule.std)."
+            )
         if task_loss != "cross_entropy" and head != "infopro":
             raise ValueError(
                 f"task_loss={task_loss!r} applies to InfoPro heads; head={head!r} trains with cross-entropy."
@@ -90,7 +113,11 @@ class LocalLearningSpec:
                     "so they would never be trained; choose endpoints that keep one term positive at every module."
                 )
         lambdas = tuple(float(x) for x in lambdas) if lambdas is not None else None
-        return cls(K, split, head, bool(man), d, float(pyramid_coeff), lambdas, task_loss, bool(head_norm))
+        mean = tuple(float(x) for x in image_mean) if image_mean is not None else None
+        std = tuple(float(x) for x in image_std) if image_std is not None else None
+        return cls(
+            K, split, head, bool(man), d, float(pyramid_coeff), lambdas, task_loss, bool(head_norm), preset, mean, std
+        )
 
     def build(
         self, model: nn.Module, num_classes: int, input_shape: Sequence[int]
@@ -129,13 +156,18 @@ class LocalLearningSpec:
         """The DGL or InfoPro head after layer ``end`` (behind a MAN with ``man=True``)."""
         # With MAN the head reads the next block's output, so it is sized for that shape.
         feature_shape = shapes[end + 1] if self.man else shapes[end]
+        official = self.preset == "official"
         if self.head == "dgl":
             aux: nn.Module = DGLHead(feature_shape, num_classes, norm=self.head_norm)
         else:
             aux = InfoProHead(
-                feature_shape, num_classes, input_shape, *weights, norm=self.head_norm, task_loss=self.task_loss
-            )
-        return MomentumAuxiliaryHead(aux, layers[end + 1]) if self.man else aux
+                feature_shape, num_classes, input_shape, *weights, norm=self.head_norm, task_loss=self.task_loss,
+                image_mean=self.image_mean, image_std=self.image_std,
+                supcon_anchors="all" if official else "with_positives",
+            )  # fmt: skip
+        if not self.man:
+            return aux
+        return MomentumAuxiliaryHead(aux, layers[end + 1], init="random" if official else "copy")
 
 
 def layer_output_shapes(layers: nn.Sequential, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:

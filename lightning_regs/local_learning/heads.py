@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_regs.functional.classification import classification_loss, hard_labels
-from lightning_regs.functional.supcon import supervised_contrastive_loss
+from lightning_regs.functional.supcon import SupConAnchors, supervised_contrastive_loss
 
-__all__ = ["INFOPRO_LAMBDAS", "DGLHead", "InfoProHead", "TaskLoss", "infopro_lambdas", "unit_range"]
+__all__ = ["INFOPRO_LAMBDAS", "DGLHead", "InfoProHead", "TaskLoss", "infopro_lambdas", "unit_range", "unnormalize"]
 
 # InfoPro's command file (CIFAR-10): (lambda_recon first, lambda_task first, lambda_recon last, lambda_task last),
 # keyed by (ResNet depth, K). The paper tuned them for its contrastive task loss (task_loss="contrast"); they also
@@ -73,6 +73,19 @@ def unit_range(image: torch.Tensor) -> torch.Tensor:
     low = flat.min(dim=1).values.view(-1, *([1] * (image.dim() - 1)))
     high = flat.max(dim=1).values.view(-1, *([1] * (image.dim() - 1)))
     return (image.detach() - low) / (high - low).clamp_min(1e-12)
+
+
+def unnormalize(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``image · std + mean`` per channel: the official InfoPro target (``_image_restore``) from a normalized image.
+
+    Example::
+
+        >>> image = torch.tensor([[[[1.0]], [[-1.0]]]])  # one 2-channel 1x1 image
+        >>> unnormalize(image, torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.5])).flatten()
+        tensor([0.7500, 0.0000])
+    """
+    shape = (1, -1) + (1,) * (image.dim() - 2)
+    return image.detach() * std.view(shape) + mean.view(shape)
 
 
 def _norm2d(channels: int, norm: bool) -> nn.Module:
@@ -154,7 +167,8 @@ class InfoProHead(nn.Module):
 
     The decoder upsamples ``h`` bilinearly to the image size, then conv3x3(C→12)+BN+ReLU and
     conv3x3(12→image channels); its sigmoid output is compared by BCE with the image rescaled per sample
-    to [0, 1] (:func:`unit_range`; the paper uses the un-normalized image). The classifier is the paper's
+    to [0, 1] (:func:`unit_range`), or, given ``image_mean`` and ``image_std`` (the official code), with the
+    un-normalized image ``x · std + mean`` (:func:`unnormalize`). The classifier is the paper's
     "1c2f": conv3x3 (stride 2 and twice the channels below 64 channels) + BN + ReLU, global pooling,
     ``Linear(128)`` + ReLU, ``Linear(num_classes)``. ``L_task`` is cross-entropy on those logits, or with
     ``task_loss="contrast"`` (the paper's best setting) the supervised contrastive loss
@@ -172,6 +186,10 @@ class InfoProHead(nn.Module):
         task_loss: ``cross_entropy`` or ``contrast`` (supervised contrastive; soft targets use their arg-max).
         feature_dim: embedding size of the contrastive head (128 in the paper).
         temperature: temperature of the contrastive loss (0.07 in the paper).
+        image_mean, image_std: the per-channel ``Normalize`` of the input; given, the reconstruction target is
+            the un-normalized image, as in the official code.
+        supcon_anchors: ``"with_positives"`` or ``"all"`` (the official mean over every anchor; see
+            :func:`~lightning_regs.functional.supcon.supervised_contrastive_loss`).
 
     Example::
 
@@ -191,8 +209,13 @@ class InfoProHead(nn.Module):
         task_loss: TaskLoss = "cross_entropy",
         feature_dim: int = 128,
         temperature: float = 0.07,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        supcon_anchors: SupConAnchors = "with_positives",
     ) -> None:
         super().__init__()
+        if (image_mean is None) != (image_std is None):
+            raise ValueError("Pass both image_mean and image_std (the input's Normalize), or neither.")
         if task_loss not in ("cross_entropy", "contrast"):
             raise ValueError(f"InfoPro's task loss is 'cross_entropy' or 'contrast'; got {task_loss!r}.")
         in_shape = tuple(int(s) for s in in_shape)
@@ -205,6 +228,20 @@ class InfoProHead(nn.Module):
         if lambda_recon < 0 or lambda_task < 0:
             raise ValueError(f"InfoPro lambdas must be non-negative; got {lambda_recon}, {lambda_task}.")
         channels = in_shape[0]
+        self.unnormalized_target = image_mean is not None
+        if (
+            image_mean is not None
+            and image_std is not None
+            and (len(image_mean) != image_shape[0] or len(image_std) != image_shape[0] or min(image_std) <= 0)
+        ):
+            raise ValueError(
+                f"image_mean and image_std need one value per input channel ({image_shape[0]}), std > 0; got "
+                f"{tuple(image_mean)} and {tuple(image_std)}."
+            )
+        # Not persistent: constants of the data, not state (older checkpoints load unchanged).
+        self.register_buffer("image_mean", torch.tensor(image_mean or (), dtype=torch.float32), persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std or (), dtype=torch.float32), persistent=False)
+        self.supcon_anchors = supcon_anchors
         self.lambda_recon = float(lambda_recon)
         self.lambda_task = float(lambda_task)
         self.task_loss, self.temperature = task_loss, float(temperature)
@@ -233,12 +270,17 @@ class InfoProHead(nn.Module):
             if image is None:
                 raise ValueError("InfoProHead reconstructs the input image: pass `image`.")
             # with-logits BCE of the decoder's pre-sigmoid output: the same loss, and safe under autocast.
-            recon = F.binary_cross_entropy_with_logits(self.decoder(h), unit_range(image))
+            goal = (
+                unnormalize(image, self.image_mean, self.image_std) if self.unnormalized_target else unit_range(image)
+            )
+            recon = F.binary_cross_entropy_with_logits(self.decoder(h), goal)
             loss = loss + self.lambda_recon * recon
         if self.lambda_task > 0:
             out = self.classifier(h)
             if self.task_loss == "contrast":
-                task = supervised_contrastive_loss(out, hard_labels(target), self.temperature, self.temperature)
+                task = supervised_contrastive_loss(
+                    out, hard_labels(target), self.temperature, self.temperature, anchors=self.supcon_anchors
+                )
             else:
                 task = classification_loss(out, target)
             loss = loss + self.lambda_task * task

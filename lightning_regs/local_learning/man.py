@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["MomentumAuxiliaryHead"]
+__all__ = ["ManInit", "MomentumAuxiliaryHead", "reinitialize"]
+
+ManInit = Literal["copy", "random"]
+
+
+def reinitialize(module: nn.Module) -> nn.Module:
+    """Draw fresh weights for every submodule that has ``reset_parameters`` (from the global RNG); returns ``module``.
+
+    Example::
+
+        >>> block = nn.Linear(4, 4)
+        >>> before = block.weight.clone()
+        >>> bool(torch.equal(reinitialize(block).weight, before))
+        False
+    """
+    for sub in module.modules():
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return module
 
 
 class MomentumAuxiliaryHead(nn.Module):
@@ -17,13 +37,15 @@ class MomentumAuxiliaryHead(nn.Module):
     average of that block's weights by :class:`~lightning_regs.callbacks.MomentumAuxiliaryNetworks`
     (:meth:`update_ema`); ``correction`` (the paper's "learnable bias"; in the official code a full
     trainable copy of the block) is trained by the local loss. Gradients reach ``h`` through both
-    branches. Unlike the official code, both copies start *equal* to the tracked block, not from an
-    independent random initialization. The tracked block is referenced, not registered, so it is not
+    branches. By default both copies start *equal* to the tracked block; ``init="random"`` draws fresh,
+    independent weights for each (every submodule's ``reset_parameters``), as the official code does (its copies
+    are taken before its global re-initialization). The tracked block is referenced, not registered, so it is not
     duplicated in the state dict.
 
     Args:
         head: the DGL or InfoPro head, built for the tracked block's output shape.
         next_block: the first layer of the next module.
+        init: ``"copy"`` (start equal to ``next_block``) or ``"random"`` (the official code).
 
     Example::
 
@@ -36,12 +58,17 @@ class MomentumAuxiliaryHead(nn.Module):
         [False, False]
     """
 
-    def __init__(self, head: nn.Module, next_block: nn.Module) -> None:
+    def __init__(self, head: nn.Module, next_block: nn.Module, init: ManInit = "copy") -> None:
         super().__init__()
+        if init not in ("copy", "random"):
+            raise ValueError(f"init must be 'copy' or 'random' (the official code); got {init!r}.")
         self.head = head
         self.ema = copy.deepcopy(next_block)
-        self.ema.requires_grad_(False)
         self.correction = copy.deepcopy(next_block)
+        if init == "random":
+            reinitialize(self.ema)
+            reinitialize(self.correction)
+        self.ema.requires_grad_(False)
         self.correction.requires_grad_(True)
         self._tracked = (next_block,)  # a tuple: not a registered submodule
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_regs.functional.classification import classification_loss
-from lightning_regs.local_learning.builder import HeadName, LocalLearningSpec
+from lightning_regs.local_learning.builder import HeadName, LocalLearningSpec, Preset
 from lightning_regs.local_learning.heads import TaskLoss
 from lightning_regs.local_learning.sample_shape import training_input_shape
 from lightning_regs.local_learning.splits import module_ranges
@@ -145,6 +145,9 @@ class LocalLearningMixin(pl.LightningModule):
         head_norm: bool = True,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
+        preset: Preset = "library",
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
     ) -> None:
         r"""Set up local learning on ``backbone`` in one call (in ``__init__``, after registering the backbone).
 
@@ -166,6 +169,9 @@ class LocalLearningMixin(pl.LightningModule):
                 head_norm: batch normalization in the heads (see ``LocalLearningClassifier``).
             input_shape: one sample's shape; ``None`` takes it from the training data.
             gradient_clip_val, gradient_clip_algorithm: clipping (the Trainer's needs automatic optimization).
+            preset: ``"library"`` or ``"official"`` (InfoPro's un-normalized reconstruction target and SupCon mean
+                over all anchors, MAN's randomly initialized copies; see ``LocalLearningClassifier``);
+                image_mean, image_std: the inputs' ``Normalize``, which ``preset="official"`` needs for InfoPro.
 
         Example::
 
@@ -193,7 +199,10 @@ class LocalLearningMixin(pl.LightningModule):
                 f"setup_local_learning needs the number of classes: {type(backbone).__name__} has no int "
                 "`num_classes`; pass num_classes=C."
             )
-        spec = LocalLearningSpec.check(view, K, split, head, man, d, pyramid_coeff, lambdas, task_loss, head_norm)
+        spec = LocalLearningSpec.check(
+            view, K, split, head, man, d, pyramid_coeff, lambdas, task_loss, head_norm,
+            preset=preset, image_mean=image_mean, image_std=image_std,
+        )  # fmt: skip
         self.automatic_optimization = False
         self._local_pending = (view, spec, classes, gradient_clip_val, gradient_clip_algorithm)
         self.local_spec = spec

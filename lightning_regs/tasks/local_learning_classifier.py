@@ -9,13 +9,12 @@ import torch
 from torch import nn
 
 from lightning_regs.datamodules.batch import unpack_batch
+from lightning_regs.local_learning.builder import HeadName, Preset
 from lightning_regs.local_learning.heads import TaskLoss
 from lightning_regs.local_learning.mixin import LocalLearningMixin
 from lightning_regs.tasks.image_classifier import ImageClassifier
 
 __all__ = ["LocalLearningClassifier"]
-
-HeadName = Literal["dgl", "infopro", "auglocal"]
 
 
 class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
@@ -52,6 +51,14 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         head_norm: batch normalization in the auxiliary heads.
         gradient_clip_val: clip gradients to this norm/value (Trainer clipping is unavailable here).
         gradient_clip_algorithm: ``norm`` or ``value``.
+        preset: ``library`` (default) or ``official``: where the library departs from the official code on
+            purpose, take the official behaviour: InfoPro reconstructs the un-normalized image ``x · std + mean``
+            (needs ``image_mean``/``image_std``; default: each sample min-max scaled to [0, 1]) and averages
+            SupCon over every anchor (an anchor without a positive counts 0; default: over anchors with one);
+            MAN's EMA and correction copies start from fresh random weights (default: copies of the tracked
+            block). Pair it with ``MomentumAuxiliaryNetworks(preset="official")`` for MAN's update timing. DGL
+            and AugLocal heads follow the official code under both presets. See ``docs/methods/local_learning.md``.
+        image_mean, image_std: the per-channel ``Normalize`` of the inputs (``preset="official"`` with InfoPro).
         **kwargs: the :class:`~lightning_regs.tasks.ImageClassifier` arguments (optimizer, lr, momentum,
             nesterov, weight_decay, scheduler, warmup_epochs, milestones, gamma, min_lr_ratio,
             label_smoothing, ece_bins), with its defaults.
@@ -80,6 +87,9 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         head_norm: bool = True,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: Literal["norm", "value"] = "norm",
+        preset: Preset = "library",
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, num_classes, **kwargs)
@@ -98,6 +108,9 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
             head_norm=head_norm,
             gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm,
+            preset=preset,
+            image_mean=image_mean,
+            image_std=image_std,
         )
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:

@@ -1025,6 +1025,7 @@ DECLARED: dict[str, dict[str, Cell]] = {
     "local_learning_infopro": _row(**_LOCAL),
     "local_learning_auglocal": _row(**_LOCAL),
     "local_learning_man": _row(**_LOCAL),
+    "local_learning_man_official": _row(**_LOCAL),
     "mean_image_anomaly_baseline": _row(
         accumulate=_NO_OPTIMIZER_ACCUMULATION,
         clip=_NO_OPTIMIZER_CLIPPING,

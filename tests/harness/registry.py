@@ -106,14 +106,15 @@ def grokking_classifier() -> GrokkingClassifier:
     return GrokkingClassifier(mlp(), 10, lr=1e-2)
 
 
-def local_learning(head: str, man: bool = False) -> Callable[[], LocalLearningClassifier]:
-    return _LocalLearning(head, man)
+def local_learning(head: str, man: bool = False, preset: str = "library") -> Callable[[], LocalLearningClassifier]:
+    return _LocalLearning(head, man, preset)
 
 
 @dataclass(frozen=True)
 class _LocalLearning:
     head: str
     man: bool
+    preset: str = "library"
 
     def __call__(self) -> LocalLearningClassifier:
         split: Any = "auto" if self.head == "auglocal" else [0, 1]
@@ -122,7 +123,7 @@ class _LocalLearning:
         backbone = small_convnet() if self.head == "infopro" else mlp(depth=4)
         return LocalLearningClassifier(
             backbone, 10, K=K, split=split, head=self.head, man=self.man, input_shape=(1, 8, 8),
-            head_norm=False, lr=0.1, scheduler="cosine", **extra,
+            head_norm=False, lr=0.1, scheduler="cosine", preset=self.preset, **extra,
         )  # fmt: skip
 
 
@@ -144,6 +145,10 @@ def pskd_then_label_smoothing() -> list[pl.Callback]:
 
 def man() -> list[pl.Callback]:
     return [cb.MomentumAuxiliaryNetworks(momentum=0.5)]
+
+
+def man_official() -> list[pl.Callback]:
+    return [cb.MomentumAuxiliaryNetworks(momentum=0.5, preset="official")]
 
 
 def local_complexity() -> list[pl.Callback]:
@@ -198,6 +203,9 @@ REGISTRY: tuple[MethodSetting, ...] = (
     MethodSetting("local_learning_auglocal", (), local_learning("auglocal"), **_LOCAL),
     MethodSetting(
         "local_learning_man", (cb.MomentumAuxiliaryNetworks,), local_learning("dgl", man=True), man, **_LOCAL
+    ),
+    MethodSetting(
+        "local_learning_man_official", (), local_learning("dgl", man=True, preset="official"), man_official, **_LOCAL
     ),
     MethodSetting(
         "mean_image_anomaly_baseline",
