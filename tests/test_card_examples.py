@@ -40,7 +40,7 @@ def test_every_card_opens_its_usage_with_one_tested_own_code_block(card: str) ->
     assert usage.split("\n\n")[1].startswith("**Your own model and data.**"), "the own-code path comes first"
     (block,) = TESTED.findall(usage)
     assert usage.index("<!-- tested-example -->") < usage.index("```"), "the first code block is the tested one"
-    assert re.search(r"^class \w+\((LocalLearningMixin, )?LightningModule\):", block, re.M), "the user's own module"
+    assert re.search(r"^class \w+\((\w+Mixin, )?LightningModule\):", block, re.M), "the user's own module"
 
 
 def _run(card: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

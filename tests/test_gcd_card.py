@@ -16,7 +16,7 @@ def test_card_example_runs(tmp_path, monkeypatch):
     exec(compile(code, str(CARD), "exec"), namespace)
     trainer = namespace["trainer"]
     assert trainer.global_step == 2 and {"lego/ler", "lego/dkl"} <= set(trainer.callback_metrics)
-    prior = trainer.lightning_module.prior.prior
+    prior = trainer.lightning_module.prior_ema.prior
     assert abs(float(prior.sum()) - 1) < 1e-5 and float(prior.std()) > 0  # q̂ moved away from uniform
 
 

@@ -3,6 +3,7 @@
 from lightning_regs.tasks.gcd_classifier import GCDClassifier
 from lightning_regs.tasks.grokking_classifier import GrokkingClassifier
 from lightning_regs.tasks.image_classifier import ImageClassifier
+from lightning_regs.tasks.lego_gcd_mixin import LegoGCDMixin, LegoGCDSettings
 from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
 from lightning_regs.tasks.mean_image_baseline import MeanImageAnomalyBaseline
 from lightning_regs.tasks.optim import WarmupSchedule, build_optimizer
@@ -11,6 +12,8 @@ __all__ = [
     "GCDClassifier",
     "GrokkingClassifier",
     "ImageClassifier",
+    "LegoGCDMixin",
+    "LegoGCDSettings",
     "LocalLearningClassifier",
     "MeanImageAnomalyBaseline",
     "WarmupSchedule",

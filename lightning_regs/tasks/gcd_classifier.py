@@ -6,9 +6,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -17,15 +15,13 @@ from lightning_regs.datamodules.cub import LABELED, TRUE_TARGET
 from lightning_regs.functional.distributed import gather_unique_by_index
 from lightning_regs.functional.gcd import gcd_accuracy, gcd_accuracy_balanced, gcd_accuracy_v1
 from lightning_regs.functional.lego_gcd import (
-    LogitPriorEMA,
-    dual_view_kl,
-    local_entropy_regularization,
     mean_entropy_maximization,
     self_distillation_loss,
     teacher_temperature,
     unsupervised_contrastive_loss,
 )
 from lightning_regs.functional.supcon import supervised_contrastive_loss
+from lightning_regs.tasks.lego_gcd_mixin import LegoGCDMixin
 from lightning_regs.tasks.optim import WarmupSchedule, build_optimizer
 from lightning_regs.tasks.sharding import shard_under_model_parallel
 
@@ -49,7 +45,7 @@ class ProjectionHead(nn.Sequential):
         super().__init__(*blocks, nn.Linear(sizes[-1], out))
 
 
-class GCDClassifier(pl.LightningModule):
+class GCDClassifier(LegoGCDMixin):
     """SimGCD (Wen et al., ICCV 2023) with LegoGCD (Cao et al., CVPR 2024): find new classes in unlabelled images.
 
     ``backbone`` maps images to ``(B, feature_dim)`` features. A cosine prototype classifier gives
@@ -61,9 +57,10 @@ class GCDClassifier(pl.LightningModule):
     ``(1 - λ)·(L_distill + w_me·L_me-max + w_dkl·L_DKL + L_infoNCE) + λ·(L_CE + L_SupCon) + β·L_LER``
 
     with λ = ``sup_weight``; CE and SupCon on the labelled rows only. LegoGCD's defaults are on
-    (``ler_weight=2``, ``dkl_weight=1``); ``ler_weight=0, dkl_weight=0`` is SimGCD. ``q̂`` (the LER prior) is
-    a buffer, saved in checkpoints; under DDP its batch mean is averaged over ranks so every rank keeps
-    the same ``q̂``. The teacher temperature follows the epoch, so a resumed run continues the schedule.
+    (``ler_weight=2``, ``dkl_weight=1``); ``ler_weight=0, dkl_weight=0`` is SimGCD. The LegoGCD terms come from
+    :class:`~lightning_regs.tasks.LegoGCDMixin`: ``q̂`` (the LER prior) is a buffer, saved in checkpoints; under
+    DDP its batch mean is averaged over ranks so every rank keeps the same ``q̂``. The teacher temperature
+    follows the epoch, so a resumed run continues the schedule.
 
     Evaluation (validation and test) predicts the arg-max cluster of each image, gathers
     ``(index, prediction, class)`` from every rank (padded duplicates dropped) and scores All/Old/New
@@ -155,7 +152,10 @@ class GCDClassifier(pl.LightningModule):
         self.known_classes = known
         self.prototypes = nn.Parameter(F.normalize(torch.randn(num_classes, feature_dim), dim=1))
         self.projection = ProjectionHead(feature_dim, proj_hidden, proj_dim, proj_layers)
-        self.prior_ema = LogitPriorEMA(num_classes, prior_momentum)
+        self.setup_lego_gcd(
+            num_classes, known, ler_weight=ler_weight, ler_threshold=ler_threshold, ler_prior=ler_prior,
+            ler_lambda=ler_lambda, prior_momentum=prior_momentum, dkl_weight=dkl_weight,
+        )  # fmt: skip
         self._eval_rows: dict[str, list[torch.Tensor]] = {}
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
@@ -208,14 +208,7 @@ class GCDClassifier(pl.LightningModule):
                 embedding[labelled2], target2[labelled2], hp.supcon_temperature, hp.supcon_temperature
             ),
         }
-        first, second = logits.chunk(2)
-        terms["dkl"] = dual_view_kl(first, second) if hp.dkl_weight else zero
-        terms["ler"] = zero
-        if hp.ler_weight:
-            prior = self.prior_ema.prior if hp.ler_prior else None
-            terms["ler"] = local_entropy_regularization(
-                logits, labelled2, self.known_classes, hp.ler_threshold, prior=prior, lambda_ler=hp.ler_lambda
-            )
+        terms.update(self.lego_gcd_terms(logits, labelled2))
         unsupervised = terms["distill"] + hp.memax_weight * terms["memax"] + hp.dkl_weight * terms["dkl"]
         supervised = terms["ce"] + terms["supcon"]
         terms["loss"] = (
@@ -227,18 +220,11 @@ class GCDClassifier(pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         terms, logits = self.compute_losses(batch)
-        self._update_prior(logits.detach())
+        self.update_logit_prior(logits)
         for name, value in terms.items():
             self.log(f"gcd/train_{name}", value.detach(), prog_bar=name == "loss")
         self.log("gcd/teacher_temp", self.current_teacher_temperature())
         return {"loss": terms["loss"], "logits": logits.detach()}
-
-    def _update_prior(self, logits: torch.Tensor) -> None:
-        mean = logits.float().softmax(dim=1).mean(dim=0)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(mean)
-            mean /= dist.get_world_size()
-        self.prior_ema.update(mean)
 
     def _collect(self, batch: Mapping[str, torch.Tensor], stage: str) -> None:
         image = batch[IMAGE]

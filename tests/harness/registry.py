@@ -23,6 +23,7 @@ from lightning_regs.tasks import (
     GCDClassifier,
     GrokkingClassifier,
     ImageClassifier,
+    LegoGCDMixin,
     LocalLearningClassifier,
     MeanImageAnomalyBaseline,
 )
@@ -223,7 +224,7 @@ REGISTRY: tuple[MethodSetting, ...] = (
     MethodSetting("dse_monitor", (cb.DiffusionSpectralEntropyMonitor,), image_classifier, representation.dse),
     MethodSetting(
         "gcd_classifier",
-        (GCDClassifier,),
+        (GCDClassifier, LegoGCDMixin),
         gcd.gcd_classifier,
         no_callbacks,
         make_datamodule=gcd.sequential_gcd_digits,
