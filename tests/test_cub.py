@@ -131,6 +131,22 @@ def test_gcd_split_from_json(tmp_path, cub):
         CUB200DataModule(root=str(tmp_path), gcd=True, gcd_split_file=str(path), **RAW).setup()
 
 
+def test_the_shipped_ssb_split_is_the_official_one_and_gcd_split_file_ssb_reads_it(tmp_path, cub):
+    from lightning_regs.datamodules.cub import SSB_SPLIT_FILE
+
+    spec = json.loads(SSB_SPLIT_FILE.read_text())
+    unknown = spec["unknown_classes"]
+    assert {name: len(ids) for name, ids in unknown.items()} == {"Easy": 32, "Medium": 34, "Hard": 34}
+    assert sorted(spec["known_classes"] + [c for ids in unknown.values() for c in ids]) == list(range(200))
+    # spot values of sgvaze/osr_closed_set_all_you_need's cub_osr_splits.pkl (0-based), as read with pickle
+    assert spec["known_classes"][:6] == [150, 70, 34, 178, 199, 131]
+    assert sorted(spec["known_classes"])[:4] == [0, 5, 7, 9]
+    assert sorted(unknown["Easy"])[:3] == [1, 4, 6] and sorted(unknown["Hard"])[:3] == [3, 8, 13]
+    assert "3258f058d4fd75cb88e23d0bd638d24b629e60d3" in spec["source"]
+    with pytest.raises(ValueError, match="every class id"):  # the 4-class fake CUB is not CUB-200
+        CUB200DataModule(root=str(tmp_path), gcd=True, gcd_split_file="ssb", **RAW).setup()
+
+
 def test_gcd_split_is_kept_in_state_dict(tmp_path, cub):
     dm = CUB200DataModule(root=str(tmp_path), gcd=True, seed=2, **RAW)
     dm.setup()

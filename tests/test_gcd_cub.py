@@ -59,6 +59,7 @@ def test_cub_example_config_parses(tmp_path, cub, monkeypatch):
     assert isinstance(cli.model, GCDClassifier) and cli.model.num_classes == 200
     assert cli.model.hparams.ler_threshold == 0.7 and cli.model.hparams.ler_weight == 2.0
     assert cli.datamodule.hparams.gcd and cli.datamodule.hparams.gcd_views == 2
+    assert cli.datamodule.hparams.gcd_split_file == "ssb"  # the papers' split, shipped
 
 
 def test_digits_example_config_runs(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ __all__ = ["CUB200DataModule"]
 
 LABELED = "labeled"
 TRUE_TARGET = "true_target"
+SSB_SPLIT_FILE = Path(__file__).parent / "data" / "cub_ssb_split.json"  # gcd_split_file="ssb"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt", "bounding_boxes.txt")
@@ -181,7 +182,9 @@ class CUB200DataModule(SplitDataModule):
     and ``test``/``predict`` serve the official test split.
 
     **GCD mode:** ``known_classes`` (0-based original ids; default the first half of the classes,
-    i.e. 0..99) or a JSON ``gcd_split_file`` with ``known_classes`` and ``unknown_classes`` (a list,
+    i.e. 0..99), ``gcd_split_file="ssb"`` (the Semantic Shift Benchmark split SimGCD and LegoGCD use, shipped
+    as ``datamodules/data/cub_ssb_split.json`` with its source) or a JSON ``gcd_split_file`` with
+    ``known_classes`` and ``unknown_classes`` (a list,
     or lists under ``Easy``/``Medium``/``Hard`` as in the SSB splits) choose the known classes;
     ``labeled_fraction`` of the known-class training images, drawn with a local generator seeded by
     ``seed``, are labeled (``batch["labeled"]``), every other training image is unlabeled. Class ids
@@ -210,7 +213,8 @@ class CUB200DataModule(SplitDataModule):
         crop_to_bbox: crop every image to its box from ``bounding_boxes.txt`` before the transforms.
         gcd: generalized category discovery mode (see above).
         known_classes: known classes for GCD, 0-based; ``None``: the first half.
-        gcd_split_file: a JSON file with ``known_classes`` and ``unknown_classes`` (0-based).
+        gcd_split_file: ``"ssb"`` (the SSB split) or a JSON file with ``known_classes`` and ``unknown_classes``
+            (0-based).
         labeled_fraction: share of the known-class training images that are labeled in GCD mode.
         seed: seed of the labeled subset and of the training order.
         train_transform: replaces the training transforms (input: uint8 ``(3, H, W)`` tensor).
@@ -358,7 +362,8 @@ class CUB200DataModule(SplitDataModule):
 
     def _resolve_known_classes(self, num_classes: int) -> tuple[list[int], list[int]]:
         if self.gcd_split_file is not None:
-            spec = read_json(self.gcd_split_file, "Fix it, or pass known_classes instead.")
+            path = SSB_SPLIT_FILE if self.gcd_split_file == "ssb" else self.gcd_split_file
+            spec = read_json(path, "Fix it, or pass known_classes instead.")
             if not isinstance(spec, dict) or "known_classes" not in spec or "unknown_classes" not in spec:
                 raise ValueError(
                     f"{self.gcd_split_file} must be a JSON object with 'known_classes' and 'unknown_classes'."
