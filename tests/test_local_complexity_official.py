@@ -66,3 +66,47 @@ def test_the_monitor_counts_what_the_official_mlp_script_counts(preset: str) -> 
         assert measured == pytest.approx(official, abs=1e-9)
     else:  # ReLU inputs only (no logits) and the centre among the vertices: a different, smaller count
         assert measured < official
+
+
+def official_resnet_lc(net: nn.Sequential, points: torch.Tensor, radius: float, directions: torch.Tensor) -> float:
+    """The official ResNet script's count: the tensors fed to each ReLU, the 2P vertices only (no centroid)."""
+    total = 0.0
+    for x in points.double():
+        h = torch.cat([x + radius * directions.double(), x - radius * directions.double()])
+        for module in net:
+            if isinstance(module, nn.ReLU):
+                signs = h.flatten(1) > 0
+                total += float((signs != signs[:1]).any(dim=0).sum())  # each vertex against vertex 0
+            h = module.double()(h)
+    return total / len(points)
+
+
+class ConvTask(MLPTask):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+            nn.Linear(64, 10),
+        )  # fmt: skip
+
+
+def test_the_official_preset_counts_what_the_official_resnet_script_counts() -> None:
+    seed_everything(0)
+    task = ConvTask()
+    initial = copy.deepcopy(task.net)
+    data = IndexedDataset(TensorDataset(torch.randn(64, 1, 4, 4), torch.arange(64) % 10))
+    measured = {}
+    for preset in ("official", "default"):
+        seed_everything(0)
+        monitor = LocalComplexityMonitor(
+            radius=0.8, num_directions=6, num_points=16, sets=["train"], num_measurements=2, max_overhead=None,
+            plot=False, preset=preset,
+        )  # fmt: skip
+        trainer = Trainer(max_steps=1, callbacks=[monitor], logger=False, enable_progress_bar=False,
+                          enable_checkpointing=False)  # fmt: skip
+        trainer.fit(copy.deepcopy(task), DataLoader(data, batch_size=16))
+        measured[preset] = monitor.history["lc/train"][0]  # step 0: the initial weights
+    official = official_resnet_lc(initial, monitor.points["train"], 0.8, monitor.points["directions"])
+    assert measured["official"] == pytest.approx(official, abs=1e-9)
+    # The centre can only add a neuron (one whose sign at x differs from all 2P vertices): never below the official.
+    assert measured["default"] >= official
