@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_regs.functional import dual_view_kl, local_entropy_regularization
-from lightning_regs.tasks import LegoGCDMixin
+from lightning_regs.tasks import LegoGCDMixin, LegoGCDSettings
 
 
 class Host(LegoGCDMixin):
@@ -57,5 +57,6 @@ def test_bad_settings_are_named():
 
 def test_the_prior_is_in_the_state_dict():
     host = Host()
+    assert host.lego_gcd == LegoGCDSettings(known_classes=(3, 1), ler_threshold=0.3)  # the other choices: CUB's
     host.update_logit_prior(_batch()[0])
     assert "prior_ema.prior" in host.state_dict() and not torch.equal(host.prior_ema.prior, torch.full((4,), 0.25))

@@ -15,7 +15,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch import seed_everything
 
 import lightning_regs.callbacks
 import lightning_regs.local_learning
@@ -25,6 +24,7 @@ from tests.harness.registry import REGISTRY, MethodSetting
 from tests.harness.runs import (
     DDP_BATCH,
     fit_setting,
+    initial_state,
     run_ddp,
     run_resumed,
     run_resumed_mid_epoch,
@@ -64,7 +64,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_fit_trains_and_the_method_leaves_state(entry, uninterrupted):
     state = uninterrupted(entry)
-    assert_trained(_initial(entry), state["weights"])
+    assert_trained(initial_state(entry), state["weights"])
     for callback in entry.make_callbacks():
         fresh = callback.state_dict()
         if fresh:  # a stateful callback: fit must have filled or moved its state
@@ -120,11 +120,6 @@ def test_every_checkpoint_loads_with_weights_only(entry, resumed):
         assert {"state_dict", "callbacks", "loops"} <= set(checkpoint), path.name
 
 
-def _initial(entry: MethodSetting) -> dict[str, torch.Tensor]:
-    seed_everything(0)
-    return entry.make_task().state_dict()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_two_ddp_processes_equal_one_on_the_same_global_batches(entry, uninterrupted, tmp_path):
@@ -132,7 +127,7 @@ def test_two_ddp_processes_equal_one_on_the_same_global_batches(entry, uninterru
     rank0, rank1 = run_ddp(entry, tmp_path)
     assert_same_state(rank0, rank1, atol=0.0, path="rank1 vs rank0")
     if entry.ddp_differs_because:
-        assert_trained(_initial(entry), rank0["weights"], "ddp")
+        assert_trained(initial_state(entry), rank0["weights"], "ddp")
         return
     assert_same_state(uninterrupted(entry), rank0, atol=entry.atol, path="ddp vs one process")
 

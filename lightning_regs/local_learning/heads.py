@@ -228,7 +228,6 @@ class InfoProHead(nn.Module):
         if lambda_recon < 0 or lambda_task < 0:
             raise ValueError(f"InfoPro lambdas must be non-negative; got {lambda_recon}, {lambda_task}.")
         channels = in_shape[0]
-        self.unnormalized_target = image_mean is not None
         if (
             image_mean is not None
             and image_std is not None
@@ -263,6 +262,11 @@ class InfoProHead(nn.Module):
             nn.ReLU(),
             nn.Linear(128, feature_dim if task_loss == "contrast" else num_classes),
         )
+
+    @property
+    def unnormalized_target(self) -> bool:
+        """Whether the reconstruction target is the un-normalized image (``image_mean``/``image_std`` given)."""
+        return self.image_mean.numel() > 0
 
     def forward(self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
         loss = h.new_zeros(())

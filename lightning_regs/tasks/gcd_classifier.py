@@ -140,16 +140,13 @@ class GCDClassifier(LegoGCDMixin):
             raise ValueError(f"Need num_known >= 1 and num_novel >= 0; got {num_known} and {num_novel}.")
         num_classes = num_known + num_novel
         known = list(range(num_known)) if known_classes is None else [int(c) for c in known_classes]
-        if len(known) != num_known or len(set(known)) != num_known or not all(0 <= c < num_classes for c in known):
-            raise ValueError(
-                f"known_classes must be {num_known} distinct ids in [0, {num_classes}); got {known_classes}."
-            )
+        if len(known) != num_known:  # distinct ids in range: checked by setup_lego_gcd
+            raise ValueError(f"known_classes must hold num_known={num_known} ids; got {known_classes}.")
         self.save_hyperparameters(ignore=["backbone"])
         if "_instantiator" in self.hparams:
             self.save_hyperparameters()
         self.backbone = backbone
         self.num_classes = num_classes
-        self.known_classes = known
         self.prototypes = nn.Parameter(F.normalize(torch.randn(num_classes, feature_dim), dim=1))
         self.projection = ProjectionHead(feature_dim, proj_hidden, proj_dim, proj_layers)
         self.setup_lego_gcd(
@@ -157,6 +154,11 @@ class GCDClassifier(LegoGCDMixin):
             ler_lambda=ler_lambda, prior_momentum=prior_momentum, dkl_weight=dkl_weight,
         )  # fmt: skip
         self._eval_rows: dict[str, list[torch.Tensor]] = {}
+
+    @property
+    def known_classes(self) -> list[int]:
+        """The known ("Old") classes' ids (kept by :class:`~lightning_regs.tasks.LegoGCDMixin`)."""
+        return list(self.lego_gcd.known_classes)
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """The backbone's features, flattened to ``(B, feature_dim)``."""

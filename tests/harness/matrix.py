@@ -37,7 +37,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from tests.harness.compare import assert_same_state, assert_trained
 from tests.harness.registry import REGISTRY, MethodSetting, ddp_spawn, ddp_spawn_unused_parameters, setting
-from tests.harness.runs import DDP_BATCH, SINGLE_BATCH, final_state, run_uninterrupted
+from tests.harness.runs import DDP_BATCH, SINGLE_BATCH, final_state, initial_state, run_uninterrupted
 from tests.helpers.ddp import find_free_port
 from tests.helpers.trainers import QUIET, CrashAtEpoch
 
@@ -308,11 +308,6 @@ class MatrixSession:
             self._references[entry.name] = run_uninterrupted(entry, self.dir("reference", entry.name))
         return self._references[entry.name]
 
-    def initial(self, entry: MethodSetting) -> dict[str, torch.Tensor]:
-        """The task's state before training (seed 0, as every run builds it)."""
-        seed_everything(0)
-        return {k: v.detach().clone() for k, v in entry.make_task().state_dict().items()}
-
     def processes(self, col: Column, entry: MethodSetting) -> list[Outcome]:
         """The outcome on each rank of ``entry`` in the two-process column ``col`` (one launch for all entries)."""
         if col.key not in self._processes:
@@ -353,7 +348,7 @@ def trains_differently(
     """For a cell declared ``differs_because``: check that the run trained, and say so (skip the comparison)."""
     if declared.differs_because is None:
         return False
-    assert_trained(session.initial(entry), state["weights"], f"{entry.name} {what}")
+    assert_trained(initial_state(entry), state["weights"], f"{entry.name} {what}")
     return True
 
 
@@ -458,7 +453,7 @@ def bf16_prove(entry: MethodSetting, declared: Proven, session: MatrixSession) -
         f"training_step returned logits of {probe.dtypes}: the forward did not run under bf16 autocast"
     )
     reference = session.reference(entry)
-    error = relative_update_error(session.initial(entry), reference["weights"], state["weights"])
+    error = relative_update_error(initial_state(entry), reference["weights"], state["weights"])
     assert error <= declared.tol, (
         f"{entry.name}: the bf16-mixed weight update differs from fp32's by {error:.3g} (relative), > {declared.tol}"
     )

@@ -22,6 +22,7 @@ __all__ = [
     "SINGLE_BATCH",
     "final_state",
     "fit_setting",
+    "initial_state",
     "run_ddp",
     "run_resumed",
     "run_resumed_mid_epoch",
@@ -38,6 +39,12 @@ def final_state(trainer: Trainer, pl_module: pl.LightningModule) -> dict[str, An
     callbacks = {c.state_key: _to_cpu(c.state_dict()) for c in ours}
     weights = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
     return {"weights": weights, "callbacks": callbacks}
+
+
+def initial_state(entry: MethodSetting) -> dict[str, torch.Tensor]:
+    """The entry's task state before training (seed 0, as every run builds it)."""
+    seed_everything(0)
+    return {k: v.detach().clone() for k, v in entry.make_task().state_dict().items()}
 
 
 class SaveFinalState(Callback):
