@@ -14,12 +14,24 @@ directions, so that most of the time goes to training; at the same steps the acc
 training and held-out sets is computed. Prints a table (step, train acc, held-out acc, LC per set),
 writes the history as JSON (``--out``) and a figure (``--figure``: LC against log step, accuracies
 on a second axis). ``--max-minutes`` stops the run early (the schedule stays the one of ``--steps``).
+
+Delayed robustness: :class:`~lightning_regs.callbacks.robustness_monitor.AdversarialRobustnessMonitor` attacks
+every held-out digit with PGD-linf (10 steps, step epsilon/4) at the same steps, once per ``--robust-epsilons``
+value (normalized input units). ``--seeds 0 1 2 3 4`` runs one seed after the other (one JSON per seed:
+``--out`` gets ``_seed<N>`` before its suffix; the trained task's state dict is saved beside it as ``.pt``)
+and prints the phases of every seed and their mean (the LC
+minimum while the training set is being fitted, the peak after it, the end; the steps at which held-out
+accuracy reaches 0.95 and PGD accuracy half its final value); ``--summary-only`` prints it from the JSON files.
+``--extra-lc-presets`` (default ``official_mlp``, the official MLP script's count: every Linear output, logits
+included, no centre vertex) adds LC on the training points under another preset at the same steps. The figure
+then shows every seed (``--figure``; seed ``--seeds[0]`` also gets the one-seed figure).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +40,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_regs.callbacks.local_complexity_monitor import LocalComplexityMonitor
+from lightning_regs.callbacks.robustness_monitor import AdversarialRobustnessMonitor
 from lightning_regs.datamodules.digits_subset import DigitsSubsetDataModule
 from lightning_regs.models import MLP
 from lightning_regs.tasks.grokking_classifier import GrokkingClassifier
@@ -79,8 +92,16 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor
     return float((predictions == targets).float().mean())
 
 
-def build(args: argparse.Namespace) -> tuple[GrokkingClassifier, DigitsSubsetDataModule, LocalComplexityMonitor]:
-    """The task, the data (``train_size`` digits to train on, the rest held out) and the LC monitor."""
+def build(
+    args: argparse.Namespace, seed: int
+) -> tuple[
+    GrokkingClassifier, DigitsSubsetDataModule, list[LocalComplexityMonitor], list[AdversarialRobustnessMonitor]
+]:
+    """The task, the data (``train_size`` digits to train on, the rest held out), the LC and PGD monitors.
+
+    The first LC monitor is the library's default count on every set; one more per ``--extra-lc-presets`` counts on
+    the training points only (prefix ``lc_<preset>``), at the same steps and with the same points and directions.
+    """
     backbone = MLP(
         in_features=64,
         num_classes=10,
@@ -95,50 +116,154 @@ def build(args: argparse.Namespace) -> tuple[GrokkingClassifier, DigitsSubsetDat
         batch_size=args.batch_size,
         val_fraction=1 - args.train_size / NUM_DIGITS,
         test_fraction=0.0,
-        seed=args.seed,
+        seed=seed,
     )
-    monitor = LocalComplexityMonitor(
-        radius=args.radius,
-        num_directions=args.directions,
-        num_points=args.points,
-        sets=SETS,
-        num_measurements=args.measurements,
-        max_overhead=None,
-        plot=False,
-        seed=args.seed,
-    )
-    return task, data, monitor
+    monitors = [
+        LocalComplexityMonitor(
+            radius=args.radius,
+            num_directions=args.directions,
+            num_points=args.points,
+            sets=SETS if preset == "default" else ("train",),
+            num_measurements=args.measurements,
+            preset=preset,
+            prefix="lc" if preset == "default" else f"lc_{preset}",
+            max_overhead=None,
+            plot=False,
+            seed=seed,
+        )
+        for preset in ("default", *args.extra_lc_presets)
+    ]
+    robustness = [
+        AdversarialRobustnessMonitor(
+            epsilon=epsilon,
+            steps=10,
+            norm="linf",
+            num_points=None,  # every held-out digit
+            num_measurements=args.measurements,
+            prefix=robust_prefix(epsilon),
+            max_overhead=None,
+            plot=False,
+            seed=seed,
+        )
+        for epsilon in args.robust_epsilons
+    ]
+    return task, data, monitors, robustness
 
 
-def history(monitor: LocalComplexityMonitor, accuracies: AccuracyAtMeasurements) -> list[dict[str, float]]:
-    """One row per measured step: accuracies, LC per set and the wall time so far."""
+def robust_prefix(epsilon: float) -> str:
+    return f"robust_eps{epsilon:g}"
+
+
+def history(
+    monitors: list[LocalComplexityMonitor],
+    accuracies: AccuracyAtMeasurements,
+    robustness: list[AdversarialRobustnessMonitor],
+) -> list[dict[str, float]]:
+    """One row per measured step: accuracies, LC per set (``<preset>/train`` for the extra presets), PGD accuracy
+    per epsilon and the wall time so far."""
+    monitor, *extra = monitors
+    robust_at = {
+        (robust.prefix, step): robust.history[f"{robust.prefix}/acc"][index]
+        for robust in robustness
+        for index, step in enumerate(robust.measured_steps)
+    }
     rows = []
     for index, step in enumerate(monitor.measured_steps):
         row: dict[str, float] = {"step": step, **accuracies.rows.get(step, {})}
         row.update({name: monitor.history[f"lc/{name}"][index] for name in SETS})
+        row.update({f"{m.preset}/train": m.history[f"{m.prefix}/train"][index] for m in extra})
+        row.update({r.prefix: robust_at[(r.prefix, step)] for r in robustness if (r.prefix, step) in robust_at})
         rows.append(row)
     return rows
 
 
-def print_table(rows: list[dict[str, float]]) -> None:
-    print(f"{'step':>7} {'wall_s':>7} {'train':>6} {'heldout':>7} {'LC train':>9} {'LC heldout':>10} {'LC random':>9}")
+def phases(rows: list[dict[str, float]], robust_keys: list[str]) -> dict[str, float]:
+    """The LC phases on training points and when generalization and robustness arrive.
+
+    ``min``: the lowest LC before training accuracy first reaches 1.0 (the first descent); ``peak``: the highest LC
+    after that minimum (the ascent); ``end``: the last LC. Steps: the peak, held-out accuracy first >= 0.95, PGD
+    accuracy first >= half its final value.
+    """
+    lc = [row["train"] for row in rows]
+    fitted = next((i for i, row in enumerate(rows) if row.get("train_acc", 0.0) >= 1.0), len(rows) - 1)
+    low = min(range(fitted + 1), key=lambda i: lc[i])
+    peak = max(range(low, len(rows)), key=lambda i: lc[i])
+    result = {
+        "lc_start": lc[0],
+        "lc_min": lc[low],
+        "step_min": rows[low]["step"],
+        "lc_peak": lc[peak],
+        "step_peak": rows[peak]["step"],
+        "lc_end": lc[-1],
+        "heldout_at_peak": rows[peak].get("heldout_acc", float("nan")),
+        "heldout_end": rows[-1].get("heldout_acc", float("nan")),
+        "step_generalized": _first_step(rows, "heldout_acc", 0.95),
+    }
+    for key in (k for k in rows[0] if k.endswith("/train")):
+        preset = key.removesuffix("/train")
+        other = [row[key] for row in rows]
+        other_low = min(range(fitted + 1), key=lambda i: other[i])
+        other_peak = max(range(other_low, len(rows)), key=lambda i: other[i])
+        result.update(
+            {
+                f"{preset}_start": other[0],
+                f"{preset}_min": other[other_low],
+                f"{preset}_peak": other[other_peak],
+                f"step_{preset}_peak": rows[other_peak]["step"],
+                f"{preset}_end": other[-1],
+            }
+        )
+    for key in robust_keys:
+        final = rows[-1][key]
+        eps = key.removeprefix("robust_")
+        result[f"pgd_{eps}_at_peak"] = rows[peak][key]
+        result[f"pgd_{eps}_end"] = final
+        result[f"pgd_{eps}_max"] = max(row[key] for row in rows)
+        result[f"step_pgd_{eps}_half"] = _first_step(rows, key, final / 2) if final > 0 else float("nan")
+    return result
+
+
+def _first_step(rows: list[dict[str, float]], key: str, threshold: float) -> float:
+    return next((row["step"] for row in rows if row.get(key, -1.0) >= threshold), float("nan"))
+
+
+def print_phases(per_seed: dict[int, dict[str, float]]) -> None:
+    keys = list(next(iter(per_seed.values())))
+    print("\nphases on training points (LC) and when generalization / robustness arrive, per seed:")
+    print(f"{'':<20}" + "".join(f"{f'seed {seed}':>10}" for seed in per_seed) + f"{'mean':>10}{'std':>8}")
+    for key in keys:
+        values = [per_seed[seed][key] for seed in per_seed]
+        finite = [v for v in values if v == v]
+        mean = statistics.mean(finite) if finite else float("nan")
+        spread = statistics.stdev(finite) if len(finite) > 1 else 0.0
+        print(f"{key:<20}" + "".join(f"{v:>10.3f}" for v in values) + f"{mean:>10.3f}{spread:>8.3f}")
+    ascents = [p["lc_peak"] - p["lc_min"] for p in per_seed.values()]
+    descents = [p["lc_peak"] - p["lc_end"] for p in per_seed.values()]
+    print(f"{'ascent (peak-min)':<20}" + "".join(f"{v:>10.3f}" for v in ascents) + f"{statistics.mean(ascents):>10.3f}")
+    print(
+        f"{'descent (peak-end)':<20}" + "".join(f"{v:>10.3f}" for v in descents) + f"{statistics.mean(descents):>10.3f}"
+    )
+
+
+def print_table(rows: list[dict[str, float]], robust_keys: list[str]) -> None:
+    header = (
+        f"{'step':>7} {'wall_s':>7} {'train':>6} {'heldout':>7} {'LC train':>9} {'LC heldout':>10} {'LC random':>9}"
+    )
+    print(header + "".join(f" {key:>17}" for key in robust_keys))
     for row in rows:
         print(
             f"{int(row['step']):>7} {row.get('wall_s', float('nan')):>7.0f} {row.get('train_acc', float('nan')):>6.3f}"
             f" {row.get('heldout_acc', float('nan')):>7.3f} {row['train']:>9.2f} {row['heldout']:>10.2f}"
-            f" {row['random']:>9.2f}"
+            f" {row['random']:>9.2f}" + "".join(f" {row.get(key, float('nan')):>17.3f}" for key in robust_keys)
         )
 
 
-def draw(rows: list[dict[str, float]], title: str, path: Path) -> None:
-    """LC per set against log(step + 1), accuracies on a second axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def draw(rows: list[dict[str, float]], robust_keys: list[str], title: str, path: Path) -> None:
+    """LC per set against log(step + 1); accuracies (train, held-out, PGD) on a second axis; legend below."""
     from matplotlib.figure import Figure
 
     steps = [row["step"] + 1 for row in rows]
-    figure = Figure(figsize=(7.5, 4.2), dpi=100)
+    figure = Figure(figsize=(7.5, 4.8), dpi=100)
     lc_axes = figure.subplots()
     for name in SETS:
         lc_axes.plot(steps, [row[name] for row in rows], ".-", label=f"LC {name}")
@@ -147,24 +272,65 @@ def draw(rows: list[dict[str, float]], title: str, path: Path) -> None:
     lc_axes.set_ylabel("local complexity (neurons)")
     lc_axes.grid(alpha=0.3)
     acc_axes = lc_axes.twinx()
-    for key, style in (("train_acc", "k--"), ("heldout_acc", "k:")):
-        acc_axes.plot(steps, [row.get(key, float("nan")) for row in rows], style, label=key.replace("_", " "))
+    styles = [("train_acc", "k--", "train acc"), ("heldout_acc", "k:", "held-out acc")]
+    styles += [(key, "r-.", f"PGD acc {key.removeprefix('robust_')}") for key in robust_keys]
+    for key, style, label in styles:
+        acc_axes.plot(steps, [row.get(key, float("nan")) for row in rows], style, label=label)
     acc_axes.set_ylabel("accuracy")
     acc_axes.set_ylim(0, 1.02)
-    handles = lc_axes.get_legend_handles_labels()
-    more = acc_axes.get_legend_handles_labels()
-    lc_axes.legend(handles[0] + more[0], handles[1] + more[1], fontsize="small", loc="upper left")
+    handles, labels = lc_axes.get_legend_handles_labels()
+    more_handles, more_labels = acc_axes.get_legend_handles_labels()
+    figure.legend(handles + more_handles, labels + more_labels, fontsize="small", loc="lower center", ncol=3)
     lc_axes.set_title(title, fontsize="small")
+    figure.tight_layout(rect=(0, 0.14, 1, 1))
+    _save(figure, path)
+
+
+def draw_seeds(per_seed: dict[int, list[dict[str, float]]], robust_key: str | None, title: str, path: Path) -> None:
+    """Every seed: LC on training points (top) and held-out / PGD accuracy (bottom) against log(step + 1)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5, 6.0), dpi=100)
+    lc_axes, acc_axes = figure.subplots(2, 1, sharex=True)
+    for index, (seed, rows) in enumerate(per_seed.items()):
+        color = f"C{index}"
+        steps = [row["step"] + 1 for row in rows]
+        lc_axes.plot(steps, [row["train"] for row in rows], ".-", color=color, markersize=3, label=f"seed {seed}")
+        acc_axes.plot(steps, [row.get("heldout_acc", float("nan")) for row in rows], ":", color=color)
+        if robust_key is not None:
+            acc_axes.plot(steps, [row.get(robust_key, float("nan")) for row in rows], "-", color=color)
+    lc_axes.set_xscale("log")
+    lc_axes.set_ylabel("LC, training points")
+    lc_axes.grid(alpha=0.3)
+    lc_axes.legend(fontsize="small", ncol=len(per_seed))
+    lc_axes.set_title(title, fontsize="small")
+    acc_axes.set_ylabel("accuracy")
+    acc_axes.set_xlabel("optimizer step + 1")
+    acc_axes.set_ylim(0, 1.02)
+    acc_axes.grid(alpha=0.3)
+    caption = "dotted: held-out accuracy" + (
+        f"; solid: PGD accuracy ({robust_key.removeprefix('robust_')})" if robust_key else ""
+    )
+    acc_axes.set_title(caption, fontsize="small")
     figure.tight_layout()
+    _save(figure, path)
+
+
+def _save(figure: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
+
+
+def seed_path(out: Path, seed: int, several: bool) -> Path:
+    return out.with_name(f"{out.stem}_seed{seed}{out.suffix}") if several else out
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop early after this wall time")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop each run early after this wall time")
+    parser.add_argument("--seed", type=int, default=None, help="one seed (the same as --seeds N)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds, one after the other")
     parser.add_argument("--init-scale", type=float, default=8.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.01)
@@ -176,18 +342,42 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--directions", type=int, default=8, help="LC directions P")
     parser.add_argument("--points", type=int, default=200, help="LC points per set")
     parser.add_argument("--measurements", type=int, default=30, help="log-spaced LC measurements")
+    parser.add_argument(
+        "--robust-epsilons", type=float, nargs="*", default=[0.25], help="PGD-linf radii (normalized units); none: off"
+    )
+    parser.add_argument(
+        "--extra-lc-presets",
+        nargs="*",
+        default=["official_mlp"],
+        choices=["official", "official_mlp"],
+        help="more LC counts on the training points (the default preset is always measured)",
+    )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="runs/grokking_lc_digits.json")
-    parser.add_argument("--figure", default="docs/methods/figures/grokking_lc_digits.png")
-    return parser.parse_args()
+    parser.add_argument("--out", type=Path, default=Path("runs/grokking_lc_digits.json"))
+    parser.add_argument("--figure", type=Path, default=Path("docs/methods/figures/grokking_lc_digits.png"))
+    parser.add_argument("--seeds-figure", type=Path, default=Path("docs/methods/figures/grokking_lc_digits_seeds.png"))
+    parser.add_argument("--summary-only", action="store_true", help="print and draw from the JSON files")
+    args = parser.parse_args()
+    if args.seed is not None and args.seeds is not None:
+        parser.error("give --seed or --seeds, not both")
+    args.seeds = args.seeds or [0 if args.seed is None else args.seed]
+    return args
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    pl.seed_everything(args.seed, verbose=False)
-    task, data, monitor = build(args)
-    accuracies = AccuracyAtMeasurements(monitor, None if args.max_minutes is None else 60 * args.max_minutes)
+def title_of(settings: dict[str, Any], steps: int, wall: float) -> str:
+    return (
+        f"digits, MLP 64-{settings['width']}x{settings['depth'] - 1}-10, init x{settings['init_scale']:g}, MSE, "
+        f"AdamW lr {settings['lr']:g} wd {settings['weight_decay']:g}, {settings['train_size']} train\n"
+        f"LC r={settings['radius']:g}, P={settings['directions']}, {settings['points']} pts ({steps} steps, "
+        f"{wall / 60:.0f} min)"
+    )
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], GrokkingClassifier]:
+    """Train one seed with the monitors; the summary (settings, cost, history) written as JSON, and the task."""
+    pl.seed_everything(seed, verbose=False)
+    task, data, monitors, robustness = build(args, seed)
+    accuracies = AccuracyAtMeasurements(monitors[0], None if args.max_minutes is None else 60 * args.max_minutes)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -198,31 +388,55 @@ def main() -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[monitor, accuracies],
+        callbacks=[*monitors, *robustness, accuracies],
     )
     started = time.perf_counter()
     trainer.fit(task, datamodule=data)
     wall = time.perf_counter() - started
-    rows = history(monitor, accuracies)
-    print_table(rows)
-    summary = {
-        "settings": vars(args),
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    return {
+        "settings": {**settings, "seed": seed},
         "steps_done": trainer.global_step,
         "wall_s": round(wall, 1),
-        "lc_monitor_s": round(monitor.measure_seconds, 1),
-        "history": rows,
-    }
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=1))
-    title = (
-        f"digits, MLP 64-{args.width}x{args.depth - 1}-10, init x{args.init_scale:g}, MSE, AdamW lr {args.lr:g} "
-        f"wd {args.weight_decay:g}, {args.train_size} train\nLC r={args.radius:g}, P={args.directions}, "
-        f"{args.points} pts ({trainer.global_step} steps, {wall / 60:.0f} min)"
-    )
-    draw(rows, title, Path(args.figure))
-    print(f"json: {out}  figure: {args.figure}")
+        "lc_monitor_s": round(sum(monitor.measure_seconds for monitor in monitors), 1),
+        "robust_monitor_s": round(sum(robust.measure_seconds for robust in robustness), 1),
+        "history": history(monitors, accuracies, robustness),
+    }, task
+
+
+def main() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    several = len(args.seeds) > 1
+    robust_keys = [robust_prefix(epsilon) for epsilon in args.robust_epsilons]
+    summaries: dict[int, dict[str, Any]] = {}
+    for seed in args.seeds:
+        out = seed_path(args.out, seed, several)
+        if args.summary_only:
+            summaries[seed] = json.loads(out.read_text())
+            continue
+        summary, task = run_seed(args, seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(summary, indent=1))
+        torch.save(task.state_dict(), out.with_suffix(".pt"))  # the trained network, for measurements after the run
+        summaries[seed] = summary
+        print(f"\nseed {seed}:")
+        print_table(summary["history"], robust_keys)
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("history", "settings")}))
+        print(f"json: {out}", flush=True)
+    first = summaries[args.seeds[0]]
+    title = title_of(first["settings"], first["steps_done"], first["wall_s"])
+    draw(first["history"], robust_keys, title, args.figure)
+    robust_key = robust_keys[-1] if robust_keys else None
+    print_phases({seed: phases(s["history"], robust_keys) for seed, s in summaries.items()})
+    if several:
+        draw_seeds({seed: s["history"] for seed, s in summaries.items()}, robust_key, title, args.seeds_figure)
+        print(f"figures: {args.figure}  {args.seeds_figure}")
+    else:
+        print(f"figure: {args.figure}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import pytest
 
 import tests.test_method_harness as harness_tests
 from tests.harness import matrix
-from tests.harness.matrix import COLUMNS, DECLARED, DOC, Error, MatrixSession, Proven
+from tests.harness.matrix import COLUMNS, DECLARED, Error, MatrixSession, Proven
+from tests.harness.matrix_page import DOC, render
 from tests.harness.registry import REGISTRY
 
 CELLS = [
@@ -68,4 +69,4 @@ def test_cells_proven_by_the_method_harness_name_a_test_that_runs_for_the_entry(
 
 
 def test_the_compatibility_page_is_what_the_declarations_render():
-    assert DOC.read_text() == matrix.render(), "docs/compatibility.md is stale: run python -m tests.harness.matrix"
+    assert DOC.read_text() == render(), "docs/compatibility.md is stale: run python -m tests.harness.matrix"
