@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lightning_regs.functional.adversarial import pgd_attack, predict, random_perturbation, robust_accuracy
+from tests.helpers.official_pgd import official_linf_pgd
 
 
 def linear_two_class(dim: int = 5, seed: int = 0) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
@@ -83,17 +84,6 @@ def test_bad_arguments_are_named():
         pgd_attack(model, inputs, targets, 0.1, 0.1, 1, "l1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="non-negative"):
         pgd_attack(model, inputs, targets, -0.1, 0.1, 1)
-
-
-def official_linf_pgd(model, x, y, epsilon, alpha, steps, start, low, high):
-    """The grokking code's loop, written out: clamp the random start, then step, project, clamp."""
-    x_adv = (x + start).clamp(low, high)
-    for _ in range(steps):
-        x_adv = x_adv.detach().requires_grad_(True)
-        (gradient,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x_adv), y, reduction="sum"), x_adv)
-        x_adv = x_adv.detach() + alpha * gradient.sign()
-        x_adv = torch.min(torch.max(x_adv, x - epsilon), x + epsilon).clamp(low, high)
-    return x_adv.detach()
 
 
 def test_the_random_start_is_clamped_to_the_input_range_as_the_official_code_does():

@@ -13,6 +13,9 @@ from lightning_regs.functional.adversarial import Norm, pgd_attack, predict, ran
 
 __all__ = ["AdversarialRobustnessMonitor"]
 
+# The official run attacks with epsilon 50/255 and step 4/255 (normalized CIFAR-10 units): the step is epsilon * 4/50.
+OFFICIAL_STEP_FRACTION = 4 / 50
+
 
 class AdversarialRobustnessMonitor(ScheduledMonitor):
     """Log PGD robust accuracy ``robust/acc`` beside clean accuracy ``robust/clean_acc`` on a fixed held-out set.
@@ -35,7 +38,12 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
         steps: PGD steps (10 in the paper's code).
         norm: ``linf`` or ``l2``.
         random_start: start uniformly inside the ball.
-        input_range: clamp adversarial inputs to ``[low, high]`` (the valid data range), if given.
+        input_range: clamp adversarial inputs (the random start and every step) to ``[low, high]``, the valid data
+            range; ``"data"``: to the smallest and largest value over the held-out points (what the official
+            ``PGD`` does when it is given no range); ``None``: no clamp.
+        preset: ``"library"`` (default) or ``"official"``: the official code's defaults for what is not given,
+            a step of ``epsilon * 4/50`` (its 4/255 step at epsilon 50/255) instead of ``epsilon / 4``, and
+            ``input_range="data"`` instead of no clamp.
         num_measurements, every_n_steps, every_n_epochs, num_points, heldout_split, submodule, prefix,
             max_overhead, batch_size, plot, seed: see :class:`~lightning_regs.callbacks.ScheduledMonitor`
             (``batch_size``: images attacked at once on each rank, 1024 when ``None``).
@@ -45,6 +53,9 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
         >>> from lightning.pytorch import Trainer
         >>> monitor = AdversarialRobustnessMonitor(epsilon=0.2, steps=10, norm="linf")
         >>> trainer = Trainer(callbacks=[monitor], logger=False, max_steps=10)
+        >>> official = AdversarialRobustnessMonitor(epsilon=50 / 255, preset="official")
+        >>> round(official.step_size * 255, 6), official.input_range
+        (4.0, 'data')
     """
 
     def __init__(
@@ -56,7 +67,8 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
         random_start: bool = True,
         num_points: int | Literal["auto"] | None = "auto",
         heldout_split: str = "val",
-        input_range: tuple[float, float] | None = None,
+        input_range: tuple[float, float] | Literal["data"] | None = None,
+        preset: Literal["library", "official"] = "library",
         num_measurements: int | None = None,
         every_n_steps: int | None = None,
         every_n_epochs: int | None = None,
@@ -84,17 +96,27 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
             raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}.")
         if epsilon <= 0 or steps < 1:
             raise ValueError(f"epsilon must be positive and steps at least 1; got epsilon={epsilon}, steps={steps}.")
+        if preset not in ("library", "official"):
+            raise ValueError(f"preset must be 'library' or 'official', got {preset!r}.")
+        if isinstance(input_range, str) and input_range != "data":
+            raise ValueError(f"input_range must be (low, high), 'data' or None; got {input_range!r}.")
+        official = preset == "official"
+        self.preset = preset
         self.epsilon = float(epsilon)
-        self.step_size = float(step_size) if step_size is not None else self.epsilon / 4
+        default_step = self.epsilon * OFFICIAL_STEP_FRACTION if official else self.epsilon / 4
+        self.step_size = float(step_size) if step_size is not None else default_step
         self.steps_per_attack = int(steps)
         self.norm = norm
         self.random_start = random_start
-        self.input_range = tuple(input_range) if input_range is not None else None
+        if input_range is None and official:
+            input_range = "data"
+        self.input_range = input_range if input_range is None or input_range == "data" else tuple(input_range)
 
     @property
     def state_key(self) -> str:
+        official = {"preset": "official"} if self.preset == "official" else {}  # library keys stay as they were
         return self._generate_state_key(
-            epsilon=self.epsilon, norm=self.norm, steps=self.steps_per_attack, **self.state_key_fields()
+            epsilon=self.epsilon, norm=self.norm, steps=self.steps_per_attack, **official, **self.state_key_fields()
         )
 
     def set_points(
@@ -132,6 +154,7 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
         model = self.model(pl_module)
         batch_size = self.batch_size or 1024
         images, targets = self.points["images"], self.points["targets"]
+        input_range = (float(images.min()), float(images.max())) if self.input_range == "data" else self.input_range
         start = None
         if self.random_start:
             generator = self.generator(10 + trainer.global_step)
@@ -155,7 +178,7 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
                 self.steps_per_attack,
                 self.norm,
                 random_start=False,
-                input_range=self.input_range,
+                input_range=input_range,
                 start=delta,
             )
             counts[0] += float((predict(model, adversarial).eq(y) & counted).sum())
