@@ -155,3 +155,46 @@ def test_bad_arguments():
         ProgressiveSelfKD(alpha_T=1.5)
     with pytest.raises(ValueError, match="storage"):
         ProgressiveSelfKD(storage="int8")
+
+
+def test_the_official_preset_recomputes_alpha_with_the_new_t_on_resume(tmp_path):
+    fit_with_pskd(tmp_path, max_epochs=2, pskd=ProgressiveSelfKD(alpha_T=0.8, preset="official"))
+    _, pskd = fit_with_pskd(
+        tmp_path, max_epochs=3, ckpt_path=tmp_path / "last.ckpt", pskd=ProgressiveSelfKD(alpha_T=0.8, preset="official")
+    )
+    assert pskd.total_epochs == 3 and pskd.alpha(1) == pytest.approx(0.8 * 2 / 3)  # official: alpha_T (e + 1) / T
+
+
+class _GatheringModule:
+    """Two ranks' rows as ``all_gather`` returns them: rank 0's batch, then rank 1's (``DistributedSampler`` order)."""
+
+    def __init__(self, other_rank: dict[str, torch.Tensor]) -> None:
+        self.other_rank = other_rank
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        other = self.other_rank["index"] if tensor.dtype == torch.long else self.other_rank["probabilities"]
+        return torch.stack([tensor, other])
+
+
+@pytest.mark.parametrize(("preset", "kept_rank"), [("library", 0), ("official", 1)])
+def test_a_padded_index_gathered_twice_keeps_the_presets_copy(preset, kept_rank):
+    """Of two copies of a sample in one gathered batch, the library keeps rank 0's and the official loop rank 1's."""
+    from types import SimpleNamespace
+
+    from lightning_regs.functional import PredictionTable
+
+    logits = {rank: torch.randn(3, 4, generator=torch.Generator().manual_seed(rank)) for rank in (0, 1)}
+    index = {0: torch.tensor([4, 0, 2]), 1: torch.tensor([1, 3, 4])}  # 5 samples padded to 6: sample 4 twice
+    pskd = ProgressiveSelfKD(alpha_T=0.8, preset=preset)
+    pskd.table = PredictionTable(5, 4)
+    pskd._pending_index = index[0]
+    module = _GatheringModule({"index": index[1], "probabilities": logits[1].softmax(-1)})
+    pskd.on_train_batch_end(SimpleNamespace(world_size=2), module, {"logits": logits[0]}, {}, 0)
+    expected = logits[kept_rank][0 if kept_rank == 0 else 2].softmax(-1)
+    torch.testing.assert_close(pskd.table.read(torch.tensor([4]))[0], expected)
+    torch.testing.assert_close(pskd.table.read(torch.tensor([3]))[0], logits[1][1].softmax(-1))
+
+
+def test_a_bad_preset_is_named():
+    with pytest.raises(ValueError, match="preset must be 'library' or 'official'"):
+        ProgressiveSelfKD(preset="paper")  # type: ignore[arg-type]

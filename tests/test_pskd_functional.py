@@ -76,3 +76,21 @@ def test_bad_table_arguments():
         PredictionTable(5, 4, top_k=5)
     with pytest.raises(ValueError, match="storage"):
         PredictionTable(5, 4, storage="bfloat16")
+
+
+def test_repeated_indices_keep_what_a_row_by_row_loop_leaves_with_keep_last():
+    """The official DDP path writes gathered rows one by one (the last copy wins); ``keep="last"`` is that loop."""
+    index = torch.tensor([5, 1, 5, 0, 1, 5])
+    probabilities = torch.rand(6, 3, generator=torch.Generator().manual_seed(0)).softmax(-1)
+    loop = torch.zeros(6, 3)
+    for row, sample in enumerate(index.tolist()):
+        loop[sample] = probabilities[row]
+    last, first = PredictionTable(6, 3), PredictionTable(6, 3)
+    last.write(index, probabilities, keep="last")
+    first.write(index, probabilities)
+    rows = torch.tensor([0, 1, 5])
+    torch.testing.assert_close(last.read(rows), loop[rows])
+    torch.testing.assert_close(first.read(rows), probabilities[[3, 1, 0]])
+    assert not torch.allclose(first.read(rows), last.read(rows))
+    with pytest.raises(ValueError, match="keep must be 'first' or 'last'"):
+        first.write(index, probabilities, keep="middle")  # type: ignore[arg-type]

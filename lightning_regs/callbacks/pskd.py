@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback, num_classes_of, read_labels
@@ -49,6 +49,10 @@ class ProgressiveSelfKD(SoftTargetCallback):
         num_samples: table rows; by default the length of the training DataLoader's dataset.
         num_classes: table columns; by default the module's or DataModule's ``num_classes``, else the logits' width.
         table_device: where the table lives (e.g. ``"cpu"`` for ImageNet-scale tables); by default the module's device.
+        preset: ``"library"`` (default) or ``"official"``: as the official loop, of two copies of an index in one
+            gathered DDP batch (``DistributedSampler``'s padding) the last (higher rank) is stored instead of the
+            first, and a run resumed with another ``max_epochs`` (or ``total_epochs``) recomputes α with the new
+            ``T`` instead of keeping the one it started with. Non-finite predictions are never stored.
 
     Example::
 
@@ -76,7 +80,10 @@ class ProgressiveSelfKD(SoftTargetCallback):
         num_samples: int | None = None,
         num_classes: int | None = None,
         table_device: str | None = None,
+        preset: Literal["library", "official"] = "library",
     ) -> None:
+        if preset not in ("library", "official"):
+            raise ValueError(f"preset must be 'library' or 'official', got {preset!r}.")
         if not 0.0 <= alpha_T <= 1.0:
             raise ValueError(f"alpha_T must lie in [0, 1], got {alpha_T}.")
         if total_epochs is not None and total_epochs < 1:
@@ -92,6 +99,7 @@ class ProgressiveSelfKD(SoftTargetCallback):
         self.top_k = top_k
         self.num_samples = num_samples
         self.table_device = table_device
+        self.preset = preset
         self.total_epochs: int | None = None
         self.table: PredictionTable | None = None
         self._restored_table: dict[str, Any] | None = None
@@ -198,7 +206,8 @@ class ProgressiveSelfKD(SoftTargetCallback):
             self._allocate(trainer, logits.shape[1], device)
             _check_index_range(index, self.table.num_samples)
         # Only gathered batches can repeat an index (DistributedSampler pads with duplicates).
-        self.table.write(index, probabilities, deduplicate=trainer.world_size > 1)
+        keep = "last" if self.preset == "official" else "first"
+        self.table.write(index, probabilities, deduplicate=trainer.world_size > 1, keep=keep)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After one epoch every index of the data set has been range-checked; later checks would only cost syncs.
@@ -252,6 +261,11 @@ class ProgressiveSelfKD(SoftTargetCallback):
 
     def _resolve_total_epochs(self, trainer: pl.Trainer) -> None:
         wanted = self.requested_total_epochs or trainer.max_epochs
+        if self.total_epochs is not None and self.preset == "official" and wanted not in (None, -1):
+            if wanted != self.total_epochs:  # the official loop reads --end_epoch afresh
+                rank_zero_info(f"ProgressiveSelfKD(preset='official'): T changes from {self.total_epochs} to {wanted}.")
+            self.total_epochs = int(wanted)
+            return
         if self.total_epochs is not None:  # restored from a checkpoint: the schedule does not change
             if wanted not in (None, -1, self.total_epochs):
                 rank_zero_warn(

@@ -94,20 +94,27 @@ class PredictionTable:
         dense = torch.zeros(len(index), self.num_classes, device=self.device)
         return dense.scatter_(1, self.classes[index].long(), self.values[index].float())
 
-    def write(self, index: torch.Tensor, probabilities: torch.Tensor, deduplicate: bool = True) -> None:
+    def write(
+        self,
+        index: torch.Tensor,
+        probabilities: torch.Tensor,
+        deduplicate: bool = True,
+        keep: Literal["first", "last"] = "first",
+    ) -> None:
         """Store ``probabilities`` ``(n, C)`` at rows ``index`` ``(n,)``; rows that are not finite are not stored.
 
         A row with a NaN or inf (a diverged step, a corrupted input) keeps what it held, and is counted in
         :attr:`skipped_rows`, so one bad batch cannot poison the targets of later epochs.
 
-        With ``deduplicate`` the first of repeated indices is kept (deterministic on every device); pass
-        ``False`` to skip that work when ``index`` is known to hold no repeats.
+        With ``deduplicate`` one of repeated indices is kept, the ``keep="first"`` or the ``"last"`` (what writing
+        the rows one by one in order leaves), deterministically on every device; pass ``deduplicate=False`` to skip
+        that work when ``index`` is known to hold no repeats.
         """
         rows = index.to(self.device)
         probabilities = probabilities.detach().to(self.device, torch.float32)
         if deduplicate:
-            rows, first = _first_occurrences(rows)
-            probabilities = probabilities[first]
+            rows, kept_rows = _occurrences(rows, keep)
+            probabilities = probabilities[kept_rows]
         # Rows that are not finite keep what they held, without a device sync: counted in a tensor, read on demand.
         finite = torch.isfinite(probabilities).all(dim=1)
         self._skipped = self._skipped.to(self.device) + (~finite).sum()
@@ -208,10 +215,13 @@ def check_table_state(state: Any) -> None:
         raise ValueError(f"The prediction table's class ids lie outside [0, {c}). {fix}")
 
 
-def _first_occurrences(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distinct values of ``index`` and the position of each one's first occurrence."""
+def _occurrences(index: torch.Tensor, keep: Literal["first", "last"]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct values of ``index`` and the position of each one's first (or last) occurrence."""
+    if keep not in ("first", "last"):
+        raise ValueError(f"keep must be 'first' or 'last', got {keep!r}.")
     unique, inverse = torch.unique(index, return_inverse=True)
     positions = torch.arange(len(index), device=index.device)
-    first = torch.full((len(unique),), len(index), dtype=positions.dtype, device=index.device)
-    first.scatter_reduce_(0, inverse, positions, reduce="amin")
-    return unique, first
+    start = len(index) if keep == "first" else -1
+    chosen = torch.full((len(unique),), start, dtype=positions.dtype, device=index.device)
+    chosen.scatter_reduce_(0, inverse, positions, reduce="amin" if keep == "first" else "amax")
+    return unique, chosen

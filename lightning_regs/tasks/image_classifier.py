@@ -46,7 +46,8 @@ class ImageClassifier(pl.LightningModule):
         gamma: the ``step`` decay factor.
         min_lr_ratio: the ``cosine`` floor as a fraction of ``lr``.
         label_smoothing: cross-entropy label smoothing.
-        ece_bins: number of bins of the expected calibration error (15 as in the PS-KD paper).
+        ece_bins: number of bins of the expected calibration error (15, torchmetrics' default; the PS-KD
+            paper's code uses 10).
 
     Example::
 
