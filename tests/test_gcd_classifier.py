@@ -146,3 +146,13 @@ def test_harness_factory_trains_on_the_two_view_digits(tmp_path):
     trainer = Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2, accelerator="cpu", devices=1, **QUIET)
     trainer.fit(gcd_classifier(), data)
     assert "gcd/all" in trainer.callback_metrics
+
+
+def test_the_official_preset_reaches_the_dkl_term():
+    batch = next(iter(ToyGCDData().train_dataloader()))
+    library, official = make_task(), make_task(preset="official")  # same seed: same weights
+    terms_library, _ = library.compute_losses(batch)
+    terms_official, _ = official.compute_losses(batch)
+    assert official.lego_gcd.preset == "official" and official.hparams.preset == "official"
+    assert float(terms_official["dkl"]) < float(terms_library["dkl"])
+    torch.testing.assert_close(terms_official["ler"], terms_library["ler"])

@@ -176,3 +176,29 @@ def test_balanced_averages_classes():
     assert result["old"] == pytest.approx(0.75)
     assert result["new"] == pytest.approx((1.0 + 0.5) / 2)
     assert result["all"] == pytest.approx((0.75 + 1.0 + 0.5) / 3)
+
+
+def _released_code_dkl(logits_a: torch.Tensor, logits_b: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """``DistillLoss``'s DKL as the released LegoGCD code computes it, written out row by row in float64."""
+    total = 0.0
+    for a, b in zip(logits_a.double(), logits_b.double(), strict=True):
+        p = torch.exp(a / tau) / torch.exp(a / tau).sum()
+        q = torch.exp(b / tau) / torch.exp(b / tau).sum()
+        log_softmax_p = p - torch.log(torch.exp(p).sum())  # the log-softmax of the probabilities themselves
+        log_softmax_q = q - torch.log(torch.exp(q).sum())
+        total = total + (p * (log_softmax_p - log_softmax_q)).sum()
+    return total / len(logits_a)
+
+
+def test_the_official_dkl_form_is_what_the_released_code_computes_and_far_below_the_kl():
+    generator = torch.Generator().manual_seed(0)
+    a = (torch.rand(16, 20, generator=generator) * 2 - 1).requires_grad_(True)
+    b = (torch.rand(16, 20, generator=generator) * 2 - 1).requires_grad_(True)
+    official = dual_view_kl(a, b, form="official")
+    torch.testing.assert_close(official.double(), _released_code_dkl(a, b), rtol=1e-5, atol=1e-7)
+    kl = dual_view_kl(a, b)
+    assert 0 < float(official) < 0.2 * float(kl)  # the paper's KL is much larger than the released term
+    official.backward()
+    assert a.grad is not None and b.grad is not None and float(b.grad.abs().sum()) > 0  # both views get gradients
+    with pytest.raises(ValueError, match="form must be 'kl' or 'official'"):
+        dual_view_kl(a, b, form="js")  # type: ignore[arg-type]

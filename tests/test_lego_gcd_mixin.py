@@ -60,3 +60,12 @@ def test_the_prior_is_in_the_state_dict():
     assert host.lego_gcd == LegoGCDSettings(known_classes=(3, 1), ler_threshold=0.3)  # the other choices: CUB's
     host.update_logit_prior(_batch()[0])
     assert "prior_ema.prior" in host.state_dict() and not torch.equal(host.prior_ema.prior, torch.full((4,), 0.25))
+
+
+def test_the_official_preset_uses_the_released_codes_dkl():
+    logits, labelled = _batch(2)
+    official = Host(preset="official").lego_gcd_terms(logits, labelled)["dkl"]
+    torch.testing.assert_close(official, dual_view_kl(*logits.chunk(2), form="official"))
+    assert not torch.allclose(official, Host().lego_gcd_terms(logits, labelled)["dkl"])
+    with pytest.raises(ValueError, match="preset must be 'library' or 'official'"):
+        Host(preset="paper")

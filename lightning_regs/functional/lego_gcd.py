@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -114,21 +115,33 @@ def unsupervised_contrastive_loss(features: torch.Tensor, temperature: float = 1
     return F.cross_entropy(logits, positives)
 
 
-def dual_view_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+def dual_view_kl(
+    logits_a: torch.Tensor, logits_b: torch.Tensor, tau: float = 0.1, form: Literal["kl", "official"] = "kl"
+) -> torch.Tensor:
     """LegoGCD's DKL: ``(1/B) Σ_i KL(p^a_i || p^b_i)`` with ``p^v = softmax(z^v/τ)``; gradients reach both views.
 
     One direction only, as the reference code: not symmetric, never negative, 0 for identical views.
+    ``form="official"`` computes what the released code computes instead (``DistillLoss`` in ``model.py``):
+    ``Σ p^a·(log_softmax(p^a) − log_softmax(p^b))``, a log-softmax of the *probabilities*, which is
+    ``Σ p^a·(p^a − p^b) − (lse(p^a) − lse(p^b))`` and far smaller than the KL of the paper's Eq. 12.
 
     Example::
 
         >>> p, q = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.9, 0.1]])
         >>> round(float(dual_view_kl(0.1 * p.log(), 0.1 * q.log())), 4)  # logits whose softmax(z/0.1) is p, q
         0.5108
+        >>> round(float(dual_view_kl(0.1 * p.log(), 0.1 * q.log(), form="official")), 4)  # the released code's
+        0.078
     """
     if logits_a.shape != logits_b.shape:
         raise ValueError(f"The two views' logits differ in shape: {tuple(logits_a.shape)} vs {tuple(logits_b.shape)}.")
+    if form not in ("kl", "official"):
+        raise ValueError(f"form must be 'kl' or 'official', got {form!r}.")
     log_p = (_wide(logits_a) / tau).log_softmax(dim=1)
     log_q = (_wide(logits_b) / tau).log_softmax(dim=1)
+    if form == "official":
+        p, q = log_p.exp(), log_q.exp()
+        return (p * (p.log_softmax(dim=1) - q.log_softmax(dim=1))).sum(dim=1).mean()
     return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +90,8 @@ class GCDClassifier(LegoGCDMixin):
         ler_lambda: λ_ler, the weight of ``log q̂`` (0.4).
         prior_momentum: the EMA momentum of ``q̂`` (0.999).
         dkl_weight: weight of the dual-view KL inside the unsupervised term (1 in LegoGCD); 0 disables it.
+        preset: ``"library"`` (the KL of the paper's Eq. 12) or ``"official"`` (DKL as the released code computes
+            it: see :meth:`~lightning_regs.tasks.LegoGCDMixin.setup_lego_gcd`).
         proj_hidden: projection head width (2048).
         proj_dim: projection output size (256).
         proj_layers: projection head depth (3).
@@ -128,6 +130,7 @@ class GCDClassifier(LegoGCDMixin):
         ler_lambda: float = 0.4,
         prior_momentum: float = 0.999,
         dkl_weight: float = 1.0,
+        preset: Literal["library", "official"] = "library",
         proj_hidden: int = 2048,
         proj_dim: int = 256,
         proj_layers: int = 3,
@@ -151,7 +154,7 @@ class GCDClassifier(LegoGCDMixin):
         self.projection = ProjectionHead(feature_dim, proj_hidden, proj_dim, proj_layers)
         self.setup_lego_gcd(
             num_classes, known, ler_weight=ler_weight, ler_threshold=ler_threshold, ler_prior=ler_prior,
-            ler_lambda=ler_lambda, prior_momentum=prior_momentum, dkl_weight=dkl_weight,
+            ler_lambda=ler_lambda, prior_momentum=prior_momentum, dkl_weight=dkl_weight, preset=preset,
         )  # fmt: skip
         self._eval_rows: dict[str, list[torch.Tensor]] = {}
 

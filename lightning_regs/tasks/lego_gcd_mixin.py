@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -24,6 +25,7 @@ class LegoGCDSettings:
     ler_prior: bool = True
     ler_lambda: float = 0.4
     dkl_weight: float = 1.0
+    preset: Literal["library", "official"] = "library"
 
 
 class LegoGCDMixin(pl.LightningModule):
@@ -62,6 +64,7 @@ class LegoGCDMixin(pl.LightningModule):
         ler_lambda: float = 0.4,
         prior_momentum: float = 0.999,
         dkl_weight: float = 1.0,
+        preset: Literal["library", "official"] = "library",
     ) -> None:
         """Register ``q̂`` and keep LegoGCD's choices.
 
@@ -74,17 +77,21 @@ class LegoGCDMixin(pl.LightningModule):
             ler_lambda: λ, the weight of ``log q̂`` (0.4).
             prior_momentum: the EMA momentum of ``q̂`` (0.999).
             dkl_weight: the dual-view KL's weight inside the unsupervised term (1); 0 turns it off.
+            preset: ``"library"`` (default): DKL is the KL of the paper's Eq. 12; ``"official"``: DKL is what the
+                released code computes (``dual_view_kl(form="official")``, a log-softmax of the probabilities).
         """
         known = tuple(int(c) for c in known_classes)
         if not known or len(set(known)) != len(known) or not all(0 <= c < num_classes for c in known):
             raise ValueError(f"known_classes must be distinct ids in [0, {num_classes}); got {known_classes}.")
+        if preset not in ("library", "official"):
+            raise ValueError(f"preset must be 'library' or 'official', got {preset!r}.")
         if ler_weight < 0 or dkl_weight < 0 or not 0 <= ler_threshold <= 1:
             raise ValueError(
                 f"Need ler_weight >= 0, dkl_weight >= 0 and 0 <= ler_threshold <= 1; got {ler_weight}, {dkl_weight}, "
                 f"{ler_threshold}."
             )
         self.prior_ema = LogitPriorEMA(num_classes, prior_momentum)
-        self.lego_gcd = LegoGCDSettings(known, ler_weight, ler_threshold, ler_prior, ler_lambda, dkl_weight)
+        self.lego_gcd = LegoGCDSettings(known, ler_weight, ler_threshold, ler_prior, ler_lambda, dkl_weight, preset)
 
     def lego_gcd_terms(self, logits: torch.Tensor, labelled: torch.Tensor) -> dict[str, torch.Tensor]:
         """LER (with the current ``q̂``) and DKL of view-major ``logits`` ``(2B, K)``, unweighted (0 when off)."""
@@ -97,7 +104,8 @@ class LegoGCDMixin(pl.LightningModule):
                 logits, labelled, settings.known_classes, settings.ler_threshold, prior=prior,
                 lambda_ler=settings.ler_lambda,
             )  # fmt: skip
-        dkl = dual_view_kl(*logits.chunk(2)) if settings.dkl_weight else zero
+        form = "official" if settings.preset == "official" else "kl"
+        dkl = dual_view_kl(*logits.chunk(2), form=form) if settings.dkl_weight else zero
         return {"ler": ler, "dkl": dkl}
 
     @torch.no_grad()
