@@ -33,8 +33,9 @@ class LegoGCDMixin(pl.LightningModule):
 
     ``q̂`` (the LER prior) is the buffer ``prior_ema.prior``, saved in checkpoints; its update averages the
     batch-mean prediction over ranks first, so every rank keeps the same ``q̂`` under DDP and FSDP2 (the official
-    code keeps one per rank). Logits are cosine logits of the two views in view-major order (``2B`` rows: the
-    first view's ``B`` rows, then the second's); ``labelled`` marks the rows whose label is used.
+    code runs its ``q̂`` on one GPU only; its DDP script has none). Logits are cosine logits of the two views in
+    view-major order (``2B`` rows: the first view's ``B`` rows, then the second's); ``labelled`` marks the rows
+    whose label is used.
 
     Example::
 
