@@ -105,17 +105,22 @@ def compare(label: str, seed: int | str, net: nn.Module, points: torch.Tensor, d
             )
 
 
+def network_and_points(spec: dict, seed: int) -> tuple[MLP, torch.Tensor]:
+    """The random MLP of ``spec`` (initialized from ``seed``) and ``NUM_POINTS`` Gaussian points."""
+    torch.manual_seed(seed)
+    net = MLP(
+        in_features=spec["in_features"], num_classes=10, width=spec["width"], depth=spec["depth"],
+        init_scale=spec["init_scale"],
+    )  # fmt: skip
+    return net, torch.randn(NUM_POINTS, spec["in_features"], generator=torch.Generator().manual_seed(seed))
+
+
 def precision(seeds: range) -> None:
     print(HEADER)
     for label, spec in NETWORKS.items():
         num_directions = spec["num_directions"]
         for seed in seeds:
-            torch.manual_seed(seed)
-            net = MLP(
-                in_features=spec["in_features"], num_classes=10, width=spec["width"], depth=spec["depth"],
-                init_scale=spec["init_scale"],
-            )  # fmt: skip
-            points = torch.randn(NUM_POINTS, spec["in_features"], generator=torch.Generator().manual_seed(seed))
+            net, points = network_and_points(spec, seed)
             generator = torch.Generator().manual_seed(seed)
             compare(label, seed, net, points, orthonormal_directions((spec["in_features"],), num_directions, generator))
 
@@ -159,12 +164,7 @@ def frames(seeds: range) -> None:
     print(f"{'network':>18}{'r':>7}{'seed':>5}{'min':>9}{'max':>9}{'(max-min)/min':>15}")
     for label, spec in NETWORKS.items():
         for seed in seeds:
-            torch.manual_seed(seed)
-            net = MLP(
-                in_features=spec["in_features"], num_classes=10, width=spec["width"], depth=spec["depth"],
-                init_scale=spec["init_scale"],
-            )  # fmt: skip
-            points = torch.randn(NUM_POINTS, spec["in_features"], generator=torch.Generator().manual_seed(seed))
+            net, points = network_and_points(spec, seed)
             for radius in RADII[1:]:
                 means = []
                 for frame in range(5):
