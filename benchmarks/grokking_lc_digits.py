@@ -47,6 +47,7 @@ from lightning_regs.tasks.grokking_classifier import GrokkingClassifier
 
 NUM_DIGITS = 1797
 SETS = ("train", "heldout", "random")
+FITTED = 0.95  # training accuracy that ends the window of the first descent
 
 
 class AccuracyAtMeasurements(pl.Callback):
@@ -180,12 +181,13 @@ def history(
 def phases(rows: list[dict[str, float]], robust_keys: list[str]) -> dict[str, float]:
     """The LC phases on training points and when generalization and robustness arrive.
 
-    ``min``: the lowest LC before training accuracy first reaches 1.0 (the first descent); ``peak``: the highest LC
+    ``min``: the lowest LC up to the step at which training accuracy first reaches ``FITTED`` (the first descent,
+    while the training set is being fitted; a later minimum would be the final descent); ``peak``: the highest LC
     after that minimum (the ascent); ``end``: the last LC. Steps: the peak, held-out accuracy first >= 0.95, PGD
     accuracy first >= half its final value.
     """
     lc = [row["train"] for row in rows]
-    fitted = next((i for i, row in enumerate(rows) if row.get("train_acc", 0.0) >= 1.0), len(rows) - 1)
+    fitted = next((i for i, row in enumerate(rows) if row.get("train_acc", 0.0) >= FITTED), len(rows) - 1)
     low = min(range(fitted + 1), key=lambda i: lc[i])
     peak = max(range(low, len(rows)), key=lambda i: lc[i])
     result = {
