@@ -275,7 +275,7 @@ def draw(rows: list[dict[str, float]], robust_keys: list[str], title: str, path:
     lc_axes.grid(alpha=0.3)
     acc_axes = lc_axes.twinx()
     styles = [("train_acc", "k--", "train acc"), ("heldout_acc", "k:", "held-out acc")]
-    styles += [(key, "r-.", f"PGD acc {key.removeprefix('robust_')}") for key in robust_keys]
+    styles += [(key, f"C{3 + i}-.", f"PGD acc {key.removeprefix('robust_')}") for i, key in enumerate(robust_keys)]
     for key, style, label in styles:
         acc_axes.plot(steps, [row.get(key, float("nan")) for row in rows], style, label=label)
     acc_axes.set_ylabel("accuracy")
