@@ -93,6 +93,30 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor
     return float((predictions == targets).float().mean())
 
 
+def build_task(args: argparse.Namespace) -> GrokkingClassifier:
+    """The MLP (``width``, ``depth``, every parameter times ``init_scale``) in the MSE/AdamW grokking task."""
+    backbone = MLP(
+        in_features=64,
+        num_classes=10,
+        width=args.width,
+        depth=args.depth,
+        activation="relu",
+        init_scale=args.init_scale,
+    )
+    return GrokkingClassifier(backbone, num_classes=10, loss="mse", lr=args.lr, weight_decay=args.weight_decay)
+
+
+def build_data(args: argparse.Namespace, seed: int) -> DigitsSubsetDataModule:
+    """``train_size`` digits to train on, the rest held out (split by ``seed``)."""
+    return DigitsSubsetDataModule(
+        steps_per_epoch=1000,
+        batch_size=args.batch_size,
+        val_fraction=1 - args.train_size / NUM_DIGITS,
+        test_fraction=0.0,
+        seed=seed,
+    )
+
+
 def build(
     args: argparse.Namespace, seed: int
 ) -> tuple[
@@ -103,22 +127,7 @@ def build(
     The first LC monitor is the library's default count on every set; one more per ``--extra-lc-presets`` counts on
     the training points only (prefix ``lc_<preset>``), at the same steps and with the same points and directions.
     """
-    backbone = MLP(
-        in_features=64,
-        num_classes=10,
-        width=args.width,
-        depth=args.depth,
-        activation="relu",
-        init_scale=args.init_scale,
-    )
-    task = GrokkingClassifier(backbone, num_classes=10, loss="mse", lr=args.lr, weight_decay=args.weight_decay)
-    data = DigitsSubsetDataModule(
-        steps_per_epoch=1000,
-        batch_size=args.batch_size,
-        val_fraction=1 - args.train_size / NUM_DIGITS,
-        test_fraction=0.0,
-        seed=seed,
-    )
+    task, data = build_task(args), build_data(args, seed)
     monitors = [
         LocalComplexityMonitor(
             radius=args.radius,
@@ -188,8 +197,7 @@ def phases(rows: list[dict[str, float]], robust_keys: list[str]) -> dict[str, fl
     """
     lc = [row["train"] for row in rows]
     fitted = next((i for i, row in enumerate(rows) if row.get("train_acc", 0.0) >= FITTED), len(rows) - 1)
-    low = min(range(fitted + 1), key=lambda i: lc[i])
-    peak = max(range(low, len(rows)), key=lambda i: lc[i])
+    low, peak = _min_then_peak(lc, fitted)
     result = {
         "lc_start": lc[0],
         "lc_min": lc[low],
@@ -204,8 +212,7 @@ def phases(rows: list[dict[str, float]], robust_keys: list[str]) -> dict[str, fl
     for key in (k for k in rows[0] if k.endswith("/train")):
         preset = key.removesuffix("/train")
         other = [row[key] for row in rows]
-        other_low = min(range(fitted + 1), key=lambda i: other[i])
-        other_peak = max(range(other_low, len(rows)), key=lambda i: other[i])
+        other_low, other_peak = _min_then_peak(other, fitted)
         result.update(
             {
                 f"{preset}_start": other[0],
@@ -223,6 +230,12 @@ def phases(rows: list[dict[str, float]], robust_keys: list[str]) -> dict[str, fl
         result[f"pgd_{eps}_max"] = max(row[key] for row in rows)
         result[f"step_pgd_{eps}_half"] = _first_step(rows, key, final / 2) if final > 0 else float("nan")
     return result
+
+
+def _min_then_peak(values: list[float], fitted: int) -> tuple[int, int]:
+    """The index of the lowest value up to ``fitted`` and of the highest value from there on."""
+    low = min(range(fitted + 1), key=lambda i: values[i])
+    return low, max(range(low, len(values)), key=lambda i: values[i])
 
 
 def _first_step(rows: list[dict[str, float]], key: str, threshold: float) -> float:

@@ -18,40 +18,24 @@ import json
 from pathlib import Path
 
 import torch
+from grokking_lc_digits import build_data, build_task
 
 from lightning_regs.callbacks.robustness_monitor import OFFICIAL_STEP_FRACTION
-from lightning_regs.datamodules.digits_subset import DigitsSubsetDataModule
 from lightning_regs.functional.adversarial import pgd_attack, predict, random_perturbation
-from lightning_regs.models import MLP
 from lightning_regs.tasks.grokking_classifier import GrokkingClassifier
 
-NUM_DIGITS = 1797
 
-
-def load_task(run: Path) -> tuple[GrokkingClassifier, dict]:
+def load_task(run: Path) -> tuple[GrokkingClassifier, argparse.Namespace]:
     """The trained task of one grokking run (its JSON settings, its saved state dict)."""
-    settings = json.loads(run.with_suffix(".json").read_text())["settings"]
-    backbone = MLP(
-        in_features=64,
-        num_classes=10,
-        width=settings["width"],
-        depth=settings["depth"],
-        activation="relu",
-        init_scale=settings["init_scale"],
-    )
-    task = GrokkingClassifier(backbone, num_classes=10, loss="mse")
+    settings = argparse.Namespace(**json.loads(run.with_suffix(".json").read_text())["settings"])
+    task = build_task(settings)
     task.load_state_dict(torch.load(run.with_suffix(".pt"), weights_only=True))
     return task.eval(), settings
 
 
-def heldout(settings: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    data = DigitsSubsetDataModule(
-        steps_per_epoch=1000,
-        batch_size=settings["batch_size"],
-        val_fraction=1 - settings["train_size"] / NUM_DIGITS,
-        test_fraction=0.0,
-        seed=settings["seed"],
-    )
+def heldout(settings: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out digits of the run (the split its ``seed`` drew)."""
+    data = build_data(settings, settings.seed)
     data.setup("fit")
     return data.datasets["val"].images, data.datasets["val"].targets
 

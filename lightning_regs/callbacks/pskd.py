@@ -261,13 +261,13 @@ class ProgressiveSelfKD(SoftTargetCallback):
 
     def _resolve_total_epochs(self, trainer: pl.Trainer) -> None:
         wanted = self.requested_total_epochs or trainer.max_epochs
-        if self.total_epochs is not None and self.preset == "official" and wanted not in (None, -1):
-            if wanted != self.total_epochs:  # the official loop reads --end_epoch afresh
+        if self.total_epochs is not None:  # restored from a checkpoint
+            if wanted in (None, -1, self.total_epochs):
+                return
+            if self.preset == "official":  # the official loop reads --end_epoch afresh
                 rank_zero_info(f"ProgressiveSelfKD(preset='official'): T changes from {self.total_epochs} to {wanted}.")
-            self.total_epochs = int(wanted)
-            return
-        if self.total_epochs is not None:  # restored from a checkpoint: the schedule does not change
-            if wanted not in (None, -1, self.total_epochs):
+                self.total_epochs = int(wanted)
+            else:  # the schedule does not change
                 rank_zero_warn(
                     f"ProgressiveSelfKD: the run was started with T={self.total_epochs} epochs and now asks for "
                     f"{wanted}; the schedule keeps T={self.total_epochs} so alpha is the one the run started with. "
