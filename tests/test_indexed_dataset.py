@@ -172,8 +172,9 @@ def test_class_ids_reads_hard_target_when_a_callback_ran():
     assert class_ids({"target": torch.tensor([[0.1, 0.9], [0.8, 0.2]]), "hard_target": ids}) is ids
     with pytest.raises(ValueError, match="no 'hard_target'"):
         class_ids({"target": torch.tensor([[0.1, 0.9]])})
+    assert class_ids((torch.zeros(2), ids)) is ids  # an (image, target) pair, as tasks accept
     with pytest.raises(TypeError, match="IndexedDataset"):
-        class_ids((torch.zeros(2), ids))
+        class_ids(torch.zeros(2))
 
 
 def fit(module: LightningModule, callbacks: list, dataset: Dataset) -> list[str]:

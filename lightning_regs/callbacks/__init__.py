@@ -1,13 +1,18 @@
 """Lightning callbacks: monitors, target refinement and weight updates, thin over ``functional``.
 
-Extension points: :class:`ScheduledMonitor` (the base of every monitor) and
-:class:`SoftTargetCallback` (the base of every callback that rewrites ``batch["target"]``).
+Extension points: :class:`ScheduledMonitor` (the base of every monitor),
+:class:`SoftTargetCallback` (the base of every callback that rewrites ``batch["target"]``) and
+:class:`InputRewritingCallback` (the base of every callback that rewrites ``batch["image"]``: MixUp, CutMix).
 """
 
+from lightning_regs.callbacks.cutmix import CutMix
 from lightning_regs.callbacks.dse_monitor import DiffusionSpectralEntropyMonitor
+from lightning_regs.callbacks.input_rewriting_callback import InputRewritingCallback, Rewrite
 from lightning_regs.callbacks.label_smoothing import LabelSmoothing
 from lightning_regs.callbacks.local_complexity_monitor import LocalComplexityMonitor
 from lightning_regs.callbacks.metrics_summary import MetricsSummary
+from lightning_regs.callbacks.mixup import MixUp
+from lightning_regs.callbacks.mixup_cutmix import MixUpCutMix
 from lightning_regs.callbacks.momentum_auxiliary_networks import MomentumAuxiliaryNetworks
 from lightning_regs.callbacks.neural_collapse_monitor import NeuralCollapseMonitor
 from lightning_regs.callbacks.pskd import ProgressiveSelfKD
@@ -17,13 +22,18 @@ from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback
 
 __all__ = [
     "AdversarialRobustnessMonitor",
+    "CutMix",
     "DiffusionSpectralEntropyMonitor",
+    "InputRewritingCallback",
     "LabelSmoothing",
     "LocalComplexityMonitor",
     "MetricsSummary",
+    "MixUp",
+    "MixUpCutMix",
     "MomentumAuxiliaryNetworks",
     "NeuralCollapseMonitor",
     "ProgressiveSelfKD",
+    "Rewrite",
     "ScheduledMonitor",
     "SoftTargetCallback",
 ]

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_regs.datamodules.batch import unpack_batch
+from lightning_regs.batch import unpack_batch
 
 __all__ = ["draw_from_dataset", "trainer_loaders"]
 

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback, num_classes_of, read_labels
-from lightning_regs.datamodules.batch import INDEX, INDEXED_DATASET_HINT, TARGET
+from lightning_regs.batch import INDEX, INDEXED_DATASET_HINT, TARGET
 from lightning_regs.datamodules.fingerprint import data_fingerprint, fingerprint_difference
 from lightning_regs.functional.prediction_table import PredictionTable, Storage, check_table_state
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets

@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_regs.datamodules.batch import HARD_TARGET, IMAGE, INDEXED_DATASET_HINT, TARGET
+from lightning_regs.batch import HARD_TARGET, IMAGE, INDEXED_DATASET_HINT, MIX_LAMBDA, MIX_PARTNER, SAMPLE_TARGET, TARGET
+from lightning_regs.functional.mixing import mix_targets
 from lightning_regs.functional.modes import eval_mode
 from lightning_regs.functional.soft_targets import target_distribution
 
@@ -67,6 +68,11 @@ class SoftTargetCallback(Callback):
     #: When ``batch["target"]`` first holds probabilities, as the soft-target warning words it.
     softening_starts: str = "the first training step"
 
+    @property
+    def softens_targets(self) -> bool:
+        """Whether this callback puts ``(B, C)`` probabilities in ``batch["target"]`` (the soft-target warning)."""
+        return True
+
     def __init__(self, num_classes: int | None = None) -> None:
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 (or None to read it from the module), got {num_classes}.")
@@ -99,8 +105,8 @@ class SoftTargetCallback(Callback):
             )
         return found
 
-    def soften(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, batch: Any) -> None:
-        """Apply :meth:`refine_targets` to ``batch`` in place (what every training batch goes through)."""
+    def checked_labels(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, batch: Any) -> torch.Tensor:
+        """The batch's class ids (:func:`read_labels`), range-checked once against the number of classes."""
         labels = read_labels(batch, type(self).__name__)
         if self.num_classes is None and self._logits_width is None and num_classes_of(trainer, pl_module) is None:
             self._logits_width = logits_width(pl_module, batch)
@@ -113,9 +119,20 @@ class SoftTargetCallback(Callback):
                     "(unlabelled rows, e.g. target -1 in generalized category discovery, cannot be softened)."
                 )
             self._range_checked = True
-        refined = self.refine_targets(
-            trainer, pl_module, batch, labels, target_distribution(batch[TARGET], num_classes)
-        )
+        return labels
+
+    def soften(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, batch: Any) -> None:
+        """Apply :meth:`refine_targets` to ``batch`` in place (what every training batch goes through).
+
+        After an input-rewriting callback mixed the batch (``batch["sample_target"]`` present), the rows' own
+        targets are refined and mixed again with the same partners and ``λ``, so the order of the callbacks in the
+        Trainer does not change the target.
+        """
+        labels = self.checked_labels(trainer, pl_module, batch)
+        num_classes = self.resolve_num_classes(trainer, pl_module)
+        mixed = SAMPLE_TARGET in batch
+        current = batch[SAMPLE_TARGET] if mixed else batch[TARGET]
+        refined = self.refine_targets(trainer, pl_module, batch, labels, target_distribution(current, num_classes))
         if refined is None:
             return
         if refined.shape != (labels.shape[0], num_classes):
@@ -125,6 +142,9 @@ class SoftTargetCallback(Callback):
             )
         if HARD_TARGET not in batch:
             batch[HARD_TARGET] = labels
+        if mixed:
+            batch[SAMPLE_TARGET] = refined
+            refined = mix_targets(refined, batch[MIX_PARTNER], batch[MIX_LAMBDA])
         batch[TARGET] = refined
 
     @override
@@ -133,7 +153,7 @@ class SoftTargetCallback(Callback):
 
     def warn_unless_soft_targets_accepted(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Warn once that ``batch["target"]`` becomes ``(B, C)`` unless the module sets ``accepts_soft_targets``."""
-        softening = [c for c in trainer.callbacks if isinstance(c, SoftTargetCallback)] or [self]
+        softening = [c for c in trainer.callbacks if isinstance(c, SoftTargetCallback) and c.softens_targets] or [self]
         # One warning per run, from the first such callback, naming all of them.
         if self._warned or getattr(pl_module, "accepts_soft_targets", False) or softening[0] is not self:
             return

@@ -16,14 +16,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from lightning_regs.datamodules.base import SplitDataModule, hparam
-from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
+from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
 from lightning_regs.datamodules.files import RootGuard, read_json
 from lightning_regs.datamodules.views import TwoViews
 
 __all__ = ["CUB200DataModule"]
 
-LABELED = "labeled"
-TRUE_TARGET = "true_target"
 SSB_SPLIT_FILE = Path(__file__).parent / "data" / "cub_ssb_split.json"  # gcd_split_file="ssb"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -298,13 +296,13 @@ class CUB200DataModule(SplitDataModule):
     @property
     def labeled_indices(self) -> torch.Tensor | None:
         """GCD mode: positions (in the training set) of the labeled images; ``None`` before ``setup``."""
-        return self.split_indices.get("labeled")
+        return self.split_indices.get(LABELED)
 
     @labeled_indices.setter
     def labeled_indices(self, indices: torch.Tensor | None) -> None:
-        self.split_indices.pop("labeled", None)
+        self.split_indices.pop(LABELED, None)
         if indices is not None:
-            self.split_indices["labeled"] = indices
+            self.split_indices[LABELED] = indices  # the split of the rows whose batch[LABELED] is True
 
     def default_train_transform(self) -> nn.Module:
         """RandomResizedCrop(image_size), horizontal flip, scale to [0, 1], ImageNet normalization."""

@@ -10,8 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
-from lightning_regs.datamodules.cub import LABELED, TRUE_TARGET
+from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
 from lightning_regs.datamodules.views import TwoViews
 
 __all__ = ["DigitsGCDDataModule"]

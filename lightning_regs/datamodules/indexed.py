@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
+from lightning_regs.batch import IMAGE, INDEX, TARGET
 
 __all__ = ["IndexedDataset"]
 

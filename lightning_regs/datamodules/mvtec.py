@@ -13,7 +13,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from lightning_regs.datamodules.base import SplitDataModule, hparam
-from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
+from lightning_regs.batch import IMAGE, INDEX, LABEL, MASK, TARGET
 
 __all__ = ["CATEGORIES", "MVTecADDataModule"]
 
@@ -36,7 +36,6 @@ CATEGORIES = (
 )
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MASK, LABEL = "mask", "label"
 _URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 _LAYOUT = (
     "Expected the MVTec AD layout (one folder per category under root):\n"

@@ -1,5 +1,6 @@
 """Pure torch computations behind every method: no Lightning import, tested against equations."""
 
+from lightning_regs.functional.activations import crrelu
 from lightning_regs.functional.adversarial import pgd_attack, predict, random_perturbation, robust_accuracy
 from lightning_regs.functional.anomaly import (
     auroc_from_counts,
@@ -32,6 +33,15 @@ from lightning_regs.functional.local_complexity import (
     local_complexity,
     orthonormal_directions,
 )
+from lightning_regs.functional.mixing import (
+    box_masks,
+    cutmix_boxes,
+    draw_mix,
+    interpolate_loss,
+    mix_inputs,
+    mix_targets,
+    mixed_accuracy,
+)
 from lightning_regs.functional.modes import eval_mode
 from lightning_regs.functional.neural_collapse import NeuralCollapseAccumulator, neural_collapse
 from lightning_regs.functional.prediction_table import PredictionTable
@@ -40,6 +50,7 @@ from lightning_regs.functional.soft_targets import label_smoothing_targets, targ
 from lightning_regs.functional.supcon import supervised_contrastive_loss
 
 __all__ = [
+    "crrelu",
     "LocalComplexity",
     "cross_polytope_vertices",
     "find_piecewise_linear_layers",
@@ -62,6 +73,13 @@ __all__ = [
     "unique_by_index",
     "classification_loss",
     "eval_mode",
+    "box_masks",
+    "cutmix_boxes",
+    "draw_mix",
+    "interpolate_loss",
+    "mix_inputs",
+    "mix_targets",
+    "mixed_accuracy",
     "gcd_accuracy",
     "gcd_accuracy_balanced",
     "gcd_accuracy_v1",

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_regs.datamodules.batch import IMAGE
+from lightning_regs.batch import IMAGE
 
 __all__ = ["sample_input_shape", "training_input_shape"]
 

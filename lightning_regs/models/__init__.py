@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from lightning_regs.models.activations import CRReLU, replace_activations
 from lightning_regs.models.adapters import layered
 from lightning_regs.models.cifar_resnet import (
     BasicBlock,
@@ -36,4 +37,6 @@ __all__ = [
     "PreActBlock",
     "MLP",
     "SmallCNN",
+    "CRReLU",
+    "replace_activations",
 ]

@@ -1,7 +1,7 @@
 """A fully connected classifier with the depth and initialisation-scale knobs of Omnigrok (Liu et al., 2023).
 
 ``depth`` counts :class:`torch.nn.Linear` modules, so ``depth=3`` is ``Linear, act, Linear, act, Linear``.
-``init_scale`` is Omnigrok's alpha: every parameter is multiplied by it after PyTorch's default
+``init_scale`` is Omnigrok's alpha: every ``Linear`` parameter is multiplied by it after PyTorch's default
 initialisation. A large alpha (8.0 with ReLU on MNIST) starts the network far outside the "Goldilocks zone"
 of weight norms, the regime in which it memorises first and generalises (groks) much later.
 """
@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from lightning_regs.models.activations import CRReLU
 from lightning_regs.models.layered import LayeredModel
 
 __all__ = ["MLP"]
@@ -23,6 +24,7 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
     "leaky_relu": nn.LeakyReLU,
     "silu": nn.SiLU,
+    "crrelu": CRReLU,  # learnable ε (0.01 at the start), one per layer: lightning_regs.models.CRReLU
 }
 
 
@@ -38,9 +40,11 @@ class MLP(LayeredModel):
         num_classes: number of logits.
         width: units in every hidden layer.
         depth: number of ``Linear`` modules, at least 2.
-        activation: one of ``"relu"``, ``"gelu"``, ``"tanh"``, ``"leaky_relu"``, ``"silu"``.
-        init_scale: factor applied to every parameter after the default initialisation
-            (Omnigrok's alpha; 8.0 with ReLU is the grokking regime).
+        activation: one of ``"relu"``, ``"gelu"``, ``"tanh"``, ``"leaky_relu"``, ``"silu"``, ``"crrelu"``
+            (:class:`~lightning_regs.models.CRReLU`, whose learnable ``ε`` starts at 0.01).
+        init_scale: factor applied to every ``Linear`` parameter after the default initialisation
+            (Omnigrok's alpha; 8.0 with ReLU is the grokking regime). An activation's own parameter
+            (CRReLU's ``ε``) is not scaled.
         bias: whether the ``Linear`` modules have biases.
 
     Raises:
@@ -86,5 +90,6 @@ class MLP(LayeredModel):
 
         if self.init_scale != 1.0:
             with torch.no_grad():
-                for parameter in self.parameters():
-                    parameter.mul_(self.init_scale)
+                for linear in (m for m in self.modules() if isinstance(m, nn.Linear)):
+                    for parameter in linear.parameters():
+                        parameter.mul_(self.init_scale)

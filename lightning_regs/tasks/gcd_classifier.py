@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_regs.datamodules.batch import IMAGE, INDEX, TARGET
-from lightning_regs.datamodules.cub import LABELED, TRUE_TARGET
+from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
 from lightning_regs.functional.distributed import gather_unique_by_index
 from lightning_regs.functional.gcd import gcd_accuracy, gcd_accuracy_balanced, gcd_accuracy_v1
 from lightning_regs.functional.lego_gcd import (

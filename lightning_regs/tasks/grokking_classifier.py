@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_regs.datamodules.batch import unpack_batch
+from lightning_regs.batch import unpack_batch
 from lightning_regs.functional.soft_targets import target_distribution
 from lightning_regs.tasks.image_classifier import ImageClassifier
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lightning_regs.datamodules.batch import unpack_batch
+from lightning_regs.batch import unpack_batch
 from lightning_regs.local_learning.builder import HeadName, Preset
 from lightning_regs.local_learning.heads import TaskLoss
 from lightning_regs.local_learning.mixin import LocalLearningMixin

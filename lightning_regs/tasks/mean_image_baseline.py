@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightning_regs.datamodules.batch import IMAGE, INDEX
+from lightning_regs.batch import IMAGE, INDEX, LABEL, MASK
 from lightning_regs.functional.anomaly import image_auroc, pixel_auroc
 from lightning_regs.functional.distributed import gather_unique_by_index
 
@@ -140,12 +140,12 @@ class MeanImageAnomalyBaseline(pl.LightningModule):
         outputs = self._outputs.setdefault(stage, [])
         outputs.append(
             torch.cat(
-                [batch[INDEX].double()[:, None], batch["label"].double()[:, None], maps.flatten(1).mean(1)[:, None]],
+                [batch[INDEX].double()[:, None], batch[LABEL].double()[:, None], maps.flatten(1).mean(1)[:, None]],
                 dim=1,
             ).cpu()
         )
         self._outputs.setdefault(f"{stage}_maps", []).append(maps.cpu())
-        self._outputs.setdefault(f"{stage}_masks", []).append(batch["mask"].to(torch.bool).cpu())
+        self._outputs.setdefault(f"{stage}_masks", []).append(batch[MASK].to(torch.bool).cpu())
 
     def _report(self, stage: str) -> None:
         rows = self._outputs.pop(stage, [])
