@@ -39,7 +39,9 @@ def _key_literals(tree: ast.AST) -> list[tuple[int, str]]:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value in KEYS:
             found.append((node.lineno, node.value.value))
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple):
-            found += [(node.lineno, e.value) for e in node.value.elts if isinstance(e, ast.Constant) and e.value in KEYS]
+            found += [
+                (node.lineno, e.value) for e in node.value.elts if isinstance(e, ast.Constant) and e.value in KEYS
+            ]
     return found
 
 

@@ -94,7 +94,7 @@ class InputRewritingCallback(SoftTargetCallback):
     ) -> None:
         super().__init__(num_classes)
         if mode not in ("targets", "loss"):
-            raise ValueError(f"mode must be 'targets' (mix the targets) or 'loss' (interpolate the loss), got {mode!r}.")
+            raise ValueError(f"mode must be 'targets' (mix the targets) or 'loss' (interpolate the loss); got {mode!r}")
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"prob (the share of training batches rewritten) must lie in [0, 1], got {prob}.")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -135,18 +135,19 @@ class InputRewritingCallback(SoftTargetCallback):
         rewriting = [c for c in trainer.callbacks if getattr(c, "rewrites_inputs", False)]
         if len(rewriting) > 1:
             raise ValueError(
-                f"The Trainer has {len(rewriting)} input-rewriting callbacks ({', '.join(type(c).__name__ for c in rewriting)}); "
+                f"The Trainer has {len(rewriting)} input-rewriting callbacks "
+                f"({', '.join(type(c).__name__ for c in rewriting)}); "
                 "a batch can be mixed once. Keep one; to switch between MixUp and CutMix use "
                 "MixUpCutMix(mixup_alpha, cutmix_alpha, switch_prob)."
             )
         if self.mode == "loss":
             if not getattr(pl_module, "interpolates_mixed_loss", False):
                 raise ValueError(
-                    f"{type(self).__name__}(mode='loss') leaves batch['{TARGET}'] as class ids and mixes the inputs: the "
-                    f"module must interpolate its loss with batch['{MIX_PARTNER}'] and batch['{MIX_LAMBDA}'] "
+                    f"{type(self).__name__}(mode='loss') leaves batch['{TARGET}'] as class ids and mixes the inputs: "
+                    f"the module must interpolate its loss with batch['{MIX_PARTNER}'] and batch['{MIX_LAMBDA}'] "
                     "(lightning_regs.functional.interpolate_loss) and declare `interpolates_mixed_loss = True`, as "
-                    f"ImageClassifier does. {type(pl_module).__name__} does not: use mode='targets' (the default) if its "
-                    "loss accepts (B, C) probabilities."
+                    f"ImageClassifier does. {type(pl_module).__name__} does not: use mode='targets' (the default) if "
+                    "its loss accepts (B, C) probabilities."
                 )
             return
         super().on_train_start(trainer, pl_module)
@@ -158,16 +159,33 @@ class InputRewritingCallback(SoftTargetCallback):
         self.rewrite_batch(trainer, pl_module, batch)
 
     def rewrite_batch(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, batch: Any) -> None:
-        """Apply :meth:`rewrite` to ``batch`` in place and mix its targets (what every training batch goes through)."""
-        if not isinstance(batch, dict) or IMAGE not in batch or TARGET not in batch:
+        """Apply :meth:`rewrite` to ``batch`` in place and mix its targets (what every training batch goes through).
+
+        Dict batches get the whole contract (``clean_image``, ``mix_partner``, ``mix_lambda``, ``sample_target``);
+        an ``[x, y]`` list (what a ``DataLoader`` over ``(x, y)`` pairs yields) gets the mixed inputs and targets
+        in place, and nothing else: ``mode="loss"`` and PS-KD need dict batches.
+        """
+        pair = isinstance(batch, list) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch)
+        if pair and self.mode == "loss":
+            raise TypeError(
+                f"{type(self).__name__}(mode='loss') writes each row's partner and λ into the batch, which an [x, y] "
+                f"list cannot carry: use mode='targets', or dict batches ({INDEXED_DATASET_HINT})."
+            )
+        if not pair and (not isinstance(batch, dict) or IMAGE not in batch or TARGET not in batch):
             kind = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
             raise TypeError(
-                f"{type(self).__name__} rewrites batch['{IMAGE}'] and batch['{TARGET}'], but the batch is {kind}. "
-                f"Yield dict batches with '{IMAGE}' and '{TARGET}', as every lightning_regs DataModule does: "
-                f"{INDEXED_DATASET_HINT}."
+                f"{type(self).__name__} rewrites batch['{IMAGE}'] and batch['{TARGET}'] (or the two tensors of an "
+                f"[x, y] list batch), but the batch is {kind}. Yield dict batches with '{IMAGE}' and '{TARGET}', as "
+                f"every lightning_regs DataModule does: {INDEXED_DATASET_HINT}."
             )
+        view = {IMAGE: batch[0], TARGET: batch[1]} if pair else batch
         if self.prob < 1.0 and self.rng.random() >= self.prob:
             return
+        self._rewrite(trainer, pl_module, view)
+        if pair:
+            batch[0], batch[1] = view[IMAGE], view[TARGET]
+
+    def _rewrite(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, batch: dict) -> None:
         result = self.rewrite(trainer, pl_module, batch, self.rng)
         if result is None:
             return

@@ -10,9 +10,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lightning_regs.batch import CLEAN_IMAGE, INDEX, INDEXED_DATASET_HINT, TARGET
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback, num_classes_of, read_labels
-from lightning_regs.batch import INDEX, INDEXED_DATASET_HINT, TARGET
 from lightning_regs.datamodules.fingerprint import data_fingerprint, fingerprint_difference
+from lightning_regs.functional.modes import side_effect_free
 from lightning_regs.functional.prediction_table import PredictionTable, Storage, check_table_state
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
 
@@ -53,6 +54,12 @@ class ProgressiveSelfKD(SoftTargetCallback):
             gathered DDP batch (``DistributedSampler``'s padding) the last (higher rank) is stored instead of the
             first, and a run resumed with another ``max_epochs`` (or ``total_epochs``) recomputes α with the new
             ``T`` instead of keeping the one it started with. Non-finite predictions are never stored.
+        rewritten_inputs: what to store when an input-rewriting callback (MixUp, CutMix) changed the batch's
+            images: ``"clean_forward"`` (default) stores the prediction of one extra forward (no gradient, the
+            module's current mode, buffers and RNG left as they were) on the unmixed images
+            ``batch["clean_image"]``, never the mixed image's prediction as a sample's own; ``"error"`` stops
+            training with a named error instead. The targets are mixed either way: PS-KD refines each row's own
+            target and the mixing is applied to the refined targets.
 
     Example::
 
@@ -81,9 +88,12 @@ class ProgressiveSelfKD(SoftTargetCallback):
         num_classes: int | None = None,
         table_device: str | None = None,
         preset: Literal["library", "official"] = "library",
+        rewritten_inputs: Literal["clean_forward", "error"] = "clean_forward",
     ) -> None:
         if preset not in ("library", "official"):
             raise ValueError(f"preset must be 'library' or 'official', got {preset!r}.")
+        if rewritten_inputs not in ("clean_forward", "error"):
+            raise ValueError(f"rewritten_inputs must be 'clean_forward' or 'error', got {rewritten_inputs!r}.")
         if not 0.0 <= alpha_T <= 1.0:
             raise ValueError(f"alpha_T must lie in [0, 1], got {alpha_T}.")
         if total_epochs is not None and total_epochs < 1:
@@ -100,6 +110,7 @@ class ProgressiveSelfKD(SoftTargetCallback):
         self.num_samples = num_samples
         self.table_device = table_device
         self.preset = preset
+        self.rewritten_inputs = rewritten_inputs
         self.total_epochs: int | None = None
         self.table: PredictionTable | None = None
         self._restored_table: dict[str, Any] | None = None
@@ -197,6 +208,8 @@ class ProgressiveSelfKD(SoftTargetCallback):
                 f"training_step returned {logits.shape[1]} logits per sample but the PS-KD table has "
                 f"{self.table.num_classes} classes."
             )
+        if isinstance(batch, Mapping) and CLEAN_IMAGE in batch:
+            logits = self._clean_logits(pl_module, batch[CLEAN_IMAGE])
         probabilities = logits.detach().float().softmax(dim=-1)
         if trainer.world_size > 1:
             probabilities = pl_module.all_gather(probabilities).flatten(0, 1)
@@ -208,6 +221,24 @@ class ProgressiveSelfKD(SoftTargetCallback):
         # Only gathered batches can repeat an index (DistributedSampler pads with duplicates).
         keep = "last" if self.preset == "official" else "first"
         self.table.write(index, probabilities, deduplicate=trainer.world_size > 1, keep=keep)
+
+    def _clean_logits(self, pl_module: pl.LightningModule, clean: torch.Tensor) -> torch.Tensor:
+        """The logits of the images before an input-rewriting callback mixed them (one forward, no side effects)."""
+        if self.rewritten_inputs == "error":
+            raise ValueError(
+                "ProgressiveSelfKD(rewritten_inputs='error'): an input-rewriting callback (MixUp, CutMix) changed "
+                "batch['image'], so training_step's logits are the mixed images' predictions, not the samples' own. "
+                "Use rewritten_inputs='clean_forward' (one extra forward on the unmixed images) or drop the mixing."
+            )
+        with torch.no_grad(), side_effect_free(pl_module):
+            output = pl_module(clean)
+        logits = getattr(output, "logits", output)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != len(clean):
+            raise TypeError(
+                "ProgressiveSelfKD predicts the unmixed images with the module's forward, which must return (B, C) "
+                f"logits (or an object with .logits); it returned {type(output).__name__}."
+            )
+        return logits
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After one epoch every index of the data set has been range-checked; later checks would only cost syncs.

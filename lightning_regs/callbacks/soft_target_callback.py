@@ -11,7 +11,15 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_regs.batch import HARD_TARGET, IMAGE, INDEXED_DATASET_HINT, MIX_LAMBDA, MIX_PARTNER, SAMPLE_TARGET, TARGET
+from lightning_regs.batch import (
+    HARD_TARGET,
+    IMAGE,
+    INDEXED_DATASET_HINT,
+    MIX_LAMBDA,
+    MIX_PARTNER,
+    SAMPLE_TARGET,
+    TARGET,
+)
 from lightning_regs.functional.mixing import mix_targets
 from lightning_regs.functional.modes import eval_mode
 from lightning_regs.functional.soft_targets import target_distribution
@@ -105,7 +113,9 @@ class SoftTargetCallback(Callback):
             )
         return found
 
-    def checked_labels(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, batch: Any) -> torch.Tensor:
+    def checked_labels(
+        self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, batch: Any
+    ) -> torch.Tensor:
         """The batch's class ids (:func:`read_labels`), range-checked once against the number of classes."""
         labels = read_labels(batch, type(self).__name__)
         if self.num_classes is None and self._logits_width is None and num_classes_of(trainer, pl_module) is None:

@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.batch import IMAGE, INDEX, TARGET
+from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.datamodules.download import download_file, extract_archive, remove_interrupted
 
 __all__ = ["CIFAR10DataModule", "CIFAR100DataModule", "load_cifar_pickle"]

@@ -15,8 +15,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
+from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.datamodules.files import RootGuard, read_json
 from lightning_regs.datamodules.views import TwoViews
 

@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.batch import IMAGE, INDEX, LABEL, MASK, TARGET
+from lightning_regs.datamodules.base import SplitDataModule, hparam
 
 __all__ = ["CATEGORIES", "MVTecADDataModule"]
 

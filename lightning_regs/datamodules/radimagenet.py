@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from lightning_regs.datamodules.base import SplitDataModule
 from lightning_regs.batch import IMAGE, INDEX, TARGET
+from lightning_regs.datamodules.base import SplitDataModule
 from lightning_regs.datamodules.files import RootGuard, read_json
 from lightning_regs.datamodules.image_report import REPORT_KINDS, format_report, image_report
 from lightning_regs.datamodules.mvtec import IMAGENET_MEAN, IMAGENET_STD

@@ -76,9 +76,7 @@ def draw_mix(
     partner = rng.permutation(batch_size)
     if not per_sample:
         lam, cutmix = np.repeat(lam, batch_size), np.repeat(cutmix, batch_size)
-    return MixDraw(
-        torch.from_numpy(partner).long(), torch.from_numpy(lam).float(), torch.from_numpy(cutmix).bool()
-    )
+    return MixDraw(torch.from_numpy(partner).long(), torch.from_numpy(lam).float(), torch.from_numpy(cutmix).bool())
 
 
 def cutmix_boxes(lam: torch.Tensor, height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
@@ -147,9 +145,7 @@ def mix_targets(targets: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor)
     return targets * lam + targets[partner.to(targets.device)] * (1.0 - lam)
 
 
-def interpolate_loss(
-    loss_fn, target: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor
-) -> torch.Tensor:
+def interpolate_loss(loss_fn, target: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """``λ·ℓ(t) + (1 − λ)·ℓ(t[partner])`` for a loss that takes class ids only (Composer's ``interpolate_loss``).
 
     ``loss_fn(target)`` returns the batch mean (then every row must share one λ) or per-row losses ``(B,)``

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 _ORIGINAL = "_orig_mod"  # where torch.compile's OptimizedModule keeps the module it wraps
 
-__all__ = ["eval_mode", "uncompiled", "unwrap_compiled"]
+__all__ = ["eval_mode", "side_effect_free", "uncompiled", "unwrap_compiled"]
 
 
 @contextmanager
@@ -45,6 +46,34 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for sub, training in flags:
             sub.training = training
+
+
+@contextmanager
+def side_effect_free(module: nn.Module) -> Iterator[nn.Module]:
+    """Run extra forwards of ``module`` in its current mode without changing its buffers or the global RNG.
+
+    Buffers (BatchNorm's running statistics and counters) are copied on entry and written back on exit, and the
+    CPU and current CUDA generators are forked, so dropout draws nothing training would have drawn. Use it for a
+    prediction the training loop did not ask for (PS-KD's forward on the unmixed images under MixUp).
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> before = net[1].running_mean.clone()
+        >>> with side_effect_free(net), torch.no_grad():
+        ...     _ = net(torch.randn(4, 2) + 5)
+        >>> torch.equal(net[1].running_mean, before)
+        True
+    """
+    saved = [(buffer, buffer.detach().clone()) for buffer in module.buffers()]
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield module
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 def unwrap_compiled(module: nn.Module) -> nn.Module:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_regs.batch import unpack_batch
+from lightning_regs.batch import read_step
 from lightning_regs.functional.soft_targets import target_distribution
 from lightning_regs.tasks.image_classifier import ImageClassifier
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName
@@ -67,5 +67,5 @@ class GrokkingClassifier(ImageClassifier):
         """MSE between the logits and the one-hot (or soft) targets; cross-entropy with ``loss="cross_entropy"``."""
         if self.loss_name == "cross_entropy":
             return super().compute_loss(logits, batch)
-        _, target = unpack_batch(batch)
+        target = read_step(batch).target
         return F.mse_loss(logits, target_distribution(target, self.num_classes).to(logits.dtype))

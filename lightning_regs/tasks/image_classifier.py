@@ -9,11 +9,13 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
+from lightning_regs.batch import MIX_LAMBDA, MIX_PARTNER, SAMPLE_TARGET, TARGET, StepBatch, read_step
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback
-from lightning_regs.datamodules.batch import HARD_TARGET, unpack_batch
-from lightning_regs.functional.classification import classification_loss, hard_labels
+from lightning_regs.functional.classification import classification_loss
+from lightning_regs.functional.mixing import interpolate_loss, mixed_accuracy
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, WarmupSchedule, build_optimizer
 from lightning_regs.tasks.sharding import shard_under_model_parallel
 
@@ -62,6 +64,8 @@ class ImageClassifier(pl.LightningModule):
 
     #: Soft ``(B, C)`` targets are trained on and metrics read ``hard_target`` (silences SoftTargetCallback's warning).
     accepts_soft_targets = True
+    #: Under an input-rewriting callback with ``mode="loss"``, the loss is ``λ·ℓ(y_i) + (1 − λ)·ℓ(y_{p(i)})``.
+    interpolates_mixed_loss = True
 
     def __init__(
         self,
@@ -99,7 +103,8 @@ class ImageClassifier(pl.LightningModule):
         self.num_classes = num_classes
         self.metrics = nn.ModuleDict(
             {
-                "train_acc": MulticlassAccuracy(num_classes, average="micro"),
+                # the mean of mixed_accuracy's per-row credit: plain accuracy on unmixed batches
+                "train_acc": MeanMetric(),
                 "val_acc": MulticlassAccuracy(num_classes, average="micro"),
                 "val_ece": MulticlassCalibrationError(num_classes, n_bins=ece_bins, norm="l1"),
                 "test_acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -109,7 +114,11 @@ class ImageClassifier(pl.LightningModule):
         self._targets_checked = False
 
     def on_fit_start(self) -> None:
-        rewriting = [type(c).__name__ for c in self.trainer.callbacks if isinstance(c, SoftTargetCallback)]
+        rewriting = [
+            type(c).__name__
+            for c in self.trainer.callbacks
+            if isinstance(c, SoftTargetCallback) and not getattr(c, "rewrites_inputs", False)
+        ]
         if rewriting and self.hparams.label_smoothing > 0:
             rank_zero_warn(
                 f"{type(self).__name__}(label_smoothing={self.hparams.label_smoothing}) smooths the targets that "
@@ -142,25 +151,38 @@ class ImageClassifier(pl.LightningModule):
         """The training objective for ``logits`` on ``batch``: cross-entropy on hard or soft ``target``.
 
         Override this one method to change the loss (``GrokkingClassifier`` does: MSE on one-hot targets);
-        the checks, metrics and logging of every stage stay the same.
+        the checks, metrics and logging of every stage stay the same, and so does the loss interpolation of
+        ``MixUp(mode="loss")`` (:meth:`objective` calls this once per mixed label).
         """
-        _, target = unpack_batch(batch)
-        return classification_loss(logits, target, self.hparams.label_smoothing)
+        return classification_loss(logits, read_step(batch).target, self.hparams.label_smoothing)
+
+    def objective(self, logits: torch.Tensor, step: StepBatch) -> torch.Tensor:
+        """:meth:`compute_loss`, interpolated over both labels of a row when a ``mode="loss"`` mixing ran."""
+        batch = step.batch
+        if not isinstance(batch, Mapping) or MIX_PARTNER not in batch or SAMPLE_TARGET in batch:
+            return self.compute_loss(logits, batch)
+        return interpolate_loss(
+            lambda target: self.compute_loss(logits, {**batch, TARGET: target}),
+            step.target,
+            batch[MIX_PARTNER],
+            batch[MIX_LAMBDA],
+        )
 
     def labels(self, batch: Any) -> torch.Tensor:
         """The class ids metrics are measured against: ``hard_target`` when a callback softened ``target``."""
-        if isinstance(batch, Mapping) and HARD_TARGET in batch:
-            return batch[HARD_TARGET]
-        return hard_labels(unpack_batch(batch)[1])
+        return read_step(batch).labels
 
     def logits_and_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward ``batch["image"]``, check the logits' shape and (once) the target range, and compute the loss."""
-        image, target = unpack_batch(batch)
-        logits = self(image)
+        step = read_step(batch)
+        return self._forward_step(step)
+
+    def _forward_step(self, step: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(step.image)
         self.check_logits(logits)
         if not self._targets_checked:
-            self._check_target_range(target)
-        return logits, self.compute_loss(logits, batch)
+            self._check_target_range(step.labels)
+        return logits, self.objective(logits, step)
 
     def check_logits(self, logits: torch.Tensor) -> None:
         """Raise a named error unless ``logits`` is ``(batch, num_classes)``."""
@@ -170,9 +192,8 @@ class ImageClassifier(pl.LightningModule):
                 "Build the backbone with the same num_classes as the task."
             )
 
-    def _check_target_range(self, target: torch.Tensor) -> None:
+    def _check_target_range(self, labels: torch.Tensor) -> None:
         # Once per run: an out-of-range class id is a device-side assert on CUDA, far from its cause.
-        labels = hard_labels(target)
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(
                 f"Targets hold class ids in [{int(labels.min())}, {int(labels.max())}] but num_classes="
@@ -180,24 +201,32 @@ class ImageClassifier(pl.LightningModule):
             )
         self._targets_checked = True
 
-    def log_training(self, loss: torch.Tensor, logits: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
-        """Log ``train/loss`` and ``train/acc`` and return ``{"loss", "logits"}`` (logits detached) for callbacks."""
+    def log_training(self, loss: torch.Tensor, logits: torch.Tensor, batch: Any | StepBatch) -> dict[str, torch.Tensor]:
+        """Log ``train/loss`` and ``train/acc`` and return ``{"loss", "logits"}`` (logits detached) for callbacks.
+
+        Under MixUp/CutMix ``train/acc`` credits both labels of a mixed row in proportion ``λ``
+        (:func:`~lightning_regs.functional.mixed_accuracy`); on unmixed batches it is the plain accuracy.
+        """
         logits = logits.detach()
-        self.metrics["train_acc"](logits, self.labels(batch))
+        step = batch if isinstance(batch, StepBatch) else read_step(batch)
+        mixing = step.batch if isinstance(step.batch, Mapping) and MIX_PARTNER in step.batch else {}
+        credit = mixed_accuracy(logits, step.labels, mixing.get(MIX_PARTNER), mixing.get(MIX_LAMBDA))
+        self.metrics["train_acc"](credit)
         self.log("train/loss", loss.detach(), prog_bar=True)
         self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
         return {"loss": loss, "logits": logits}
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        logits, loss = self.logits_and_loss(batch)
-        return self.log_training(loss, logits, batch)
+        step = read_step(batch)
+        logits, loss = self._forward_step(step)
+        return self.log_training(loss, logits, step)
 
     def _evaluate(self, batch: Any, stage: str) -> None:
-        logits, loss = self.logits_and_loss(batch)
-        labels = self.labels(batch)
+        step = read_step(batch)
+        logits, loss = self._forward_step(step)
         probabilities = logits.float().softmax(dim=-1)
-        self.metrics[f"{stage}_acc"](probabilities, labels)
-        self.metrics[f"{stage}_ece"](probabilities, labels)
+        self.metrics[f"{stage}_acc"](probabilities, step.labels)
+        self.metrics[f"{stage}_ece"](probabilities, step.labels)
         self.log(f"{stage}/loss", loss, sync_dist=True)
         self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], prog_bar=stage == "val")
         self.log(f"{stage}/ece", self.metrics[f"{stage}_ece"])
@@ -209,10 +238,7 @@ class ImageClassifier(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        if isinstance(batch, Mapping):
-            image = batch["image"]
-        else:
-            image = batch[0] if isinstance(batch, (list, tuple)) else batch
+        image = batch if isinstance(batch, torch.Tensor) else read_step(batch).image
         return self(image).softmax(dim=-1)
 
     def configure_optimizers(self) -> dict[str, Any]:
