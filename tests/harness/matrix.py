@@ -356,6 +356,22 @@ _GCD_ACCUMULATES_DIFFERENTLY = (
 )
 
 
+_MIXING_ACCUMULATES_DIFFERENTLY = (
+    "Two accumulated batches of 16 are each mixed within themselves and draw two λ: not the mixing of one 32-image "
+    "batch"
+)
+
+
+def _mixing_row() -> dict[str, Cell]:
+    pairs = setting("mixup").ddp_differs_because
+    return _row(
+        ddp=replace(DDP, differs_because=pairs),
+        accumulate=Proven(0.0, differs_because=_MIXING_ACCUMULATES_DIFFERENTLY),
+        nodes=Proven(0.0, differs_because=pairs),
+        fsdp2=Proven(0.0, differs_because=pairs),
+    )
+
+
 def _row(**cells: Cell) -> dict[str, Cell]:
     standard = {"single": SINGLE, "ddp": DDP, "bf16": BF16, "accumulate": ACCUMULATE, "compile": COMPILE,
                 "clip": CLIP, "resume": RESUME, "nodes": NODES, "fsdp2": FSDP2}  # fmt: skip
@@ -373,6 +389,9 @@ DECLARED: dict[str, dict[str, Cell]] = {
     "label_smoothing": _row(),
     "pskd": _row(),
     "pskd+label_smoothing": _row(),
+    "mixup": _mixing_row(),
+    "cutmix": _mixing_row(),
+    "mixup_cutmix+pskd+label_smoothing": _mixing_row(),
     "local_complexity_monitor": _row(),
     "robustness_monitor": _row(),
     "neural_collapse_monitor": _row(),

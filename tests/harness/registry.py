@@ -144,6 +144,25 @@ def pskd_then_label_smoothing() -> list[pl.Callback]:
     return [cb.ProgressiveSelfKD(alpha_T=0.8), cb.LabelSmoothing(0.1)]
 
 
+def mixup() -> list[pl.Callback]:
+    return [cb.MixUp(alpha=0.4)]
+
+
+def cutmix() -> list[pl.Callback]:
+    return [cb.CutMix(alpha=1.0, per_sample=True)]
+
+
+def mixup_cutmix_pskd_label_smoothing() -> list[pl.Callback]:
+    return [cb.MixUpCutMix(0.8, 1.0, switch_prob=0.5), cb.ProgressiveSelfKD(alpha_T=0.8), cb.LabelSmoothing(0.1)]
+
+
+#: Why a mixing run on two processes is not one process on the same global batches.
+MIXING_PAIRS_PER_RANK = (
+    "rows are paired with rows of their own rank (as timm and torchvision pair within the batch they are given): "
+    "two ranks of 16 mix within each 16, one process mixes across all 32"
+)
+
+
 def man() -> list[pl.Callback]:
     return [cb.MomentumAuxiliaryNetworks(momentum=0.5)]
 
@@ -195,6 +214,21 @@ REGISTRY: tuple[MethodSetting, ...] = (
     MethodSetting("label_smoothing", (cb.LabelSmoothing, cb.SoftTargetCallback), image_classifier, label_smoothing),
     MethodSetting("pskd", (cb.ProgressiveSelfKD,), image_classifier, pskd),
     MethodSetting("pskd+label_smoothing", (), image_classifier, pskd_then_label_smoothing),
+    MethodSetting(
+        "mixup",
+        (cb.MixUp, cb.InputRewritingCallback),
+        image_classifier,
+        mixup,
+        ddp_differs_because=MIXING_PAIRS_PER_RANK,
+    ),
+    MethodSetting("cutmix", (cb.CutMix,), image_classifier, cutmix, ddp_differs_because=MIXING_PAIRS_PER_RANK),
+    MethodSetting(
+        "mixup_cutmix+pskd+label_smoothing",
+        (cb.MixUpCutMix,),
+        image_classifier,
+        mixup_cutmix_pskd_label_smoothing,
+        ddp_differs_because=MIXING_PAIRS_PER_RANK,
+    ),
     MethodSetting(
         "local_complexity_monitor", (cb.LocalComplexityMonitor, cb.ScheduledMonitor), image_classifier, local_complexity
     ),
