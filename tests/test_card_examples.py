@@ -19,7 +19,9 @@ from lightning_regs.callbacks import (
     AdversarialRobustnessMonitor,
     LabelSmoothing,
     LocalComplexityMonitor,
+    MixUp,
     MomentumAuxiliaryNetworks,
+    ProgressiveSelfKD,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +80,13 @@ def _auglocal(trainer, messages) -> None:
     assert trainer.lightning_module.num_local_modules == 7 and trainer.global_step == 2
 
 
+def _mixup(trainer, messages) -> None:
+    mixer = next(c for c in trainer.callbacks if isinstance(c, MixUp))
+    pskd = next(c for c in trainer.callbacks if isinstance(c, ProgressiveSelfKD))
+    assert mixer.alpha == 0.2 and trainer.global_step == 8 and bool(pskd.table.seen.all())  # 2 epochs of 4 batches
+    assert not [m for m in messages if "accepts_soft_targets" in m]
+
+
 def _monitor(kind: type, names: set[str]) -> Callable[..., None]:
     def check(trainer, messages) -> None:
         (monitor,) = [c for c in trainer.callbacks if isinstance(c, kind)]
@@ -93,6 +102,7 @@ CHECKS = {
     "local_learning.md": _local_learning,
     "man.md": _man,
     "auglocal.md": _auglocal,
+    "mixup.md": _mixup,
     "local_complexity.md": _monitor(LocalComplexityMonitor, {"lc/train", "lc/heldout", "lc/random"}),
     "robustness_monitor.md": _monitor(AdversarialRobustnessMonitor, {"robust/acc", "robust/clean_acc"}),
 }

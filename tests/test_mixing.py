@@ -148,3 +148,42 @@ def test_mixed_accuracy_credits_both_labels_by_lambda():
     # row 0 predicts 0 (own): 0.6; row 1 predicts 1 (partner row 2's label 1): 0.4; row 2 predicts 2: neither
     assert mixed_accuracy(logits, labels, partner, lam).tolist() == pytest.approx([0.6, 0.4, 0.0])
     assert mixed_accuracy(logits, labels, None, None).tolist() == [1.0, 0.0, 0.0]
+
+
+def _official_cutmix(images: torch.Tensor, lam: float, partner: torch.Tensor, cx: int, cy: int):
+    """CutMix's released train loop (clovaai/CutMix-PyTorch@9dc8245, ``rand_bbox`` + λ correction), re-derived."""
+    size = images.shape
+    width, height = size[2], size[3]  # the official names: dim 2 is called W, dim 3 H
+    cut_rat = np.sqrt(1.0 - lam)
+    cut_w, cut_h = int(width * cut_rat), int(height * cut_rat)
+    bbx1, bby1 = np.clip(cx - cut_w // 2, 0, width), np.clip(cy - cut_h // 2, 0, height)
+    bbx2, bby2 = np.clip(cx + cut_w // 2, 0, width), np.clip(cy + cut_h // 2, 0, height)
+    mixed = images.clone()
+    mixed[:, :, bbx1:bbx2, bby1:bby2] = images[partner, :, bbx1:bbx2, bby1:bby2]
+    corrected = 1 - ((bbx2 - bbx1) * (bby2 - bby1) / (size[-1] * size[-2]))
+    return mixed, corrected
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_matches_the_official_cutmix_loop_on_the_same_lambda_centre_and_permutation(seed):
+    rng = np.random.default_rng(seed)
+    images = torch.rand(5, 3, 11, 13)
+    lam = float(rng.beta(1.0, 1.0))
+    partner = torch.from_numpy(rng.permutation(5))
+    cx, cy = int(rng.integers(11)), int(rng.integers(13))
+    expected, corrected = _official_cutmix(images, lam, partner, cx, cy)
+    # our box for the same λ and centre: (rows, cols) = (dim 2, dim 3)
+    half_2 = int(np.floor(np.sqrt(1 - lam) * 11 / 2))
+    half_3 = int(np.floor(np.sqrt(1 - lam) * 13 / 2))
+    box = torch.tensor([[max(cx - half_2, 0), min(cx + half_2, 11), max(cy - half_3, 0), min(cy + half_3, 13)]] * 5)
+    masks = box_masks(box, 11, 13)
+    torch.testing.assert_close(mix_inputs(images, partner, masks), expected)
+    torch.testing.assert_close(masks.mean(dim=(1, 2, 3)), torch.full((5,), float(corrected)))
+
+
+def test_half_sides_equal_the_official_integer_rule():
+    for lam in np.linspace(0.0, 1.0, 1001):
+        for side in (7, 8, 32, 224):
+            official = int(side * np.sqrt(1.0 - lam)) // 2
+            ours = int((torch.sqrt(1.0 - torch.tensor(lam, dtype=torch.float64)) * side / 2).floor())
+            assert ours == official, (lam, side)
