@@ -280,3 +280,24 @@ def test_contributings_rewriting_example_runs_as_written():
     namespace: dict = {"__name__": "contributing_rewriting_example"}
     exec(compile(code, "CONTRIBUTING.md", "exec"), namespace)
     assert namespace["batch"]["image"].shape == (2, 1, 1, 4)
+
+
+def _resnet18_epoch(callbacks) -> ImageClassifier:
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    task = ImageClassifier(resnet18(num_classes=10), 10, lr=0.05)
+    data = TensorDataset(torch.randn(48, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.arange(48) % 10)
+    trainer = Trainer(max_epochs=1, callbacks=callbacks, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(task, DataLoader(IndexedDataset(data), batch_size=16))
+    return task
+
+
+def test_pskds_clean_forward_leaves_batchnorm_statistics_and_training_untouched():
+    # In epoch 0 PS-KD only stores predictions: with a side-effect-free clean forward, a torchvision resnet18 (with
+    # BatchNorm) trained with MixUp + PS-KD ends exactly where MixUp alone ends, running statistics included.
+    alone = _resnet18_epoch([MixUp(alpha=1.0, seed=3)])
+    with_pskd = _resnet18_epoch([MixUp(alpha=1.0, seed=3), ProgressiveSelfKD(alpha_T=0.8)])
+    for (name, a), (_, b) in zip(alone.state_dict().items(), with_pskd.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
