@@ -232,11 +232,11 @@ class ProgressiveSelfKD(SoftTargetCallback):
             )
         with torch.no_grad(), side_effect_free(pl_module):
             output = pl_module(clean)
-        logits = getattr(output, "logits", output)
+        logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", output)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != len(clean):
             raise TypeError(
                 "ProgressiveSelfKD predicts the unmixed images with the module's forward, which must return (B, C) "
-                f"logits (or an object with .logits); it returned {type(output).__name__}."
+                f"logits (or a dict with 'logits', or an object with .logits); it returned {type(output).__name__}."
             )
         return logits
 

@@ -3,19 +3,24 @@
 from lightning_regs.tasks.gcd_classifier import GCDClassifier
 from lightning_regs.tasks.grokking_classifier import GrokkingClassifier
 from lightning_regs.tasks.image_classifier import ImageClassifier
-from lightning_regs.tasks.lego_gcd_mixin import LegoGCDMixin, LegoGCDSettings
+from lightning_regs.tasks.lego_gcd_mixin import DualViewKLTerm, LegoGCDMixin, LegoGCDSettings, LocalEntropyTerm
 from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
+from lightning_regs.tasks.loss_terms import LossTerm, model_outputs
 from lightning_regs.tasks.mean_image_baseline import MeanImageAnomalyBaseline
 from lightning_regs.tasks.optim import WarmupSchedule, build_optimizer
 
 __all__ = [
+    "DualViewKLTerm",
     "GCDClassifier",
     "GrokkingClassifier",
     "ImageClassifier",
     "LegoGCDMixin",
     "LegoGCDSettings",
+    "LocalEntropyTerm",
     "LocalLearningClassifier",
+    "LossTerm",
     "MeanImageAnomalyBaseline",
     "WarmupSchedule",
     "build_optimizer",
+    "model_outputs",
 ]

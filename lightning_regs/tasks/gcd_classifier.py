@@ -57,7 +57,8 @@ class GCDClassifier(LegoGCDMixin):
 
     with λ = ``sup_weight``; CE and SupCon on the labelled rows only. LegoGCD's defaults are on
     (``ler_weight=2``, ``dkl_weight=1``); ``ler_weight=0, dkl_weight=0`` is SimGCD. The LegoGCD terms come from
-    :class:`~lightning_regs.tasks.LegoGCDMixin`: ``q̂`` (the LER prior) is a buffer, saved in checkpoints; under
+    :class:`~lightning_regs.tasks.LegoGCDMixin` (:class:`~lightning_regs.tasks.LossTerm` modules, with their
+    weights): ``q̂`` (the LER prior) is a buffer, saved in checkpoints under ``prior_ema.prior``; under
     DDP its batch mean is averaged over ranks so every rank keeps the same ``q̂``. The teacher temperature
     follows the epoch, so a resumed run continues the schedule.
 
@@ -212,13 +213,14 @@ class GCDClassifier(LegoGCDMixin):
                 embedding[labelled2], target2[labelled2], hp.supcon_temperature, hp.supcon_temperature
             ),
         }
-        terms.update(self.lego_gcd_terms(logits, labelled2))
-        unsupervised = terms["distill"] + hp.memax_weight * terms["memax"] + hp.dkl_weight * terms["dkl"]
+        terms.update(self.lego_gcd_terms(logits, labelled2))  # LegoGCD's LossTerm modules, unweighted
+        weights = self.lego_gcd_weights()  # their weights: β and w_dkl
+        unsupervised = terms["distill"] + hp.memax_weight * terms["memax"] + weights["dkl"] * terms["dkl"]
         supervised = terms["ce"] + terms["supcon"]
         terms["loss"] = (
             (1 - hp.sup_weight) * (unsupervised + terms["infonce"])
             + hp.sup_weight * supervised
-            + hp.ler_weight * terms["ler"]
+            + weights["ler"] * terms["ler"]
         )
         return terms, logits
 

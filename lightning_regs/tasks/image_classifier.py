@@ -16,6 +16,7 @@ from lightning_regs.batch import MIX_LAMBDA, MIX_PARTNER, SAMPLE_TARGET, TARGET,
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback
 from lightning_regs.functional.classification import classification_loss
 from lightning_regs.functional.mixing import interpolate_loss, mixed_accuracy
+from lightning_regs.tasks.loss_terms import LossTerm, model_outputs
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, WarmupSchedule, build_optimizer
 from lightning_regs.tasks.sharding import shard_under_model_parallel
 
@@ -31,6 +32,13 @@ class ImageClassifier(pl.LightningModule):
     arg-max of soft targets, or ``batch["hard_target"]`` when a callback put the labels there.
     Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
     ``val/ece`` and ``test/*`` alike.
+
+    The backbone may return the logits, a dict with ``"logits"`` and more (``"features"``, ``"attention"``), or an
+    object with ``.logits`` (a Hugging Face ``ModelOutput``, a dataclass): :func:`~lightning_regs.tasks.model_outputs`
+    turns it into a dict. The training loss is :meth:`compute_loss` plus ``Σ weight·term(outputs, batch)`` over the
+    ``loss_terms`` (:class:`~lightning_regs.tasks.LossTerm` modules: they see every output, keep their buffers in the
+    checkpoint under ``loss_terms.<name>.``, and are logged unweighted as ``train/<name>``). Validation and test
+    losses are :meth:`compute_loss` alone.
 
     Args:
         backbone: the network mapping images to ``num_classes`` logits (any ``nn.Module``; the models
@@ -50,6 +58,9 @@ class ImageClassifier(pl.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         ece_bins: number of bins of the expected calibration error (15, torchmetrics' default; the PS-KD
             paper's code uses 10).
+        loss_terms: :class:`~lightning_regs.tasks.LossTerm` modules added to the training loss, distinct names
+            (also :meth:`add_loss_term`). Saved with the weights, not in ``hparams`` (under LightningCLI their
+            ``class_path``/``init_args`` config is kept, as the backbone's).
 
     Example::
 
@@ -66,6 +77,8 @@ class ImageClassifier(pl.LightningModule):
     accepts_soft_targets = True
     #: Under an input-rewriting callback with ``mode="loss"``, the loss is ``λ·ℓ(y_i) + (1 − λ)·ℓ(y_{p(i)})``.
     interpolates_mixed_loss = True
+    #: Names a loss term may not take: they are the task's own ``train/<name>`` metrics.
+    reserved_term_names = frozenset({"loss", "acc"})
 
     def __init__(
         self,
@@ -83,6 +96,7 @@ class ImageClassifier(pl.LightningModule):
         min_lr_ratio: float = 0.0,
         label_smoothing: float = 0.0,
         ece_bins: int = 15,
+        loss_terms: Sequence[LossTerm] | None = None,
     ) -> None:
         super().__init__()
         backbone_classes = getattr(backbone, "num_classes", None)
@@ -96,7 +110,8 @@ class ImageClassifier(pl.LightningModule):
         # A live backbone is saved with the weights, not in hparams (it would not load with weights_only=True).
         # LightningCLI hands its config to save_hyperparameters (and marks it with "_instantiator"): there the
         # backbone is a class_path/init_args dict, which load_from_checkpoint needs to rebuild the model.
-        self.save_hyperparameters(ignore=["backbone"])
+        # Loss terms alike: modules, saved with the weights (their config is kept under LightningCLI).
+        self.save_hyperparameters(ignore=["backbone", "loss_terms"])
         if "_instantiator" in self.hparams:
             self.save_hyperparameters()
         self.backbone = backbone
@@ -112,6 +127,35 @@ class ImageClassifier(pl.LightningModule):
             }
         )
         self._targets_checked = False
+        self.loss_terms = nn.ModuleDict()
+        for term in loss_terms or ():
+            self.add_loss_term(term)
+        self._loss_terms_applied = False
+
+    def add_loss_term(self, term: LossTerm) -> LossTerm:
+        """Add ``term`` to the training loss, under ``loss_terms[term.name]``; returns it.
+
+        Raises:
+            TypeError: when ``term`` is not a :class:`~lightning_regs.tasks.LossTerm`.
+            ValueError: when the task already has a term of that name, or the name is one of the task's metrics.
+        """
+        if not isinstance(term, LossTerm):
+            raise TypeError(
+                f"loss_terms take lightning_regs.tasks.LossTerm modules (forward(outputs, batch) -> scalar, a name "
+                f"and a weight), got {type(term).__name__}."
+            )
+        if term.name in self.loss_terms:
+            raise ValueError(
+                f"Two loss terms are named {term.name!r} ({type(self.loss_terms[term.name]).__name__} and "
+                f"{type(term).__name__}): a term's name is its key in the checkpoint and its metric train/<name>; "
+                "give each term its own name."
+            )
+        if term.name in self.reserved_term_names:
+            raise ValueError(
+                f"A loss term may not be named {term.name!r}: train/{term.name} is {type(self).__name__}'s own metric."
+            )
+        self.loss_terms[term.name] = term
+        return term
 
     def on_fit_start(self) -> None:
         rewriting = [
@@ -126,7 +170,8 @@ class ImageClassifier(pl.LightningModule):
                 "the LabelSmoothing callback alone)."
             )
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> Any:
+        """The backbone's output: logits, a dict with ``"logits"``, or an object with ``.logits``."""
         return self.backbone(image)
 
     def setup(self, stage: str) -> None:
@@ -178,11 +223,38 @@ class ImageClassifier(pl.LightningModule):
         return self._forward_step(step)
 
     def _forward_step(self, step: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(step.image)
-        self.check_logits(logits)
+        outputs, loss = self._forward_outputs(step)
+        return outputs["logits"], loss
+
+    def _forward_outputs(self, step: StepBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        outputs = model_outputs(self(step.image))
+        self.check_logits(outputs["logits"])
         if not self._targets_checked:
             self._check_target_range(step.labels)
-        return logits, self.objective(logits, step)
+        return outputs, self.objective(outputs["logits"], step)
+
+    def term_losses(
+        self, outputs: Mapping[str, torch.Tensor], batch: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``Σ current_weight·term(outputs, batch)`` over :attr:`loss_terms` and each term's unweighted value.
+
+        A subclass with its own ``training_step`` calls this (and :meth:`update_loss_terms`) to keep its terms;
+        a run whose training step never calls it while the task has terms stops with a named error.
+        """
+        self._loss_terms_applied = True
+        values = {name: term(outputs, batch) for name, term in self.loss_terms.items()}
+        step, epoch = self.global_step, self.current_epoch
+        total = sum(
+            (self.loss_terms[name].current_weight(step, epoch) * value for name, value in values.items()),
+            start=outputs["logits"].new_zeros(()),
+        )
+        return total, values
+
+    @torch.no_grad()
+    def update_loss_terms(self, outputs: Mapping[str, torch.Tensor], batch: Any) -> None:
+        """Let each loss term update its state (:meth:`LossTerm.update`), once per training step."""
+        for term in self.loss_terms.values():
+            term.update(outputs, batch)
 
     def check_logits(self, logits: torch.Tensor) -> None:
         """Raise a named error unless ``logits`` is ``(batch, num_classes)``."""
@@ -218,8 +290,23 @@ class ImageClassifier(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         step = read_step(batch)
-        logits, loss = self._forward_step(step)
-        return self.log_training(loss, logits, step)
+        outputs, loss = self._forward_outputs(step)
+        if len(self.loss_terms):
+            extra, values = self.term_losses(outputs, step.batch)
+            loss = loss + extra
+            for name, value in values.items():
+                self.log(f"train/{name}", value.detach())
+        result = self.log_training(loss, outputs["logits"], step)
+        self.update_loss_terms(outputs, step.batch)
+        return result
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if len(self.loss_terms) and not self._loss_terms_applied:
+            raise RuntimeError(
+                f"{type(self).__name__} has loss terms {sorted(self.loss_terms)} but its training_step never added "
+                "them: call `self.term_losses(outputs, batch)` (and `self.update_loss_terms(outputs, batch)`) in it, "
+                "as ImageClassifier.training_step does, or build the task without loss_terms."
+            )
 
     def _evaluate(self, batch: Any, stage: str) -> None:
         step = read_step(batch)
@@ -239,7 +326,7 @@ class ImageClassifier(pl.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         image = batch if isinstance(batch, torch.Tensor) else read_step(batch).image
-        return self(image).softmax(dim=-1)
+        return model_outputs(self(image))["logits"].softmax(dim=-1)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
