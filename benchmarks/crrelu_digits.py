@@ -2,6 +2,7 @@
 
     python benchmarks/crrelu_digits.py                  # 5 seeds, 20 epochs (the crrelu_digits.yaml recipe)
     python benchmarks/crrelu_digits.py --seeds 0 1      # fewer seeds
+    python benchmarks/crrelu_digits.py --cost           # the activation alone: saved bytes and time, vs ReLU
 
 The recipe is ``examples/crrelu_digits.yaml``: ``MLP(in_features=64, width=128, depth=3)`` (two hidden layers,
 so two CRReLU modules and two ε), SGD lr 0.05 with Nesterov momentum 0.9, weight decay 5e-4 (on ε too),
@@ -17,12 +18,15 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import time
 
 import torch
 from _timing import fit_and_test
 from lightning.pytorch import seed_everything
+from torch import nn
 
 from lightning_regs.datamodules import DigitsDataModule
+from lightning_regs.local_learning.saved_bytes import SavedTensorMeter
 from lightning_regs.models import MLP, CRReLU
 from lightning_regs.tasks import ImageClassifier
 
@@ -34,7 +38,7 @@ def run(seed: int, activation: str, epochs: int) -> dict[str, float]:
     backbone = MLP(in_features=64, num_classes=10, width=128, depth=3, activation=activation)
     task = ImageClassifier(backbone, 10, lr=0.05, weight_decay=5e-4, scheduler="cosine", warmup_epochs=1)
     metrics, seconds = fit_and_test(task, DigitsDataModule(batch_size=64, seed=seed), epochs)
-    eps = [float(m.eps.detach()) for m in backbone.modules() if isinstance(m, CRReLU)]
+    eps = [m.eps.item() for m in backbone.modules() if isinstance(m, CRReLU)]
     return {
         "acc": metrics["test/acc"],
         "ece": metrics["test/ece"],
@@ -42,6 +46,36 @@ def run(seed: int, activation: str, epochs: int) -> dict[str, float]:
         "seconds": seconds,
         "eps": eps,
     }
+
+
+def cost(shape: tuple[int, int] = (256, 4096), repeats: int = 50) -> None:
+    """Bytes autograd saves per input element, and the median forward+backward time, of each activation alone.
+
+    The activations take turns within each repeat, so a load that comes and goes slows all of them alike.
+    """
+    x = torch.randn(*shape)
+    activations = {"relu": nn.ReLU(), "crrelu": CRReLU(), "crrelu fixed eps": CRReLU(learnable=False)}
+    saved: dict[str, int] = {}
+    for name, act in activations.items():
+        meter = SavedTensorMeter(exclude=[act])
+        with meter:
+            act(x.clone().requires_grad_()).sum().backward()
+        saved[name] = meter.peak_bytes
+    samples: dict[str, list[float]] = {name: [] for name in activations}
+    for _ in range(repeats):
+        for name, act in activations.items():
+            leaf = x.clone().requires_grad_()
+            start = time.perf_counter()
+            act(leaf).sum().backward()
+            samples[name].append(time.perf_counter() - start)
+    relu = statistics.median(samples["relu"])
+    for name in activations:
+        median = statistics.median(samples[name])
+        print(
+            f"  {name:17s} saved {saved[name] / x.numel():.0f} bytes per element (float32); "
+            f"forward+backward {median * 1e3:.2f} ms, {median / relu:.2f}x ReLU",
+            flush=True,
+        )
 
 
 def summary(values: list[float], scale: float = 100.0) -> str:
@@ -55,8 +89,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cost", action="store_true", help="measure the activation alone and stop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cost:
+        print(f"one activation on a (256, 4096) float32 input, {args.threads} thread(s), median of 50:")
+        cost()
+        return
     results: dict[str, list[dict]] = {name: [] for name in ACTIVATIONS}
     for seed in args.seeds:
         for name in ACTIVATIONS:

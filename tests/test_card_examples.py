@@ -80,6 +80,14 @@ def _auglocal(trainer, messages) -> None:
     assert trainer.lightning_module.num_local_modules == 7 and trainer.global_step == 2
 
 
+def _crrelu(trainer, messages) -> None:
+    from lightning_regs.models import CRReLU
+
+    acts = [m for m in trainer.lightning_module.modules() if isinstance(m, CRReLU)]
+    assert len(acts) == 9 and trainer.global_step == 2  # resnet18: the stem's ReLU and one per block
+    assert all(m.eps.grad is not None and m.eps.item() != CRReLU().eps.item() for m in acts)  # every ε trained
+
+
 def _mixup(trainer, messages) -> None:
     mixer = next(c for c in trainer.callbacks if isinstance(c, MixUp))
     pskd = next(c for c in trainer.callbacks if isinstance(c, ProgressiveSelfKD))
@@ -102,6 +110,7 @@ CHECKS = {
     "local_learning.md": _local_learning,
     "man.md": _man,
     "auglocal.md": _auglocal,
+    "crrelu.md": _crrelu,
     "mixup.md": _mixup,
     "local_complexity.md": _monitor(LocalComplexityMonitor, {"lc/train", "lc/heldout", "lc/random"}),
     "robustness_monitor.md": _monitor(AdversarialRobustnessMonitor, {"robust/acc", "robust/clean_acc"}),

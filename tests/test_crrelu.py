@@ -56,7 +56,7 @@ def test_values_at_plus_and_minus_one(eps: float):
     expected = torch.tensor([1.0 + eps * HALF, -eps * HALF], dtype=torch.float64)
     torch.testing.assert_close(crrelu(x, eps), expected, rtol=0, atol=1e-15)
     act = CRReLU(eps).double()  # ε was stored in float32: use the stored value
-    stored = float(act.eps)
+    stored = act.eps.item()
     assert abs(stored - eps) < 1e-7
     torch.testing.assert_close(
         act(x), torch.tensor([1.0 + stored * HALF, -stored * HALF], dtype=torch.float64), rtol=0, atol=1e-15
@@ -82,7 +82,7 @@ def test_derivatives_with_respect_to_eps_and_x_are_the_closed_forms():
     # The module's ε gets the summed gradient through backward.
     act = CRReLU(0.37).double()
     act(x).sum().backward()
-    torch.testing.assert_close(act.eps.grad, (x * torch.exp(-x * x / 2)).sum())
+    torch.testing.assert_close(act.eps.grad, (x * torch.exp(-x * x / 2)).sum().reshape(1))
 
 
 def test_gradcheck_in_float64_on_x_and_eps():
@@ -99,6 +99,7 @@ def test_a_zero_dim_eps_keeps_the_inputs_dtype():
     assert act(torch.randn(4, dtype=torch.bfloat16)).dtype == torch.bfloat16
     assert act(torch.randn(4, dtype=torch.float64)).dtype == torch.float64
     assert act.double().eps.dtype == torch.float64
+    assert act(torch.tensor(1.0, dtype=torch.float64)).shape == ()  # ε is stored as (1,) but used as 0-dim
 
 
 # ---------------------------------------------------------------- the module
@@ -107,16 +108,18 @@ def test_a_zero_dim_eps_keeps_the_inputs_dtype():
 def test_module_parameter_buffer_state_dict_and_repr():
     act = CRReLU()
     (param,) = act.parameters()
-    assert isinstance(act.eps, nn.Parameter) and param is act.eps and param.shape == () and float(param) == f32(0.01)
+    assert isinstance(act.eps, nn.Parameter) and param is act.eps and param.shape == (1,) and param.item() == f32(0.01)
     assert repr(act) == "CRReLU(eps=0.01, learnable=True)"
     fixed = CRReLU(eps=0.25, learnable=False)
     assert list(fixed.parameters()) == [] and "eps" in dict(fixed.named_buffers())
     assert repr(fixed) == "CRReLU(eps=0.25, learnable=False)"
     assert list(act.state_dict()) == list(fixed.state_dict()) == ["eps"]  # the same key either way
     fixed.load_state_dict(act.state_dict())
-    assert float(fixed.eps) == f32(0.01)
+    assert fixed.eps.item() == f32(0.01)
+    with torch.device("meta"):
+        assert repr(CRReLU()) == "CRReLU(eps=<meta>, learnable=True)"  # deferred init: nothing to read
     restored = pickle.loads(pickle.dumps(act))  # ddp_spawn pickles the model
-    assert isinstance(restored.eps, nn.Parameter) and float(restored.eps) == f32(0.01)
+    assert isinstance(restored.eps, nn.Parameter) and restored.eps.item() == f32(0.01)
 
 
 def test_every_instance_has_its_own_eps():
@@ -124,7 +127,7 @@ def test_every_instance_has_its_own_eps():
     assert a.eps is not b.eps
     with torch.no_grad():
         a.eps.fill_(0.5)
-    assert float(b.eps) == f32(0.01)
+    assert b.eps.item() == f32(0.01)
 
 
 @pytest.mark.parametrize(
@@ -176,7 +179,7 @@ def test_resnet18_replacement_keeps_keys_sharing_and_equals_the_original_at_eps_
     replace_activations(fresh, eps=0.01)
     result = fresh.load_state_dict(before, strict=False)
     assert set(result.missing_keys) == added and result.unexpected_keys == []
-    assert all(float(m.eps) == f32(0.01) for m in eps_of(fresh))
+    assert all(m.eps.item() == f32(0.01) for m in eps_of(fresh))
     with torch.no_grad():
         assert not torch.allclose(fresh.eval()(x), original(x))  # ε = 0.01 changes the function
 
@@ -190,7 +193,7 @@ def test_resnet18_trains_eps_with_sgd():
     grads = [m.eps.grad for m in eps_of(net)]
     assert all(g is not None and g != 0 for g in grads)
     optimizer.step()
-    assert all(float(m.eps) != f32(0.01) for m in eps_of(net))
+    assert all(m.eps.item() != f32(0.01) for m in eps_of(net))
 
 
 # ---------------------------------------------------------------- replace_activations: nn.Sequential and our models
@@ -211,8 +214,13 @@ def test_sequential_inplace_relus_nested_containers_tuples_and_subclasses():
     assert [type(m).__name__ for m in (net[1], net[2][1], net[3][0], net[3][1], net[4]["act"])] == [
         "CRReLU", "CRReLU", "CRReLU", "Tanh", "CRReLU",
     ]  # fmt: skip
-    assert {float(m.eps) for m in eps_of(net)} == {f32(0.2)}
-    assert sorted(n for n, _ in net.named_parameters() if n.endswith("eps")) == ["1.eps", "2.1.eps", "3.0.eps", "4.act.eps"]
+    assert {m.eps.item() for m in eps_of(net)} == {f32(0.2)}
+    assert sorted(n for n, _ in net.named_parameters() if n.endswith("eps")) == [
+        "1.eps",
+        "2.1.eps",
+        "3.0.eps",
+        "4.act.eps",
+    ]
 
 
 def test_one_module_registered_twice_stays_one():
@@ -220,7 +228,7 @@ def test_one_module_registered_twice_stays_one():
     net = nn.Sequential(nn.Linear(3, 5), shared, nn.Linear(5, 5), shared, nn.Linear(5, 2))
     assert replace_activations(net) == 1
     assert net[1] is net[3] and isinstance(net[1], CRReLU)
-    assert len([p for p in net.parameters() if p.shape == ()]) == 1  # one ε
+    assert len([p for p in net.parameters() if p.shape == (1,)]) == 1  # one ε
     assert {"1.eps", "3.eps"} <= set(net.state_dict())  # both registrations keep a key, as before
 
 
@@ -238,7 +246,7 @@ def test_sequential_output_at_eps_zero_equals_the_original():
 def test_replacement_with_a_factory_function():
     net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.ReLU())
     assert replace_activations(net, new=lambda: CRReLU(eps=0.05, learnable=False)) == 2
-    assert [float(m.eps) for m in eps_of(net)] == [f32(0.05)] * 2 and not any(p.shape == () for p in net.parameters())
+    assert [m.eps.item() for m in eps_of(net)] == [f32(0.05)] * 2 and not any(p.shape == (1,) for p in net.parameters())
 
 
 def test_the_librarys_mlp_and_small_cnn_keep_their_layer_contract():
@@ -267,7 +275,7 @@ def test_mlp_activation_crrelu_and_init_scale_leaves_eps_alone():
     relu = MLP(in_features=8, width=4, depth=3, activation="relu", init_scale=8.0)
     torch.manual_seed(7)
     cr = MLP(in_features=8, width=4, depth=3, activation="crrelu", init_scale=8.0)
-    assert [float(a.eps) for a in eps_of(cr)] == [f32(0.01)] * 2  # Omnigrok's alpha scales the Linear weights only
+    assert [a.eps.item() for a in eps_of(cr)] == [f32(0.01)] * 2  # Omnigrok's alpha scales the Linear weights only
     weights = [p for n, p in cr.named_parameters() if not n.endswith("eps")]
     assert all(torch.equal(a, b) for a, b in zip(relu.parameters(), weights, strict=True))
 
@@ -305,9 +313,9 @@ def test_no_match_is_an_error_that_names_what_was_searched_and_what_is_there():
 
 
 def test_the_model_itself_or_a_non_module_is_refused():
-    with pytest.raises(TypeError, match="itself a ReLU.*Build the new activation directly"):
+    with pytest.raises(TypeError, match=r"itself a ReLU.*Build the new activation directly"):
         replace_activations(nn.ReLU())
-    with pytest.raises(TypeError, match="needs an nn.Module, got list"):
+    with pytest.raises(TypeError, match=r"needs an nn\.Module, got list"):
         replace_activations([nn.ReLU()])  # type: ignore[arg-type]
 
 
@@ -352,7 +360,7 @@ def test_image_classifier_fit_on_digits_trains_eps():
     trainer.fit(task, DigitsDataModule(batch_size=32))
     assert trainer.global_step == 3 and len(record.grads) == 3
     assert all(g != 0.0 and math.isfinite(g) for step in record.grads for g in step)
-    assert all(abs(float(m.eps) - 0.01) > 1e-6 for m in eps_of(task))
+    assert all(abs(m.eps.item() - 0.01) > 1e-6 for m in eps_of(task))
 
 
 def test_the_example_config_runs_with_crrelu_in_the_mlp(tmp_path, monkeypatch):
@@ -362,13 +370,22 @@ def test_the_example_config_runs_with_crrelu_in_the_mlp(tmp_path, monkeypatch):
     cli = LightningRegsCLI(
         args=[
             "fit", "--config", str(ROOT / "examples" / "crrelu_digits.yaml"), "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.enable_progress_bar=false",
+            "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
+            f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
         ]
     )  # fmt: skip
     acts = eps_of(cli.model)
     assert cli.trainer.global_step == 3 and len(acts) == 2
-    assert all(isinstance(a.eps, nn.Parameter) and float(a.eps) != f32(0.01) for a in acts)
+    assert all(isinstance(a.eps, nn.Parameter) and a.eps.item() != f32(0.01) for a in acts)
+
+
+def test_the_cards_cli_line_gives_the_relu_baseline(monkeypatch):
+    from lightning_regs.cli import LightningRegsCLI
+
+    monkeypatch.setattr(sys, "argv", ["lightning-regs"])
+    config = str(ROOT / "examples" / "crrelu_digits.yaml")
+    cli = LightningRegsCLI(args=["--config", config, "--model.init_args.backbone.init_args.activation=relu"], run=False)
+    assert not eps_of(cli.model) and sum(isinstance(m, nn.ReLU) for m in cli.model.modules()) == 2
 
 
 def test_the_card_block_runs_as_written(tmp_path, monkeypatch):
@@ -380,4 +397,15 @@ def test_the_card_block_runs_as_written(tmp_path, monkeypatch):
     trainer = namespace["trainer"]
     acts = eps_of(trainer.lightning_module)
     assert trainer.global_step == 2 and len(acts) == 9
-    assert all(float(a.eps) != f32(0.01) for a in acts)
+    assert all(a.eps.item() != f32(0.01) for a in acts)
+
+
+def test_layered_keeps_each_crrelu_with_the_layer_before_it():
+    from lightning_regs.models import layered
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.PReLU(), nn.Linear(32, 10))
+    replace_activations(net, new=CRReLU)
+    view = layered(net)
+    assert [name for name, _ in view.layers.named_children()] == ["0-2", "3-4"]
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(view.head(view.layers(x)), net(x))

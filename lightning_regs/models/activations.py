@@ -37,7 +37,9 @@ class CRReLU(nn.Module):
 
     ``ε = 0`` is ReLU exactly; the paper initializes ``ε`` at 0.01 and learns it with the network's
     weights. The state dict holds one entry, ``eps`` (a parameter, or a buffer when ``learnable=False``),
-    so a model keeps the same keys whether ``ε`` trains or not.
+    so a model keeps the same keys whether ``ε`` trains or not. ``eps`` has shape ``(1,)``, not ``()``:
+    FSDP2's ``fully_shard`` refuses 0-dim parameters. ``forward`` uses it as a 0-dim view, so a bfloat16
+    input still gives a bfloat16 output.
 
     Args:
         eps: the initial ``ε`` (finite).
@@ -67,7 +69,7 @@ class CRReLU(nn.Module):
             raise TypeError(f"CRReLU's eps must be a real number such as 0.01, got {eps!r}.")
         if not math.isfinite(eps):
             raise ValueError(f"CRReLU's eps must be finite (the paper starts it at 0.01), got {eps}.")
-        value = torch.tensor(float(eps))
+        value = torch.tensor([float(eps)])  # shape (1,): fully_shard shards dim 0 and refuses 0-dim parameters
         self.learnable = bool(learnable)
         if self.learnable:
             self.eps = nn.Parameter(value)
@@ -75,10 +77,17 @@ class CRReLU(nn.Module):
             self.register_buffer("eps", value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return crrelu(x, self.eps)
+        return crrelu(x, self.eps.reshape(()))  # 0-dim: the result keeps x's dtype
 
     def extra_repr(self) -> str:
-        return f"eps={float(self.eps.detach()):.4g}, learnable={self.learnable}"
+        eps = self.eps.detach()
+        if eps.is_meta:  # deferred initialization: no value yet
+            value = "<meta>"
+        elif type(eps) is not torch.Tensor:  # a sharded DTensor (FSDP2): reading it would need a collective
+            value = f"<{type(eps).__name__}>"
+        else:
+            value = f"{eps.item():.4g}"
+        return f"eps={value}, learnable={self.learnable}"
 
 
 def _types(old: Any) -> tuple[type[nn.Module], ...]:

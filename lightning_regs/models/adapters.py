@@ -42,11 +42,20 @@ _HEAD_PREFIX = (nn.Flatten, _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd)
 
 
 def _starts_entry(module: nn.Module) -> bool:
-    return not isinstance(module, _NORMS) and next(module.parameters(), None) is not None
+    # Activations with learnable shape parameters (PReLU, CRReLU's ε) belong to the layer before them, as norms do.
+    if isinstance(module, _NORMS) or _is_parametric_activation(module):
+        return False
+    return next(module.parameters(), None) is not None
+
+
+def _is_parametric_activation(module: nn.Module) -> bool:
+    from lightning_regs.models.activations import CRReLU  # the models package imports this module
+
+    return isinstance(module, (nn.PReLU, CRReLU))
 
 
 def _bounds(children: list[nn.Module]) -> list[int]:
-    """Entry boundaries: an entry starts at each child with parameters that is not a norm (the first at 0)."""
+    """Entry boundaries: an entry starts at each child with parameters that is not a norm or an activation."""
     starts = [i for i, child in enumerate(children) if _starts_entry(child)]
     return [0, *starts[1:], len(children)]
 

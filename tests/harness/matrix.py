@@ -385,6 +385,7 @@ _LOCAL = {"accumulate": _MANUAL_ACCUMULATION, "clip": _LOCAL_CLIP}
 DECLARED: dict[str, dict[str, Cell]] = {
     "image_classifier": _row(),
     "grokking_classifier": _row(),
+    "crrelu": _row(),
     "metrics_summary": _row(),
     "label_smoothing": _row(),
     "pskd": _row(),

@@ -18,7 +18,7 @@ from torch import nn
 
 from lightning_regs import callbacks as cb
 from lightning_regs.local_learning import LocalLearningMixin
-from lightning_regs.models import MLP, LayeredModel
+from lightning_regs.models import MLP, CRReLU, LayeredModel, replace_activations
 from lightning_regs.tasks import (
     GCDClassifier,
     GrokkingClassifier,
@@ -101,6 +101,12 @@ def small_convnet() -> LayeredModel:
 
 def image_classifier() -> ImageClassifier:
     return ImageClassifier(mlp(), 10, lr=0.1, scheduler="cosine", weight_decay=1e-4)
+
+
+def crrelu_classifier() -> ImageClassifier:
+    backbone = mlp()
+    replace_activations(backbone, new=CRReLU)  # its two ReLUs, one ε each
+    return ImageClassifier(backbone, 10, lr=0.1, scheduler="cosine", weight_decay=1e-4)
 
 
 def grokking_classifier() -> GrokkingClassifier:
@@ -210,6 +216,7 @@ _LOCAL = {"ddp_strategy": ddp_spawn_unused_parameters}
 REGISTRY: tuple[MethodSetting, ...] = (
     MethodSetting("image_classifier", (ImageClassifier,), image_classifier, no_callbacks),
     MethodSetting("grokking_classifier", (GrokkingClassifier,), grokking_classifier, no_callbacks),
+    MethodSetting("crrelu", (CRReLU,), crrelu_classifier, no_callbacks),
     MethodSetting("metrics_summary", (cb.MetricsSummary,), image_classifier, metrics_summary, max_epochs=2),
     MethodSetting("label_smoothing", (cb.LabelSmoothing, cb.SoftTargetCallback), image_classifier, label_smoothing),
     MethodSetting("pskd", (cb.ProgressiveSelfKD,), image_classifier, pskd),
