@@ -19,6 +19,7 @@ from lightning_regs.batch import (
     MIX_PARTNER,
     SAMPLE_TARGET,
     TARGET,
+    class_ids,
 )
 from lightning_regs.functional.mixing import mix_targets
 from lightning_regs.functional.modes import eval_mode
@@ -184,14 +185,17 @@ class SoftTargetCallback(Callback):
 
 
 def read_labels(batch: Any, who: str) -> torch.Tensor:
-    """The int64 labels of a dict batch: ``hard_target`` if a callback already softened it, else ``target``."""
+    """The int64 labels of a dict batch (:func:`~lightning_regs.batch.class_ids`), or an error naming ``who``."""
     if not isinstance(batch, Mapping) or TARGET not in batch:
         kind = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
         raise TypeError(
             f"{who} rewrites batch['{TARGET}'], but the batch is {kind}. Yield dict batches with '{TARGET}' "
             f"(int64 class ids), as every lightning_regs DataModule does: {INDEXED_DATASET_HINT}."
         )
-    labels = batch.get(HARD_TARGET, batch[TARGET])
+    try:
+        labels = class_ids(batch)
+    except ValueError:  # soft targets from the data: named below, with what the callback needs
+        labels = batch[TARGET]
     if labels.is_floating_point() or labels.dim() != 1:
         raise ValueError(
             f"{who} needs hard class ids in batch['{TARGET}'] (int64, shape (B,)), got dtype {labels.dtype} and "
