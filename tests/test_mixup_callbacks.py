@@ -160,6 +160,26 @@ def test_loss_mode_trains_exactly_as_target_mode_for_cross_entropy():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mixer", [CutMix, MixUpCutMix])
+def test_cutmix_in_loss_mode_trains_as_target_mode(mixer):
+    # one box per batch: one corrected λ per batch, so a batch-mean loss interpolates (found by a new user)
+    _, by_targets = fit([mixer(seed=2)])
+    _, by_loss = fit([mixer(seed=2, mode="loss")])
+    for a, b in zip(by_targets.parameters(), by_loss.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_cutmix_draws_one_box_per_batch_unless_per_sample():
+    batch = make_batch(8)
+    CutMix(num_classes=C, seed=1).rewrite_batch(None, None, batch)
+    assert len(set(batch[MIX_LAMBDA].tolist())) == 1
+    changed = (batch["image"] != batch[CLEAN_IMAGE]).flatten(1)
+    moved = batch[MIX_PARTNER] != torch.arange(8)
+    assert len({tuple(row.nonzero().flatten().tolist()) for row in changed[moved]}) == 1  # the same pixels
+    with pytest.raises(ValueError, match="per_sample=False"):
+        fit([CutMix(per_sample=True, mode="loss")])
+
+
 def test_two_mixers_and_loss_mode_without_interpolation_are_refused():
     with pytest.raises(ValueError, match="MixUpCutMix"):
         fit([MixUp(), CutMix()])

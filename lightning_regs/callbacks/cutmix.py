@@ -18,7 +18,7 @@ class CutMix(MixUpCutMix):
 
     Args:
         alpha: α of the Beta distribution (1.0 in the paper).
-        per_sample: one λ and one box per row instead of one λ per batch (boxes are per row either way).
+        per_sample: one λ and one box per row instead of one λ and one box per batch.
         mode: ``"targets"`` (mix the targets) or ``"loss"`` (the module interpolates a loss over class ids).
         prob: the probability that a batch is mixed at all (0.5 in the paper's CIFAR recipe).
         seed: seed of the private generator.
@@ -29,8 +29,9 @@ class CutMix(MixUpCutMix):
         >>> import torch
         >>> batch = {"image": torch.randn(3, 1, 8, 8), "target": torch.tensor([0, 1, 2])}
         >>> CutMix(num_classes=3).rewrite_batch(None, None, batch)
-        >>> bool(((batch["mix_lambda"] * 64) % 1 == 0).all())  # λ is a share of whole pixels
-        True
+        >>> lam = batch["mix_lambda"]
+        >>> bool(((lam * 64) % 1 == 0).all()), bool((lam == lam[0]).all())  # whole pixels; one box per batch
+        (True, True)
     """
 
     def __init__(

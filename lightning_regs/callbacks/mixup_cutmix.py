@@ -22,7 +22,8 @@ class MixUpCutMix(InputRewritingCallback):
     Each row ``i`` is paired with row ``p(i)`` of a random permutation of the batch (any batch size, odd and 1
     included: a row paired with itself is unchanged) and ``λ ~ Beta(α, α)`` is drawn once per batch or, with
     ``per_sample=True``, once per row. A MixUp row becomes ``λ·x_i + (1 − λ)·x_{p(i)}``; a CutMix row gets the
-    pixels of ``x_{p(i)}`` inside a box of area ``(1 − λ)·H·W`` centred uniformly on the image and clipped to it,
+    pixels of ``x_{p(i)}`` inside a box of area ``(1 − λ)·H·W`` centred uniformly on the image and clipped to it
+    (one box for the whole batch, as the official code and torchvision; one per row with ``per_sample=True``),
     and its λ becomes the share of pixels left (the correction of timm's ``correct_lam`` and torchvision's
     ``v2.CutMix``). With both α positive, a batch (or a row) is CutMix with probability ``switch_prob``. Targets
     mix with the same λ (see :class:`~lightning_regs.callbacks.InputRewritingCallback` for ``mode``, the order
@@ -32,7 +33,7 @@ class MixUpCutMix(InputRewritingCallback):
         mixup_alpha: MixUp's α (0: no MixUp). timm's default 0.8; 0.2 on ImageNet, 1.0 on CIFAR in the papers.
         cutmix_alpha: CutMix's α (0: no CutMix); 1.0 in the CutMix paper.
         switch_prob: with both α positive, the probability of CutMix (timm's 0.5).
-        per_sample: one λ (and one switch) per row instead of per batch.
+        per_sample: one λ (and one switch, and one CutMix box) per row instead of per batch.
         mode: ``"targets"`` (mix the targets) or ``"loss"`` (the module interpolates its loss over class ids).
         prob: the probability that a batch is mixed at all (timm's ``mixup_prob``).
         seed: seed of the private generator (checkpointed).
@@ -91,7 +92,9 @@ class MixUpCutMix(InputRewritingCallback):
         height, width = image.shape[-2:]
         cut = draw.cutmix.to(image.device)
         drawn = draw.lam.to(image.device)
-        masks = box_masks(cutmix_boxes(draw.lam, height, width, rng).to(image.device), height, width)
+        # one box for the batch (as the official loop and torchvision), or one per row with per_sample=True
+        boxes = cutmix_boxes(draw.lam if self.per_sample else draw.lam[:1], height, width, rng)
+        masks = box_masks(boxes.expand(len(image), 4).to(image.device), height, width)
         lam = torch.where(cut, masks.mean(dim=(1, 2, 3)), drawn)  # CutMix rows: the share of pixels left
         weight = torch.where(cut[:, None, None, None], masks, drawn[:, None, None, None])
         return Rewrite(mix_inputs(image, draw.partner, weight), draw.partner, lam)

@@ -172,7 +172,8 @@ class SoftTargetCallback(Callback):
         who = ", ".join(f"{type(c).__name__} (from {c.softening_starts})" for c in softening)
         rank_zero_warn(
             f"{who} will replace batch['{TARGET}'] by float (B, C) class probabilities; the class ids are then in "
-            f"batch['{HARD_TARGET}'], which `lightning_regs.datamodules.class_ids(batch)` returns either way. Give "
+            f"batch['{HARD_TARGET}'] of dict batches (an [x, y] list batch keeps none), which "
+            "`lightning_regs.datamodules.class_ids(batch)` returns either way. Give "
             "your loss the probabilities (F.cross_entropy accepts them) and measure accuracy against class_ids(batch). "
             f"Set `accepts_soft_targets = True` on {type(pl_module).__name__} to silence this warning."
         )

@@ -169,7 +169,8 @@ def interpolate_loss(loss_fn, target: torch.Tensor, partner: torch.Tensor, lam: 
         if lam.numel() and not bool((lam == lam[0]).all()):
             raise ValueError(
                 "The rows were mixed with different λ (per_sample=True) but the loss returns one number for the "
-                "batch: return per-row losses (reduction='none'), or mix the targets (mode='targets')."
+                "batch: return per-row losses (reduction='none'), mix the targets (mode='targets'), or draw one λ "
+                "per batch (per_sample=False)."
             )
         first = lam[0] if lam.numel() else own.new_tensor(1.0)
         return first * own + (1.0 - first) * mixed_in
