@@ -37,6 +37,7 @@ __all__ = [
     "TRUE_TARGET",
     "StepBatch",
     "class_ids",
+    "read_inputs",
     "read_step",
     "unpack_batch",
 ]
@@ -159,14 +160,36 @@ def class_ids(batch: Any, soft: Literal["raise", "argmax"] = "raise") -> torch.T
             f"{type(batch).__name__}: {INDEXED_DATASET_HINT}."
         )
     if target.is_floating_point() and target.dim() == 2:
-        if soft == "argmax":
-            return target.argmax(dim=-1)
+        if soft == "argmax":  # after a mixing, each row's own target, not the mixture
+            own = batch.get(SAMPLE_TARGET, target) if isinstance(batch, Mapping) else target
+            return own.argmax(dim=-1)
         raise ValueError(
             f"batch['{TARGET}'] holds (B, C) probabilities and the batch has no '{HARD_TARGET}': the class ids are "
-            "not known (targets made soft in the data, e.g. MixUp in the DataLoader, carry none). Use the MixUp "
-            "callback instead, or class_ids(batch, soft='argmax') to take the most probable class."
+            "not known (targets that are soft in the data, one-hot labels or MixUp in the DataLoader, carry none). "
+            "Yield class ids from the data (the MixUp callback keeps them), or use class_ids(batch, soft='argmax') "
+            "to take each row's most probable class."
         )
     return target
+
+
+def read_inputs(batch: Any) -> torch.Tensor:
+    """The inputs alone, for prediction: ``batch["image"]``, the first tensor of a list or tuple, or the tensor itself.
+
+    Example::
+
+        >>> read_inputs([torch.zeros(2, 3)]).shape  # what a DataLoader over TensorDataset(x) yields
+        torch.Size([2, 3])
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, Mapping) and IMAGE in batch:
+        return batch[IMAGE]
+    if isinstance(batch, Sequence) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+    raise TypeError(
+        f"Cannot find the inputs in a batch of {keys}: yield '{IMAGE}' in dict batches, or (x, ...) tuples."
+    )
 
 
 class StepBatch(NamedTuple):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,10 +14,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_regs.batch import CLEAN_IMAGE, HARD_TARGET, MIX_LAMBDA, MIX_PARTNER, SAMPLE_TARGET, class_ids
 from lightning_regs.callbacks import (
     CutMix,
+    InputRewritingCallback,
     LabelSmoothing,
     MixUp,
     MixUpCutMix,
     ProgressiveSelfKD,
+    Rewrite,
     SoftTargetCallback,
 )
 from lightning_regs.datamodules import DigitsDataModule, IndexedDataset
@@ -57,13 +58,13 @@ def run(callbacks, batch):
     return batch
 
 
-@pytest.mark.parametrize("mixer", [MixUp(0.4, num_classes=C), CutMix(num_classes=C), MixUpCutMix(num_classes=C)])
+@pytest.mark.parametrize("make_mixer", [MixUp, CutMix, MixUpCutMix])
 @pytest.mark.parametrize("position", [0, 1, 2])
-def test_soft_target_callbacks_in_any_order_give_the_mixed_refined_target(mixer, position):
+def test_soft_target_callbacks_in_any_order_give_the_mixed_refined_target(make_mixer, position):
     table = torch.softmax(torch.randn(20, C, generator=torch.Generator().manual_seed(0)), 1)
     others = [TableRefine(table, 0.3), LabelSmoothing(0.1, num_classes=C)]
+    mixer = make_mixer(num_classes=C, seed=5)
     callbacks = [*others[:position], mixer, *others[position:]]
-    mixer.rng = np.random.default_rng(5)
     batch = run(callbacks, make_batch())
     y, index = batch[HARD_TARGET], batch["index"]
     own = (1 - 0.3) * F.one_hot(y, C).float() + 0.3 * table[index]  # PS-KD, then label smoothing
@@ -117,7 +118,8 @@ def test_the_draws_are_a_checkpointed_state():
     first.rewrite_batch(None, None, make_batch())
     state = first.state_dict()
     resumed = MixUp(0.4, num_classes=C, seed=99)
-    resumed.load_state_dict(state)
+    with pytest.warns(UserWarning, match="seed=11"):
+        resumed.load_state_dict(state)
     a, b = make_batch(), make_batch()
     first.rewrite_batch(None, None, a)
     resumed.rewrite_batch(None, None, b)
@@ -321,3 +323,70 @@ def test_pskds_clean_forward_leaves_batchnorm_statistics_and_training_untouched(
     with_pskd = _resnet18_epoch([MixUp(alpha=1.0, seed=3), ProgressiveSelfKD(alpha_T=0.8)])
     for (name, a), (_, b) in zip(alone.state_dict().items(), with_pskd.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_batchs_draws_do_not_depend_on_earlier_batch_sizes():
+    # ranks whose last batches differ in size still agree on the next batch's λ (DDP with uneven loaders)
+    a, b = MixUp(0.4, num_classes=C, seed=3), MixUp(0.4, num_classes=C, seed=3)
+    a.rewrite_batch(None, None, make_batch(6))
+    b.rewrite_batch(None, None, make_batch(3))
+    first, second = make_batch(6), make_batch(5)
+    a.rewrite_batch(None, None, first)
+    b.rewrite_batch(None, None, second)
+    assert float(first[MIX_LAMBDA][0]) == float(second[MIX_LAMBDA][0])
+
+
+def test_integer_images_and_a_flip_beside_a_mixing():
+    with pytest.raises(TypeError, match="ToDtype"):
+        MixUp(num_classes=C).rewrite_batch(
+            None, None, {"image": torch.zeros(2, 3, dtype=torch.uint8), "target": torch.arange(2)}
+        )
+
+    class Flip(InputRewritingCallback):
+        mixes_targets = False
+
+        def rewrite(self, trainer, pl_module, batch, rng):
+            return Rewrite(batch["image"].flip(-1))
+
+    trainer, _ = fit([Flip(), MixUp(seed=1), ProgressiveSelfKD(total_epochs=2), LastBatch()], max_steps=2)
+    batch = LastBatch.of(trainer)
+    assert MIX_PARTNER in batch and batch[CLEAN_IMAGE].shape == batch["image"].shape
+    assert not Flip().softens_targets
+
+
+def test_predict_step_reads_inputs_without_labels():
+    task = ImageClassifier(MLP(in_features=64, num_classes=10, width=16), num_classes=10)
+    x = torch.randn(3, 1, 8, 8)
+    for batch in ({"image": x, "index": torch.arange(3)}, [x], x):
+        assert task.predict_step(batch, 0).shape == (3, 10)
+
+
+def test_local_learning_refuses_loss_mode_mixing():
+    from lightning_regs.tasks import LocalLearningClassifier
+
+    task = LocalLearningClassifier(MLP(in_features=64, num_classes=10, width=16, depth=3), 10, K=2, split=[0])
+    with pytest.raises(ValueError, match="interpolates_mixed_loss"):
+        fit([MixUp(mode="loss")], task=task)
+
+
+def test_one_hot_data_keeps_each_rows_own_label_for_accuracy():
+    y = torch.tensor([0, 1, 2, 3])
+    batch = {"image": torch.randn(4, 3), "target": torch.eye(4)[y]}
+    MixUp(1.0, num_classes=4, seed=3).rewrite_batch(None, None, batch)
+    assert class_ids(batch, soft="argmax").tolist() == y.tolist()
+
+
+def test_loss_mode_hands_compute_loss_the_partners_class_ids_too():
+    seen = []
+
+    class Recording(ImageClassifier):
+        def compute_loss(self, logits, batch):
+            seen.append(class_ids(batch).clone())
+            return super().compute_loss(logits, batch)
+
+    task = Recording(MLP(in_features=64, num_classes=10, width=16), num_classes=10)
+    batch = make_batch(6)
+    batch["hard_target"] = batch["target"].clone()  # as after a soft-target callback
+    MixUp(0.4, mode="loss", num_classes=C, seed=2).rewrite_batch(None, None, batch)
+    task.training_step(batch, 0)
+    assert torch.equal(seen[0], batch["hard_target"]) and torch.equal(seen[1], batch["hard_target"][batch[MIX_PARTNER]])

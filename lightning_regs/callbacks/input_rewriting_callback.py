@@ -8,6 +8,7 @@ from typing import Any, Literal, NamedTuple
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_regs.batch import (
@@ -45,9 +46,11 @@ class InputRewritingCallback(SoftTargetCallback):
     """Rewrite ``batch["image"]`` before each training step and mix the targets to match; draws are checkpointed.
 
     A subclass implements :meth:`rewrite`, which returns the new inputs and, for a mixing, each row's partner row
-    and own share ``λ`` (:class:`Rewrite`); it draws from :attr:`rng`, a private ``numpy.random.Generator``
-    seeded from ``seed`` and saved in the checkpoint, so a resumed run draws what the uninterrupted run draws. The
-    base does the rest, the same way for every such callback:
+    and own share ``λ`` (:class:`Rewrite`); it draws from the ``rng`` it is handed, a ``numpy.random.Generator``
+    seeded from ``(seed, number of batches seen)``: the count is the checkpointed state, so a resumed run draws what
+    the uninterrupted run draws, and a batch's draws do not depend on earlier batches' sizes (ranks with uneven last
+    batches still agree on whether a batch is mixed, and on its λ). The base does the rest, the same way for every
+    such callback:
 
     * ``batch["clean_image"]`` keeps the inputs as they came, ``batch["image"]`` gets the rewritten ones, and
       ``batch["mix_partner"]`` / ``batch["mix_lambda"]`` describe the mixing;
@@ -61,7 +64,8 @@ class InputRewritingCallback(SoftTargetCallback):
     **Order.** Target-only callbacks (:class:`~lightning_regs.callbacks.SoftTargetCallback`: label smoothing, PS-KD)
     listed before or after an input-rewriting callback give the same target: after a mixing they refine
     ``batch["sample_target"]`` (each row's own target, keyed by its own ``index``) and the mixing is applied again.
-    One input-rewriting callback per Trainer (use :class:`~lightning_regs.callbacks.MixUpCutMix` to switch).
+    One mixing callback per Trainer (use :class:`~lightning_regs.callbacks.MixUpCutMix` to switch); rewrites that mix
+    nothing (``mixes_targets = False``: an augmentation such as a flip) may stand beside it.
 
     **DDP.** Every rank draws from the same seed, so a global batch has one ``λ`` (per batch) and rows are paired
     with rows of the same rank: the pairing is per rank, as in timm and torchvision (a one-process run pairs over
@@ -86,8 +90,11 @@ class InputRewritingCallback(SoftTargetCallback):
         ([1.0, 1.0], [[0.5, 0.5], [0.5, 0.5]], [0, 1])
     """
 
-    #: Declares that this callback changes ``batch["image"]`` (PS-KD then predicts on ``batch["clean_image"]``).
+    #: Declares that this callback changes ``batch["image"]``.
     rewrites_inputs: bool = True
+    #: Declares that :meth:`rewrite` mixes rows (returns ``partner`` and ``lam``); PS-KD then predicts on
+    #: ``batch["clean_image"]``. Set ``False`` for a rewrite that keeps every row's own sample and target.
+    mixes_targets: bool = True
 
     def __init__(
         self, mode: MixMode = "targets", prob: float = 1.0, seed: int = 0, num_classes: int | None = None
@@ -102,11 +109,17 @@ class InputRewritingCallback(SoftTargetCallback):
         self.mode = mode
         self.prob = float(prob)
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self.batches_seen = 0
 
     @property
     def softens_targets(self) -> bool:
-        return self.mode == "targets"
+        return self.mode == "targets" and self.mixes_targets
+
+    def next_generator(self) -> np.random.Generator:
+        """The generator of the next training batch: seeded from ``(seed, batches seen)``, then the count moves on."""
+        rng = np.random.default_rng([self.seed, self.batches_seen])
+        self.batches_seen += 1
+        return rng
 
     def rewrite(
         self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, batch: Mapping[str, Any],
@@ -123,24 +136,29 @@ class InputRewritingCallback(SoftTargetCallback):
         return type(self).__name__
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "rng": self.rng.bit_generator.state}
+        return {"seed": self.seed, "batches_seen": self.batches_seen}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state_dict["rng"]
-        self.rng = rng
+        if state_dict["seed"] != self.seed:
+            rank_zero_warn(
+                f"{type(self).__name__}: the checkpoint was trained with seed={state_dict['seed']}, this callback has "
+                f"seed={self.seed}; the checkpoint's seed is kept: the resumed run draws what the run would have."
+            )
+        self.seed = int(state_dict["seed"])
+        self.batches_seen = int(state_dict["batches_seen"])
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rewriting = [c for c in trainer.callbacks if getattr(c, "rewrites_inputs", False)]
-        if len(rewriting) > 1:
+        mixing = [
+            c for c in trainer.callbacks if getattr(c, "rewrites_inputs", False) and getattr(c, "mixes_targets", True)
+        ]
+        if len(mixing) > 1:
             raise ValueError(
-                f"The Trainer has {len(rewriting)} input-rewriting callbacks "
-                f"({', '.join(type(c).__name__ for c in rewriting)}); "
+                f"The Trainer has {len(mixing)} mixing callbacks ({', '.join(type(c).__name__ for c in mixing)}); "
                 "a batch can be mixed once. Keep one; to switch between MixUp and CutMix use "
                 "MixUpCutMix(mixup_alpha, cutmix_alpha, switch_prob)."
             )
-        if self.mode == "loss":
+        if self.mode == "loss" and self.mixes_targets:
             if not getattr(pl_module, "interpolates_mixed_loss", False):
                 raise ValueError(
                     f"{type(self).__name__}(mode='loss') leaves batch['{TARGET}'] as class ids and mixes the inputs: "
@@ -179,23 +197,32 @@ class InputRewritingCallback(SoftTargetCallback):
                 f"every lightning_regs DataModule does: {INDEXED_DATASET_HINT}."
             )
         view = {IMAGE: batch[0], TARGET: batch[1]} if pair else batch
-        if self.prob < 1.0 and self.rng.random() >= self.prob:
+        rng = self.next_generator()
+        if self.prob < 1.0 and rng.random() >= self.prob:
             return
-        self._rewrite(trainer, pl_module, view)
+        self._rewrite(trainer, pl_module, view, rng)
         if pair:
             batch[0], batch[1] = view[IMAGE], view[TARGET]
 
-    def _rewrite(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, batch: dict) -> None:
-        result = self.rewrite(trainer, pl_module, batch, self.rng)
+    def _rewrite(
+        self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, batch: dict, rng: np.random.Generator
+    ) -> None:
+        image = batch[IMAGE]
+        if not image.is_floating_point():
+            raise TypeError(
+                f"{type(self).__name__} blends inputs, but batch['{IMAGE}'] holds {image.dtype}: convert images to "
+                "float (e.g. torchvision's v2.ToDtype(torch.float32, scale=True)) before they reach the Trainer."
+            )
+        result = self.rewrite(trainer, pl_module, batch, rng)
         if result is None:
             return
-        image = batch[IMAGE]
         if result.image.shape != image.shape:
             raise ValueError(
                 f"{type(self).__name__}.rewrite returned inputs of shape {tuple(result.image.shape)} for a batch of "
                 f"shape {tuple(image.shape)}; a rewrite keeps the shape."
             )
-        batch[CLEAN_IMAGE], batch[IMAGE] = image, result.image
+        batch.setdefault(CLEAN_IMAGE, image)  # the inputs as they came, also after another rewrite
+        batch[IMAGE] = result.image
         if result.partner is None:
             return
         partner = result.partner.to(image.device)

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_regs.batch import CLEAN_IMAGE, INDEX, INDEXED_DATASET_HINT, TARGET
+from lightning_regs.batch import CLEAN_IMAGE, INDEX, INDEXED_DATASET_HINT, MIX_PARTNER, TARGET
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback, num_classes_of, read_labels
 from lightning_regs.datamodules.fingerprint import data_fingerprint, fingerprint_difference
 from lightning_regs.functional.modes import side_effect_free
@@ -54,9 +54,9 @@ class ProgressiveSelfKD(SoftTargetCallback):
             gathered DDP batch (``DistributedSampler``'s padding) the last (higher rank) is stored instead of the
             first, and a run resumed with another ``max_epochs`` (or ``total_epochs``) recomputes α with the new
             ``T`` instead of keeping the one it started with. Non-finite predictions are never stored.
-        rewritten_inputs: what to store when an input-rewriting callback (MixUp, CutMix) changed the batch's
-            images: ``"clean_forward"`` (default) stores the prediction of one extra forward (no gradient, the
-            module's current mode, buffers and RNG left as they were) on the unmixed images
+        rewritten_inputs: what to store when a mixing callback (MixUp, CutMix) mixed the batch's rows:
+            ``"clean_forward"`` (default) stores the prediction of one extra forward (no gradient, the module's current
+            mode and precision, buffers and RNG left as they were, the weights after the step) on the unmixed images
             ``batch["clean_image"]``, never the mixed image's prediction as a sample's own; ``"error"`` stops
             training with a named error instead. The targets are mixed either way: PS-KD refines each row's own
             target and the mixing is applied to the refined targets.
@@ -208,8 +208,8 @@ class ProgressiveSelfKD(SoftTargetCallback):
                 f"training_step returned {logits.shape[1]} logits per sample but the PS-KD table has "
                 f"{self.table.num_classes} classes."
             )
-        if isinstance(batch, Mapping) and CLEAN_IMAGE in batch:
-            logits = self._clean_logits(pl_module, batch[CLEAN_IMAGE])
+        if isinstance(batch, Mapping) and MIX_PARTNER in batch:  # the logits are of mixed images
+            logits = self._clean_logits(trainer, pl_module, batch[CLEAN_IMAGE])
         probabilities = logits.detach().float().softmax(dim=-1)
         if trainer.world_size > 1:
             probabilities = pl_module.all_gather(probabilities).flatten(0, 1)
@@ -222,7 +222,7 @@ class ProgressiveSelfKD(SoftTargetCallback):
         keep = "last" if self.preset == "official" else "first"
         self.table.write(index, probabilities, deduplicate=trainer.world_size > 1, keep=keep)
 
-    def _clean_logits(self, pl_module: pl.LightningModule, clean: torch.Tensor) -> torch.Tensor:
+    def _clean_logits(self, trainer: pl.Trainer, pl_module: pl.LightningModule, clean: torch.Tensor) -> torch.Tensor:
         """The logits of the images before an input-rewriting callback mixed them (one forward, no side effects)."""
         if self.rewritten_inputs == "error":
             raise ValueError(
@@ -230,7 +230,8 @@ class ProgressiveSelfKD(SoftTargetCallback):
                 "batch['image'], so training_step's logits are the mixed images' predictions, not the samples' own. "
                 "Use rewritten_inputs='clean_forward' (one extra forward on the unmixed images) or drop the mixing."
             )
-        with torch.no_grad(), side_effect_free(pl_module):
+        # the precision plugin's context: under bf16-mixed the extra forward runs as the training forward does
+        with torch.no_grad(), side_effect_free(pl_module), trainer.precision_plugin.forward_context():
             output = pl_module(clean)
         logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", output)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != len(clean):

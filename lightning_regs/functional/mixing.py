@@ -27,6 +27,7 @@ import torch
 __all__ = [
     "MixDraw",
     "box_masks",
+    "combine_interpolated",
     "cutmix_boxes",
     "draw_mix",
     "interpolate_loss",
@@ -163,7 +164,20 @@ def interpolate_loss(loss_fn, target: torch.Tensor, partner: torch.Tensor, lam: 
         >>> torch.allclose(loss, F.cross_entropy(logits, torch.tensor([0, 1])))
         True
     """
-    own, mixed_in = loss_fn(target), loss_fn(target[partner.to(target.device)])
+    return combine_interpolated(loss_fn(target), loss_fn(target[partner.to(target.device)]), lam)
+
+
+def combine_interpolated(own: torch.Tensor, mixed_in: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``λ·own + (1 − λ)·mixed_in`` for batch-mean losses (one λ for the batch) or per-row losses ``(B,)``.
+
+    Raises:
+        ValueError: when the rows have different λ and the losses are batch means.
+
+    Example::
+
+        >>> float(combine_interpolated(torch.tensor(1.0), torch.tensor(3.0), torch.tensor([0.25, 0.25])))
+        2.5
+    """
     lam = lam.to(own.device, own.dtype)
     if own.dim() == 0:
         if lam.numel() and not bool((lam == lam[0]).all()):

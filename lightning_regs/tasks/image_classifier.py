@@ -12,10 +12,19 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from lightning_regs.batch import MIX_LAMBDA, MIX_PARTNER, SAMPLE_TARGET, TARGET, StepBatch, read_step
+from lightning_regs.batch import (
+    HARD_TARGET,
+    MIX_LAMBDA,
+    MIX_PARTNER,
+    SAMPLE_TARGET,
+    TARGET,
+    StepBatch,
+    read_inputs,
+    read_step,
+)
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback
 from lightning_regs.functional.classification import classification_loss
-from lightning_regs.functional.mixing import interpolate_loss, mixed_accuracy
+from lightning_regs.functional.mixing import combine_interpolated, mixed_accuracy
 from lightning_regs.tasks.loss_terms import LossTerm, model_outputs
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, WarmupSchedule, build_optimizer
 from lightning_regs.tasks.sharding import shard_under_model_parallel
@@ -206,12 +215,12 @@ class ImageClassifier(pl.LightningModule):
         batch = step.batch
         if not isinstance(batch, Mapping) or MIX_PARTNER not in batch or SAMPLE_TARGET in batch:
             return self.compute_loss(logits, batch)
-        return interpolate_loss(
-            lambda target: self.compute_loss(logits, {**batch, TARGET: target}),
-            step.target,
-            batch[MIX_PARTNER],
-            batch[MIX_LAMBDA],
-        )
+        partner = batch[MIX_PARTNER]
+        swapped = {**batch, TARGET: step.target[partner]}  # every row with its partner's labels
+        if HARD_TARGET in batch:
+            swapped[HARD_TARGET] = batch[HARD_TARGET][partner]
+        own, mixed_in = self.compute_loss(logits, batch), self.compute_loss(logits, swapped)
+        return combine_interpolated(own, mixed_in, batch[MIX_LAMBDA])
 
     def labels(self, batch: Any) -> torch.Tensor:
         """The class ids metrics are measured against: ``hard_target`` when a callback softened ``target``."""
@@ -325,8 +334,7 @@ class ImageClassifier(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        image = batch if isinstance(batch, torch.Tensor) else read_step(batch).image
-        return model_outputs(self(image))["logits"].softmax(dim=-1)
+        return model_outputs(self(read_inputs(batch)))["logits"].softmax(dim=-1)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

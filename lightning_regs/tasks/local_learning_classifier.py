@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lightning_regs.batch import unpack_batch
+from lightning_regs.batch import read_step
 from lightning_regs.local_learning.builder import HeadName, Preset
 from lightning_regs.local_learning.heads import TaskLoss
 from lightning_regs.local_learning.mixin import LocalLearningMixin
@@ -113,9 +113,14 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
             image_std=image_std,
         )
 
+    #: The local heads train on each row's own target: MixUp(mode="loss") would be ignored by them, so it is refused.
+    interpolates_mixed_loss = False
+
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        image, target = unpack_batch(batch)
+        step = read_step(batch)
         if not self._targets_checked:
-            self._check_target_range(target)
-        loss, logits, _ = self.local_training_step(image, target, final_loss=lambda z: self.compute_loss(z, batch))
-        return self.log_training(loss, logits, batch)
+            self._check_target_range(step.labels)
+        loss, logits, _ = self.local_training_step(
+            step.image, step.target, final_loss=lambda z: self.compute_loss(z, batch)
+        )
+        return self.log_training(loss, logits, step)
