@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark scripts: a step timer, a quiet Trainer and a timed fit-then-test."""
+"""Shared pieces of the benchmark scripts: a step timer, a quiet Trainer, a timed fit-then-test, mean ± std."""
 
 from __future__ import annotations
 
@@ -57,3 +57,9 @@ def fit_and_test(
     seconds = time.perf_counter() - start
     (metrics,) = trainer.test(task, data, verbose=False)
     return metrics, seconds
+
+
+def summary(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` of ``values`` times ``scale`` (std 0 for one value), to ``digits`` decimals."""
+    spread = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{statistics.mean(values) * scale:.{digits}f} ± {spread:.{digits}f}"

@@ -21,7 +21,7 @@ import statistics
 import time
 
 import torch
-from _timing import fit_and_test
+from _timing import fit_and_test, summary
 from lightning.pytorch import seed_everything
 from torch import nn
 
@@ -76,11 +76,6 @@ def cost(shape: tuple[int, int] = (256, 4096), repeats: int = 50) -> None:
             f"forward+backward {median * 1e3:.2f} ms, {median / relu:.2f}x ReLU",
             flush=True,
         )
-
-
-def summary(values: list[float], scale: float = 100.0) -> str:
-    spread = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{statistics.mean(values) * scale:.2f} ± {spread:.2f}"
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import statistics
 import time
 
 import torch
+from _timing import summary
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_regs.datamodules.digits_gcd import DigitsGCDDataModule
@@ -65,11 +66,6 @@ def ler_novel_share(task: GCDClassifier, data: DigitsGCDDataModule, threshold: f
     return float(novel[selected].float().mean()) if bool(selected.any()) else float("nan")
 
 
-def summary(values: list[float]) -> str:
-    spread = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
-    return f"{statistics.mean(values) * 100:.1f} ± {spread:.1f}"
-
-
 def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     torch.set_num_threads(1)  # small convolutions: more threads only contend
@@ -87,9 +83,9 @@ def main() -> None:
     print("| method | All | Old | New | test All | test Old | test New | novel share of LER rows | s/run |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
-        cells = [summary([r[f"gcd/{g}"] for r in runs]) for g in ("all", "old", "new")]
-        cells += [summary([r[f"gcd/test_{g}"] for r in runs]) for g in ("all", "old", "new")]
-        cells.append(summary([r["ler_novel_share"] for r in runs]))
+        cells = [summary([r[f"gcd/{g}"] for r in runs], digits=1) for g in ("all", "old", "new")]
+        cells += [summary([r[f"gcd/test_{g}"] for r in runs], digits=1) for g in ("all", "old", "new")]
+        cells.append(summary([r["ler_novel_share"] for r in runs], digits=1))
         seconds = statistics.mean(r["seconds"] for r in runs)
         print(f"| {name} | " + " | ".join(cells) + f" | {seconds:.0f} |")
 

@@ -15,7 +15,7 @@ import argparse
 import logging
 import statistics
 
-from _timing import fit_and_test
+from _timing import fit_and_test, summary
 from lightning.pytorch import seed_everything
 
 from lightning_regs.callbacks import LabelSmoothing, ProgressiveSelfKD
@@ -39,11 +39,6 @@ def run(seed: int, method: str, epochs: int) -> dict[str, float]:
     callbacks = METHODS[method]()
     metrics, seconds = fit_and_test(task, data, epochs, callbacks)
     return {"acc": metrics["test/acc"], "ece": metrics["test/ece"], "nll": metrics["test/loss"], "seconds": seconds}
-
-
-def summary(values: list[float], scale: float = 100.0) -> str:
-    spread = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{statistics.mean(values) * scale:.2f} ± {spread:.2f}"
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import matplotlib
 import torch
-from _timing import fit_and_test
+from _timing import fit_and_test, summary
 from lightning.pytorch import Callback, seed_everything
 from torchmetrics.functional.classification import multiclass_calibration_error
 
@@ -112,11 +112,6 @@ def run(seed: int, method: str, epochs: int) -> RunResult:
         probabilities=probabilities,
         labels=labels,
     )
-
-
-def summary(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    spread = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{statistics.mean(values) * scale:.{digits}f} ± {spread:.{digits}f}"
 
 
 def reliability_bins(probabilities: torch.Tensor, labels: torch.Tensor, bins: int) -> dict[str, torch.Tensor]:

@@ -226,7 +226,7 @@ class ProgressiveSelfKD(SoftTargetCallback):
         """The logits of the images before an input-rewriting callback mixed them (one forward, no side effects)."""
         if self.rewritten_inputs == "error":
             raise ValueError(
-                "ProgressiveSelfKD(rewritten_inputs='error'): an input-rewriting callback (MixUp, CutMix) changed "
+                "ProgressiveSelfKD(rewritten_inputs='error'): a mixing callback (MixUp, CutMix) mixed the rows of "
                 "batch['image'], so training_step's logits are the mixed images' predictions, not the samples' own. "
                 "Use rewritten_inputs='clean_forward' (one extra forward on the unmixed images) or drop the mixing."
             )
