@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from jsonargparse import set_parsing_settings
@@ -40,6 +41,7 @@ import lightning_regs.datamodules
 import lightning_regs.models
 import lightning_regs.tasks  # noqa: F401  (imported so their short class names resolve in YAML)
 from lightning_regs.cli_config import RunConfigCallback, wandb_under_root_dir
+from lightning_regs.cli_imports import class_path_problem, import_from_current_directory
 
 __all__ = ["LightningRegsCLI", "main"]
 
@@ -85,7 +87,18 @@ def _interpolation_mode() -> str:
 
 
 def main(args: ArgsType = None) -> None:
-    """Run the CLI (the ``lightning-regs`` console script)."""
+    """Run the CLI (the ``lightning-regs`` console script and ``python -m lightning_regs``).
+
+    Modules in the current directory import as under ``python -m``, and a class path that does not import is
+    reported in one line on stderr (exit status 2) instead of a usage dump.
+    """
+    import_from_current_directory()
+    command_line = sys.argv[1:] if args is None else args
+    if isinstance(command_line, (list, tuple)):
+        problem = class_path_problem([str(arg) for arg in command_line])
+        if problem is not None:
+            print(f"lightning-regs: error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
     LightningRegsCLI(args=args)
 
 

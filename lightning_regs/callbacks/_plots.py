@@ -5,13 +5,27 @@ matplotlib (the ``plots`` extra) and wandb are imported only when a plot is draw
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 
-__all__ = ["plot_curves", "plot_directory", "publish_figure"]
+__all__ = ["MISSING_MATPLOTLIB", "can_plot", "plot_curves", "plot_directory", "publish_figure"]
+
+MISSING_MATPLOTLIB = "matplotlib is not installed (pip install 'lightning-regs[plots]')"
+
+
+def can_plot() -> bool:
+    """Whether matplotlib can be imported (the base install does not include it: it is the ``plots`` extra).
+
+    Example::
+
+        >>> isinstance(can_plot(), bool)
+        True
+    """
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def plot_curves(
@@ -28,7 +42,7 @@ def plot_curves(
     try:
         from matplotlib.figure import Figure
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("Plots need matplotlib: pip install 'lightning-regs[plots]'.") from error
+        raise ImportError(f"Plots need matplotlib: {MISSING_MATPLOTLIB}.") from error
     figure = Figure(figsize=(6, 3.6), dpi=100)
     axes = figure.subplots()
     for label, values in curves.items():

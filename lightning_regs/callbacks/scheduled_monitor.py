@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset
 from typing_extensions import override
 
-from lightning_regs.callbacks._plots import plot_curves, plot_directory, publish_figure
+from lightning_regs.callbacks._plots import MISSING_MATPLOTLIB, can_plot, plot_curves, plot_directory, publish_figure
 from lightning_regs.callbacks.monitor_points import draw_from_dataset, trainer_loaders
 from lightning_regs.callbacks.monitor_schedule import (
     MAX_MEASUREMENTS,
@@ -73,7 +73,8 @@ class ScheduledMonitor(Callback):
         prefix: metric names are ``<prefix>/<quantity>``.
         max_overhead: the share of training time the monitor may add; ``None``: no limit.
         batch_size: points per forward; ``None`` lets the subclass choose.
-        plot: draw the plot at the end of training.
+        plot: draw the plot at the end of training. Without matplotlib (the ``plots`` extra; the base install
+            lacks it) the plot is skipped with one warning when fit starts; the measurements are logged as usual.
         seed: seed of the points and every random draw (never the global RNG).
 
     Example::
@@ -302,6 +303,16 @@ class ScheduledMonitor(Callback):
         return publish_figure(trainer, figure, stem, directory, step)
 
     # -- hooks -------------------------------------------------------------------------------------
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Checked here, not when the plot is drawn: a missing extra must not fail a finished run.
+        if self.plot_at_end and not can_plot():
+            self.plot_at_end = False
+            rank_zero_warn(
+                f"{type(self).__name__} will not draw its plot at the end of training: {MISSING_MATPLOTLIB}. "
+                f"Its measurements are logged as usual; pass plot=False to silence this warning."
+            )
+
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.steps and not self.epochs:

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import AttributeDict, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
@@ -123,6 +123,13 @@ class ImageClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore=["backbone", "loss_terms"])
         if "_instantiator" in self.hparams:
             self.save_hyperparameters()
+        # What the task reads, from its own arguments: under LightningCLI hparams hold the config of the class
+        # named there, and a subclass with its own signature (MyClassifier(lr)) would lack these.
+        self.task_settings = AttributeDict(
+            optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+            scheduler=scheduler, warmup_epochs=warmup_epochs, milestones=milestones, gamma=gamma,
+            min_lr_ratio=min_lr_ratio, label_smoothing=label_smoothing,
+        )  # fmt: skip
         self.backbone = backbone
         self.num_classes = num_classes
         self.metrics = nn.ModuleDict(
@@ -172,9 +179,9 @@ class ImageClassifier(pl.LightningModule):
             for c in self.trainer.callbacks
             if isinstance(c, SoftTargetCallback) and not getattr(c, "rewrites_inputs", False)
         ]
-        if rewriting and self.hparams.label_smoothing > 0:
+        if rewriting and self.task_settings.label_smoothing > 0:
             rank_zero_warn(
-                f"{type(self).__name__}(label_smoothing={self.hparams.label_smoothing}) smooths the targets that "
+                f"{type(self).__name__}(label_smoothing={self.task_settings.label_smoothing}) smooths the targets that "
                 f"{', '.join(rewriting)} already rewrote: they are smoothed twice. Set label_smoothing=0 (or use "
                 "the LabelSmoothing callback alone)."
             )
@@ -208,7 +215,7 @@ class ImageClassifier(pl.LightningModule):
         the checks, metrics and logging of every stage stay the same, and so does the loss interpolation of
         ``MixUp(mode="loss")`` (:meth:`objective` calls this once per mixed label).
         """
-        return classification_loss(logits, read_step(batch).target, self.hparams.label_smoothing)
+        return classification_loss(logits, read_step(batch).target, self.task_settings.label_smoothing)
 
     def objective(self, logits: torch.Tensor, step: StepBatch) -> torch.Tensor:
         """:meth:`compute_loss`, interpolated over both labels of a row when a ``mode="loss"`` mixing ran."""
@@ -337,7 +344,7 @@ class ImageClassifier(pl.LightningModule):
         return model_outputs(self(read_inputs(batch)))["logits"].softmax(dim=-1)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+        hp = self.task_settings
         optimizer = build_optimizer(
             self.parameters(),
             hp.optimizer,
