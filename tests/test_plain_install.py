@@ -124,3 +124,31 @@ def test_the_quickstart_prints_what_the_readme_quotes_without_the_optional_extra
     assert prose, "the README's sentence quoting the quickstart's accuracy and ECE"
     assert float(prose.group(1)) / 100 == pytest.approx(quoted["val/acc"], abs=5e-4)
     assert float(prose.group(2)) == pytest.approx(quoted["val/ece"], abs=5e-4)
+
+
+def _card_commands() -> dict[str, str]:
+    """The cards' one-line CLI commands that append a monitor to the quickstart."""
+    commands = {}
+    for card in CARDS:
+        for line in re.findall(r"^lightning-regs fit --config examples/quickstart\.yaml .*$", card.read_text(), re.M):
+            if card.name in MONITOR_CARDS:
+                commands[card.name] = line
+    return commands
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("card", sorted(_card_commands()))
+def test_a_monitor_cards_cli_line_finishes_and_prints_its_summary_without_matplotlib(card, tmp_path):
+    (tmp_path / "examples").mkdir()
+    shutil.copy(ROOT / "examples" / "quickstart.yaml", tmp_path / "examples")
+    script = shutil.which("lightning-regs") or str(Path(sys.executable).parent / "lightning-regs")
+    env = plain_install_env(tmp_path / "site")
+    env["OMP_NUM_THREADS"] = "1"
+    short = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=3", "--trainer.enable_progress_bar=false"]
+    result = subprocess.run(
+        [script, *_card_commands()[card].split()[1:], *short],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fit finished in" in result.stdout and "will not draw its plot" in result.stderr
+    assert not list(tmp_path.rglob("*.png"))
