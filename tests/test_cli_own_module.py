@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from lightning_regs.cli_imports import class_path_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+README = (ROOT / "README.md").read_text()
 MY_MODULE = '''
 from lightning_regs.models import SmallCNN
 from lightning_regs.tasks import ImageClassifier
@@ -49,8 +51,9 @@ def _console_script() -> str:
 def test_the_console_script_imports_a_module_from_the_current_directory(tmp_path):
     (tmp_path / "mymodule.py").write_text(MY_MODULE)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as a user's shell: nothing set
+    (line,) = re.findall(r"^lightning-regs fit --model mymodule\.MyClassifier .*$", README, re.M)  # as documented
     result = subprocess.run(
-        [_console_script(), "fit", "--model", "mymodule.MyClassifier", "--model.width=4", *SHORT],
+        [_console_script(), *line.split()[1:], "--model.width=4", *SHORT[1:]],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -61,6 +64,7 @@ def test_the_console_script_imports_a_module_from_the_current_directory(tmp_path
     (checkpoint,) = (tmp_path / "lightning_logs").glob("version_0/checkpoints/*.ckpt")
     saved = torch.load(checkpoint, weights_only=False)
     assert saved["hyper_parameters"]["width"] == 4 and saved["global_step"] == 2
+    assert "lightning_regs.callbacks.LabelSmoothing" in (checkpoint.parents[1] / "config.yaml").read_text()
 
 
 def test_a_subclass_with_its_own_signature_trains_with_the_task_settings(tmp_path, monkeypatch):
