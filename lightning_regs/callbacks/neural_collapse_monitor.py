@@ -15,6 +15,7 @@ from lightning_regs.callbacks._labelled_points import SETS, LabelledPointsMonito
 from lightning_regs.callbacks._plots import plot_curves, plot_directory, publish_figure
 from lightning_regs.functional.modes import unwrap_compiled
 from lightning_regs.functional.neural_collapse import NeuralCollapseAccumulator
+from lightning_regs.functional.outputs import logits_of
 
 __all__ = ["NeuralCollapseMonitor"]
 
@@ -179,10 +180,17 @@ class NeuralCollapseMonitor(LabelledPointsMonitor):
         logits = tap.output
         if tap.calls != 1:
             problem = f"it ran {tap.calls} times in one forward, not once"
-        elif isinstance(output, torch.Tensor) and not (logits.shape == output.shape and torch.equal(logits, output)):
-            problem = "its output is not the LightningModule's output (the logits)"
         else:
-            return
+            try:  # the module may return the logits, a dict with them, or an object with .logits
+                output = logits_of(output, "the LightningModule")
+            except TypeError as error:
+                raise TypeError(
+                    f"NeuralCollapseMonitor checks that {tap.name!r} (the last nn.Linear it found) gives the module's "
+                    f"logits, but {error} Or name the classifier with submodule='...'."
+                ) from None
+            if logits.shape == output.shape and torch.equal(logits, output):
+                return
+            problem = "its output is not the LightningModule's output (the logits)"
         raise ValueError(
             f"NeuralCollapseMonitor hooks {tap.name!r} (the last nn.Linear it found), but {problem}: name the "
             "classifier whose output is the logits with submodule='...' (its input is the feature vector measured)."

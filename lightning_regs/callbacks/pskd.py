@@ -14,6 +14,7 @@ from lightning_regs.batch import CLEAN_IMAGE, INDEX, INDEXED_DATASET_HINT, MIX_P
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback, num_classes_of, read_labels
 from lightning_regs.datamodules.fingerprint import data_fingerprint, fingerprint_difference
 from lightning_regs.functional.modes import side_effect_free
+from lightning_regs.functional.outputs import describe_output, logits_of
 from lightning_regs.functional.prediction_table import PredictionTable, Storage, check_table_state
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
 
@@ -154,7 +155,11 @@ class ProgressiveSelfKD(SoftTargetCallback):
             self.table.to(device)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.log("pskd/alpha", self.alpha(trainer.current_epoch), on_step=False, on_epoch=True)
+        pl_module.log("pskd/alpha", self.effective_alpha(trainer.current_epoch), on_step=False, on_epoch=True)
+
+    def effective_alpha(self, epoch: int) -> float:
+        """The ``α`` the targets of ``epoch`` are mixed with: ``α_e``, but 0 in epoch 0 (no predictions stored yet)."""
+        return self.alpha(epoch) if epoch > 0 and self.table is not None else 0.0
 
     @override
     def on_train_batch_start(
@@ -192,12 +197,13 @@ class ProgressiveSelfKD(SoftTargetCallback):
         if outputs is None or index is None:  # training_step returned None: the batch was skipped
             return
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
-        if not isinstance(logits, torch.Tensor):
+        if logits is None:
             raise TypeError(
                 "ProgressiveSelfKD reads the model's predictions from training_step's output, but it returned "
-                f"{_describe(outputs)}. Return {{'loss': loss, 'logits': logits}} from training_step "
+                f"{describe_output(outputs)}. Return {{'loss': loss, 'logits': logits}} from training_step "
                 "(lightning_regs.tasks.ImageClassifier does)."
             )
+        logits = logits_of(logits, "training_step's 'logits'")  # the logits, or the model's output holding them
         if logits.dim() != 2 or logits.shape[0] != len(index):
             raise ValueError(
                 f"training_step returned logits of shape {tuple(logits.shape)} for a batch of {len(index)} samples; "
@@ -233,11 +239,12 @@ class ProgressiveSelfKD(SoftTargetCallback):
         # the precision plugin's context: under bf16-mixed the extra forward runs as the training forward does
         with torch.no_grad(), side_effect_free(pl_module), trainer.precision_plugin.forward_context():
             output = pl_module(clean)
-        logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", output)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != len(clean):
+        logits = logits_of(output, "ProgressiveSelfKD predicts the unmixed images with the module's forward, which")
+        if logits.dim() != 2 or logits.shape[0] != len(clean):
             raise TypeError(
-                "ProgressiveSelfKD predicts the unmixed images with the module's forward, which must return (B, C) "
-                f"logits (or a dict with 'logits', or an object with .logits); it returned {type(output).__name__}."
+                f"ProgressiveSelfKD predicts the {len(clean)} unmixed images with the module's forward, which must "
+                f"return (B, C) logits (or a dict with 'logits', or an object with .logits); its logits have shape "
+                f"{tuple(logits.shape)}."
             )
         return logits
 
@@ -359,9 +366,3 @@ def _check_index_range(index: torch.Tensor, num_samples: int) -> None:
             f"{num_samples} rows: indices must be positions in the training set, 0 <= index < len(train set). Pass "
             "ProgressiveSelfKD(num_samples=N) if the training DataLoader's dataset is not the indexed one."
         )
-
-
-def _describe(outputs: Any) -> str:
-    if isinstance(outputs, Mapping):
-        return f"a dict with keys {sorted(outputs)}"
-    return f"a {type(outputs).__name__}"

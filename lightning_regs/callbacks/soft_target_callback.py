@@ -23,6 +23,7 @@ from lightning_regs.batch import (
 )
 from lightning_regs.functional.mixing import mix_targets
 from lightning_regs.functional.modes import eval_mode
+from lightning_regs.functional.outputs import logits_of
 from lightning_regs.functional.soft_targets import target_distribution
 
 __all__ = ["SoftTargetCallback", "num_classes_of"]
@@ -225,14 +226,15 @@ def logits_width(pl_module: pl.LightningModule | None, batch: Any) -> int | None
     """The number of logits ``pl_module`` gives one image of ``batch``, by one eval-mode forward; ``None`` if it can't.
 
     The forward runs without gradients, in eval mode (BatchNorm statistics untouched) and in a forked RNG, so
-    training is the same as without it.
+    training is the same as without it. The module may return the logits, a dict with ``"logits"`` or an object
+    with ``.logits`` (:func:`~lightning_regs.functional.outputs.logits_of`).
     """
     image = batch.get(IMAGE) if isinstance(batch, Mapping) else None
     if pl_module is None or not isinstance(image, torch.Tensor):
         return None
     try:
         with torch.random.fork_rng(devices=[]), eval_mode(pl_module), torch.no_grad():
-            logits = pl_module(image[:1])
-    except Exception:  # no forward, or one that needs more than the image: the caller names num_classes
+            logits = logits_of(pl_module(image[:1]))  # logits, a dict with them or an object with .logits
+    except Exception:  # no forward, one that needs more than the image, or no logits: the caller names num_classes
         return None
-    return int(logits.shape[-1]) if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None
+    return int(logits.shape[-1]) if logits.dim() == 2 else None

@@ -22,6 +22,7 @@ from lightning_regs.datamodules.download import (
     extract_archive,
     remove_interrupted,
 )
+from lightning_regs.datamodules.gcd_data import GCDDataset
 from lightning_regs.datamodules.indexed import IndexedDataset
 from lightning_regs.datamodules.mvtec import MVTecADDataModule
 from lightning_regs.datamodules.own_data import DatasetDataModule
@@ -45,6 +46,7 @@ __all__ = [
     "DigitsSubsetDataModule",
     "RepeatedShuffleSampler",
     "EpochShuffleSampler",
+    "GCDDataset",
     "IndexedDataset",
     "MVTecADDataModule",
     "NumClassesUnknownError",

@@ -44,6 +44,7 @@ from lightning_regs.functional.mixing import (
 )
 from lightning_regs.functional.modes import eval_mode
 from lightning_regs.functional.neural_collapse import NeuralCollapseAccumulator, neural_collapse
+from lightning_regs.functional.outputs import logits_of, model_outputs
 from lightning_regs.functional.prediction_table import PredictionTable
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
 from lightning_regs.functional.soft_targets import label_smoothing_targets, target_distribution
@@ -73,6 +74,8 @@ __all__ = [
     "unique_by_index",
     "classification_loss",
     "eval_mode",
+    "logits_of",
+    "model_outputs",
     "box_masks",
     "cutmix_boxes",
     "draw_mix",

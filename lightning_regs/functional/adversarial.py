@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_regs.functional.modes import eval_mode
+from lightning_regs.functional.outputs import logits_of
 
 __all__ = ["Norm", "pgd_attack", "predict", "random_perturbation", "robust_accuracy"]
 
@@ -76,7 +77,8 @@ def pgd_attack(
     gradient (ℓ2) of the cross-entropy, then projects back onto the ε-ball (and into ``input_range``).
 
     Args:
-        model: maps ``inputs`` to logits.
+        model: maps ``inputs`` to logits: a Tensor, a dict with ``"logits"`` or an object with ``.logits``
+            (:func:`~lightning_regs.functional.outputs.logits_of`).
         inputs: ``(N, ...)`` clean inputs.
         targets: ``(N,)`` true class ids.
         epsilon: radius of the threat model's ball.
@@ -115,7 +117,8 @@ def pgd_attack(
     with eval_mode(model), torch.enable_grad(), torch.autocast(inputs.device.type, enabled=False):
         for _ in range(steps):
             delta.requires_grad_(True)
-            loss = F.cross_entropy(model(inputs + delta), targets, reduction="sum")
+            logits = logits_of(model(inputs + delta), "pgd_attack's model")
+            loss = F.cross_entropy(logits, targets, reduction="sum")
             (gradient,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
                 if norm == "linf":
@@ -160,6 +163,14 @@ def robust_accuracy(
 
 
 def predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """Class ids the model predicts for ``inputs`` in eval mode, without gradients; training flags restored."""
+    """Class ids the model predicts for ``inputs`` in eval mode, without gradients; training flags restored.
+
+    The model may return logits, a dict with ``"logits"`` or an object with ``.logits``.
+
+    Example::
+
+        >>> predict(nn.Linear(2, 3), torch.zeros(4, 2)).shape
+        torch.Size([4])
+    """
     with eval_mode(model), torch.no_grad(), torch.autocast(inputs.device.type, enabled=False):
-        return model(inputs.float()).argmax(dim=-1)
+        return logits_of(model(inputs.float()), "predict's model").argmax(dim=-1)

@@ -19,12 +19,57 @@ from lightning_regs.functional.lego_gcd import (
     teacher_temperature,
     unsupervised_contrastive_loss,
 )
+from lightning_regs.functional.outputs import describe_output
 from lightning_regs.functional.supcon import supervised_contrastive_loss
 from lightning_regs.tasks.lego_gcd_mixin import LegoGCDMixin
 from lightning_regs.tasks.optim import WarmupSchedule, build_optimizer
 from lightning_regs.tasks.sharding import shard_under_model_parallel
 
 __all__ = ["GCDClassifier", "ProjectionHead"]
+
+_TRAINING_BATCH = (
+    f"a dict batch with '{IMAGE}' (B, 2, C, H, W): two augmented views of each image, '{TARGET}' (B,): class ids "
+    f"with -1 on the unlabelled rows, and optionally '{LABELED}' (B,) bool (else target >= 0), '{INDEX}' and "
+    f"'{TRUE_TARGET}' (every row's real class, for evaluation); or an (image, target) pair of those two"
+)
+_FROM_YOUR_DATA = (
+    "From your own (x, y) tensors, `train = lightning_regs.datamodules.GCDDataset(x, y, known_classes=[...], "
+    "augment=your_augmentation)` labels part of each known class, marks every other image unlabelled and gives two "
+    "views per image: fit on `DataLoader(train, batch_size=..., shuffle=True)` and validate on "
+    "`DataLoader(train.evaluation_set(), ...)` (docs/methods/lego_gcd.md, 'Your own data')"
+)
+
+
+def _training_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(image, target, labelled)`` of a GCD training batch; a named error for any other batch."""
+    if isinstance(batch, Mapping) and IMAGE in batch and TARGET in batch:
+        image, target = batch[IMAGE], batch[TARGET]
+        labelled = batch[LABELED].bool() if LABELED in batch else target >= 0
+    elif isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch):
+        image, target = batch
+        labelled = target >= 0
+    else:
+        raise TypeError(f"GCDClassifier trains on {_TRAINING_BATCH}; got {describe_output(batch)}. {_FROM_YOUR_DATA}.")
+    if image.dim() != 5 or image.shape[1] != 2:
+        raise ValueError(
+            f"GCDClassifier trains on two views per image, batch['{IMAGE}'] of shape (B, 2, C, H, W); got "
+            f"{tuple(image.shape)}. Wrap the training transform in lightning_regs.datamodules.views.TwoViews. "
+            f"{_FROM_YOUR_DATA}."
+        )
+    return image, target, labelled
+
+
+def _evaluation_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(image, truth, index or None)`` of a GCD evaluation batch; a named error for any other batch."""
+    if isinstance(batch, Mapping) and IMAGE in batch and (TRUE_TARGET in batch or TARGET in batch):
+        truth = batch[TRUE_TARGET] if TRUE_TARGET in batch else batch[TARGET]
+        return batch[IMAGE], truth, batch.get(INDEX)
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch):
+        return batch[0], batch[1], None
+    raise TypeError(
+        f"GCDClassifier evaluates on a dict batch with '{IMAGE}' and '{TARGET}' (or '{TRUE_TARGET}'): every image "
+        f"and its real class, or an (image, class) pair; got {describe_output(batch)}. {_FROM_YOUR_DATA}."
+    )
 
 
 class ProjectionHead(nn.Sequential):
@@ -51,7 +96,9 @@ class GCDClassifier(LegoGCDMixin):
     logits ``cos(h_i, c_k)`` over ``num_known + num_novel`` classes and a :class:`ProjectionHead`
     gives the contrastive embedding. A training batch holds two augmented views per image,
     ``image`` of shape ``(B, 2, C, H, W)`` (:class:`~lightning_regs.datamodules.views.TwoViews`), ``target``
-    (``-1`` for unlabelled rows) and ``labeled`` (else ``target >= 0``). The loss, on the ``2B`` view-major rows:
+    (``-1`` for unlabelled rows) and ``labeled`` (else ``target >= 0``); an ``(image, target)`` pair of those also
+    works, any other batch is a named error. :class:`~lightning_regs.datamodules.GCDDataset` makes such rows of your
+    own ``(x, y)``. The loss, on the ``2B`` view-major rows:
 
     ``(1 - λ)·(L_distill + w_me·L_me-max + w_dkl·L_DKL + L_infoNCE) + λ·(L_CE + L_SupCon) + β·L_LER``
 
@@ -191,16 +238,10 @@ class GCDClassifier(LegoGCDMixin):
         hp = self.hparams
         return teacher_temperature(self.current_epoch, hp.teacher_temp_start, hp.teacher_temp, hp.teacher_warmup_epochs)
 
-    def compute_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def compute_losses(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """All loss terms (and their weighted sum under ``"loss"``) and the view-major logits of a training batch."""
         hp = self.hparams
-        image, target = batch[IMAGE], batch[TARGET]
-        if image.dim() != 5 or image.shape[1] != 2:
-            raise ValueError(
-                f"GCDClassifier trains on two views per image, batch['image'] of shape (B, 2, C, H, W); got "
-                f"{tuple(image.shape)}. Wrap the training transform in lightning_regs.datamodules.views.TwoViews."
-            )
-        labelled = batch[LABELED].bool() if LABELED in batch else target >= 0
+        image, target, labelled = _training_batch(batch)
         logits, embedding = self(torch.cat([image[:, 0], image[:, 1]]), embed=True)
         labelled2, target2 = labelled.repeat(2), target.repeat(2)
         zero = logits.sum() * 0.0
@@ -224,7 +265,7 @@ class GCDClassifier(LegoGCDMixin):
         )
         return terms, logits
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         terms, logits = self.compute_losses(batch)
         self.update_logit_prior(logits)
         for name, value in terms.items():
@@ -232,19 +273,22 @@ class GCDClassifier(LegoGCDMixin):
         self.log("gcd/teacher_temp", self.current_teacher_temperature())
         return {"loss": terms["loss"], "logits": logits.detach()}
 
-    def _collect(self, batch: Mapping[str, torch.Tensor], stage: str) -> None:
-        image = batch[IMAGE]
+    def _collect(self, batch: Any, stage: str) -> None:
+        image, truth, index = _evaluation_batch(batch)
         if image.dim() == 5:  # evaluation on the first view when the loader gives two
             image = image[:, 0]
-        truth = batch[TRUE_TARGET] if TRUE_TARGET in batch else batch[TARGET]
         predictions = self(image).argmax(dim=1)
-        index = batch[INDEX] if INDEX in batch else torch.arange(len(truth), device=truth.device)
-        self._eval_rows.setdefault(stage, []).append(torch.stack([index, predictions, truth]))
+        rows = self._eval_rows.setdefault(stage, [])
+        if index is None:  # positions unique over the batches and ranks, so that no row is dropped as a duplicate
+            seen = sum(part.shape[1] for part in rows)
+            world_size, rank = getattr(self._trainer, "world_size", 1), self.global_rank
+            index = (seen + torch.arange(len(truth), device=truth.device)) * world_size + rank
+        rows.append(torch.stack([index, predictions, truth]))
 
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._collect(batch, "val")
 
-    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Any, batch_idx: int) -> None:
         self._collect(batch, "test")
 
     def _score(self, stage: str) -> None:

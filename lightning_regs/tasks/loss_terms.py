@@ -4,7 +4,8 @@ A method that adds a term to a task's loss (an auxiliary loss, a regularizer on 
 features) is a :class:`LossTerm`: ``forward(outputs, batch)`` returns the unweighted scalar, ``weight`` (or an
 overridden :meth:`LossTerm.current_weight`) scales it, and its buffers are saved with the task. Hand terms to
 ``ImageClassifier(loss_terms=[...])``: the objective becomes ``compute_loss(logits, batch) + Σ weight·term``, each
-term logged as ``train/<name>``. ``outputs`` is what the model returned, as a dict (:func:`model_outputs`).
+term logged as ``train/<name>``. ``outputs`` is what the model returned, as a dict (:func:`model_outputs`, from
+:mod:`lightning_regs.functional.outputs`).
 
 Example::
 
@@ -19,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -27,66 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_regs.functional.outputs import model_outputs  # re-exported: tasks.model_outputs is public
+
 __all__ = ["LossTerm", "model_outputs"]
-
-_ACCEPTED = (
-    "a Tensor of (B, C) logits, a Mapping with a 'logits' entry (e.g. {'logits': ..., 'features': ...}), or an "
-    "object with a .logits attribute (a Hugging Face ModelOutput, a dataclass)"
-)
-
-
-def model_outputs(output: Any) -> dict[str, torch.Tensor]:
-    """What a model returned, as a dict with at least ``"logits"``.
-
-    - a Tensor ``t``: ``{"logits": t}``;
-    - a Mapping with ``"logits"`` (a dict, a Hugging Face ``ModelOutput``): as it is (a plain ``dict`` is returned
-      itself, another Mapping copied into one);
-    - an object with a ``.logits`` Tensor (a dataclass, a named tuple, another object): its Tensor fields, logits
-      included.
-
-    Raises:
-        TypeError: for anything else (or ``logits`` that is not a Tensor), naming the three accepted forms.
-
-    Example::
-
-        >>> from dataclasses import dataclass
-        >>> @dataclass
-        ... class Output:
-        ...     logits: torch.Tensor
-        ...     attention: torch.Tensor
-        ...     note: str = "not a tensor"
-        >>> sorted(model_outputs(Output(torch.zeros(2, 3), torch.ones(2, 4))))
-        ['attention', 'logits']
-        >>> sorted(model_outputs({"logits": torch.zeros(2, 3), "features": torch.zeros(2, 8)}))
-        ['features', 'logits']
-        >>> model_outputs(torch.zeros(2, 3))["logits"].shape
-        torch.Size([2, 3])
-    """
-    if isinstance(output, torch.Tensor):
-        return {"logits": output}
-    if isinstance(output, Mapping):
-        if "logits" not in output:
-            raise TypeError(
-                f"The model returned a {type(output).__name__} without 'logits' (keys {sorted(map(str, output))}); "
-                f"it must return {_ACCEPTED}."
-            )
-        outputs = output if type(output) is dict else dict(output)
-    elif isinstance(getattr(output, "logits", None), torch.Tensor):
-        if dataclasses.is_dataclass(output) and not isinstance(output, type):
-            fields = {field.name: getattr(output, field.name) for field in dataclasses.fields(output)}
-        elif hasattr(output, "_asdict"):  # a named tuple
-            fields = output._asdict()
-        else:
-            fields = dict(vars(output)) if hasattr(output, "__dict__") else {}
-        outputs = {name: value for name, value in fields.items() if isinstance(value, torch.Tensor)}
-        outputs["logits"] = output.logits
-    else:
-        raise TypeError(f"The model returned a {type(output).__name__}; it must return {_ACCEPTED}.")
-    if not isinstance(outputs["logits"], torch.Tensor):
-        raise TypeError(
-            f"The model's 'logits' is a {type(outputs['logits']).__name__}, not a Tensor; it must return {_ACCEPTED}."
-        )
-    return outputs
 
 
 class LossTerm(nn.Module):
