@@ -23,6 +23,7 @@ from lightning_regs.functional.outputs import describe_output
 from lightning_regs.functional.supcon import supervised_contrastive_loss
 from lightning_regs.tasks.lego_gcd_mixin import LegoGCDMixin
 from lightning_regs.tasks.optim import WarmupSchedule, build_optimizer
+from lightning_regs.tasks.settings import own_settings
 from lightning_regs.tasks.sharding import shard_under_model_parallel
 
 __all__ = ["GCDClassifier", "ProjectionHead"]
@@ -195,6 +196,8 @@ class GCDClassifier(LegoGCDMixin):
         self.save_hyperparameters(ignore=["backbone"])
         if "_instantiator" in self.hparams:
             self.save_hyperparameters()
+        # What the task reads (hparams under LightningCLI hold a subclass's own arguments instead).
+        self.task_settings = own_settings(GCDClassifier.__init__, locals(), exclude=("backbone",))
         self.backbone = backbone
         self.num_classes = num_classes
         self.prototypes = nn.Parameter(F.normalize(torch.randn(num_classes, feature_dim), dim=1))
@@ -235,12 +238,12 @@ class GCDClassifier(LegoGCDMixin):
         shard_under_model_parallel(self)
 
     def current_teacher_temperature(self) -> float:
-        hp = self.hparams
+        hp = self.task_settings
         return teacher_temperature(self.current_epoch, hp.teacher_temp_start, hp.teacher_temp, hp.teacher_warmup_epochs)
 
     def compute_losses(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """All loss terms (and their weighted sum under ``"loss"``) and the view-major logits of a training batch."""
-        hp = self.hparams
+        hp = self.task_settings
         image, target, labelled = _training_batch(batch)
         logits, embedding = self(torch.cat([image[:, 0], image[:, 1]]), embed=True)
         labelled2, target2 = labelled.repeat(2), target.repeat(2)
@@ -310,7 +313,7 @@ class GCDClassifier(LegoGCDMixin):
         self._score("test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+        hp = self.task_settings
         optimizer = build_optimizer(
             self.parameters(), "sgd", hp.lr, hp.weight_decay, momentum=hp.momentum, nesterov=False
         )

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import AttributeDict, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
@@ -25,8 +25,10 @@ from lightning_regs.batch import (
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback
 from lightning_regs.functional.classification import classification_loss
 from lightning_regs.functional.mixing import combine_interpolated, mixed_accuracy
-from lightning_regs.tasks.loss_terms import LossTerm, model_outputs
+from lightning_regs.functional.outputs import model_outputs
+from lightning_regs.tasks.loss_terms import LossTerm
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, WarmupSchedule, build_optimizer
+from lightning_regs.tasks.settings import own_settings
 from lightning_regs.tasks.sharding import shard_under_model_parallel
 
 __all__ = ["ImageClassifier"]
@@ -125,11 +127,7 @@ class ImageClassifier(pl.LightningModule):
             self.save_hyperparameters()
         # What the task reads, from its own arguments: under LightningCLI hparams hold the config of the class
         # named there, and a subclass with its own signature (MyClassifier(lr)) would lack these.
-        self.task_settings = AttributeDict(
-            optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-            scheduler=scheduler, warmup_epochs=warmup_epochs, milestones=milestones, gamma=gamma,
-            min_lr_ratio=min_lr_ratio, label_smoothing=label_smoothing,
-        )  # fmt: skip
+        self.task_settings = own_settings(ImageClassifier.__init__, locals(), exclude=("backbone", "loss_terms"))
         self.backbone = backbone
         self.num_classes = num_classes
         self.metrics = nn.ModuleDict(
