@@ -202,7 +202,7 @@ def test_an_unknown_model_is_named_with_the_families_and_the_manual_wrap(model: 
         layered(model)
     message = str(info.value)
     assert type(model).__name__ in message
-    for family in ("nn.Sequential", "ResNet", "VGG", "ConvNeXt", "VisionTransformer"):
+    for family in ("nn.Sequential", "ResNet", "VGG", "ConvNeXt", "VisionTransformer", "timm", "EfficientNet"):
         assert family in message
     assert "LayeredModel(layers=[(name, module), ...], head=" in message
 
@@ -212,8 +212,8 @@ def test_a_sequential_without_linear_needs_num_classes() -> None:
         layered(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
 
 
-def test_layer_sequence_suggests_layered() -> None:
-    with pytest.raises(TypeError, match=r"lightning_regs\.models\.layered\(model\)"):
+def test_layer_sequence_suggests_layered_and_its_families() -> None:
+    with pytest.raises(TypeError, match=r"lightning_regs\.models\.layered\(model\)` \(nn\.Sequential.*timm ResNet"):
         layer_sequence(Custom())
 
 
@@ -222,3 +222,28 @@ def test_split_points_accept_torchvision_dotted_names() -> None:
     assert split_points(layers, ["layer2.1", "layer3_0", "layer4.0"]) == (4, 5, 7)
     with pytest.raises(ValueError, match=r"'layer5\.0' is not a layer name.*'stem'"):
         split_points(layers, ["layer5.0"])
+
+
+def test_print_shows_the_cut_points_and_the_head_not_the_module_tree() -> None:
+    text = repr(layered(torchvision.models.resnet18(num_classes=10)))
+    assert text.splitlines() == [
+        "LayeredModel(num_classes=10, 9 layers; a split cuts after any but the last, by index or name:",
+        "  (0) stem: Sequential(Conv2d, BatchNorm2d, ReLU, MaxPool2d)",
+        *(f"  ({i + 1}) {name}: BasicBlock" for i, name in enumerate(RESNET18_NAMES[1:])),
+        "  head: Sequential(AdaptiveAvgPool2d, Flatten, Linear)",
+        ")",
+    ]
+
+
+def test_print_names_the_parts_and_counts_long_sequentials() -> None:
+    vit = repr(layered(small_vit()))
+    assert "  (0) embedding: ViTEmbedding(Conv2d, Dropout)" in vit
+    assert "  head: Sequential(LayerNorm, ClassToken, Sequential)" in vit
+    wide = LayeredModel([("block", nn.Sequential(*[nn.Linear(2, 2) for _ in range(9)]))], nn.Linear(2, 2), 2)
+    assert "  (0) block: Sequential(Linear, Linear, Linear, Linear, Linear, ... 4 more)" in repr(wide)
+
+
+def test_print_nests_inside_the_module_that_holds_it() -> None:
+    holder = nn.ModuleDict({"net": layered(sequential_cnn())})
+    assert "(net): LayeredModel(num_classes=10, 2 layers;" in repr(holder)
+    assert "    (0) 0-3: Sequential(Conv2d, BatchNorm2d, ReLU, MaxPool2d)" in repr(holder)

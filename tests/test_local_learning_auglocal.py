@@ -303,3 +303,12 @@ def test_with_d_1_the_stem_aux_net_is_one_stride_2_block_as_in_the_official_code
     block = stem_head.layers[0]
     out = block(torch.zeros(2, 16, 32, 32))
     assert out.shape == (2, 64, 16, 16)  # the leftover 2x downsampling is dropped, as the official code does
+
+
+def test_token_features_are_averaged_before_the_classifier():
+    layers = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8))  # on (B, N, F) token sequences
+    head = AugLocalHead(layers, [(5, 8)] * 3, 0, 1, 10)
+    assert head.indices == [2]
+    tokens = torch.randn(4, 5, 8)
+    torch.testing.assert_close(head.logits(tokens), head.classifier[1:](head.layers(tokens).mean(dim=1)))
+    assert head(tokens, torch.tensor([0, 1, 2, 3])).shape == ()

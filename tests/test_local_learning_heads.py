@@ -67,8 +67,17 @@ def test_infopro_head_shapes_and_bad_inputs():
         InfoProHead((64,), 10, (3, 32, 32))
     with pytest.raises(ValueError, match="non-negative"):
         InfoProHead((16, 8, 8), 10, (3, 8, 8), lambda_recon=-1.0)
-    with pytest.raises(ValueError, match=r"\(C, H, W\) or \(F,\)"):
-        DGLHead((3, 4), 10)
+    with pytest.raises(ValueError, match=r"\(C, H, W\), \(F,\) or \(N, D\)"):
+        DGLHead((2, 3, 4, 5), 10)
+
+
+def test_dgl_head_averages_token_features() -> None:
+    head = DGLHead((5, 8), 10, norm=False)
+    tokens = torch.randn(4, 5, 8)
+    expected = head.classifier(tokens.mean(dim=1))
+    torch.testing.assert_close(head.logits(tokens), expected, rtol=0, atol=0)
+    # Reordering the tokens leaves the mean, hence the logits, unchanged (up to summation order).
+    torch.testing.assert_close(head.logits(tokens[:, [4, 3, 2, 1, 0]]), expected)
 
 
 def test_dgl_head_is_cross_entropy_of_its_logits():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 
 from lightning_regs.datamodules import DigitsDataModule
 from lightning_regs.functional.classification import classification_loss
+from lightning_regs.local_learning import EndToEndWarning
 from lightning_regs.local_learning.splits import module_ranges
 from lightning_regs.models import resnet20
 from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
@@ -65,9 +67,10 @@ class CheckIsolation(Callback):
 )  # fmt: skip
 def test_each_module_gets_the_gradient_of_its_own_local_loss_alone(tmp_path, K, head, man, task_loss):
     seed_everything(0)
-    task = LocalLearningClassifier(
-        resnet20(), 10, K=K, split="auto", head=head, man=man, task_loss=task_loss, input_shape=(3, 8, 8)
-    )
+    with pytest.warns(EndToEndWarning) if K == 1 else contextlib.nullcontext():  # K = 1 says it is end-to-end
+        task = LocalLearningClassifier(
+            resnet20(), 10, K=K, split="auto", head=head, man=man, task_loss=task_loss, input_shape=(3, 8, 8)
+        )
     check = CheckIsolation()
     trainer = Trainer(max_steps=1, limit_val_batches=0, default_root_dir=tmp_path, callbacks=[check], **QUIET)
     trainer.fit(task, DigitsDataModule(batch_size=16, channels=3))

@@ -1,6 +1,7 @@
 """Gradient-isolated (local) training: splits, auxiliary heads (DGL, InfoPro, AugLocal), MAN and the mixin."""
 
 from lightning_regs.local_learning.auglocal import AugLocalHead, auglocal_depths, auglocal_indices
+from lightning_regs.local_learning.builder import EndToEndWarning
 from lightning_regs.local_learning.heads import INFOPRO_LAMBDAS, DGLHead, InfoProHead, TaskLoss, infopro_lambdas
 from lightning_regs.local_learning.man import MomentumAuxiliaryHead
 from lightning_regs.local_learning.mixin import LocalLearningMixin
@@ -22,6 +23,7 @@ __all__ = [
     "PAPER_SPLITS",
     "AugLocalHead",
     "DGLHead",
+    "EndToEndWarning",
     "InfoProHead",
     "LocalLearningMixin",
     "MomentumAuxiliaryHead",

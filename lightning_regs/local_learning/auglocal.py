@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from lightning_regs.functional.classification import classification_loss
+from lightning_regs.local_learning.heads import TokenMean
 from lightning_regs.models.cifar_resnet import BasicBlock
 
 __all__ = ["AugLocalHead", "auglocal_depths", "auglocal_indices", "auglocal_strides"]
@@ -221,7 +222,9 @@ class AugLocalHead(nn.Module):
                 current = shapes[k]
         self.layers = nn.Sequential(*copies)
         pool: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if len(current) == 3 else [nn.Flatten()]
-        features = current[0]
+        if len(current) == 2:  # tokens (N, D): averaged, as DGL's head does
+            pool = [TokenMean()]
+        features = current[-1] if len(current) == 2 else current[0]
         bn: list[nn.Module] = [nn.BatchNorm1d(features)] if norm and depth <= 1 else []
         self.classifier = nn.Sequential(*pool, *bn, nn.Linear(features, num_classes))
 

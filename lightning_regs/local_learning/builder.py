@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,11 +18,36 @@ from lightning_regs.local_learning.man import MomentumAuxiliaryHead
 from lightning_regs.local_learning.splits import every_layer_split, resolve_split
 from lightning_regs.models.layered import layer_sequence
 
-__all__ = ["HeadName", "LocalLearningSpec", "Preset"]
+__all__ = ["EndToEndWarning", "HeadName", "LocalLearningSpec", "Preset", "warn_end_to_end"]
 
 HeadName = Literal["dgl", "infopro", "auglocal"]
 _HEADS = ("dgl", "infopro", "auglocal")
 Preset = Literal["library", "official"]
+
+
+class EndToEndWarning(UserWarning):
+    """A local-learning set-up with a single module (K = 1): plain end-to-end training."""
+
+
+def warn_end_to_end(detail: str) -> None:
+    """Warn that a set-up with one module (K = 1) is plain end-to-end training, and how to get local learning.
+
+    A warning, not an error: K = 1 is the end-to-end baseline that runs over K compare against (the method
+    card's tables have a K=1 row), trained by the same loop, so it stays possible, but never silently.
+
+    Example::
+
+        >>> import pytest
+        >>> with pytest.warns(EndToEndWarning, match="plain end-to-end training"):
+        ...     warn_end_to_end("K=1")
+    """
+    warnings.warn(
+        f"{detail}: one module, so local learning is plain end-to-end training (the classifier's loss trains every "
+        "layer, no auxiliary head). Set K >= 2 (or at least one split point) for gradient-isolated modules; "
+        "keep K=1 only as the end-to-end baseline.",
+        EndToEndWarning,
+        stacklevel=3,
+    )
 
 
 @dataclass(frozen=True)
@@ -29,7 +55,9 @@ class LocalLearningSpec:
     """The choices of a local-learning setup, checked when made; :meth:`build` makes the heads for an input shape.
 
     ``K`` is inferred: from explicit split points (``len(split) + 1``), from ``d`` for AugLocal
-    (``L - d``), else 4. See :meth:`LocalLearningMixin.setup_local_learning` for the arguments.
+    (``L - d``), else 4. See :meth:`LocalLearningMixin.setup_local_learning` for the arguments. A set-up with
+    ``K = 1`` (``K=1``, ``split=[]``, AugLocal's ``d = L - 1``) warns (:class:`EndToEndWarning`): it is plain
+    end-to-end training.
 
     Example::
 
@@ -105,6 +133,11 @@ class LocalLearningSpec:
                 K = len(split) + 1
         elif K is None:
             K = 4
+        if K == 1 and head == "auglocal":
+            fix = f"d <= {num_layers - 2} gives K >= 2" if num_layers >= 3 else "AugLocal needs 3 layers for K >= 2"
+            warn_end_to_end(f"head='auglocal' with d={d} on a model of {num_layers} layers gives K = L - d = 1 ({fix})")
+        elif K == 1 and (isinstance(split, str) or not split):  # else K disagrees with the points: an error at build
+            warn_end_to_end("K=1" if isinstance(split, str) else "split=[] gives K=1")
         if head == "infopro":
             weights = infopro_lambdas(K, _lambdas_for(model, K, lambdas))
             if any(recon == 0 and task == 0 for recon, task in weights):

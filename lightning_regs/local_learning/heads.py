@@ -1,8 +1,8 @@
 """Auxiliary heads that give each gradient-isolated module its local loss: DGL and InfoPro.
 
-A head is built from the shape of the features it reads (``(C, H, W)``, or ``(F,)`` for DGL) and is
-called as ``head(h, target, image) -> loss``. ``target`` holds class ids ``(B,)`` or probabilities
-``(B, C)``; ``image`` is the network input, which InfoPro reconstructs.
+A head is built from the shape of the features it reads (``(C, H, W)``; for DGL also ``(F,)`` or tokens
+``(N, D)``) and is called as ``head(h, target, image) -> loss``. ``target`` holds class ids ``(B,)`` or
+probabilities ``(B, C)``; ``image`` is the network input, which InfoPro reconstructs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,16 @@ from torch import nn
 from lightning_regs.functional.classification import classification_loss, hard_labels
 from lightning_regs.functional.supcon import SupConAnchors, supervised_contrastive_loss
 
-__all__ = ["INFOPRO_LAMBDAS", "DGLHead", "InfoProHead", "TaskLoss", "infopro_lambdas", "unit_range", "unnormalize"]
+__all__ = [
+    "INFOPRO_LAMBDAS",
+    "DGLHead",
+    "InfoProHead",
+    "TaskLoss",
+    "TokenMean",
+    "infopro_lambdas",
+    "unit_range",
+    "unnormalize",
+]
 
 # InfoPro's command file (CIFAR-10): (lambda_recon first, lambda_task first, lambda_recon last, lambda_task last),
 # keyed by (ResNet depth, K). The paper tuned them for its contrastive task loss (task_loss="contrast"); they also
@@ -105,11 +114,12 @@ class DGLHead(nn.Module):
     ``s = min(ceil(H/4), 2)``, then two ``Linear(C·s², C·s²)`` without bias (+BN1d, ReLU) and a linear
     classifier. The head's width follows the features': 9,962 parameters on 16 channels with 10 classes,
     37,834 on 32, 147,338 on 64. Flat features ``(F,)`` (MLPs; not in the papers) skip the convolutional
-    part: two ``Linear(F, F)`` (+BN1d, ReLU) and the classifier. Without ``norm`` the convolutions and
-    hidden linear layers get a bias instead of the normalization.
+    part: two ``Linear(F, F)`` (+BN1d, ReLU) and the classifier; token features ``(N, D)`` (vision
+    transformers; not in the papers either) are averaged over the ``N`` tokens first. Without ``norm`` the
+    convolutions and hidden linear layers get a bias instead of the normalization.
 
     Args:
-        in_shape: shape of one sample's features, ``(C, H, W)`` or ``(F,)``.
+        in_shape: shape of one sample's features, ``(C, H, W)``, ``(F,)`` or ``(N, D)``.
         num_classes: number of logits.
         hidden: width of the two hidden linear layers; ``None`` (the official head): ``C·s²`` (or ``F``).
         norm: batch normalization in the head (turn off for tiny per-device batches).
@@ -120,6 +130,8 @@ class DGLHead(nn.Module):
         >>> sum(p.numel() for p in head.parameters())
         9962
         >>> head(torch.randn(4, 16, 32, 32), torch.tensor([0, 1, 2, 3]), None).shape
+        torch.Size([])
+        >>> DGLHead((17, 8), num_classes=10)(torch.randn(4, 17, 8), torch.tensor([0, 1, 2, 3])).shape  # tokens
         torch.Size([])
     """
 
@@ -139,8 +151,11 @@ class DGLHead(nn.Module):
         elif len(in_shape) == 1:
             self.features = nn.Flatten()
             flat = in_shape[0]
+        elif len(in_shape) == 2:
+            self.features = TokenMean()
+            flat = in_shape[1]
         else:
-            raise ValueError(f"DGLHead reads (C, H, W) or (F,) features; got a sample shape {in_shape}.")
+            raise ValueError(f"DGLHead reads (C, H, W), (F,) or (N, D) features; got a sample shape {in_shape}.")
         width = flat if hidden is None else int(hidden)
         self.classifier = nn.Sequential(
             nn.Linear(flat, width, bias=not norm),
@@ -157,6 +172,19 @@ class DGLHead(nn.Module):
 
     def forward(self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         return classification_loss(self.logits(h), target)
+
+
+class TokenMean(nn.Module):
+    """The mean over the tokens: ``(B, N, D) -> (B, D)``.
+
+    Example::
+
+        >>> TokenMean()(torch.ones(2, 5, 3)).shape
+        torch.Size([2, 3])
+    """
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mean(dim=1)
 
 
 TaskLoss = Literal["cross_entropy", "contrast"]
@@ -223,7 +251,7 @@ class InfoProHead(nn.Module):
         if len(in_shape) != 3 or len(image_shape) != 3:
             raise ValueError(
                 f"InfoProHead reconstructs images from (C, H, W) features; got feature shape {in_shape} and image "
-                f"shape {image_shape}. Use head='dgl' for flat features."
+                f"shape {image_shape}. Use head='dgl' for flat or token features (an MLP's, a vision transformer's)."
             )
         if lambda_recon < 0 or lambda_task < 0:
             raise ValueError(f"InfoPro lambdas must be non-negative; got {lambda_recon}, {lambda_task}.")

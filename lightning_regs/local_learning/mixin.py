@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lightning_regs.functional.classification import classification_loss
-from lightning_regs.local_learning.builder import HeadName, LocalLearningSpec, Preset
+from lightning_regs.local_learning.builder import HeadName, LocalLearningSpec, Preset, warn_end_to_end
 from lightning_regs.local_learning.heads import TaskLoss
 from lightning_regs.local_learning.sample_shape import training_input_shape
 from lightning_regs.local_learning.splits import module_ranges
@@ -244,9 +244,12 @@ class LocalLearningMixin(pl.LightningModule):
 
         ``layers`` and ``head`` must already be registered on the module (e.g. as parts of its backbone).
         Gradient clipping is set here: Lightning's Trainer clipping is not available with manual optimization.
+        No ``points`` (one module) is plain end-to-end training and warns (:class:`~.builder.EndToEndWarning`).
         """
         if len(aux_heads) != len(points):
             raise ValueError(f"{len(points) + 1} modules need {len(points)} auxiliary heads; got {len(aux_heads)}.")
+        if not points and getattr(self, "local_spec", None) is None:  # setup_local_learning warned already
+            warn_end_to_end("configure_local_learning with no split points")
         self.automatic_optimization = False
         self.aux_heads = nn.ModuleDict({str(j): aux for j, aux in enumerate(aux_heads)})
         # Tuples: views on layers registered elsewhere, not new submodules.

@@ -29,7 +29,8 @@ from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd
 from torchvision.models import VGG, ConvNeXt, ResNet, VisionTransformer
 from torchvision.models.convnext import CNBlock
 
-from lightning_regs.models.layered import LayeredModel
+from lightning_regs.models.layered import SUPPORTED_FAMILIES, LayeredModel
+from lightning_regs.models.timm_adapters import is_timm_model, timm_adapter  # imports timm only when called
 
 __all__ = ["layered"]
 
@@ -114,6 +115,8 @@ def _convnext(model: ConvNeXt) -> tuple[Entries, nn.Module]:
 class _ViTEmbedding(nn.Module):
     """VisionTransformer's input side: patchify, prepend the class token, add positions, dropout."""
 
+    summarize_children = True  # print(layered(model)) names the types of its modules
+
     def __init__(self, model: VisionTransformer) -> None:
         super().__init__()
         self.conv_proj = model.conv_proj
@@ -161,7 +164,11 @@ def layered(model: nn.Module, num_classes: int | None = None) -> nn.Module:
       before it) becomes the head;
     * torchvision ResNet (``stem``, ``layer1_0``, ..., ``layer4_1``), VGG (``features`` grouped as a
       Sequential), ConvNeXt (``features_0``, each block ``features_1_0``, ..., each downsampling layer) and
-      VisionTransformer (``embedding``, ``encoder_layer_0``, ...).
+      VisionTransformer (``embedding``, ``encoder_layer_0``, ...);
+    * timm (``pip install ".[timm]"``; see :mod:`lightning_regs.models.timm_adapters`) ResNet (``stem``,
+      ``layer1_0``, ...), ConvNeXt (``stem``, ``stages_0_blocks_0``, ..., ``stages_1_downsample``, ...),
+      VisionTransformer, DeiT included (``embedding``, ``blocks_0``, ...), and EfficientNet (``stem``,
+      ``blocks_0_0``, ..., ``conv_head``); ``num_classes`` is the model's own.
 
     Args:
         model: the model to adapt.
@@ -189,15 +196,19 @@ def layered(model: nn.Module, num_classes: int | None = None) -> nn.Module:
     ):
         return model
     adapt = next((fn for kind, fn in _FAMILIES.items() if isinstance(model, kind)), None)
+    if adapt is None and is_timm_model(model):
+        adapt = timm_adapter(model)
     if adapt is None or (isinstance(model, nn.Sequential) and type(model).forward is not nn.Sequential.forward):
         raise TypeError(
             f"layered() does not know how to split {type(model).__name__} into layers; it understands "
-            "nn.Sequential (without a custom forward), torchvision ResNet, VGG, ConvNeXt and VisionTransformer, "
-            "and models that already have `layers` (an nn.Sequential) and `head`. Wrap yours by hand as "
-            "`LayeredModel(layers=[(name, module), ...], head=head, num_classes=C)` so that "
+            f"{SUPPORTED_FAMILIES}, and models that already have `layers` (an nn.Sequential) and `head`. Wrap "
+            "yours by hand as `LayeredModel(layers=[(name, module), ...], head=head, num_classes=C)` so that "
             "forward(x) == head(layers(x))."
         )
     entries, head = adapt(model)
+    own = getattr(model, "num_classes", None)  # timm models say it
+    if num_classes is None and isinstance(own, int) and not isinstance(own, bool) and own > 0:
+        num_classes = own
     if num_classes is None:
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         if not linears:

@@ -31,7 +31,15 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["LayeredModel", "layer_sequence"]
+__all__ = ["SUPPORTED_FAMILIES", "LayeredModel", "layer_sequence"]
+
+# The models lightning_regs.models.layered() adapts, in the words of the error messages.
+SUPPORTED_FAMILIES = (
+    "nn.Sequential (without a custom forward), torchvision ResNet, VGG, ConvNeXt and VisionTransformer, "
+    "and timm ResNet, ConvNeXt, VisionTransformer (ViT, DeiT) and EfficientNet"
+)
+# How many child types a Sequential's summary line names before it counts the rest.
+_SUMMARY_CHILDREN = 6
 
 
 class LayeredModel(nn.Module):
@@ -51,6 +59,16 @@ class LayeredModel(nn.Module):
         torch.Size([5, 3])
         >>> model.layer_names
         ('fc1', 'act1')
+
+    ``print(model)`` shows the cut points, one line per layer (index, name, module type), and the head; the
+    whole module tree is ``print(model.layers)``::
+
+        >>> print(model)
+        LayeredModel(num_classes=3, 2 layers; a split cuts after any but the last, by index or name:
+          (0) fc1: Linear
+          (1) act1: ReLU
+          head: Linear
+        )
     """
 
     def __init__(
@@ -71,6 +89,25 @@ class LayeredModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.layers(x))
+
+    def __repr__(self) -> str:
+        lines = [f"  ({i}) {name}: {_summary(layer)}" for i, (name, layer) in enumerate(self.layers.named_children())]
+        return (
+            f"{type(self).__name__}(num_classes={self.num_classes}, {len(lines)} layers; a split cuts after any but "
+            "the last, by index or name:\n" + "\n".join([*lines, f"  head: {_summary(self.head)}"]) + "\n)"
+        )
+
+
+def _summary(module: nn.Module) -> str:
+    """A module's type, and for a Sequential (or a part that says ``summarize_children``) its children's types
+    without the Identities: ``Sequential(Conv2d, BatchNorm2d, ReLU)``."""
+    name = type(module).__name__.lstrip("_")
+    if type(module) is not nn.Sequential and not getattr(type(module), "summarize_children", False):
+        return name
+    kinds = [type(child).__name__.lstrip("_") for child in module.children() if not isinstance(child, nn.Identity)]
+    if len(kinds) > _SUMMARY_CHILDREN:
+        kinds = [*kinds[: _SUMMARY_CHILDREN - 1], f"... {len(kinds) - _SUMMARY_CHILDREN + 1} more"]
+    return f"{name}({', '.join(kinds)})"
 
 
 def layer_sequence(model: nn.Module) -> nn.Sequential:
@@ -98,8 +135,8 @@ def layer_sequence(model: nn.Module) -> nn.Sequential:
     raise TypeError(
         f"{type(model).__name__} does not expose an ordered layer sequence: it lacks "
         + " and ".join(missing)
-        + ". Adapt it with `lightning_regs.models.layered(model)` (nn.Sequential, torchvision ResNet, VGG, "
-        "ConvNeXt, VisionTransformer), use a model from lightning_regs.models, wrap yours as "
+        + f". Adapt it with `lightning_regs.models.layered(model)` ({SUPPORTED_FAMILIES}), use a model from "
+        "lightning_regs.models, wrap yours as "
         "`LayeredModel(layers=[('name', module), ...], head=head, num_classes=C)` so that "
         "forward(x) == head(layers(x)), or give it those two attributes."
     )
