@@ -29,6 +29,12 @@ __all__ = ["class_path_problem", "import_from_current_directory"]
 # A dotted path whose last part is a class name (``pkg.module.ClassName``); file names (``last.ckpt``) are not.
 _CLASS_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+[A-Z]\w*$")
 _CONFIG_FLAGS = ("--config", "-c")
+# Flags whose bare class name LightningCLI resolves among the imported subclasses of a base: (module, class).
+_SHORT_NAME_BASES = {
+    "--model": ("lightning.pytorch", "LightningModule"),
+    "--data": ("lightning.pytorch", "LightningDataModule"),
+    "--trainer.callbacks": ("lightning.pytorch", "Callback"),
+}
 
 
 def import_from_current_directory() -> None:
@@ -39,12 +45,62 @@ def import_from_current_directory() -> None:
 
 
 def class_path_problem(args: Sequence[str]) -> str | None:
-    """The first class path in ``args`` (or in their ``--config`` files) that fails to import, as one sentence."""
+    """The first class path in ``args`` (or in their ``--config`` files) that fails to import, as one sentence.
+
+    A bare class name given to ``--model``, ``--data`` or ``--trainer.callbacks`` that no imported class has (the
+    module forgotten: ``--model MyClassifier``) is reported too, with the files of the current directory that
+    define it.
+    """
     for flag, path in _class_paths(args):
         problem = _import_problem(path)
         if problem is not None:
             return f"Cannot import {path} (given to {flag}): {problem}"
+    for flag, name in _short_names(args):
+        problem = _short_name_problem(flag, name)
+        if problem is not None:
+            return problem
     return None
+
+
+def _short_names(args: Sequence[str]) -> Iterator[tuple[str, str]]:
+    args = list(args)
+    for position, arg in enumerate(args):
+        flag, equals, value = arg.partition("=")
+        if flag.rstrip("+") not in _SHORT_NAME_BASES:
+            continue
+        if not equals:
+            value = args[position + 1] if position + 1 < len(args) else ""
+        if re.match(r"^[A-Z]\w*$", value):
+            yield flag, value
+
+
+def _short_name_problem(flag: str, name: str) -> str | None:
+    base = importlib.import_module(_SHORT_NAME_BASES[flag.rstrip("+")][0])
+    base_class = getattr(base, _SHORT_NAME_BASES[flag.rstrip("+")][1])
+    if name in {cls.__name__ for cls in _subclasses(base_class)}:
+        return None
+    defined_in = sorted(
+        path.stem for path in Path.cwd().glob("*.py") if re.search(rf"^class {name}\b", _read(path), re.M)
+    )
+    hint = (
+        f"; it is defined in {', '.join(p + '.py' for p in defined_in)}: give {flag} {defined_in[0]}.{name}"
+        if defined_in
+        else (f": give the full class path, {flag} your_module.{name}, from the folder that holds your_module.py")
+    )
+    return f"Cannot resolve {name} (given to {flag}): no imported {base_class.__name__} has that name{hint}."
+
+
+def _subclasses(cls: type) -> Iterator[type]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _class_paths(args: Sequence[str]) -> Iterator[tuple[str, str]]:

@@ -109,3 +109,20 @@ def test_class_paths_in_a_config_file_and_appended_callbacks_are_checked(tmp_pat
     assert "lightning_regs.callbacks has no attribute 'Nope'; its classes are" in problem
     # Values that are not class paths are left to LightningCLI.
     assert class_path_problem(["fit", "--ckpt_path", "last.ckpt", "--model=ImageClassifier", "-c", "none.yaml"]) is None
+
+
+def test_a_bare_class_name_that_nothing_imported_has_points_at_the_file_defining_it(tmp_path, monkeypatch, capsys):
+    (tmp_path / "barename.py").write_text(MY_MODULE.replace("MyClassifier", "BareNameClassifier"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--model", "BareNameClassifier", "--data=DigitsDataModule"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert (
+        "LightningModule has that name; it is defined in barename.py: give --model barename.BareNameClassifier" in err
+    )
+    assert "no imported Callback has that name" in class_path_problem(["fit", "--trainer.callbacks+=NoSuchCallback"])
+    # Short names of imported classes are LightningCLI's to resolve.
+    args = ["fit", "--model=ImageClassifier", "--data", "DigitsDataModule", "--trainer.callbacks+=EarlyStopping"]
+    assert class_path_problem(args) is None

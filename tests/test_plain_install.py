@@ -151,4 +151,5 @@ def test_a_monitor_cards_cli_line_finishes_and_prints_its_summary_without_matplo
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fit finished in" in result.stdout and "will not draw its plot" in result.stderr
+    assert "measured at step" not in result.stdout  # the card's line measures up to the last step
     assert not list(tmp_path.rglob("*.png"))

@@ -61,3 +61,10 @@ def test_the_unconverted_module_gets_a_named_error_pointing_at_edit_1(tmp_path, 
     )
     with pytest.raises(TypeError, match="IndexedDataset"):
         _run(code, tmp_path, monkeypatch)
+
+
+def test_a_missing_edit_2_is_the_one_time_warning_the_readme_names(tmp_path, monkeypatch):
+    without_flag = AFTER.replace("    accepts_soft_targets = True", "    pass")
+    assert without_flag != AFTER
+    _, messages = _run(without_flag.replace(METHODS["pskd"], METHODS["label_smoothing"]), tmp_path, monkeypatch)
+    assert len([m for m in messages if "accepts_soft_targets = True" in m]) == 1

@@ -8,14 +8,27 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
+from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
+
 __all__ = ["MetricsSummary"]
+
+
+def _last_measured_steps(trainer: pl.Trainer) -> dict[str, int]:
+    """The step of each monitor metric's last measurement: a monitor that skipped the end must not read as final."""
+    return {
+        name: monitor.measured_steps[-1]
+        for monitor in trainer.callbacks
+        if isinstance(monitor, ScheduledMonitor) and monitor.measured_steps
+        for name in monitor.history
+    }
 
 
 class MetricsSummary(Callback):
     """At the end of ``fit``, ``validate`` and ``test``, print the logged metrics and the wall time.
 
     Printed on global rank zero only, sorted by name, as a two-column table. The values are
-    ``trainer.callback_metrics`` (the last epoch's, already reduced across ranks).
+    ``trainer.callback_metrics`` (the last epoch's, already reduced across ranks). A monitor's metric whose last
+    measurement came before the final step (skipped to stay within ``max_overhead``) says at which step.
 
     Args:
         prefixes: print only metrics whose name starts with one of these (all when empty).
@@ -42,8 +55,16 @@ class MetricsSummary(Callback):
             if value.numel() == 1 and (not self.prefixes or name.startswith(self.prefixes))
         }
         width = max((len(name) for name in metrics), default=10)
+        measured = _last_measured_steps(trainer)
         lines = [f"{stage} finished in {elapsed:.1f} s (epochs: {trainer.current_epoch}, steps: {trainer.global_step})"]
-        lines += [f"  {name:<{width}}  {value:.4f}" for name, value in sorted(metrics.items())]
+        for name, value in sorted(metrics.items()):
+            step = measured.get(name)
+            when = (
+                f"  (measured at step {step}, not at the end)"
+                if step is not None and step < trainer.global_step
+                else ""
+            )
+            lines.append(f"  {name:<{width}}  {value:.4f}{when}")
         return "\n".join(lines)
 
     @rank_zero_only

@@ -409,8 +409,13 @@ class ScheduledMonitor(Callback):
             points, measurements = auto_size(budget, self.cost_per_point(), requested, measurements)
             planned = points * measurements * self.cost_per_point()
             if planned > 1.5 * budget:  # the wall-clock guard handles small excesses; warn about large ones
+                sets = (
+                    f"{points} points"
+                    if self.num_points is not None
+                    else f"the whole split (counted as {points} points)"
+                )
                 rank_zero_warn(
-                    f"{type(self).__name__}: {measurements} measurements of {points} points cost about "
+                    f"{type(self).__name__}: {measurements} measurements of {sets} cost about "
                     f"{planned / budget * self.max_overhead:.1%} of this run's training in forward passes, above "
                     f"max_overhead={self.max_overhead}; measurements that would exceed it are skipped. Lower "
                     "num_points or the schedule, or set max_overhead=None to measure everything."
