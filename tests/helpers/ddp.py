@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +33,15 @@ def _worker(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_d
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # no rank leaves while another still talks to it
     finally:
         dist.destroy_process_group()
+    # DTensors (FSDP2 meshes) keep gloo sub-groups alive until interpreter finalization, where their worker
+    # threads can abort the process ("terminate called without an active exception", seen once in CI after
+    # the result was written). The result is on disk: leave without finalization.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_in_ddp(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> list[Any]:
