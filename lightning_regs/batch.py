@@ -26,7 +26,9 @@ __all__ = [
     "HARD_TARGET",
     "IMAGE",
     "INDEX",
+    "BAG_ID",
     "INSTANCE_MASK",
+    "INSTANCE_TARGET",
     "LABEL",
     "LABELED",
     "MASK",
@@ -59,8 +61,12 @@ MIX_PARTNER = "mix_partner"
 MIX_LAMBDA = "mix_lambda"
 SAMPLE_TARGET = "sample_target"
 CLEAN_IMAGE = "clean_image"
-# Bags of instances (multiple-instance learning): which of the padded instances of each bag are real.
+# Bags of instances (multiple-instance learning): ``image`` is (B, N, ...) with one ``target`` per bag; which of the
+# padded instances of each bag are real, and their own labels where known (evaluation only).
 INSTANCE_MASK = "instance_mask"
+INSTANCE_TARGET = "instance_target"
+# Aggregate responses (learning from label proportions): rows are instances, ``target`` is their bag's response.
+BAG_ID = "bag_id"
 
 #: Every key of the contract: (type and shape, who writes it, meaning). ``docs/design.md`` renders the same table.
 CONTRACT: dict[str, tuple[str, str, str]] = {
@@ -77,6 +83,8 @@ CONTRACT: dict[str, tuple[str, str, str]] = {
     SAMPLE_TARGET: ("float (B, C)", "input-rewriting callbacks", "each row's own target distribution, unmixed"),
     CLEAN_IMAGE: ("like image", "input-rewriting callbacks", "the inputs before they were rewritten"),
     INSTANCE_MASK: ("bool (B, N)", "bag DataModules", "which of a bag's N padded instances are real"),
+    INSTANCE_TARGET: ("int64 (B, N)", "bag DataModules", "each instance's own label where known, else -1 (evaluation)"),
+    BAG_ID: ("int64 (B,)", "aggregate-response DataModules", "the bag of each instance row (target: its response)"),
 }
 
 # How to get dict batches out of your own data set; every error about a non-dict batch or a missing key ends with it.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from lightning_regs.models.activations import CRReLU, replace_activations
 from lightning_regs.models.adapters import layered
+from lightning_regs.models.attention_mil import AttentionMIL, MILOutput
 from lightning_regs.models.cifar_resnet import (
     BasicBlock,
     CifarResNet,
@@ -23,6 +24,8 @@ from lightning_regs.models.preact_resnet import PreActBlock, PreActResNet18
 from lightning_regs.models.small_cnn import SmallCNN
 
 __all__ = [
+    "AttentionMIL",
+    "MILOutput",
     "LayeredModel",
     "layer_sequence",
     "layered",

@@ -1,5 +1,6 @@
 """Ready LightningModules that honour the dict batch contract."""
 
+from lightning_regs.tasks.attention_entropy_term import AttentionEntropyTerm
 from lightning_regs.tasks.gcd_classifier import GCDClassifier
 from lightning_regs.tasks.grokking_classifier import GrokkingClassifier
 from lightning_regs.tasks.image_classifier import ImageClassifier
@@ -7,9 +8,11 @@ from lightning_regs.tasks.lego_gcd_mixin import DualViewKLTerm, LegoGCDMixin, Le
 from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
 from lightning_regs.tasks.loss_terms import LossTerm, model_outputs
 from lightning_regs.tasks.mean_image_baseline import MeanImageAnomalyBaseline
+from lightning_regs.tasks.mil_classifier import MILClassifier
 from lightning_regs.tasks.optim import WarmupSchedule, build_optimizer
 
 __all__ = [
+    "AttentionEntropyTerm",
     "DualViewKLTerm",
     "GCDClassifier",
     "GrokkingClassifier",
@@ -19,6 +22,7 @@ __all__ = [
     "LocalEntropyTerm",
     "LocalLearningClassifier",
     "LossTerm",
+    "MILClassifier",
     "MeanImageAnomalyBaseline",
     "WarmupSchedule",
     "build_optimizer",

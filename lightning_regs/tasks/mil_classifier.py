@@ -1,0 +1,169 @@
+"""Bag classification (multiple-instance learning): an ImageClassifier over bags, with the attention's metrics."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAUROC, MulticlassAUROC
+
+from lightning_regs.batch import INSTANCE_MASK, INSTANCE_TARGET, StepBatch, read_inputs
+from lightning_regs.functional.mil import normalized_attention_entropy
+from lightning_regs.functional.outputs import model_outputs
+from lightning_regs.tasks.image_classifier import ImageClassifier
+from lightning_regs.tasks.loss_terms import LossTerm
+from lightning_regs.tasks.optim import OptimizerName, SchedulerName
+
+__all__ = ["MILClassifier"]
+
+STAGES = ("train", "val", "test")
+
+
+class MILClassifier(ImageClassifier):
+    """Classify bags of instances (``batch["image"]`` ``(B, N, ...)``, one ``target`` per bag) with cross-entropy.
+
+    The model (``backbone``) is called as ``backbone(bags, instance_mask)`` when the batch pads its bags
+    (``instance_mask`` has a False), else as ``backbone(bags)`` (batch size 1, the papers' setting, or bags of one
+    size). It returns the bag logits, and for the attention's metrics and AEM its pre-softmax ``attention`` scores
+    (``(B, N)`` or ``(B, heads, N)``): :class:`~lightning_regs.models.AttentionMIL` does, and so may any model
+    returning ``{"logits": ..., "attention": ...}`` or an object with those fields. Add AEM with
+    ``loss_terms=[AttentionEntropyTerm(weight=0.1)]``.
+
+    Logs what :class:`ImageClassifier` logs (bag ``loss``, ``acc``, ``ece``), plus ``val/auroc`` and ``test/auroc``
+    (class 1's probability for two classes, macro one-vs-rest otherwise), ``<stage>/attention_entropy`` (``H / log N``
+    per bag, averaged: 1 uniform, 0 on one instance) and, where the batch has ``instance_target``,
+    ``<stage>/instance_auroc``: how well the attention scores (averaged over heads) rank the key instances above the
+    others within bags whose class is not 0 (localisation; class 0 is the negative bag class).
+
+    The defaults are AEM's recipe: AdamW, lr 1e-4, weight decay 1e-5, cosine decay to 0.
+
+    Args:
+        backbone: the MIL model (see above).
+        num_classes: the number of bag classes.
+        optimizer, lr, weight_decay, scheduler: as :class:`ImageClassifier`'s, with AEM's defaults.
+        loss_terms: :class:`~lightning_regs.tasks.LossTerm` modules added to the training loss (AEM's).
+        **kwargs: the other :class:`ImageClassifier` arguments.
+
+    Example::
+
+        >>> from lightning_regs.models import AttentionMIL
+        >>> from lightning_regs.tasks import AttentionEntropyTerm
+        >>> task = MILClassifier(AttentionMIL(in_features=64), loss_terms=[AttentionEntropyTerm(weight=0.1)])
+        >>> batch = {"image": torch.randn(2, 5, 64), "target": torch.tensor([0, 1]),
+        ...          "instance_mask": torch.tensor([[True] * 5, [True] * 3 + [False] * 2])}
+        >>> out = task.training_step(batch, 0)
+        >>> out["logits"].shape
+        torch.Size([2, 2])
+    """
+
+    reserved_term_names = ImageClassifier.reserved_term_names | {"auroc", "attention_entropy", "instance_auroc"}
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 2,
+        optimizer: OptimizerName = "adamw",
+        lr: float = 1e-4,
+        weight_decay: float = 1e-5,
+        scheduler: SchedulerName = "cosine",
+        loss_terms: Sequence[LossTerm] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            backbone,
+            num_classes,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            scheduler=scheduler,
+            loss_terms=loss_terms,
+            **kwargs,
+        )
+        self._takes_mask = _takes_second_argument(backbone)
+        for stage in STAGES:
+            self.metrics[f"{stage}_attention_entropy"] = MeanMetric()
+            self.metrics[f"{stage}_instance_auroc"] = BinaryAUROC()
+        for stage in ("val", "test"):
+            self.metrics[f"{stage}_auroc"] = (
+                BinaryAUROC() if num_classes == 2 else MulticlassAUROC(num_classes, average="macro")
+            )
+
+    def forward(self, bags: torch.Tensor, instance_mask: torch.Tensor | None = None) -> Any:
+        """The model's output on ``bags``; the mask is passed only when it pads (see the class docstring)."""
+        if instance_mask is None or bool(instance_mask.all()):
+            return self.backbone(bags)
+        if not self._takes_mask:
+            raise TypeError(
+                f"The batch pads bags of different sizes (instance_mask), but {type(self.backbone).__name__}.forward "
+                "takes no instance_mask argument: give it one, forward(bags, instance_mask=None), and attend only "
+                "to the real instances, or load one bag per batch (batch_size=1, the papers' setting)."
+            )
+        return self.backbone(bags, instance_mask)
+
+    def _forward_outputs(self, step: StepBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        batch = step.batch if isinstance(step.batch, Mapping) else {}
+        mask = batch.get(INSTANCE_MASK)
+        outputs = model_outputs(self(step.image, mask))
+        self.check_logits(outputs["logits"])
+        if not self._targets_checked:
+            self._check_target_range(step.labels)
+        self._log_bag_metrics(outputs, step, mask, batch.get(INSTANCE_TARGET))
+        return outputs, self.objective(outputs["logits"], step)
+
+    def _stage(self) -> str | None:
+        if self._trainer is None:
+            return None
+        if self.trainer.training:
+            return "train"
+        if self.trainer.validating or self.trainer.sanity_checking:
+            return "val"
+        return "test" if self.trainer.testing else None
+
+    @torch.no_grad()
+    def _log_bag_metrics(
+        self,
+        outputs: Mapping[str, torch.Tensor],
+        step: StepBatch,
+        mask: torch.Tensor | None,
+        instance_target: torch.Tensor | None,
+    ) -> None:
+        stage = self._stage()
+        if stage is None:
+            return
+        if stage != "train":
+            probabilities = outputs["logits"].float().softmax(dim=-1)
+            scores = probabilities[:, 1] if self.num_classes == 2 else probabilities
+            self.metrics[f"{stage}_auroc"].update(scores, step.labels)
+            self.log(f"{stage}/auroc", self.metrics[f"{stage}_auroc"])
+        attention = outputs.get("attention")
+        if attention is None:
+            return
+        self.metrics[f"{stage}_attention_entropy"].update(normalized_attention_entropy(attention.detach(), mask))
+        self.log(f"{stage}/attention_entropy", self.metrics[f"{stage}_attention_entropy"], on_step=False, on_epoch=True)
+        if instance_target is None:
+            return
+        scores = attention.detach().float()
+        scores = (scores if scores.dim() == 2 else scores.mean(dim=1)).reshape(instance_target.shape)
+        known = (instance_target >= 0) & (step.labels != 0)[:, None]
+        if mask is not None:
+            known &= mask
+        if known.any():
+            self.metrics[f"{stage}_instance_auroc"].update(scores[known], (instance_target[known] > 0).long())
+            self.log(f"{stage}/instance_auroc", self.metrics[f"{stage}_instance_auroc"], on_step=False, on_epoch=True)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        mask = batch.get(INSTANCE_MASK) if isinstance(batch, Mapping) else None
+        return model_outputs(self(read_inputs(batch), mask))["logits"].softmax(dim=-1)
+
+
+def _takes_second_argument(model: nn.Module) -> bool:
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
