@@ -95,6 +95,12 @@ def _mixup(trainer, messages) -> None:
     assert not [m for m in messages if "accepts_soft_targets" in m]
 
 
+def _aem(trainer, messages) -> None:
+    assert trainer.global_step == 16  # one bag per step
+    entropy = trainer.callback_metrics["train/attention_entropy"]
+    assert 0 < entropy.item() <= math.log(39) + 1e-6  # H of one bag, in nats, at most log N
+
+
 def _monitor(kind: type, names: set[str]) -> Callable[..., None]:
     def check(trainer, messages) -> None:
         (monitor,) = [c for c in trainer.callbacks if isinstance(c, kind)]
@@ -106,6 +112,7 @@ def _monitor(kind: type, names: set[str]) -> Callable[..., None]:
 
 
 CHECKS = {
+    "aem.md": _aem,
     "label_smoothing.md": _label_smoothing,
     "local_learning.md": _local_learning,
     "man.md": _man,

@@ -134,7 +134,7 @@ def test_gated_attention_is_ilse_et_al_written_out() -> None:
     h = torch.relu(bag @ model.embed[0].weight.T + model.embed[0].bias)
     v = torch.tanh(h @ model.attention_v[0].weight.T + model.attention_v[0].bias)
     u = torch.sigmoid(h @ model.attention_u[0].weight.T + model.attention_u[0].bias)
-    a = (v * u) @ model.attention_w.weight.T + model.attention_w.bias  # (7, 1)
+    a = (v * u) @ model.attention_w.weight.T  # (7, 1); no bias: the softmax ignores it
     z = (a.softmax(dim=0) * h).sum(dim=0)
     out = model(bag)
     torch.testing.assert_close(out.attention[0, 0], a[:, 0])

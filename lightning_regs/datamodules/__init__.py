@@ -1,5 +1,6 @@
 """DataModules yielding the dict batch contract (``image``, ``target``, ``index``)."""
 
+from lightning_regs.datamodules.bags import collate_bags
 from lightning_regs.datamodules.base import NumClassesUnknownError, SplitDataModule, hparam
 from lightning_regs.datamodules.batch import (
     HARD_TARGET,
@@ -13,6 +14,7 @@ from lightning_regs.datamodules.batch import (
 from lightning_regs.datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
 from lightning_regs.datamodules.cub import CUB200DataModule
 from lightning_regs.datamodules.digits import DigitsDataModule
+from lightning_regs.datamodules.digits_bags import DigitsBagsDataModule
 from lightning_regs.datamodules.digits_subset import DigitsSubsetDataModule, RepeatedShuffleSampler
 from lightning_regs.datamodules.download import (
     ArchiveSecurityError,
@@ -22,6 +24,7 @@ from lightning_regs.datamodules.download import (
     extract_archive,
     remove_interrupted,
 )
+from lightning_regs.datamodules.feature_bags import FeatureBagDataModule
 from lightning_regs.datamodules.gcd_data import GCDDataset
 from lightning_regs.datamodules.indexed import IndexedDataset
 from lightning_regs.datamodules.mvtec import MVTecADDataModule
@@ -30,6 +33,9 @@ from lightning_regs.datamodules.radimagenet import RadImageNetDataModule
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
 
 __all__ = [
+    "DigitsBagsDataModule",
+    "FeatureBagDataModule",
+    "collate_bags",
     "ArchiveSecurityError",
     "CorruptArchiveError",
     "DownloadError",

@@ -131,7 +131,8 @@ class SplitDataModule(pl.LightningDataModule):
 
     A subclass implements ``setup`` and declares: :attr:`split_arguments` (hyper-parameters that
     define the split or training order, besides ``seed``), :attr:`task_arguments`, and optionally
-    :meth:`extra_state` / :meth:`load_extra_state`, :meth:`train_sampler` and :meth:`num_classes_found`.
+    :meth:`extra_state` / :meth:`load_extra_state`, :meth:`train_sampler`, :meth:`num_classes_found` and
+    :attr:`collate_fn`.
 
     Example::
 
@@ -169,6 +170,8 @@ class SplitDataModule(pl.LightningDataModule):
     split_arguments: ClassVar[tuple[str, ...]] = ()
     #: Hyper-parameters that define what the targets mean: saved, and a checkpoint made with others is refused.
     task_arguments: ClassVar[tuple[str, ...]] = ()
+    #: How the loaders stack samples into a batch (None: PyTorch's default); bag DataModules pad with ``collate_bags``.
+    collate_fn: ClassVar[Callable[[list[Any]], Any] | None] = None
 
     seed = hparam()
     batch_size = hparam()
@@ -287,6 +290,7 @@ class SplitDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            collate_fn=type(self).collate_fn,  # read off the class: a function attribute would bind to self
         )
 
     def evaluation_dataset(self, split: str) -> Dataset:

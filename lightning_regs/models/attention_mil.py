@@ -88,7 +88,8 @@ class AttentionMIL(nn.Module):
         self.embed = nn.Sequential(nn.Linear(in_features, embed_dim), nn.ReLU(), nn.Dropout(dropout))
         self.attention_v = nn.Sequential(nn.Linear(embed_dim, attention_dim), nn.Tanh())
         self.attention_u = nn.Sequential(nn.Linear(embed_dim, attention_dim), nn.Sigmoid()) if gated else None
-        self.attention_w = nn.Linear(attention_dim, heads)
+        # No bias: softmax ignores a shift of all scores, so its gradient is 0 up to rounding, which Adam would amplify.
+        self.attention_w = nn.Linear(attention_dim, heads, bias=False)
         self.classifier = nn.Linear(heads * embed_dim, num_classes)
 
     def forward(self, bags: torch.Tensor, instance_mask: torch.Tensor | None = None) -> MILOutput:

@@ -18,14 +18,16 @@ from torch import nn
 
 from lightning_regs import callbacks as cb
 from lightning_regs.local_learning import LocalLearningMixin
-from lightning_regs.models import MLP, CRReLU, LayeredModel, replace_activations
+from lightning_regs.models import MLP, AttentionMIL, CRReLU, LayeredModel, replace_activations
 from lightning_regs.tasks import (
+    AttentionEntropyTerm,
     GCDClassifier,
     GrokkingClassifier,
     ImageClassifier,
     LegoGCDMixin,
     LocalLearningClassifier,
     MeanImageAnomalyBaseline,
+    MILClassifier,
 )
 from tests.harness import representation_settings as representation
 from tests.helpers import gcd
@@ -107,6 +109,18 @@ def crrelu_classifier() -> ImageClassifier:
     backbone = mlp()
     replace_activations(backbone, new=CRReLU)  # its two ReLUs, one ε each
     return ImageClassifier(backbone, 10, lr=0.1, scheduler="cosine", weight_decay=1e-4)
+
+
+def aem_classifier() -> MILClassifier:
+    """Two-head gated ABMIL with AEM: the term and the attention's metrics on padded bags."""
+    model = AttentionMIL(in_features=64, num_classes=2, embed_dim=16, attention_dim=8, heads=2)
+    return MILClassifier(model, lr=1e-3, loss_terms=[AttentionEntropyTerm(weight=0.1)])
+
+
+def digits_bags(root: Path, per_rank_batch: int) -> pl.LightningDataModule:
+    from lightning_regs.datamodules import DigitsBagsDataModule
+
+    return DigitsBagsDataModule(batch_size=per_rank_batch)
 
 
 def grokking_classifier() -> GrokkingClassifier:
@@ -258,6 +272,13 @@ REGISTRY: tuple[MethodSetting, ...] = (
         max_epochs=2,
         limit_train_batches=1,
         no_resume_because="it takes no optimizer step, so no checkpoint is written before the end of fit",
+    ),
+    MethodSetting(
+        "aem",
+        (MILClassifier, AttentionMIL, AttentionEntropyTerm),
+        aem_classifier,
+        no_callbacks,
+        make_datamodule=digits_bags,
     ),
     MethodSetting(
         "neural_collapse_monitor", (cb.NeuralCollapseMonitor,), image_classifier, representation.neural_collapse

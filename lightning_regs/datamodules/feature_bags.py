@@ -1,0 +1,513 @@
+"""Whole-slide images as bags of pre-extracted patch features (CLAM's layout): one features file per slide, one CSV.
+
+Multiple-instance learning on whole-slide images (CLAM, TransMIL, the AEM attention regularizer) trains on features
+extracted once per patch: a slide becomes a bag of ``N`` feature vectors of width ``D`` (``N`` in the thousands,
+varying from slide to slide) with one label. :class:`FeatureBagDataModule` reads that layout, checks it at ``setup``
+and yields bag samples (``lightning_regs.datamodules.bags``) batched by
+:func:`~lightning_regs.datamodules.bags.collate_bags`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import pickle
+import re
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch.utils.data import Dataset
+
+from lightning_regs.batch import IMAGE, INDEX, TARGET
+from lightning_regs.datamodules.bags import collate_bags
+from lightning_regs.datamodules.base import SplitDataModule
+from lightning_regs.datamodules.files import RootGuard
+
+__all__ = ["FeatureBagDataModule"]
+
+SPLITS = ("train", "val", "test")
+SUFFIXES = (".pt", ".h5")
+# The CSV's required columns, as its header spells them (other columns, e.g. CLAM's case_id, are ignored).
+_HEADER = "slide_id,label,split"
+_COLUMNS: tuple[str, str, str] = ("slide_id", "label", "split")
+_FEATURES_KEY = "features"  # the tensor of a dict .pt file, and the dataset of a CLAM .h5 file
+_SHOWN = 5  # ids named in an error before "..."
+_INTEGER = re.compile(r"[+-]?\d+")
+_LAYOUT = (
+    "Expected the CLAM-style features layout:\n"
+    "  <root>/slides.csv  (columns slide_id,label,split; split is train, val or test; labels are class ids or "
+    "class names; other columns are ignored)\n"
+    "  <root>/<features_dir>/<slide_id>.pt  (torch.save of a float tensor (N, D), or of a dict with 'features' "
+    "(N, D) and optionally 'coords' (N, 2))\n"
+    "  or <root>/<features_dir>/<slide_id>.h5  (CLAM's h5_files: a 'features' dataset (N, D); needs h5py)"
+)
+_FIX_FILE = "Extract this slide's features again, or remove its row from the CSV."
+
+
+class _Row(NamedTuple):
+    slide_id: str
+    label: str
+    split: str
+    line: int
+
+
+def _import_h5py(example: Path) -> Any:
+    try:
+        import h5py
+    except ImportError as error:
+        raise ImportError(
+            f"{example} is an HDF5 features file (CLAM's h5_files), which needs the optional package h5py: "
+            "pip install h5py (or convert the files to .pt with torch.save)."
+        ) from error
+    return h5py
+
+
+def _read_content(path: Path) -> Any:
+    """What a features file holds: a tensor or a dict (.pt, never unpickling arbitrary objects), a tensor (.h5)."""
+    if path.suffix == ".h5":
+        h5py = _import_h5py(path)
+        try:
+            with h5py.File(path, "r") as handle:
+                if _FEATURES_KEY not in handle:
+                    raise ValueError(
+                        f"{path} has no '{_FEATURES_KEY}' dataset (it holds {sorted(handle)}); CLAM's h5 files store "
+                        f"the patch features as '{_FEATURES_KEY}' (N, D). {_FIX_FILE}"
+                    )
+                return torch.from_numpy(handle[_FEATURES_KEY][()])
+        except (OSError, TypeError) as error:
+            raise ValueError(f"{path} cannot be read as an HDF5 features file ({error}). {_FIX_FILE}") from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, AttributeError) as error:
+        raise ValueError(
+            f"{path} cannot be read as a features file ({type(error).__name__}: {str(error).splitlines()[0]}). It must "
+            "be torch.save of a float tensor (N, D) or of a dict of tensors with 'features' (N, D); files are loaded "
+            f"with torch.load(weights_only=True), which refuses other pickled objects. {_FIX_FILE}"
+        ) from error
+
+
+def load_features(path: str | os.PathLike, feature_dim: int | None = None, reference: str = "") -> torch.Tensor:
+    """The ``(N, D)`` float32 features of one slide's file; any other content is a ``ValueError`` naming the file.
+
+    Args:
+        path: a ``.pt`` file (a float tensor ``(N, D)``, or a dict with ``"features"``) or a CLAM ``.h5`` file.
+        feature_dim: the width ``D`` every slide has (``None``: not checked).
+        reference: the file ``feature_dim`` was read from, for the error.
+    """
+    path = Path(path)
+    content = _read_content(path)
+    if isinstance(content, Mapping):
+        features = content.get(_FEATURES_KEY)
+        if not isinstance(features, torch.Tensor):
+            raise ValueError(
+                f"{path} holds a dict with keys {sorted(map(str, content))} but no '{_FEATURES_KEY}' tensor. "
+                f"Save the patch features under '{_FEATURES_KEY}' (N, D) (coordinates may go under 'coords')."
+            )
+    elif isinstance(content, torch.Tensor):
+        features = content
+    else:
+        raise ValueError(
+            f"{path} holds a {type(content).__name__}, not a float tensor (N, D) or a dict with '{_FEATURES_KEY}'. "
+            f"{_FIX_FILE}"
+        )
+    if features.dim() != 2 or not features.is_floating_point():
+        raise ValueError(
+            f"{path} holds features of shape {tuple(features.shape)} and dtype {features.dtype}: a slide's features "
+            f"are a float tensor (N, D), one row per patch. {_FIX_FILE}"
+        )
+    if features.shape[0] == 0:
+        raise ValueError(f"{path} holds no patches (N = 0): the slide has no features to learn from. {_FIX_FILE}")
+    if feature_dim is not None and features.shape[1] != feature_dim:
+        raise ValueError(
+            f"{path} holds features of width D={features.shape[1]}, but the other slides' are {feature_dim} wide "
+            f"(read from {reference or 'the first training slide'}): every slide must come from the same feature "
+            f"extractor. {_FIX_FILE}"
+        )
+    features = features.detach().to(torch.float32)
+    finite = torch.isfinite(features)
+    if not bool(finite.all()):
+        row = int((~finite).any(dim=1).nonzero()[0])
+        raise ValueError(
+            f"{path}: {int((~finite).sum())} of its {features.numel()} feature values are not finite (NaN or inf), "
+            f"the first in patch row {row}. {_FIX_FILE}"
+        )
+    return features.contiguous()
+
+
+class _SlideBags(Dataset):
+    """One split's slides: sample ``i`` is the bag of slide ``slide_ids[i]``, read from ``paths[i]`` when asked."""
+
+    def __init__(
+        self, slide_ids: Sequence[str], paths: Sequence[Path], targets: Sequence[int], feature_dim: int, reference: str
+    ) -> None:
+        self.slide_ids = list(slide_ids)
+        self.paths = list(paths)
+        self.targets = torch.tensor(list(targets), dtype=torch.long)
+        self.feature_dim = feature_dim
+        self.reference = reference
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {
+            IMAGE: load_features(self.paths[index], self.feature_dim, self.reference),
+            TARGET: self.targets[index].clone(),
+            INDEX: torch.tensor(index, dtype=torch.long),
+        }
+
+
+def _read_slides(path: Path) -> list[_Row]:
+    """The rows of the slides CSV; a missing column, malformed row, unknown split or repeated slide id is named."""
+    if not path.is_file():
+        raise FileNotFoundError(f"The slides CSV {path} does not exist (argument csv).\n{_LAYOUT}")
+    rows: list[_Row] = []
+    first_line: dict[str, int] = {}
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = [name.strip() for name in next(reader, [])]
+        missing = [name for name in _COLUMNS if name not in header]
+        if missing:
+            raise ValueError(f"{path} has columns {header}, without {missing}; expected {_HEADER}.\n{_LAYOUT}")
+        columns = [header.index(name) for name in _COLUMNS]
+        for fields in reader:
+            if not fields or not any(field.strip() for field in fields):
+                continue  # a blank line
+            where = f"{path}, line {reader.line_num}"
+            if len(fields) != len(header):
+                raise ValueError(
+                    f"{where}: has {len(fields)} fields under a header of {len(header)}; expected {_HEADER}, got "
+                    f"{fields!r}. Fix or remove the row."
+                )
+            slide_id, label, split = (fields[column].strip() for column in columns)
+            for name, value in zip(_COLUMNS, (slide_id, label, split), strict=True):
+                if not value:
+                    raise ValueError(f"{where}: has an empty {name}; got {fields!r}. Fix or remove the row.")
+            if split not in SPLITS:
+                raise ValueError(
+                    f"{where}: slide {slide_id!r} has split {split!r}, which is not one of {', '.join(SPLITS)}. "
+                    "Fix the row."
+                )
+            if slide_id in first_line:
+                raise ValueError(
+                    f"{where}: slide {slide_id!r} is listed again (first at line {first_line[slide_id]}). Each slide "
+                    "is listed once, in one split (a slide in two splits leaks its label); remove the repeated row."
+                )
+            first_line[slide_id] = reader.line_num
+            rows.append(_Row(slide_id, label, split, reader.line_num))
+    return rows
+
+
+def _examples(items: Sequence[str], total: int) -> str:
+    return ", ".join(items[:_SHOWN]) + (", ..." if total > _SHOWN else "")
+
+
+def _file_record(path: Path, digest: bool) -> tuple[int, str]:
+    """``(size, sha256 prefix of the bytes)`` of one file; the digest is ``""`` without ``digest``."""
+    size = path.stat().st_size
+    if not digest:
+        return size, ""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            hasher.update(chunk)
+    return size, hasher.hexdigest()[:16]
+
+
+class FeatureBagDataModule(SplitDataModule):
+    """Slides as bags of pre-extracted patch features, from a CSV of slides and one features file per slide.
+
+    The layout of CLAM's feature extraction (``extract_features_fp.py``)::
+
+        <root>/slides.csv                  slide_id,label,split  (split: train, val or test; more columns ignored)
+        <root>/features/<slide_id>.pt      torch.save of a float tensor (N, D), or of {"features": (N, D),
+                                           "coords": (N, 2)} (CLAM's pt_files hold the tensor)
+        <root>/features/<slide_id>.h5      or CLAM's h5 file with a "features" dataset (needs ``pip install h5py``)
+
+    (CLAM writes ``pt_files/`` and ``h5_files/``: pass ``features_dir="pt_files"``; each slide's file is looked up as
+    ``<slide_id>.pt``, then ``<slide_id>.h5``.) Labels are class ids (``0``, ``1``, ...) or class names, mapped to
+    ids in sorted order; :attr:`classes` lists them (the ids themselves for integer labels) and ``num_classes`` is
+    their count, read from the training split (or given, and then checked against it). Each split keeps the CSV's
+    order, and ``datasets[split].slide_ids[i]`` is the slide of sample ``i``.
+
+    A sample is a bag: ``image`` the slide's features ``(N, D)`` float32, ``target`` its class id (int64) and
+    ``index`` its position in its split. Batches go through :func:`~lightning_regs.datamodules.bags.collate_bags`:
+    ``image`` ``(B, N_max, D)`` zero-padded and ``instance_mask`` ``(B, N_max)``. The default ``batch_size=1`` is
+    the papers' setting (AEM, CLAM); larger batches need a model that reads ``instance_mask``. A file is read when
+    its sample is asked for, with ``torch.load(weights_only=True)`` (no arbitrary object is ever unpickled).
+
+    **Checks.** ``setup`` refuses, naming the CSV line or slide and the fix: a missing CSV or column, a malformed
+    row, an unknown split, a slide listed twice, a slide id that leads outside ``root`` or ``features_dir`` (``..``,
+    an absolute path, a symlink pointing out; see :mod:`~lightning_regs.datamodules.files`), slides without a
+    features file (their count and the first few ids), ``.h5`` files without h5py, an empty split, a training split
+    of one class, and a validation or test label the training split lacks. Each file is checked when it is read: a
+    float ``(N, D)`` tensor with ``N >= 1``, the width ``D`` of the first training slide (:attr:`feature_dim`, read at
+    ``setup``) and finite values, else an error naming the file.
+
+    **Resume.** Besides each split's fingerprint (size, labels, file names), the state holds the class list and
+    every features file's size and, with ``check_files="digest"`` (the default), a SHA-256 digest of its bytes,
+    computed once at ``setup`` (it reads every file once; under DDP rank 0 reads and broadcasts). A checkpoint made
+    on other data (re-extracted features, relabelled slides, other classes) is a named error on resume;
+    ``check_files="size"`` compares sizes only (fast, but features re-extracted with the same shapes pass).
+
+    Args:
+        root: the data folder (holding ``features_dir`` and, by default, the CSV).
+        csv: the slides CSV, relative to ``root`` or absolute.
+        features_dir: the folder of the features files, relative to ``root``.
+        batch_size: training bags per batch on each process.
+        eval_batch_size: validation/test/predict batch size (default ``batch_size``).
+        seed: seed of the training order.
+        check_files: ``"digest"`` (size and content digest of every file) or ``"size"``.
+        check_workers: threads hashing the files at ``setup``.
+        num_workers: DataLoader workers.
+        pin_memory: DataLoader ``pin_memory``; ``persistent_workers`` likewise (only with ``num_workers > 0``).
+        num_classes: the number of classes, when it should be known before ``setup``.
+
+    Example::
+
+        >>> import csv, tempfile, torch
+        >>> from pathlib import Path
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> root = Path(tmp.name)
+        >>> (root / "features").mkdir()
+        >>> slides = [("s0", "tumor", "train", 5), ("s1", "normal", "train", 3), ("s2", "tumor", "val", 4),
+        ...           ("s3", "normal", "test", 2)]
+        >>> for slide_id, _, _, patches in slides:
+        ...     torch.save(torch.randn(patches, 8), root / "features" / f"{slide_id}.pt")
+        >>> with open(root / "slides.csv", "w", newline="") as handle:
+        ...     csv.writer(handle).writerows([("slide_id", "label", "split"), *(row[:3] for row in slides)])
+        >>> dm = FeatureBagDataModule(root, batch_size=2)
+        >>> dm.setup("fit")
+        >>> dm.classes, dm.num_classes, dm.feature_dim
+        (('normal', 'tumor'), 2, 8)
+        >>> batch = next(iter(dm.val_dataloader()))
+        >>> batch["image"].shape, batch["target"].tolist(), batch["instance_mask"].shape
+        (torch.Size([1, 4, 8]), [1], torch.Size([1, 4]))
+        >>> tmp.cleanup()
+    """
+
+    collate_fn = collate_bags  # slides differ in patch count: padded, with instance_mask
+
+    def __init__(
+        self,
+        root: str | Path,
+        csv: str | Path = "slides.csv",
+        features_dir: str = "features",
+        batch_size: int = 1,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        check_files: Literal["digest", "size"] = "digest",
+        check_workers: int = 4,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if check_files not in ("digest", "size"):
+            raise ValueError(f"check_files must be 'digest' or 'size', got {check_files!r}.")
+        if check_workers < 1:
+            raise ValueError(f"check_workers must be at least 1, got {check_workers}.")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(f"batch_size and eval_batch_size must be at least 1; got {batch_size}, {eval_batch_size}.")
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(
+                f"num_classes must be at least 2, or None to count the classes in setup; got {num_classes}."
+            )
+        self.save_hyperparameters()
+        #: The class of each id: class names in sorted order, or the ids themselves for integer labels.
+        self.classes: tuple[str, ...] | tuple[int, ...] = ()
+        #: The features' width ``D``, read from the first training slide at ``setup``.
+        self.feature_dim: int | None = None
+        self._sizes: dict[str, int] = {}
+        self._digests: dict[str, str] = {}
+        self._record_cache: dict[tuple[Any, ...], tuple[int, str]] = {}
+        self._expected: dict[str, Any] | None = None
+
+    @property
+    def csv_path(self) -> Path:
+        """The slides CSV: the ``csv`` argument, relative to ``root`` unless absolute."""
+        return self.root / Path(self.hparams.csv).expanduser()
+
+    @property
+    def features_root(self) -> Path:
+        """The folder of the features files: ``root / features_dir``."""
+        return self.root / self.hparams.features_dir
+
+    def num_classes_found(self) -> int | None:
+        """The number of classes of the training split, once ``setup`` has read it."""
+        return len(self.classes) or None
+
+    # setup ---------------------------------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"FeatureBagDataModule root {self.root} does not exist.\n{_LAYOUT}")
+        rows = _read_slides(self.csv_path)
+        by_split = {split: [row for row in rows if row.split == split] for split in SPLITS}
+        empty = [split for split, split_rows in by_split.items() if not split_rows]
+        if empty:
+            counts = ", ".join(f"{split} {len(split_rows)}" for split, split_rows in by_split.items())
+            raise ValueError(
+                f"{self.csv_path} lists no slides for split {' and '.join(map(repr, empty))} (slides per split: "
+                f"{counts}). Every split needs at least one slide: set the split column of some rows to "
+                f"{'/'.join(empty)}."
+            )
+        paths = self._find_files(rows)
+        self.classes, targets = self._class_ids(by_split)
+        self.check_num_classes(len(self.classes), f"the training split of {self.csv_path}")
+        self._record_files(rows, paths)
+        if self._expected is not None:
+            self._check_expected()
+        first = by_split["train"][0].slide_id
+        reference = os.fspath(paths[first])
+        self.feature_dim = int(load_features(paths[first]).shape[1])
+        self.datasets = {
+            split: _SlideBags(
+                [row.slide_id for row in split_rows],
+                [paths[row.slide_id] for row in split_rows],
+                [targets[row.slide_id] for row in split_rows],
+                self.feature_dim,
+                reference,
+            )
+            for split, split_rows in by_split.items()
+        }
+
+    def _find_files(self, rows: Sequence[_Row]) -> dict[str, Path]:
+        """Each slide's features file (``.pt``, else ``.h5``), resolved inside ``root`` and ``features_dir``."""
+        in_root, in_features = RootGuard(self.root), RootGuard(self.features_root)
+        features_dir = self.hparams.features_dir
+        found: dict[str, Path] = {}
+        missing: list[_Row] = []
+        for row in rows:
+            where = f"{self.csv_path}, line {row.line} (slide {row.slide_id!r})"
+            for suffix in SUFFIXES:
+                in_root(os.path.join(features_dir, row.slide_id + suffix), where)
+                path = in_features(row.slide_id + suffix, where)
+                if path.is_file():
+                    found[row.slide_id] = path
+                    break
+            else:
+                missing.append(row)
+        if missing:
+            named = [f"{row.slide_id!r} (line {row.line})" for row in missing]
+            absent = "" if self.features_root.is_dir() else ", a folder that does not exist"
+            raise FileNotFoundError(
+                f"{len(missing)} of the {len(rows)} slides listed in {self.csv_path} have no features file in "
+                f"{self.features_root}{absent} (looked for <slide_id>.pt, then <slide_id>.h5): "
+                f"{_examples(named, len(named))}. "
+                "Extract their features, fix features_dir, or remove their rows from the CSV.\n" + _LAYOUT
+            )
+        h5_files = [path for path in found.values() if path.suffix == ".h5"]
+        if h5_files:
+            _import_h5py(h5_files[0])
+        return found
+
+    def _class_ids(self, by_split: Mapping[str, Sequence[_Row]]) -> tuple[tuple[Any, ...], dict[str, int]]:
+        """The classes of the training split and each slide's class id; a label the training split lacks is named."""
+        rows = [row for split in SPLITS for row in by_split[split]]
+        integers = all(_INTEGER.fullmatch(row.label) for row in rows)
+        if integers:
+            negative = next((row for row in rows if int(row.label) < 0), None)
+            if negative is not None:
+                raise ValueError(
+                    f"{self.csv_path}, line {negative.line}: slide {negative.slide_id!r} has label {negative.label}; "
+                    "integer labels are class ids 0, 1, ... Fix the row."
+                )
+            classes: tuple[Any, ...] = tuple(range(max(int(row.label) for row in by_split["train"]) + 1))
+            ids = {row.slide_id: int(row.label) for row in rows}
+        else:
+            classes = tuple(sorted({row.label for row in by_split["train"]}))
+            position = {name: index for index, name in enumerate(classes)}
+            ids = {row.slide_id: position.get(row.label, -1) for row in rows}
+        present = sorted({ids[row.slide_id] for row in by_split["train"]})
+        if len(present) < 2:
+            raise ValueError(
+                f"{self.csv_path}: the training split holds only class {by_split['train'][0].label!r} "
+                f"({len(by_split['train'])} slides); a classifier cannot learn from one class. Move slides of the "
+                "other classes to the training split (split column 'train')."
+            )
+        for split in SPLITS[1:]:
+            for row in by_split[split]:
+                if not 0 <= ids[row.slide_id] < len(classes):
+                    raise ValueError(
+                        f"{self.csv_path}, line {row.line}: {split} slide {row.slide_id!r} has label {row.label!r}, "
+                        f"which no training slide has (the classes come from the training split: {list(classes)}). "
+                        "Move a slide of that class to the training split, or fix the label."
+                    )
+        return classes, ids
+
+    def _record_files(self, rows: Sequence[_Row], paths: Mapping[str, Path]) -> None:
+        """Each file's size and (``check_files="digest"``) content digest; under DDP rank 0 reads, the others get it."""
+        digest = self.hparams.check_files == "digest"
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            records = trainer.strategy.broadcast(
+                self._read_records(rows, paths, digest) if trainer.is_global_zero else None
+            )
+        else:
+            records = self._read_records(rows, paths, digest)
+        self._sizes = {slide_id: size for slide_id, (size, _) in records.items()}
+        self._digests = {slide_id: value for slide_id, (_, value) in records.items() if value}
+
+    def _read_records(
+        self, rows: Sequence[_Row], paths: Mapping[str, Path], digest: bool
+    ) -> dict[str, tuple[int, str]]:
+        def record(path: Path) -> tuple[int, str]:
+            stat = path.stat()
+            key = (os.fspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, digest)
+            if key not in self._record_cache:  # a second setup (e.g. after a restore) does not read the files again
+                self._record_cache[key] = _file_record(path, digest)
+            return self._record_cache[key]
+
+        slide_ids = [row.slide_id for row in rows]
+        with ThreadPoolExecutor(max_workers=min(self.hparams.check_workers, len(slide_ids))) as pool:
+            return dict(zip(slide_ids, pool.map(record, [paths[s] for s in slide_ids]), strict=True))
+
+    # state ---------------------------------------------------------------------------------------------------
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"classes": list(self.classes), "file_sizes": dict(self._sizes), "file_digests": dict(self._digests)}
+
+    def load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
+        self._expected = {
+            key: state_dict[key] for key in ("classes", "file_sizes", "file_digests") if key in state_dict
+        }
+        if self.datasets:  # set up already: refuse now, before anything changes
+            self._check_expected()
+
+    def _check_expected(self) -> None:
+        """Refuse data whose classes or features files differ from the checkpoint's (:meth:`load_extra_state`)."""
+        expected = self._expected or {}
+        name, where = type(self).__name__, f"the data under {self.root}"
+        classes = expected.get("classes")
+        if classes and self.classes and tuple(classes) != tuple(self.classes):
+            raise ValueError(
+                f"{name}: {where} is not the data the checkpoint was made on: the checkpoint's classes are "
+                f"{list(classes)}, the training split's now {list(self.classes)}, so class ids would mean other "
+                "classes. Resume with the original CSV, or start a new run."
+            )
+        sizes, digests = expected.get("file_sizes") or {}, expected.get("file_digests") or {}
+        changed = [
+            slide_id
+            for slide_id, size in sizes.items()
+            if slide_id in self._sizes
+            and (
+                size != self._sizes[slide_id]
+                or (slide_id in digests and slide_id in self._digests and digests[slide_id] != self._digests[slide_id])
+            )
+        ]
+        if changed:
+            files_of = f"file of {len(changed)} slide" if len(changed) == 1 else f"files of {len(changed)} slides"
+            examples = _examples([repr(slide_id) for slide_id in changed], len(changed))
+            raise ValueError(
+                f"{name}: {where} is not the data the checkpoint was made on: the features {files_of} changed since "
+                f"(e.g. {examples}). Every per-sample state would point at other features. Resume with the original "
+                "features, or start a new run."
+            )

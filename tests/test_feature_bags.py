@@ -1,0 +1,461 @@
+"""FeatureBagDataModule on tiny CLAM-style folders: slides.csv and one features file per slide, in their real formats.
+
+Each written slide's features identify it (slide k holds k + row/100 in every column), so the tests check that a
+bag is the slide's own features, in its own split, with its own label.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule, Trainer
+
+from lightning_regs.batch import IMAGE, INDEX, INSTANCE_MASK, TARGET
+from lightning_regs.datamodules.base import NumClassesUnknownError
+from lightning_regs.datamodules.feature_bags import FeatureBagDataModule
+from tests.helpers.trainers import QUIET
+
+DIM = 4
+# (slide_id, label, split, patches): two classes in every split, bags of different sizes.
+SLIDES = [
+    ("tumor_001", "tumor", "train", 5),
+    ("normal_001", "normal", "train", 3),
+    ("tumor_002", "tumor", "train", 1),
+    ("normal_002", "normal", "train", 4),
+    ("tumor_003", "tumor", "train", 2),
+    ("normal_003", "normal", "train", 6),
+    ("tumor_004", "tumor", "val", 3),
+    ("normal_004", "normal", "val", 2),
+    ("tumor_005", "tumor", "test", 4),
+    ("normal_005", "normal", "test", 1),
+]
+
+
+def slide_features(number: int, patches: int, dim: int = DIM) -> torch.Tensor:
+    return torch.full((patches, dim), float(number)) + torch.arange(patches, dtype=torch.float32)[:, None] / 100
+
+
+def write_csv(
+    path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...] = ("slide_id", "label", "split")
+) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_slides(
+    root: Path, slides=SLIDES, form: str = "tensor", features_dir: str = "features", dtype=torch.float32
+) -> dict[str, torch.Tensor]:
+    """Write ``root/slides.csv`` and ``root/<features_dir>/<slide_id>.<pt|h5>``; return each slide's features."""
+    folder = root / features_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for number, (slide_id, _, _, patches) in enumerate(slides):
+        features = slide_features(number, patches)
+        written[slide_id] = features
+        coords = torch.arange(patches * 2).reshape(patches, 2) * 256
+        if form == "tensor":
+            torch.save(features.to(dtype), folder / f"{slide_id}.pt")
+        elif form == "dict":
+            torch.save({"features": features.to(dtype), "coords": coords}, folder / f"{slide_id}.pt")
+        else:
+            import h5py
+
+            with h5py.File(folder / f"{slide_id}.h5", "w") as handle:
+                handle.create_dataset("features", data=features.numpy())
+                handle.create_dataset("coords", data=coords.numpy())
+    write_csv(root / "slides.csv", [row[:3] for row in slides])
+    return written
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "wsi"
+
+
+@pytest.fixture
+def written(root: Path) -> dict[str, torch.Tensor]:
+    return write_slides(root)
+
+
+def bags_of(loader) -> dict[int, tuple[torch.Tensor, int]]:
+    """index -> (the bag's real instances, target), checking the padding and the mask on the way."""
+    found = {}
+    for batch in loader:
+        image, mask = batch[IMAGE], batch[INSTANCE_MASK]
+        assert image.dtype == torch.float32 and batch[TARGET].dtype == torch.int64 and mask.dtype == torch.bool
+        assert image.shape[:2] == mask.shape and mask.any(dim=1).all()
+        assert (image[~mask] == 0).all()  # padding is zeros
+        for row, index in enumerate(batch[INDEX].tolist()):
+            found[index] = (image[row][mask[row]], int(batch[TARGET][row]))
+    return found
+
+
+def assert_split_is(dm: FeatureBagDataModule, split: str, written: dict[str, torch.Tensor], slides=SLIDES) -> None:
+    rows = [row for row in slides if row[2] == split]
+    loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
+    found = bags_of(loader)
+    assert sorted(found) == list(range(len(rows)))
+    assert dm.datasets[split].slide_ids == [row[0] for row in rows]
+    for index, (slide_id, label, _, _) in enumerate(rows):
+        features, target = found[index]
+        torch.testing.assert_close(features, written[slide_id], rtol=0, atol=0)
+        assert dm.classes[target] == (int(label) if isinstance(dm.classes[0], int) else label)
+
+
+# loading and batching --------------------------------------------------------------------------------------------
+
+
+def test_each_split_yields_its_slides_features_and_labels_padded_with_a_mask(root, written):
+    dm = FeatureBagDataModule(root, batch_size=2, eval_batch_size=3)
+    dm.setup("fit")
+    assert dm.classes == ("normal", "tumor") and dm.num_classes == 2 and dm.feature_dim == DIM
+    assert [len(dm.datasets[split]) for split in ("train", "val", "test")] == [6, 2, 2]
+    for split in ("train", "val", "test"):
+        assert_split_is(dm, split, written)
+    batch = next(iter(dm.val_dataloader()))  # tumor_004 (3 patches) and normal_004 (2) in one padded batch
+    assert batch[IMAGE].shape == (2, 3, DIM) and batch[INSTANCE_MASK].tolist() == [[True] * 3, [True, True, False]]
+    assert batch[TARGET].tolist() == [1, 0] and batch[INDEX].tolist() == [0, 1]
+
+
+def test_batch_size_one_is_the_default_and_the_training_order_is_seeded(root, written):
+    dm = FeatureBagDataModule(root, seed=3)
+    batches = list(dm.train_dataloader())
+    assert dm.batch_size == 1 and len(batches) == 6 and all(b[IMAGE].shape[0] == 1 for b in batches)
+    assert all(b[INSTANCE_MASK].all() for b in batches)  # one bag a batch: nothing padded
+    again = [b[INDEX].item() for b in FeatureBagDataModule(root, seed=3).train_dataloader()]
+    assert [b[INDEX].item() for b in batches] == again
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_a_dict_with_features_and_coords_loads_as_a_tensor_does(root, dtype):
+    written = write_slides(root, form="dict", dtype=dtype)
+    dm = FeatureBagDataModule(root, eval_batch_size=2)
+    dm.setup("fit")
+    for split in ("train", "val", "test"):
+        assert_split_is(dm, split, {k: v.to(dtype).float() for k, v in written.items()})
+
+
+def test_integer_labels_are_class_ids(root):
+    slides = [(s, {"tumor": "1", "normal": "0"}[label], split, n) for s, label, split, n in SLIDES]
+    slides[0] = ("tumor_001", "2", "train", 5)  # a third class, in training only
+    written = write_slides(root, slides)
+    dm = FeatureBagDataModule(root, num_classes=3)
+    assert dm.num_classes == 3  # known before setup when given
+    dm.setup("fit")
+    assert dm.classes == (0, 1, 2) and dm.num_classes == 3
+    for split in ("train", "val", "test"):
+        assert_split_is(dm, split, written, slides)
+
+
+def test_num_classes_is_read_from_the_data_and_checked(root, written):
+    with pytest.raises(NumClassesUnknownError, match=r"Call setup\(\) first"):
+        _ = FeatureBagDataModule(root).num_classes
+    with pytest.raises(ValueError, match=r"training split of .*slides.csv holds 2 classes but num_classes=3"):
+        FeatureBagDataModule(root, num_classes=3).setup("fit")
+
+
+def test_the_csv_and_features_dir_arguments_and_extra_columns(root, tmp_path):
+    written = write_slides(root, features_dir="pt_files")
+    rows = [(f"case_{i}", *row[:3]) for i, row in enumerate(SLIDES)]
+    write_csv(tmp_path / "elsewhere.csv", rows, header=("case_id", "slide_id", "label", "split"))
+    dm = FeatureBagDataModule(root, csv=tmp_path / "elsewhere.csv", features_dir="pt_files")
+    dm.setup("fit")
+    assert_split_is(dm, "val", written)
+    assert dm.hparams.csv == os.fspath(tmp_path / "elsewhere.csv")  # stored as a string: loads with weights_only
+
+
+def test_clam_h5_files(root):
+    pytest.importorskip("h5py")
+    written = write_slides(root, form="h5", features_dir="h5_files")
+    dm = FeatureBagDataModule(root, features_dir="h5_files", eval_batch_size=2)
+    dm.setup("fit")
+    for split in ("train", "val", "test"):
+        assert_split_is(dm, split, written)
+
+
+def test_h5_files_without_h5py_name_the_package(root, monkeypatch):
+    write_slides(root)
+    (root / "features" / "tumor_004.pt").unlink()
+    (root / "features" / "tumor_004.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py fails, as it does where it is not installed
+    with pytest.raises(ImportError, match=r"tumor_004.h5 is an HDF5 features file .*pip install h5py"):
+        FeatureBagDataModule(root).setup("fit")
+
+
+# refusals at setup -------------------------------------------------------------------------------------------------
+
+
+def rewrite(root: Path, rows: list[tuple[str, ...]], header=("slide_id", "label", "split")) -> None:
+    write_csv(root / "slides.csv", rows, header)
+
+
+def csv_rows() -> list[tuple[str, ...]]:
+    return [row[:3] for row in SLIDES]
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (
+            lambda rows: [*rows, ("tumor_001", "tumor", "test")],
+            ValueError,
+            r"line 12: slide 'tumor_001' is listed "
+            r"again \(first at line 2\)",
+        ),
+        (
+            lambda rows: [*rows, ("extra", "tumor", "validation")],
+            ValueError,
+            r"line 12: slide 'extra' has split "
+            r"'validation', which is not one of train, val, test",
+        ),
+        (lambda rows: [*rows, ("extra", "", "train")], ValueError, r"line 12: has an empty label"),
+        (lambda rows: [*rows, ("extra", "tumor")], ValueError, r"line 12: has 2 fields under a header of 3"),
+        (
+            lambda rows: [r for r in rows if r[2] != "test"],
+            ValueError,
+            r"lists no slides for split 'test' .*set the "
+            r"split column of some rows to test",
+        ),
+        (
+            lambda rows: [r for r in rows if r[2] != "train" or r[1] == "tumor"],
+            ValueError,
+            r"the training split holds "
+            r"only class 'tumor' \(3 slides\); a classifier cannot learn from one class",
+        ),
+        (
+            lambda rows: [*rows[:-1], ("normal_005", "necrosis", "test")],
+            ValueError,
+            r"line 11: test slide "
+            r"'normal_005' has label 'necrosis', which no training slide has",
+        ),
+    ],
+    ids=["duplicate", "unknown-split", "empty-label", "short-row", "empty-split", "one-class", "unseen-label"],
+)
+def test_a_bad_csv_is_named_with_its_line_and_fix(root, written, change, error, message):
+    rewrite(root, change(csv_rows()))
+    with pytest.raises(error, match=rf"slides\.csv.*{message}"):
+        FeatureBagDataModule(root).setup("fit")
+
+
+def test_missing_root_csv_and_columns_are_named(root, written, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"root .*nowhere does not exist.*(?s:.*)slide_id,label,split"):
+        FeatureBagDataModule(tmp_path / "nowhere").setup("fit")
+    with pytest.raises(FileNotFoundError, match=r"slides CSV .*other.csv does not exist \(argument csv\)"):
+        FeatureBagDataModule(root, csv="other.csv").setup("fit")
+    rewrite(root, csv_rows(), header=("slide", "label", "split"))
+    with pytest.raises(ValueError, match=r"has columns \['slide', 'label', 'split'\], without \['slide_id'\]"):
+        FeatureBagDataModule(root).setup("fit")
+    (root / "slides.csv").write_text("")
+    with pytest.raises(ValueError, match=r"has columns \[\], without \['slide_id', 'label', 'split'\]"):
+        FeatureBagDataModule(root).setup("fit")
+    rewrite(root, [(s, "-1" if s == "normal_004" else "0", split) for s, _, split in csv_rows()])
+    with pytest.raises(ValueError, match=r"line 9: slide 'normal_004' has label -1; integer labels are class ids"):
+        FeatureBagDataModule(root).setup("fit")
+
+
+def test_missing_features_files_are_counted_and_the_first_named(root, written):
+    gone = [row[0] for row in SLIDES[:7]]
+    for slide_id in gone:
+        (root / "features" / f"{slide_id}.pt").unlink()
+    pattern = r"7 of the 10 slides listed in .*slides.csv have no features file in .*features \(looked for "
+    pattern += r"<slide_id>.pt, then <slide_id>.h5\): 'tumor_001' \(line 2\), .*'tumor_003' \(line 6\), \.\.\."
+    with pytest.raises(FileNotFoundError, match=pattern):
+        FeatureBagDataModule(root).setup("fit")
+    with pytest.raises(FileNotFoundError, match=r"features_x, a folder that does not exist"):
+        FeatureBagDataModule(root, features_dir="features_x").setup("fit")
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "outside-features"])
+def test_a_slide_id_leading_outside_the_root_is_refused(root, written, tmp_path, kind):
+    outside = tmp_path / "secret"
+    torch.save(torch.ones(2, DIM), tmp_path / "secret.pt")
+    torch.save(torch.ones(2, DIM), root / "loose.pt")  # inside the root, outside features/
+    slide_id = {
+        "dotdot": "../../secret",
+        "absolute": os.fspath(outside),
+        "symlink": "linked",
+        "outside-features": "../loose",
+    }[kind]
+    if kind == "symlink":
+        (root / "features" / "linked.pt").symlink_to(tmp_path / "secret.pt")
+    rewrite(root, [*csv_rows(), (slide_id, "tumor", "train")])
+    pattern = rf"slides\.csv, line 12 \(slide {re.escape(repr(slide_id))}\): the entry .* leads outside the data root"
+    with pytest.raises(ValueError, match=pattern):
+        FeatureBagDataModule(root).setup("fit")
+
+
+def test_bad_arguments_are_refused(root):
+    with pytest.raises(ValueError, match="check_files must be 'digest' or 'size'"):
+        FeatureBagDataModule(root, check_files="mtime")
+    with pytest.raises(ValueError, match="num_classes must be at least 2"):
+        FeatureBagDataModule(root, num_classes=1)
+    with pytest.raises(ValueError, match="batch_size and eval_batch_size must be at least 1"):
+        FeatureBagDataModule(root, batch_size=0)
+
+
+# refusals when a file is read -------------------------------------------------------------------------------------
+
+
+class NotAllowed:  # a pickled object that torch.load(weights_only=True) must refuse
+    pass
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (torch.zeros(2, 3, DIM), r"features of shape \(2, 3, 4\) and dtype torch.float32: .*float tensor \(N, D\)"),
+        (torch.zeros(3, DIM, dtype=torch.int64), r"shape \(3, 4\) and dtype torch.int64"),
+        (torch.zeros(0, DIM), r"holds no patches \(N = 0\)"),
+        (torch.zeros(3, DIM + 1), r"width D=5, but the other slides' are 4 wide \(read from .*tumor_001.pt\)"),
+        (
+            torch.tensor([[0.0] * DIM, [0.0, float("nan"), float("inf"), 0.0]]),
+            r"2 of its 8 feature values are not "
+            r"finite \(NaN or inf\), the first in patch row 1",
+        ),
+        ({"coords": torch.zeros(3, 2)}, r"holds a dict with keys \['coords'\] but no 'features' tensor"),
+        ([1, 2, 3], r"holds a list, not a float tensor \(N, D\)"),
+        (b"not a zip file", r"cannot be read as a features file .*weights_only=True"),
+        (NotAllowed(), r"cannot be read as a features file \(UnpicklingError: .*refuses other pickled objects"),
+    ],
+    ids=["3d", "int", "empty", "width", "nonfinite", "no-features", "list", "garbage", "pickled-object"],
+)
+def test_a_bad_features_file_is_named_when_it_is_read(root, written, content, message):
+    path = root / "features" / "normal_004.pt"  # a validation slide: setup does not read it
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    dm = FeatureBagDataModule(root)
+    dm.setup("fit")
+    bag = dm.datasets["val"][0]  # the other validation slide still loads
+    assert bag[IMAGE].shape == (3, DIM)
+    with pytest.raises(ValueError, match=rf"{re.escape(os.fspath(path))}.*{message}"):
+        dm.datasets["val"][1]
+    with pytest.raises(ValueError, match=re.escape(os.fspath(path))):
+        list(dm.val_dataloader())
+
+
+def test_the_first_training_slide_is_read_at_setup(root, written):
+    torch.save(torch.zeros(0, DIM), root / "features" / "tumor_001.pt")
+    with pytest.raises(ValueError, match=r"tumor_001.pt holds no patches"):
+        FeatureBagDataModule(root).setup("fit")
+
+
+# training and resume ----------------------------------------------------------------------------------------------
+
+
+class MeanPoolMIL(LightningModule):
+    """Mean of a bag's real instances (``instance_mask``), then a linear classifier."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(dim, num_classes)
+        self.masks: list[torch.Tensor] = []
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).to(image.dtype)
+        return self.head((image * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1))
+
+    def training_step(self, batch, batch_idx):
+        self.masks.append(batch[INSTANCE_MASK])
+        logits = self(batch[IMAGE], batch[INSTANCE_MASK])
+        loss = F.cross_entropy(logits, batch[TARGET])
+        return {"loss": loss, "logits": logits.detach()}
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", F.cross_entropy(self(batch[IMAGE], batch[INSTANCE_MASK]), batch[TARGET]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit(root: Path, tmp_path: Path, epochs: int, ckpt_path: Path | None = None) -> MeanPoolMIL:
+    dm = FeatureBagDataModule(root, batch_size=2, eval_batch_size=2)
+    model = MeanPoolMIL(DIM, 2)
+    trainer = Trainer(max_epochs=epochs, default_root_dir=tmp_path, **{**QUIET, "enable_checkpointing": True})
+    trainer.fit(model, dm, ckpt_path=ckpt_path)
+    return model
+
+
+def test_a_trainer_fits_an_epoch_of_padded_bags(root, written, tmp_path):
+    before = MeanPoolMIL(DIM, 2)
+    model = fit(root, tmp_path / "run", epochs=1)
+    assert len(model.masks) == math.ceil(6 / 2) and any(not mask.all() for mask in model.masks)  # some bags padded
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # the model reads instance_mask: a bag gives the same logits alone and padded beside a longer one
+    dm = FeatureBagDataModule(root, eval_batch_size=2)
+    batch = next(iter(dm.val_dataloader()))
+    alone = dm.datasets["val"][1][IMAGE][None]
+    torch.testing.assert_close(
+        before(batch[IMAGE], batch[INSTANCE_MASK])[1], before(alone, torch.ones(1, alone.shape[1], dtype=torch.bool))[0]
+    )
+
+
+def test_resuming_on_replaced_features_is_a_named_error(root, written, tmp_path):
+    fit(root, tmp_path / "run", epochs=1)
+    checkpoint = next((tmp_path / "run").rglob("*.ckpt"))
+    saved = torch.load(checkpoint, weights_only=True)["FeatureBagDataModule"]
+    assert saved["classes"] == ["normal", "tumor"] and len(saved["file_digests"]) == 10
+    torch.save(slide_features(99, 3), root / "features" / "tumor_004.pt")  # same shape and size, other values
+    with pytest.raises(
+        ValueError,
+        match=r"not the data the checkpoint was made on: the features file of 1 slide "
+        r"changed since \(e\.g\. 'tumor_004'\)",
+    ):
+        fit(root, tmp_path / "run", epochs=2, ckpt_path=checkpoint)
+    torch.save(written["tumor_004"], root / "features" / "tumor_004.pt")  # the original features again
+    fit(root, tmp_path / "run", epochs=2, ckpt_path=checkpoint)
+
+
+def test_a_state_from_other_data_is_refused_set_up_or_not(root, written):
+    original = FeatureBagDataModule(root)
+    original.setup("fit")
+    state = original.state_dict()
+    torch.save(slide_features(99, 2), root / "features" / "normal_004.pt")
+    for set_up in (True, False):
+        replaced = FeatureBagDataModule(root)
+        if set_up:
+            replaced.setup("fit")
+        with pytest.raises(ValueError, match=r"features file of 1 slide changed since \(e\.g\. 'normal_004'\)"):
+            replaced.load_state_dict(state)
+    # check_files="size" compares sizes only: the same-shaped replacement passes, a larger one does not
+    sized = FeatureBagDataModule(root, check_files="size")
+    sized.setup("fit")
+    sized_state = sized.state_dict()
+    assert sized_state["file_digests"] == {}
+    FeatureBagDataModule(root, check_files="size").load_state_dict(sized_state)
+    torch.save(slide_features(99, 5), root / "features" / "normal_004.pt")
+    with pytest.raises(ValueError, match=r"features file of 1 slide changed"):
+        FeatureBagDataModule(root, check_files="size").load_state_dict(sized_state)
+
+
+def test_relabelled_slides_and_renamed_classes_are_refused(root, written):
+    original = FeatureBagDataModule(root)
+    original.setup("fit")
+    state = original.state_dict()
+    swapped = [(s, "normal" if s == "tumor_004" else label, split) for s, label, split in csv_rows()]
+    rewrite(root, swapped)
+    with pytest.raises(ValueError, match=r"not the data the checkpoint was made on \(val: the labels differ"):
+        FeatureBagDataModule(root).load_state_dict(state)
+    renamed = [(s, "benign" if label == "normal" else label, split) for s, label, split in csv_rows()]
+    rewrite(root, renamed)  # the same class ids, but id 0 now means another class
+    with pytest.raises(
+        ValueError,
+        match=r"the checkpoint's classes are \['normal', 'tumor'\], the training split's "
+        r"now \['benign', 'tumor'\]",
+    ):
+        FeatureBagDataModule(root).load_state_dict(state)
+    rewrite(root, csv_rows())
+    same = FeatureBagDataModule(root)
+    same.setup("fit")
+    same.load_state_dict(state)  # the original data: accepted
