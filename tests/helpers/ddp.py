@@ -33,7 +33,6 @@ def _worker(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_d
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-        dist.barrier()  # no rank leaves while another still talks to it
     finally:
         dist.destroy_process_group()
     # DTensors (FSDP2 meshes) keep gloo sub-groups alive until interpreter finalization, where their worker
