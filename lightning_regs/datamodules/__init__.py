@@ -1,5 +1,12 @@
 """DataModules yielding the dict batch contract (``image``, ``target``, ``index``)."""
 
+from lightning_regs.datamodules.aggregate_toys import (
+    AggregateDataset,
+    AggregateRegressionDataModule,
+    LabelProportionsDataModule,
+    random_bags,
+)
+from lightning_regs.datamodules.bag_sampler import BagBatchSampler, BatchedView, bag_dataloader
 from lightning_regs.datamodules.bags import collate_bags
 from lightning_regs.datamodules.base import NumClassesUnknownError, SplitDataModule, hparam
 from lightning_regs.datamodules.batch import (
@@ -33,6 +40,13 @@ from lightning_regs.datamodules.radimagenet import RadImageNetDataModule
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
 
 __all__ = [
+    "AggregateDataset",
+    "AggregateRegressionDataModule",
+    "BagBatchSampler",
+    "BatchedView",
+    "LabelProportionsDataModule",
+    "bag_dataloader",
+    "random_bags",
     "DigitsBagsDataModule",
     "FeatureBagDataModule",
     "collate_bags",

@@ -2,6 +2,15 @@
 
 from lightning_regs.functional.activations import crrelu
 from lightning_regs.functional.adversarial import pgd_attack, predict, random_perturbation, robust_accuracy
+from lightning_regs.functional.aggregate import (
+    AggregateLossTerms,
+    aggregate_response_loss,
+    aggregate_response_terms,
+    bag_dispersion,
+    bag_level_loss,
+    bag_mean,
+    instance_level_loss,
+)
 from lightning_regs.functional.anomaly import (
     auroc_from_counts,
     binned_auroc_counts,
@@ -57,10 +66,16 @@ from lightning_regs.functional.soft_targets import label_smoothing_targets, targ
 from lightning_regs.functional.supcon import supervised_contrastive_loss
 
 __all__ = [
+    "aggregate_response_loss",
+    "aggregate_response_terms",
+    "AggregateLossTerms",
     "all_gather_variable",
     "attention_entropy",
     "attention_entropy_loss",
     "auroc_from_counts",
+    "bag_dispersion",
+    "bag_level_loss",
+    "bag_mean",
     "binned_auroc_counts",
     "binned_auroc_error_bound",
     "box_masks",
@@ -80,6 +95,7 @@ __all__ = [
     "gcd_accuracy_v1",
     "hard_labels",
     "image_auroc",
+    "instance_level_loss",
     "interpolate_loss",
     "is_soft_target",
     "label_smoothing_targets",

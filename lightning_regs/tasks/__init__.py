@@ -1,5 +1,6 @@
 """Ready LightningModules that honour the dict batch contract."""
 
+from lightning_regs.tasks.aggregate_response import AggregateResponseTask
 from lightning_regs.tasks.attention_entropy_term import AttentionEntropyTerm
 from lightning_regs.tasks.gcd_classifier import GCDClassifier
 from lightning_regs.tasks.grokking_classifier import GrokkingClassifier
@@ -12,6 +13,7 @@ from lightning_regs.tasks.mil_classifier import MILClassifier
 from lightning_regs.tasks.optim import WarmupSchedule, build_optimizer
 
 __all__ = [
+    "AggregateResponseTask",
     "AttentionEntropyTerm",
     "DualViewKLTerm",
     "GCDClassifier",

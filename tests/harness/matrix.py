@@ -398,6 +398,7 @@ DECLARED: dict[str, dict[str, Cell]] = {
     "neural_collapse_monitor": _row(),
     "dse_monitor": _row(),
     "aem": _row(),
+    "aggregate_response": _row(),
     "gcd_classifier": _row(
         ddp=replace(DDP, differs_because=setting("gcd_classifier").ddp_differs_because),
         accumulate=Proven(0.0, differs_because=_GCD_ACCUMULATES_DIFFERENTLY),

@@ -20,6 +20,7 @@ from lightning_regs import callbacks as cb
 from lightning_regs.local_learning import LocalLearningMixin
 from lightning_regs.models import MLP, AttentionMIL, CRReLU, LayeredModel, replace_activations
 from lightning_regs.tasks import (
+    AggregateResponseTask,
     AttentionEntropyTerm,
     GCDClassifier,
     GrokkingClassifier,
@@ -121,6 +122,19 @@ def digits_bags(root: Path, per_rank_batch: int) -> pl.LightningDataModule:
     from lightning_regs.datamodules import DigitsBagsDataModule
 
     return DigitsBagsDataModule(batch_size=per_rank_batch)
+
+
+def aggregate_response_task() -> AggregateResponseTask:
+    return AggregateResponseTask(nn.Linear(8, 1), rho=0.5, lr=0.05, scheduler="cosine")
+
+
+def aggregate_regression(root: Path, per_rank_batch: int) -> pl.LightningDataModule:
+    """Bags of 4 rows, whole bags per batch: per_rank_batch rows are per_rank_batch // 4 bags."""
+    from lightning_regs.datamodules import AggregateRegressionDataModule
+
+    return AggregateRegressionDataModule(
+        num_samples=160, num_features=8, bag_size=4, num_val=41, num_test=41, bags_per_batch=per_rank_batch // 4
+    )
 
 
 def grokking_classifier() -> GrokkingClassifier:
@@ -279,6 +293,13 @@ REGISTRY: tuple[MethodSetting, ...] = (
         aem_classifier,
         no_callbacks,
         make_datamodule=digits_bags,
+    ),
+    MethodSetting(
+        "aggregate_response",
+        (AggregateResponseTask,),
+        aggregate_response_task,
+        no_callbacks,
+        make_datamodule=aggregate_regression,
     ),
     MethodSetting(
         "neural_collapse_monitor", (cb.NeuralCollapseMonitor,), image_classifier, representation.neural_collapse

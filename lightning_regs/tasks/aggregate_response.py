@@ -1,0 +1,246 @@
+"""Train instance-level predictors from aggregate responses (Javanmard et al., ICLR 2024): bag to instance loss."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from lightning_regs.batch import BAG_ID, INDEX, read_inputs, unpack_batch
+from lightning_regs.functional.aggregate import BagWeights, aggregate_response_terms
+from lightning_regs.functional.distributed import gather_unique_by_index
+from lightning_regs.functional.outputs import logits_of
+from lightning_regs.tasks.optim import OptimizerName, SchedulerName, WarmupSchedule, build_optimizer
+from lightning_regs.tasks.settings import own_settings
+
+__all__ = ["AggregateResponseTask"]
+
+
+class AggregateResponseTask(pl.LightningModule):
+    """Fit ``model`` on bags of instances labelled only by their aggregate response; score it on single instances.
+
+    Training batches are instance rows with ``bag_id`` and, as ``target``, each row's bag response (a mean for
+    ``loss="mse"``, class proportions for ``loss="ce"``), whole bags per batch (the aggregate DataModules, or
+    :func:`~lightning_regs.datamodules.bag_sampler.bag_dataloader` over your data). The loss is
+    :func:`~lightning_regs.functional.aggregate.aggregate_response_loss`: ``L_bag + ρ·R`` (squared loss) or
+    ``(1 − ρ)·L_bag + ρ·L_ins`` (label proportions), ρ = 0 the bag-level loss, ρ = 1 the instance-level loss. It
+    logs ``train/loss``, ``train/bag_loss``, ``train/instance_loss`` and ``train/regularizer`` (``L_ins − L̃_bag``:
+    the within-bag spread ``R`` for squared loss).
+
+    Validation and test batches are single instances with their own label in ``target`` (a float for ``"mse"``, a
+    class id for ``"ce"``): the task logs ``val/mse`` (``test/mse``) or ``val/acc`` (``test/acc``), computed once over
+    the whole split from every rank's predictions with ``DistributedSampler``'s padded duplicates removed by
+    ``index``, so a DDP run logs the single-process value.
+
+    Under DDP each rank computes the loss over its own batch of whole bags and gradients are averaged: with the
+    same number of bags on every rank (``BagBatchSampler``) the ``"uniform"`` bag loss is the one over the global
+    batch, and the instance terms are when the ranks hold equally many rows (bags of one size).
+
+    Args:
+        model: maps ``batch["image"]`` to ``(B,)`` or ``(B, 1)`` predictions (``"mse"``) or ``(B, C)`` logits
+            (``"ce"``); a dict with ``"logits"`` or an object with ``.logits`` is read too.
+        rho: ρ ∈ [0, 1] (no default: the best value depends on the bags, the noise and the sample size; see
+            ``docs/methods/aggregate_responses.md``).
+        loss: ``"mse"`` (regression on bag means) or ``"ce"`` (learning from label proportions).
+        bag_weights: ``"uniform"`` (each bag of the batch counts ``1/m``) or ``"size"`` (``n_a/n``; then ρ = 1 is the
+            instance-level loss for any bag sizes).
+        num_classes: for ``"ce"``, checked against the logits and the DataModule; ``None`` reads the logits.
+        optimizer, lr, momentum, nesterov, weight_decay, scheduler, warmup_epochs, milestones, gamma, min_lr_ratio:
+            as :class:`~lightning_regs.tasks.ImageClassifier`'s (:func:`~lightning_regs.tasks.build_optimizer`,
+            :class:`~lightning_regs.tasks.WarmupSchedule`), with AdamW at a constant rate by default.
+
+    Example::
+
+        >>> task = AggregateResponseTask(nn.Linear(3, 1), rho=0.5)
+        >>> batch = {"image": torch.randn(4, 3), "target": torch.tensor([1.0, 1.0, -2.0, -2.0]),
+        ...          "bag_id": torch.tensor([0, 0, 1, 1])}
+        >>> out = task.training_step(batch, 0)
+        >>> sorted(out), out["logits"].shape
+        (['logits', 'loss'], torch.Size([4]))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        rho: float,
+        loss: Literal["mse", "ce"] = "mse",
+        bag_weights: BagWeights = "uniform",
+        num_classes: int | None = None,
+        optimizer: OptimizerName = "adamw",
+        lr: float = 1e-2,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        scheduler: SchedulerName = "constant",
+        warmup_epochs: float = 0.0,
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not math.isfinite(rho) or not 0 <= rho <= 1:
+            raise ValueError(
+                f"rho must be a number in [0, 1] (0: the bag-level loss, 1: the instance-level loss), got {rho!r}."
+            )
+        if loss not in ("mse", "ce"):
+            raise ValueError(
+                f"Unknown loss {loss!r}: use 'mse' (regression on bag means) or 'ce' (label proportions, logits)."
+            )
+        if bag_weights not in ("uniform", "size"):
+            raise ValueError(f"Unknown bag_weights {bag_weights!r}: use 'uniform' or 'size'.")
+        if num_classes is not None and (loss == "mse" or num_classes < 2):
+            raise ValueError(
+                f"num_classes={num_classes}: it is for loss='ce' (two classes or more); a regression has none."
+            )
+        # A live model is saved with the weights, not in hparams; under LightningCLI its config is kept.
+        self.save_hyperparameters(ignore=["model"])
+        if "_instantiator" in self.hparams:
+            self.save_hyperparameters()
+        self.task_settings = own_settings(AggregateResponseTask.__init__, locals(), exclude=("model",))
+        self.model = model
+        self._eval_rows: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    @property
+    def metric_name(self) -> str:
+        """The instance-level metric of validation and test: ``"mse"`` or ``"acc"``."""
+        return "mse" if self.task_settings.loss == "mse" else "acc"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Instance predictions: ``(B,)`` values (``"mse"``) or ``(B, C)`` logits (``"ce"``)."""
+        output = logits_of(self.model(x))
+        if self.task_settings.loss == "mse":
+            if output.dim() == 2 and output.shape[1] == 1:
+                output = output.squeeze(1)
+            if output.dim() != 1:
+                raise ValueError(
+                    f"loss='mse' needs one prediction per row, (B,) or (B, 1); the model returned shape "
+                    f"{tuple(output.shape)}. Give it one output (e.g. nn.Linear(d, 1)), or use loss='ce' for logits."
+                )
+            return output
+        num_classes = self.task_settings.num_classes
+        if output.dim() != 2 or (num_classes is not None and output.shape[1] != num_classes):
+            raise ValueError(
+                f"loss='ce' needs (B, {num_classes or 'C'}) logits; the model returned shape {tuple(output.shape)}."
+            )
+        return output
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        given = self.task_settings.num_classes
+        if isinstance(data_classes, int) and given is not None and data_classes != given:
+            raise ValueError(
+                f"The DataModule {type(datamodule).__name__} has {data_classes} classes but the task was built with "
+                f"num_classes={given}. Give the task (and the model) {data_classes} classes."
+            )
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        if not isinstance(batch, Mapping) or BAG_ID not in batch:
+            keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+            raise TypeError(
+                f"{type(self).__name__} trains on dict batches of instance rows with '{BAG_ID}' (each row's bag) and "
+                f"'target' (its bag's response), got {keys}. Use AggregateRegressionDataModule or "
+                "LabelProportionsDataModule, or bag_dataloader(dataset, BagBatchSampler(bag_ids, bags_per_batch)) "
+                "over a data set whose samples are dicts with 'image', 'target' and 'bag_id'."
+            )
+        image, target = unpack_batch(batch)
+        preds = self(image)
+        hp = self.task_settings
+        terms = aggregate_response_terms(preds, batch[BAG_ID], target, hp.rho, hp.loss, hp.bag_weights)
+        rows = int(preds.shape[0])
+        self.log("train/loss", terms.loss.detach(), prog_bar=True, batch_size=rows)
+        self.log("train/bag_loss", terms.bag.detach(), batch_size=rows)
+        self.log("train/instance_loss", terms.instance.detach(), batch_size=rows)
+        self.log("train/regularizer", terms.regularizer.detach(), batch_size=rows)
+        return {"loss": terms.loss, "logits": preds.detach()}
+
+    def _collect(self, batch: Any, stage: str) -> None:
+        image, truth = unpack_batch(batch)
+        preds = self(image)
+        if self.task_settings.loss == "mse":
+            if truth.dim() != 1 or not truth.is_floating_point():
+                raise ValueError(
+                    f"{stage} batches hold single instances with their own float response in 'target' (B,), got "
+                    f"{truth.dtype} {tuple(truth.shape)}: validate and test on instance-level labels."
+                )
+            predicted, truth = preds.detach().double(), truth.double()
+        else:
+            if truth.dim() != 1 or truth.is_floating_point():
+                raise ValueError(
+                    f"{stage} batches hold single instances with their own class id in 'target' (int64 (B,)), got "
+                    f"{truth.dtype} {tuple(truth.shape)}: validate and test on instance-level labels, not proportions."
+                )
+            predicted = preds.detach().argmax(dim=1)
+        index = batch.get(INDEX) if isinstance(batch, Mapping) else None
+        rows = self._eval_rows.setdefault(stage, [])
+        if index is None:  # positions unique over the batches and ranks, so that no row is dropped as a duplicate
+            seen = sum(part[0].shape[0] for part in rows)
+            world_size = getattr(self._trainer, "world_size", 1) if self._trainer is not None else 1
+            index = (seen + torch.arange(len(truth), device=truth.device)) * world_size + self.global_rank
+        rows.append((index.to(predicted.device), predicted, truth.to(predicted.device)))
+
+    def _score(self, stage: str) -> None:
+        rows = self._eval_rows.pop(stage, [])
+        if rows:
+            index, predicted, truth = (torch.cat(parts) for parts in zip(*rows, strict=True))
+        else:  # a rank without rows still joins the other ranks' gather
+            dtype = torch.float64 if self.metric_name == "mse" else torch.long
+            index = torch.zeros(0, dtype=torch.long, device=self.device)
+            predicted = truth = torch.zeros(0, dtype=dtype, device=self.device)
+        _, predicted, truth = gather_unique_by_index(index, predicted, truth)
+        if self.trainer.sanity_checking or not len(truth):
+            return
+        if self.metric_name == "mse":
+            value = (predicted - truth).square().mean().float()
+        else:
+            value = (predicted == truth).double().mean().float()
+        # every rank scores the same gathered predictions; sync_dist only averages equal values
+        self.log(f"{stage}/{self.metric_name}", value, prog_bar=stage == "val", sync_dist=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._collect(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._collect(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._score("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._score("test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Instance predictions: values (``"mse"``) or class probabilities (``"ce"``)."""
+        preds = self(read_inputs(batch))
+        return preds if self.task_settings.loss == "mse" else preds.softmax(dim=-1)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.task_settings
+        optimizer = build_optimizer(
+            self.parameters(), hp.optimizer, hp.lr, hp.weight_decay, momentum=hp.momentum, nesterov=hp.nesterov
+        )
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or max_epochs < 1:
+            if hp.scheduler == "step" or hp.warmup_epochs:
+                raise ValueError(
+                    "The 'step' schedule and warm-up are set in epochs: give the Trainer max_epochs "
+                    "(it has none), or use scheduler='cosine' or 'constant' without warm-up."
+                )
+            max_epochs = 1
+        schedule = WarmupSchedule(
+            hp.scheduler,
+            total_steps=total_steps,
+            steps_per_epoch=total_steps / max_epochs,
+            warmup_epochs=hp.warmup_epochs,
+            milestones=hp.milestones,
+            gamma=hp.gamma,
+            min_lr_ratio=hp.min_lr_ratio,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
