@@ -17,6 +17,7 @@ from lightning_regs.functional.distributed import gather_unique_by_index
 from lightning_regs.functional.outputs import logits_of
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, WarmupSchedule, build_optimizer
 from lightning_regs.tasks.settings import own_settings
+from lightning_regs.tasks.sharding import shard_under_model_parallel
 
 __all__ = ["AggregateResponseTask"]
 
@@ -128,6 +129,10 @@ class AggregateResponseTask(pl.LightningModule):
                 f"loss='ce' needs (B, {num_classes or 'C'}) logits; the model returned shape {tuple(output.shape)}."
             )
         return output
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``, shard with FSDP2 (the task is the one unit); under any other, nothing."""
+        shard_under_model_parallel(self)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
