@@ -10,7 +10,9 @@ import csv
 import math
 import os
 import re
+import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -379,8 +381,8 @@ class MeanPoolMIL(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit(root: Path, tmp_path: Path, epochs: int, ckpt_path: Path | None = None) -> MeanPoolMIL:
-    dm = FeatureBagDataModule(root, batch_size=2, eval_batch_size=2)
+def fit(root: Path, tmp_path: Path, epochs: int, ckpt_path: Path | None = None, **data) -> MeanPoolMIL:
+    dm = FeatureBagDataModule(root, batch_size=2, eval_batch_size=2, **data)
     model = MeanPoolMIL(DIM, 2)
     trainer = Trainer(max_epochs=epochs, default_root_dir=tmp_path, **{**QUIET, "enable_checkpointing": True})
     trainer.fit(model, dm, ckpt_path=ckpt_path)
@@ -459,3 +461,255 @@ def test_relabelled_slides_and_renamed_classes_are_refused(root, written):
     same = FeatureBagDataModule(root)
     same.setup("fit")
     same.load_state_dict(state)  # the original data: accepted
+
+
+# published splits (CLAM's splits/<task>/splits_<k>.csv) ---------------------------------------------------------
+
+# Fold 0 is the split column of SLIDES; fold 1 moves every slide and lists each split in an order of its own.
+FOLD_0 = {split: [row[0] for row in SLIDES if row[2] == split] for split in ("train", "val", "test")}
+FOLD_1 = {
+    "train": ["normal_005", "tumor_003", "normal_003", "tumor_004", "normal_004", "tumor_005"],
+    "val": ["tumor_001", "normal_001"],
+    "test": ["normal_002", "tumor_002"],
+}
+# Fold 2 leaves normal_005 out, and its middle column is the shortest.
+FOLD_2 = {
+    "train": ["tumor_001", "normal_001", "tumor_002", "normal_002"],
+    "val": ["tumor_003"],
+    "test": ["normal_003", "tumor_004", "normal_004", "tumor_005"],
+}
+# FOLD_2 as pandas writes it (CLAM's save_splits: pd.concat of the three slide_id columns, then to_csv): the header
+# ",train,val,test", an index column, empty cells padding the shorter columns, "\n" line ends; the published
+# splits/task_1_tumor_vs_normal_75/splits_0.csv of mahmoodlab/CLAM ends the same way ("51,slide_186,,").
+FOLD_2_TEXT = """,train,val,test
+0,tumor_001,tumor_003,normal_003
+1,normal_001,,tumor_004
+2,tumor_002,,normal_004
+3,normal_002,,tumor_005
+"""
+SPLITS_0 = "splits/task_1_tumor_vs_normal_100/splits_0.csv"  # relative to root, as CLAM's repository lays them out
+SPLITS_1 = "splits/task_1_tumor_vs_normal_100/splits_1.csv"
+
+
+def write_splits(path: Path, fold: dict[str, list[str]]) -> Path:
+    """Write ``fold`` as CLAM's ``splits_<k>.csv``, by hand with the csv module, byte for byte as pandas would."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    length = max(len(ids) for ids in fold.values())
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["", *fold])
+        for index in range(length):
+            writer.writerow([index, *(ids[index] if index < len(ids) else "" for ids in fold.values())])
+    return path
+
+
+def slides_of(fold: dict[str, list[str]]) -> list[tuple[str, str, str, int]]:
+    """SLIDES (in the CSV's order) with each slide's split from ``fold``; slides of no split left out."""
+    split_of = {slide_id: split for split, ids in fold.items() for slide_id in ids}
+    return [(s, label, split_of[s], n) for s, label, _, n in SLIDES if s in split_of]
+
+
+def clam_csv(root: Path, slides=SLIDES) -> None:
+    """The slides CSV as CLAM's dataset_csv/ holds it: case_id,slide_id,label, no split column."""
+    rows = [(f"patient_{s[-3:]}", s, label) for s, label, _, _ in slides]
+    write_csv(root / "slides.csv", rows, header=("case_id", "slide_id", "label"))
+
+
+def test_the_hand_written_splits_file_is_what_pandas_writes(tmp_path):
+    assert write_splits(tmp_path / "splits_2.csv", FOLD_2).read_text() == FOLD_2_TEXT
+    pd = pytest.importorskip("pandas")  # not a dependency: where it is installed, compare with pandas itself
+    frame = pd.concat([pd.Series(ids) for ids in FOLD_2.values()], ignore_index=True, axis=1)
+    frame.columns = list(FOLD_2)
+    frame.to_csv(tmp_path / "pandas.csv")
+    assert (tmp_path / "pandas.csv").read_text() == FOLD_2_TEXT
+
+
+def test_the_splits_file_decides_the_splits_and_the_split_column_is_not_read(root, written):
+    # slides.csv (from write_slides) has the split column of fold 0: the splits file of fold 1 wins
+    write_splits(root / SPLITS_1, FOLD_1)
+    dm = FeatureBagDataModule(root, splits=SPLITS_1, eval_batch_size=2)
+    dm.setup("fit")
+    slides = slides_of(FOLD_1)
+    assert [len(dm.datasets[split]) for split in ("train", "val", "test")] == [6, 2, 2]
+    assert dm.datasets["train"].slide_ids[:2] == ["tumor_003", "normal_003"]  # the CSV's order, not the file's
+    for split in ("train", "val", "test"):
+        assert_split_is(dm, split, written, slides)
+    assert dm.splits_path == root / SPLITS_1 and dm.classes == ("normal", "tumor")
+    # a split column with values the CSV mode refuses is not read either
+    rewrite(root, [(s, label, "validation") for s, label, _ in csv_rows()])
+    again = FeatureBagDataModule(root, splits=SPLITS_1)
+    again.setup("fit")
+    assert again.datasets["val"].slide_ids == ["tumor_001", "normal_001"]
+
+
+def test_clam_csv_without_a_split_column_and_slides_of_no_split_left_out_quietly(root, written, tmp_path):
+    clam_csv(root, [*SLIDES, ("tumor_999", "tumor", "", 0)])  # tumor_999 has no features file and no split
+    (root / "features" / "normal_005.pt").unlink()  # normal_005 is in no split of fold 2: not needed either
+    splits = write_splits(tmp_path / "elsewhere" / "splits_2.csv", FOLD_2)  # absolute, outside root
+    dm = FeatureBagDataModule(root, splits=splits, eval_batch_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # leaving slides out is documented, not warned about
+        dm.setup("fit")
+    for split in ("train", "val", "test"):
+        assert_split_is(dm, split, written, slides_of(FOLD_2))
+    assert "normal_005" not in dm.state_dict()["file_sizes"]
+    assert dm.hparams.splits == os.fspath(splits)  # stored as a string: loads with weights_only
+    # without splits, the CSV needs its split column
+    with pytest.raises(
+        ValueError, match=r"slides\.csv has columns \['case_id', 'slide_id', 'label'\], without \['split'\]"
+    ):
+        FeatureBagDataModule(root).setup("fit")
+
+
+def test_with_splits_the_csv_still_needs_slide_id_and_label(root, written):
+    write_splits(root / SPLITS_0, FOLD_0)
+    write_csv(root / "slides.csv", [(s, split) for s, _, split in csv_rows()], header=("slide_id", "split"))
+    with pytest.raises(ValueError, match=r"without \['label'\]; expected slide_id,label \(splits gives the splits"):
+        FeatureBagDataModule(root, splits=SPLITS_0).setup("fit")
+
+
+def with_row(text: str, row: str) -> str:
+    return text + row + "\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "error", "message"),
+    [
+        (
+            "splits_0.csv",
+            ",train,validation,test\n0,tumor_001,tumor_004,tumor_005\n",
+            ValueError,
+            r"splits_0\.csv has columns \['', 'train', 'validation', 'test'\], without \['val'\]\. A splits file is "
+            r"CLAM's splits/<task>/splits_<k>\.csv .*header ',train,val,test'",
+        ),
+        (
+            "splits_0_bool.csv",
+            ",train,val,test\ntumor_001,True,False,False\ntumor_004,False,True,False\n",
+            ValueError,
+            r"splits_0_bool\.csv, line 2: holds True/False/False under train,val,test: this is CLAM's "
+            r"splits_<k>_bool\.csv .*which is not read\. Pass the splits_<k>\.csv beside it \(.*/splits_0\.csv\)",
+        ),
+        (
+            "splits_0.csv",
+            with_row(FOLD_2_TEXT, "4,normal_005,,tumor_001"),
+            ValueError,
+            r"splits_0\.csv, line 6, column test: slide 'tumor_001' is listed again \(first at line 2, column "
+            r"train\)\. A slide in two splits leaks its label across them\. .*remove the repeated entry",
+        ),
+        (
+            "splits_0.csv",
+            with_row(FOLD_2_TEXT, "4,tumor_002,,"),
+            ValueError,
+            r"splits_0\.csv, line 6, column train: slide 'tumor_002' is listed again \(first at line 4, column "
+            r"train\)\. Each slide belongs to one split",
+        ),
+        (
+            "splits_0.csv",
+            with_row(FOLD_2_TEXT, "4,,,tumor_999"),
+            ValueError,
+            r"1 of the 10 slides listed in .*splits_0\.csv are not in the slides CSV .*slides\.csv, which gives every "
+            r"slide's label: 'tumor_999' \(line 6, test\)\. Add their rows \(slide_id,label\) to the CSV",
+        ),
+        (
+            "splits_0.csv",
+            ",train,val,test\n0,tumor_001,tumor_004,\n1,normal_001,,\n",
+            ValueError,
+            r"splits_0\.csv lists no slides for split 'test' \(slides per split: train 2, val 1, test 0\)\. Every "
+            r"split needs at least one slide: list slide ids in its test column",
+        ),
+        (
+            "splits_0.csv",
+            ",train,val,test\n0,tumor_001,normal_001,tumor_005\n1,tumor_002,,\n",
+            ValueError,
+            r"splits_0\.csv: the training split holds only class 'tumor' \(2 slides, labels from .*slides\.csv\); a "
+            r"classifier cannot learn from one class\. Move slides of the other classes to the training split \(its "
+            r"train column",
+        ),
+        (
+            "splits_0.csv",
+            ",train,val,test\n0,tumor_001,tumor_004,tumor_005\n1,normal_001,,\n2,normal_002\n",
+            ValueError,
+            r"splits_0\.csv, line 4: has 2 fields under a header of 4 \(,train,val,test\)",
+        ),
+    ],
+    ids=[
+        "no-val-column",
+        "bool-file",
+        "in-two-splits",
+        "twice-in-one",
+        "not-in-csv",
+        "empty-split",
+        "one-class",
+        "short-row",
+    ],
+)
+def test_a_bad_splits_file_is_named_with_its_line_slide_and_fix(root, written, name, text, error, message):
+    path = root / "splits" / name
+    path.parent.mkdir()
+    path.write_text(text)
+    with pytest.raises(error, match=message):
+        FeatureBagDataModule(root, splits=f"splits/{name}").setup("fit")
+
+
+def test_the_other_checks_name_the_splits_file(root, written):
+    write_splits(root / SPLITS_0, FOLD_2)
+    with pytest.raises(FileNotFoundError, match=r"splits file .*splits_9\.csv does not exist \(argument splits"):
+        FeatureBagDataModule(root, splits="splits/splits_9.csv").setup("fit")
+    (root / "features" / "tumor_003.pt").unlink()
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"1 of the 9 slides listed in .*splits_0\.csv \(lines of slides\.csv\) have no features file .*"
+        r"'tumor_003' \(line 6\)\. Extract their features, fix features_dir, or remove them from the splits file",
+    ):
+        FeatureBagDataModule(root, splits=SPLITS_0).setup("fit")
+    torch.save(written["tumor_003"], root / "features" / "tumor_003.pt")
+    rewrite(root, [(s, "necrosis" if s == "tumor_003" else label, split) for s, label, split in csv_rows()])
+    with pytest.raises(ValueError, match=r"slides\.csv, line 6: val slide 'tumor_003' has label 'necrosis', which no"):
+        FeatureBagDataModule(root, splits=SPLITS_0).setup("fit")
+    rewrite(root, csv_rows())
+    with pytest.raises(ValueError, match=r"the training split of .*splits_0\.csv holds 2 classes but num_classes=3"):
+        FeatureBagDataModule(root, splits=SPLITS_0, num_classes=3).setup("fit")
+
+
+def test_resuming_with_another_folds_splits_file_is_a_named_error(root, written, tmp_path):
+    write_splits(root / SPLITS_0, FOLD_0)
+    write_splits(root / SPLITS_1, FOLD_1)
+    fit(root, tmp_path / "run", epochs=1, splits=SPLITS_0)
+    checkpoint = next((tmp_path / "run").rglob("*.ckpt"))
+    saved = torch.load(checkpoint, weights_only=True)["FeatureBagDataModule"]
+    assert saved["splits"] == SPLITS_0 and saved["slide_splits"]["tumor_004"] == "val"
+    pattern = (
+        r"not split as when the checkpoint was made: 8 slides are in another split \(e\.g\. 'tumor_001' \(train "
+        r"then, val now\), .*\)\. The checkpoint's split came from splits='splits/task_1_tumor_vs_normal_100/"
+        r"splits_0\.csv', this module's from splits='splits/task_1_tumor_vs_normal_100/splits_1\.csv'\. .*Resume "
+        r"with the checkpoint's splits \(the same fold's file\)"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        fit(root, tmp_path / "run", epochs=2, ckpt_path=checkpoint, splits=SPLITS_1)
+    # the same fold from a moved file, or from the CSV's split column (fold 0 is the CSV's), resumes
+    moved = shutil.copy(root / SPLITS_0, tmp_path / "fold_0.csv")
+    fit(root, tmp_path / "run", epochs=2, ckpt_path=checkpoint, splits=moved)
+    fit(root, tmp_path / "run", epochs=2, ckpt_path=checkpoint)
+
+
+def test_a_state_of_another_split_is_refused_set_up_or_not(root, written):
+    write_splits(root / SPLITS_1, FOLD_1)
+    write_splits(root / SPLITS_0, FOLD_2)  # fold 2 leaves normal_005 out
+    column = FeatureBagDataModule(root)
+    column.setup("fit")
+    state = column.state_dict()
+    for set_up in (True, False):
+        other = FeatureBagDataModule(root, splits=SPLITS_1)
+        if set_up:
+            other.setup("fit")
+        with pytest.raises(
+            ValueError, match=r"The checkpoint's split came from the CSV's split column, this module's "
+        ):
+            other.load_state_dict(state)
+    fewer = FeatureBagDataModule(root, splits=SPLITS_0)
+    with pytest.raises(ValueError, match=r"'normal_005' \(test then, in no split now\)"):
+        fewer.load_state_dict(state)
+    # the CSV's split column edited since the checkpoint: refused without any splits file too
+    rewrite(root, [(s, label, "train" if s == "tumor_004" else split) for s, label, split in csv_rows()])
+    with pytest.raises(ValueError, match=r"1 slide is in another split \(e\.g\. 'tumor_004' \(val then, train now\)\)"):
+        FeatureBagDataModule(root).load_state_dict(state)

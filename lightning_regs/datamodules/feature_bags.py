@@ -43,9 +43,18 @@ _LAYOUT = (
     "class names; other columns are ignored)\n"
     "  <root>/<features_dir>/<slide_id>.pt  (torch.save of a float tensor (N, D), or of a dict with 'features' "
     "(N, D) and optionally 'coords' (N, 2))\n"
-    "  or <root>/<features_dir>/<slide_id>.h5  (CLAM's h5_files: a 'features' dataset (N, D); needs h5py)"
+    "  or <root>/<features_dir>/<slide_id>.h5  (CLAM's h5_files: a 'features' dataset (N, D); needs h5py)\n"
+    "  with splits=<file>: CLAM's splits/<task>/splits_<k>.csv gives train/val/test, and the CSV needs only "
+    "slide_id,label"
 )
 _FIX_FILE = "Extract this slide's features again, or remove its row from the CSV."
+_SPLITS_FORMAT = (
+    "A splits file is CLAM's splits/<task>/splits_<k>.csv (create_splits_seq.py): the header ',train,val,test' (an "
+    "unnamed index column, then one column per split), each column listing its split's slide ids, the shorter "
+    "columns padded with empty cells (as pandas' DataFrame.to_csv writes them)."
+)
+_BOOLEANS = ("True", "False")
+_BOOL_FILE = re.compile(r"(splits_\d+)_bool\.csv")
 
 
 class _Row(NamedTuple):
@@ -161,19 +170,25 @@ class _SlideBags(Dataset):
         }
 
 
-def _read_slides(path: Path) -> list[_Row]:
-    """The rows of the slides CSV; a missing column, malformed row, unknown split or repeated slide id is named."""
+def _read_slides(path: Path, split_column: bool = True) -> list[_Row]:
+    """The rows of the slides CSV; a missing column, malformed row, unknown split or repeated slide id is named.
+
+    Without ``split_column`` (a splits file gives the splits) the ``split`` column is optional and not read: each
+    row's ``split`` is ``""``.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"The slides CSV {path} does not exist (argument csv).\n{_LAYOUT}")
     rows: list[_Row] = []
     first_line: dict[str, int] = {}
+    required = _COLUMNS if split_column else _COLUMNS[:2]
     with open(path, newline="") as handle:
         reader = csv.reader(handle)
         header = [name.strip() for name in next(reader, [])]
-        missing = [name for name in _COLUMNS if name not in header]
+        missing = [name for name in required if name not in header]
         if missing:
-            raise ValueError(f"{path} has columns {header}, without {missing}; expected {_HEADER}.\n{_LAYOUT}")
-        columns = [header.index(name) for name in _COLUMNS]
+            expected = _HEADER if split_column else ",".join(required) + " (splits gives the splits: no split column)"
+            raise ValueError(f"{path} has columns {header}, without {missing}; expected {expected}.\n{_LAYOUT}")
+        columns = [header.index(name) for name in required]
         for fields in reader:
             if not fields or not any(field.strip() for field in fields):
                 continue  # a blank line
@@ -183,11 +198,12 @@ def _read_slides(path: Path) -> list[_Row]:
                     f"{where}: has {len(fields)} fields under a header of {len(header)}; expected {_HEADER}, got "
                     f"{fields!r}. Fix or remove the row."
                 )
-            slide_id, label, split = (fields[column].strip() for column in columns)
-            for name, value in zip(_COLUMNS, (slide_id, label, split), strict=True):
+            values = [fields[column].strip() for column in columns]
+            for name, value in zip(required, values, strict=True):
                 if not value:
                     raise ValueError(f"{where}: has an empty {name}; got {fields!r}. Fix or remove the row.")
-            if split not in SPLITS:
+            slide_id, label, split = (*values, "")[:3]
+            if split_column and split not in SPLITS:
                 raise ValueError(
                     f"{where}: slide {slide_id!r} has split {split!r}, which is not one of {', '.join(SPLITS)}. "
                     "Fix the row."
@@ -200,6 +216,57 @@ def _read_slides(path: Path) -> list[_Row]:
             first_line[slide_id] = reader.line_num
             rows.append(_Row(slide_id, label, split, reader.line_num))
     return rows
+
+
+def _read_splits(path: Path) -> dict[str, dict[str, int]]:
+    """Each split's slide ids (and the line listing each) from a CLAM ``splits_<k>.csv``; a bad file is named."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The splits file {path} does not exist (argument splits: relative to root, or absolute). {_SPLITS_FORMAT}"
+        )
+    listed: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
+    first: dict[str, tuple[str, int]] = {}
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = [name.strip() for name in next(reader, [])]
+        missing = [split for split in SPLITS if split not in header]
+        if missing:
+            raise ValueError(
+                f"{path} has columns {header}, without {missing}. {_SPLITS_FORMAT} Pass such a file, or leave splits "
+                "unset to read the splits from the CSV's split column."
+            )
+        columns = {split: header.index(split) for split in SPLITS}
+        for fields in reader:
+            if not fields or not any(field.strip() for field in fields):
+                continue  # a blank line
+            where = f"{path}, line {reader.line_num}"
+            if len(fields) != len(header):
+                raise ValueError(
+                    f"{where}: has {len(fields)} fields under a header of {len(header)} ({','.join(header)}); got "
+                    f"{fields!r}. Fix the row. {_SPLITS_FORMAT}"
+                )
+            cells = {split: fields[column].strip() for split, column in columns.items()}
+            if all(cell in _BOOLEANS for cell in cells.values()):
+                bool_file = _BOOL_FILE.fullmatch(path.name)
+                beside = f" ({path.with_name(bool_file.group(1) + '.csv')})" if bool_file else ""
+                raise ValueError(
+                    f"{where}: holds {'/'.join(cells.values())} under {','.join(SPLITS)}: this is CLAM's "
+                    "splits_<k>_bool.csv (one row per slide, True under its split), which is not read. Pass the "
+                    f"splits_<k>.csv beside it{beside} instead. {_SPLITS_FORMAT}"
+                )
+            for split, slide_id in cells.items():
+                if not slide_id:
+                    continue  # the padding of a shorter column
+                if slide_id in first:
+                    split_before, line_before = first[slide_id]
+                    leak = "" if split_before == split else " A slide in two splits leaks its label across them."
+                    raise ValueError(
+                        f"{where}, column {split}: slide {slide_id!r} is listed again (first at line {line_before}, "
+                        f"column {split_before}).{leak} Each slide belongs to one split: remove the repeated entry."
+                    )
+                first[slide_id] = (split, reader.line_num)
+                listed[split][slide_id] = reader.line_num
+    return listed
 
 
 def _examples(items: Sequence[str], total: int) -> str:
@@ -227,12 +294,23 @@ class FeatureBagDataModule(SplitDataModule):
         <root>/features/<slide_id>.pt      torch.save of a float tensor (N, D), or of {"features": (N, D),
                                            "coords": (N, 2)} (CLAM's pt_files hold the tensor)
         <root>/features/<slide_id>.h5      or CLAM's h5 file with a "features" dataset (needs ``pip install h5py``)
+        <splits>                           optional: CLAM's splits/<task>/splits_<k>.csv, the split of fold k
 
     (CLAM writes ``pt_files/`` and ``h5_files/``: pass ``features_dir="pt_files"``; each slide's file is looked up as
     ``<slide_id>.pt``, then ``<slide_id>.h5``.) Labels are class ids (``0``, ``1``, ...) or class names, mapped to
     ids in sorted order; :attr:`classes` lists them (the ids themselves for integer labels) and ``num_classes`` is
     their count, read from the training split (or given, and then checked against it). Each split keeps the CSV's
     order, and ``datasets[split].slide_ids[i]`` is the slide of sample ``i``.
+
+    **Published splits.** With ``splits`` (e.g. ``splits="splits/task_1_tumor_vs_normal_100/splits_3.csv"``, or
+    ``--data.init_args.splits=...`` on the command line) the splits file decides which slide is in train, val and
+    test, and the CSV only gives the labels: its ``split`` column may be left out, and where present it is not read
+    at all (``splits`` wins, silently: a CSV made for the single-split setup serves every fold unchanged). The file is
+    CLAM's ``splits_<k>.csv`` as ``create_splits_seq.py`` writes it with pandas: the header ``,train,val,test`` (an
+    unnamed index column, then one column per split), each column listing its split's slide ids, the shorter columns
+    padded with empty cells. CLAM's ``splits_<k>_bool.csv`` (one row per slide, True/False columns) is not read; it
+    is refused, naming the ``splits_<k>.csv`` beside it. Slides of the CSV that no split lists are left out quietly
+    (their features files need not exist), as CLAM leaves them out; the order within a split is still the CSV's.
 
     A sample is a bag: ``image`` the slide's features ``(N, D)`` float32, ``target`` its class id (int64) and
     ``index`` its position in its split. Batches go through :func:`~lightning_regs.datamodules.bags.collate_bags`:
@@ -244,7 +322,10 @@ class FeatureBagDataModule(SplitDataModule):
     row, an unknown split, a slide listed twice, a slide id that leads outside ``root`` or ``features_dir`` (``..``,
     an absolute path, a symlink pointing out; see :mod:`~lightning_regs.datamodules.files`), slides without a
     features file (their count and the first few ids), ``.h5`` files without h5py, an empty split, a training split
-    of one class, and a validation or test label the training split lacks. Each file is checked when it is read: a
+    of one class, and a validation or test label the training split lacks. With ``splits`` it also refuses, naming
+    the file, the line and the slide: a missing file, a file without the ``train``, ``val`` and ``test`` columns (or
+    a ``_bool`` file), a malformed row, a slide listed twice (in two splits or in one), and slides the CSV does not
+    list (their labels come from the CSV). Each file is checked when it is read: a
     float ``(N, D)`` tensor with ``N >= 1``, the width ``D`` of the first training slide (:attr:`feature_dim`, read at
     ``setup``) and finite values, else an error naming the file.
 
@@ -252,7 +333,9 @@ class FeatureBagDataModule(SplitDataModule):
     every features file's size and, with ``check_files="digest"`` (the default), a SHA-256 digest of its bytes,
     computed once at ``setup`` (it reads every file once; under DDP rank 0 reads and broadcasts). A checkpoint made
     on other data (re-extracted features, relabelled slides, other classes) is a named error on resume;
-    ``check_files="size"`` compares sizes only (fast, but features re-extracted with the same shapes pass).
+    ``check_files="size"`` compares sizes only (fast, but features re-extracted with the same shapes pass). The state
+    also holds each slide's split, so resuming with another split (fold 1's ``splits`` file for a checkpoint of fold
+    0, or an edited split column) is a named error too; the same split read from a moved or renamed file is accepted.
 
     Args:
         root: the data folder (holding ``features_dir`` and, by default, the CSV).
@@ -266,6 +349,9 @@ class FeatureBagDataModule(SplitDataModule):
         num_workers: DataLoader workers.
         pin_memory: DataLoader ``pin_memory``; ``persistent_workers`` likewise (only with ``num_workers > 0``).
         num_classes: the number of classes, when it should be known before ``setup``.
+        splits: CLAM's ``splits_<k>.csv`` (the ``,train,val,test`` format, not ``splits_<k>_bool.csv``), relative
+            to ``root`` or absolute, to take the splits from instead of the CSV's ``split`` column (see above);
+            ``None`` reads the ``split`` column.
 
     Example::
 
@@ -306,6 +392,7 @@ class FeatureBagDataModule(SplitDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         num_classes: int | None = None,
+        splits: str | Path | None = None,
     ) -> None:
         super().__init__()
         if check_files not in ("digest", "size"):
@@ -326,12 +413,19 @@ class FeatureBagDataModule(SplitDataModule):
         self._sizes: dict[str, int] = {}
         self._digests: dict[str, str] = {}
         self._record_cache: dict[tuple[Any, ...], tuple[int, str]] = {}
+        self._slide_splits: dict[str, str] = {}
         self._expected: dict[str, Any] | None = None
 
     @property
     def csv_path(self) -> Path:
         """The slides CSV: the ``csv`` argument, relative to ``root`` unless absolute."""
         return self.root / Path(self.hparams.csv).expanduser()
+
+    @property
+    def splits_path(self) -> Path | None:
+        """The splits file: the ``splits`` argument, relative to ``root`` unless absolute (``None``: none given)."""
+        splits = self.hparams.get("splits")
+        return None if splits is None else self.root / Path(splits).expanduser()
 
     @property
     def features_root(self) -> Path:
@@ -349,20 +443,28 @@ class FeatureBagDataModule(SplitDataModule):
             return
         if not self.root.is_dir():
             raise FileNotFoundError(f"FeatureBagDataModule root {self.root} does not exist.\n{_LAYOUT}")
-        rows = _read_slides(self.csv_path)
+        splits_path = self.splits_path
+        rows = _read_slides(self.csv_path, split_column=splits_path is None)
+        if splits_path is not None:
+            rows = self._apply_splits(rows, splits_path)
         by_split = {split: [row for row in rows if row.split == split] for split in SPLITS}
         empty = [split for split, split_rows in by_split.items() if not split_rows]
         if empty:
             counts = ", ".join(f"{split} {len(split_rows)}" for split, split_rows in by_split.items())
+            fix = (
+                f"set the split column of some rows to {'/'.join(empty)}"
+                if splits_path is None
+                else f"list slide ids in its {'/'.join(empty)} column"
+            )
             raise ValueError(
-                f"{self.csv_path} lists no slides for split {' and '.join(map(repr, empty))} (slides per split: "
-                f"{counts}). Every split needs at least one slide: set the split column of some rows to "
-                f"{'/'.join(empty)}."
+                f"{self._split_source} lists no slides for split {' and '.join(map(repr, empty))} (slides per split: "
+                f"{counts}). Every split needs at least one slide: {fix}."
             )
         paths = self._find_files(rows)
         self.classes, targets = self._class_ids(by_split)
-        self.check_num_classes(len(self.classes), f"the training split of {self.csv_path}")
+        self.check_num_classes(len(self.classes), f"the training split of {self._split_source}")
         self._record_files(rows, paths)
+        self._slide_splits = {row.slide_id: row.split for row in rows}
         if self._expected is not None:
             self._check_expected()
         first = by_split["train"][0].slide_id
@@ -378,6 +480,29 @@ class FeatureBagDataModule(SplitDataModule):
             )
             for split, split_rows in by_split.items()
         }
+
+    @property
+    def _split_source(self) -> Path:
+        """The file the splits come from: the splits file, else the CSV."""
+        return self.splits_path or self.csv_path
+
+    def _apply_splits(self, rows: Sequence[_Row], splits_path: Path) -> list[_Row]:
+        """The CSV rows the splits file lists, in the CSV's order, each with its split from the file."""
+        listed = _read_splits(splits_path)
+        split_of = {slide_id: split for split in SPLITS for slide_id in listed[split]}
+        in_csv = {row.slide_id for row in rows}
+        unknown = [
+            f"{slide_id!r} (line {listed[split][slide_id]}, {split})"
+            for slide_id, split in split_of.items()
+            if slide_id not in in_csv
+        ]
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} of the {len(split_of)} slides listed in {splits_path} are not in the slides CSV "
+                f"{self.csv_path}, which gives every slide's label: {_examples(unknown, len(unknown))}. Add their rows "
+                "(slide_id,label) to the CSV, or pass the splits file made for this CSV (the same task)."
+            )
+        return [row._replace(split=split_of[row.slide_id]) for row in rows if row.slide_id in split_of]
 
     def _find_files(self, rows: Sequence[_Row]) -> dict[str, Path]:
         """Each slide's features file (``.pt``, else ``.h5``), resolved inside ``root`` and ``features_dir``."""
@@ -398,11 +523,16 @@ class FeatureBagDataModule(SplitDataModule):
         if missing:
             named = [f"{row.slide_id!r} (line {row.line})" for row in missing]
             absent = "" if self.features_root.is_dir() else ", a folder that does not exist"
+            listed_in, remove = (
+                (f"{self.csv_path}", "remove their rows from the CSV")
+                if self.splits_path is None
+                else (f"{self.splits_path} (lines of {self.csv_path.name})", "remove them from the splits file")
+            )
             raise FileNotFoundError(
-                f"{len(missing)} of the {len(rows)} slides listed in {self.csv_path} have no features file in "
+                f"{len(missing)} of the {len(rows)} slides listed in {listed_in} have no features file in "
                 f"{self.features_root}{absent} (looked for <slide_id>.pt, then <slide_id>.h5): "
                 f"{_examples(named, len(named))}. "
-                "Extract their features, fix features_dir, or remove their rows from the CSV.\n" + _LAYOUT
+                f"Extract their features, fix features_dir, or {remove}.\n" + _LAYOUT
             )
         h5_files = [path for path in found.values() if path.suffix == ".h5"]
         if h5_files:
@@ -428,10 +558,15 @@ class FeatureBagDataModule(SplitDataModule):
             ids = {row.slide_id: position.get(row.label, -1) for row in rows}
         present = sorted({ids[row.slide_id] for row in by_split["train"]})
         if len(present) < 2:
+            labels_from, fix = (
+                ("", "split column 'train'")
+                if self.splits_path is None
+                else (f", labels from {self.csv_path}", "its train column, or pass another fold's splits file")
+            )
             raise ValueError(
-                f"{self.csv_path}: the training split holds only class {by_split['train'][0].label!r} "
-                f"({len(by_split['train'])} slides); a classifier cannot learn from one class. Move slides of the "
-                "other classes to the training split (split column 'train')."
+                f"{self._split_source}: the training split holds only class {by_split['train'][0].label!r} "
+                f"({len(by_split['train'])} slides{labels_from}); a classifier cannot learn from one class. Move "
+                f"slides of the other classes to the training split ({fix})."
             )
         for split in SPLITS[1:]:
             for row in by_split[split]:
@@ -473,11 +608,19 @@ class FeatureBagDataModule(SplitDataModule):
     # state ---------------------------------------------------------------------------------------------------
 
     def extra_state(self) -> dict[str, Any]:
-        return {"classes": list(self.classes), "file_sizes": dict(self._sizes), "file_digests": dict(self._digests)}
+        return {
+            "classes": list(self.classes),
+            "file_sizes": dict(self._sizes),
+            "file_digests": dict(self._digests),
+            "slide_splits": dict(self._slide_splits),  # each used slide's split: another fold is refused on resume
+            "splits": self.hparams.get("splits"),  # where the split came from, for that error
+        }
 
     def load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         self._expected = {
-            key: state_dict[key] for key in ("classes", "file_sizes", "file_digests") if key in state_dict
+            key: state_dict[key]
+            for key in ("classes", "file_sizes", "file_digests", "slide_splits", "splits")
+            if key in state_dict
         }
         if self.datasets:  # set up already: refuse now, before anything changes
             self._check_expected()
@@ -486,6 +629,7 @@ class FeatureBagDataModule(SplitDataModule):
         """Refuse data whose classes or features files differ from the checkpoint's (:meth:`load_extra_state`)."""
         expected = self._expected or {}
         name, where = type(self).__name__, f"the data under {self.root}"
+        self._check_splits(expected)  # first: another fold's split also changes the classes it finds
         classes = expected.get("classes")
         if classes and self.classes and tuple(classes) != tuple(self.classes):
             raise ValueError(
@@ -511,3 +655,29 @@ class FeatureBagDataModule(SplitDataModule):
                 f"(e.g. {examples}). Every per-sample state would point at other features. Resume with the original "
                 "features, or start a new run."
             )
+
+    def _check_splits(self, expected: Mapping[str, Any]) -> None:
+        """Refuse a split other than the checkpoint's: a slide in another split, or in or out of the splits."""
+        then = expected.get("slide_splits")
+        if then is None or not self._slide_splits:  # a checkpoint from before splits were saved, or not set up
+            return
+        now = self._slide_splits
+        moved = [
+            f"{slide_id!r} ({then.get(slide_id, 'in no split')} then, {now.get(slide_id, 'in no split')} now)"
+            for slide_id in dict.fromkeys([*then, *now])
+            if then.get(slide_id) != now.get(slide_id)
+        ]
+        if not moved:
+            return
+
+        def source(splits: Any) -> str:
+            return f"splits={os.fspath(splits)!r}" if splits is not None else "the CSV's split column"
+
+        slides = "1 slide is" if len(moved) == 1 else f"{len(moved)} slides are"
+        raise ValueError(
+            f"{type(self).__name__}: the data under {self.root} is not split as when the checkpoint was made: "
+            f"{slides} in another split (e.g. {_examples(moved, len(moved))}). The checkpoint's split came from "
+            f"{source(expected.get('splits'))}, this module's from {source(self.hparams.get('splits'))}. The run would "
+            "mix two folds (trained on slides it then validates or tests on). Resume with the checkpoint's splits "
+            "(the same fold's file), or start a new run."
+        )
