@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,13 @@ def test_every_departure_has_a_measured_size_or_says_why_not(card: Path):
     for row in rows:
         size = row.rstrip().rstrip("|").rsplit("|", 1)[-1].strip()
         assert size, f"{card.name}: a departure without its size: {row[:80]}"
+
+
+@pytest.mark.parametrize("card", CARDS, ids=lambda path: path.stem)
+def test_no_placeholder_is_left_in_a_card(card: Path):
+    text = card.read_text()
+    # a name to fill in (AEM_BENCHMARK_TABLE), the template's <angle-bracket> slots, or a note to self
+    slot = r"\b[A-Z]+(?:_[A-Z]+)*_(?:TABLE|FIGURES?|RESULTS?|NUMBERS?|PLACEHOLDER)\b"
+    pattern = slot + r"|<[A-Z][a-z]+[^<>]*>|\bTODO\b|\bTBD\b"
+    leftovers = re.findall(pattern, text)
+    assert not leftovers, f"{card.name} still holds placeholders {leftovers}"

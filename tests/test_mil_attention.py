@@ -152,8 +152,10 @@ def test_an_encoder_reads_image_instances() -> None:
 
 def test_the_term_names_what_it_needs() -> None:
     term = AttentionEntropyTerm()
-    with pytest.raises(KeyError, match="pre-softmax attention scores from its output 'attention'"):
+    with pytest.raises(KeyError, match=r"output 'attention', but the model's outputs hold logits only \(a model"):
         term({"logits": torch.zeros(1, 2)}, {})
+    with pytest.raises(KeyError, match=r"outputs hold \['features', 'logits'\]"):
+        term({"logits": torch.zeros(1, 2), "features": torch.zeros(1, 3)}, {})
     with pytest.raises(ValueError, match="maximizes it with a weight"):
         AttentionEntropyTerm(weight=-0.1)
     assert AttentionEntropyTerm(weight=0.0)({"logits": torch.zeros(1, 2), "attention": torch.zeros(1, 3)}, {}) < 0
@@ -187,3 +189,32 @@ def test_the_task_returns_the_model_output_fields_and_reserves_its_metric_names(
     assert isinstance(out, MILOutput)
     with pytest.raises(ValueError, match="attention_entropy"):
         task.add_loss_term(AttentionEntropyTerm(name="attention_entropy"))
+
+
+class TupleMIL(MeanPoolNoMask):
+    """What many MIL code bases return: (logits, attention)."""
+
+    def forward(self, bags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = super().forward(bags)
+        return out["logits"], out["attention"]
+
+
+def test_a_tuple_output_is_told_how_to_return_the_attention() -> None:
+    task = MILClassifier(TupleMIL())
+    batch = {"image": torch.randn(1, 4, 8), "target": torch.tensor([1])}
+    with pytest.raises(TypeError, match=r"For MILClassifier return \{'logits': logits, 'attention': scores\}"):
+        task.training_step(batch, 0)
+
+
+def test_predict_returns_probabilities_and_each_bags_attention_over_its_real_instances() -> None:
+    torch.manual_seed(5)
+    task = MILClassifier(AttentionMIL(in_features=8, heads=2)).eval()
+    bags = [{"image": torch.randn(n, 8), "target": torch.tensor(0), "index": torch.tensor(10 + i)} for i, n in
+            enumerate([4, 2])]  # fmt: skip
+    batch = collate_bags(bags)
+    out = task.predict_step(batch, 0)
+    assert sorted(out) == ["attention", "index", "instance_mask", "probabilities"]
+    assert out["index"].tolist() == [10, 11] and out["probabilities"].sum(-1).tolist() == pytest.approx([1.0, 1.0])
+    alone = task.backbone(bags[1]["image"])
+    torch.testing.assert_close(out["attention"][1, :, :2], alone.attention[0].softmax(-1))
+    assert out["attention"][1, :, 2:].abs().max().item() == 0.0

@@ -77,3 +77,13 @@ def test_the_feature_bags_example_trains_on_a_clam_style_folder(tmp_path):
     assert list((tmp_path / "runs").rglob("last.ckpt"))
     (result,) = cli.trainer.test(cli.model, cli.datamodule, verbose=False)
     assert 0.0 <= result["test/auroc"] <= 1.0 and "test/attention_entropy" in result
+
+
+def test_a_feature_width_other_than_the_models_is_named_before_training(tmp_path):
+    write_slides(tmp_path / "slides", dim=16)
+    with pytest.raises(ValueError, match=r"--model.init_args.backbone.init_args.in_features=16"):
+        LightningRegsCLI(
+            args=["fit", "--config", str(EXAMPLES / "aem_feature_bags.yaml"), "--trainer.max_epochs=1",
+                  f"--data.init_args.root={tmp_path / 'slides'}", f"--trainer.default_root_dir={tmp_path / 'runs'}",
+                  *SHORT],
+        )  # fmt: skip

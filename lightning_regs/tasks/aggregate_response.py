@@ -150,8 +150,9 @@ class AggregateResponseTask(pl.LightningModule):
             raise TypeError(
                 f"{type(self).__name__} trains on dict batches of instance rows with '{BAG_ID}' (each row's bag) and "
                 f"'target' (its bag's response), got {keys}. Use AggregateRegressionDataModule or "
-                "LabelProportionsDataModule, or bag_dataloader(dataset, BagBatchSampler(bag_ids, bags_per_batch)) "
-                "over a data set whose samples are dicts with 'image', 'target' and 'bag_id'."
+                "LabelProportionsDataModule, or bag_dataloader(AggregateDataset(features, bag_targets, bag_ids), "
+                "BagBatchSampler(bag_ids, bags_per_batch)) (lightning_regs.datamodules): AggregateDataset serves "
+                "your tensors as dicts with 'image', 'target' and 'bag_id'."
             )
         image, target = unpack_batch(batch)
         preds = self(image)

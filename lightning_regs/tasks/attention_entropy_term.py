@@ -9,7 +9,6 @@ import torch
 
 from lightning_regs.batch import INSTANCE_MASK
 from lightning_regs.functional.mil import attention_entropy_loss
-from lightning_regs.functional.outputs import describe_output
 from lightning_regs.tasks.loss_terms import LossTerm
 
 __all__ = ["AttentionEntropyTerm"]
@@ -49,11 +48,13 @@ class AttentionEntropyTerm(LossTerm):
 
     def forward(self, outputs: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
         if self.key not in outputs:
+            held = sorted(outputs)
+            what = "logits only (a model returning a Tensor gives just its logits)" if held == ["logits"] else held
             raise KeyError(
                 f"{type(self).__name__} reads the model's pre-softmax attention scores from its output "
-                f"'{self.key}', but the model returned {describe_output(outputs)}: return them beside the logits, "
-                f"e.g. {{'logits': logits, '{self.key}': scores}} with scores (B, N) or (B, heads, N) (the models in "
-                "lightning_regs.models.AttentionMIL do)."
+                f"'{self.key}', but the model's outputs hold {what}: return them beside the logits, e.g. "
+                f"{{'logits': logits, '{self.key}': scores}} with scores (B, N) or (B, heads, N), as "
+                "lightning_regs.models.AttentionMIL does (its MILOutput has both)."
             )
         mask = batch.get(INSTANCE_MASK) if isinstance(batch, Mapping) else None
         return attention_entropy_loss(outputs[self.key], mask)

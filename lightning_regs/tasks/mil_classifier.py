@@ -11,8 +11,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC, MulticlassAUROC
 
-from lightning_regs.batch import INSTANCE_MASK, INSTANCE_TARGET, StepBatch, read_inputs
-from lightning_regs.functional.mil import normalized_attention_entropy
+from lightning_regs.batch import INDEX, INSTANCE_MASK, INSTANCE_TARGET, StepBatch, read_inputs
+from lightning_regs.functional.mil import masked_attention, normalized_attention_entropy
 from lightning_regs.functional.outputs import model_outputs
 from lightning_regs.tasks.image_classifier import ImageClassifier
 from lightning_regs.tasks.loss_terms import LossTerm
@@ -92,6 +92,19 @@ class MILClassifier(ImageClassifier):
                 BinaryAUROC() if num_classes == 2 else MulticlassAUROC(num_classes, average="macro")
             )
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        width = getattr(datamodule, "feature_dim", None)
+        expected = getattr(self.backbone, "in_features", None)
+        encoded = getattr(self.backbone, "encoder", None) is not None  # then in_features is the encoder's width
+        if isinstance(width, int) and isinstance(expected, int) and not encoded and width != expected:
+            raise ValueError(
+                f"{type(datamodule).__name__} serves instance features of width {width} but "
+                f"{type(self.backbone).__name__}(in_features={expected}): set in_features={width} "
+                f"(--model.init_args.backbone.init_args.in_features={width})."
+            )
+
     def forward(self, bags: torch.Tensor, instance_mask: torch.Tensor | None = None) -> Any:
         """The model's output on ``bags``; the mask is passed only when it pads (see the class docstring)."""
         if instance_mask is None or bool(instance_mask.all()):
@@ -107,7 +120,7 @@ class MILClassifier(ImageClassifier):
     def _forward_outputs(self, step: StepBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         batch = step.batch if isinstance(step.batch, Mapping) else {}
         mask = batch.get(INSTANCE_MASK)
-        outputs = model_outputs(self(step.image, mask))
+        outputs = self._outputs(self(step.image, mask))
         self.check_logits(outputs["logits"])
         if not self._targets_checked:
             self._check_target_range(step.labels)
@@ -155,9 +168,38 @@ class MILClassifier(ImageClassifier):
             self.metrics[f"{stage}_instance_auroc"].update(scores[known], (instance_target[known] > 0).long())
             self.log(f"{stage}/instance_auroc", self.metrics[f"{stage}_instance_auroc"], on_step=False, on_epoch=True)
 
-    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def _outputs(self, output: Any) -> dict[str, torch.Tensor]:
+        try:
+            return model_outputs(output)
+        except TypeError as error:
+            raise TypeError(
+                f"{error} For MILClassifier return {{'logits': logits, 'attention': scores}} (pre-softmax scores, "
+                "(B, N) or (B, heads, N): the attention metrics and AEM read them), or an object with those fields "
+                "such as lightning_regs.models.MILOutput."
+            ) from None
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Each bag's class probabilities, and its attention over its instances for heat maps.
+
+        Returns a dict: ``probabilities`` ``(B, C)``; ``attention`` ``(B, heads, N)``, the softmax weights over each
+        bag's real instances (0 on padding), when the model returns its scores; ``instance_mask`` ``(B, N)``; and
+        ``index`` ``(B,)`` when the batch has it (a bag DataModule's ``datasets[split].slide_ids[index]`` names the
+        slide; ``predict`` reads the test split).
+        """
         mask = batch.get(INSTANCE_MASK) if isinstance(batch, Mapping) else None
-        return model_outputs(self(read_inputs(batch), mask))["logits"].softmax(dim=-1)
+        bags = read_inputs(batch)
+        outputs = self._outputs(self(bags, mask))
+        result = {"probabilities": outputs["logits"].float().softmax(dim=-1)}
+        if mask is None:
+            mask = torch.ones(bags.shape[:2], dtype=torch.bool, device=bags.device)
+        if "attention" in outputs:
+            scores = outputs["attention"]
+            scores = scores if scores.dim() == 3 else scores.reshape(scores.shape[0], 1, -1)
+            result["attention"] = masked_attention(scores.float(), mask)
+        result["instance_mask"] = mask
+        if isinstance(batch, Mapping) and INDEX in batch:
+            result["index"] = batch[INDEX]
+        return result
 
 
 def _takes_second_argument(model: nn.Module) -> bool:
