@@ -33,9 +33,9 @@ from lightning_regs.functional.aggregate import (
 )
 from lightning_regs.models import MLP
 from lightning_regs.tasks.aggregate_response import AggregateResponseTask
-from tests.harness.compare import assert_same_state, assert_trained
-from tests.harness.registry import MethodSetting
-from tests.harness.runs import SaveFinalState, initial_state, run_resumed_mid_epoch, run_uninterrupted
+from tests.harness.compare import assert_same_state
+from tests.harness.registry import aggregate_regression, aggregate_response_task
+from tests.harness.runs import SaveFinalState
 from tests.helpers.ddp import DDP_SPAWN_CPU
 from tests.helpers.trainers import QUIET
 
@@ -496,40 +496,17 @@ def test_the_task_refuses_batches_it_cannot_train_or_score_on():
             AggregateResponseTask(nn.Linear(3, 1), **kwargs)
 
 
-# The harness's canonical setting for the task (a proposed tests/harness/registry.py entry): whole bags of 4, so the
-# 32-row single-process batch is 8 bags and each of two ranks takes 4 of them.
-def aggregate_regression_task() -> AggregateResponseTask:
-    return AggregateResponseTask(nn.Linear(8, 1), rho=0.5, lr=0.05, scheduler="cosine")
-
-
-def aggregate_regression_data(root: Path, per_rank_batch: int) -> AggregateRegressionDataModule:
-    return AggregateRegressionDataModule(
-        num_samples=160, num_features=8, bag_size=4, num_val=41, num_test=41, bags_per_batch=per_rank_batch // 4
-    )
-
-
-AGGREGATE = MethodSetting(
-    "aggregate_response", (AggregateResponseTask,), aggregate_regression_task, make_datamodule=aggregate_regression_data
-)
-
-
-def test_stopped_mid_epoch_and_resumed_ends_where_uninterrupted_ends(tmp_path):
-    full = run_uninterrupted(AGGREGATE, tmp_path / "full")
-    assert_trained(initial_state(AGGREGATE), full["weights"])
-    resumed = run_resumed_mid_epoch(AGGREGATE, tmp_path / "resumed", 1, 5, accelerator="cpu", devices=1)
-    assert_same_state(full, resumed, atol=1e-6)
-
-
 @pytest.mark.slow
-def test_two_ddp_ranks_agree_and_equal_one_process_on_the_same_global_batches(tmp_path):
+def test_two_ddp_ranks_agree_and_validate_without_the_padded_duplicate(tmp_path):
+    """The harness (entry ``aggregate_response``) proves fit, resume and DDP weights; this adds val/mse on 41 rows."""
     runs = {}
     for name, bags, devices in (("single", 8, {"accelerator": "cpu", "devices": 1}), ("ddp", 4, DDP_SPAWN_CPU)):
         seed_everything(0)
         out = tmp_path / name
         out.mkdir()
-        data = aggregate_regression_data(tmp_path, 4 * bags)
+        data = aggregate_regression(tmp_path, 4 * bags)
         trainer = Trainer(max_epochs=2, limit_train_batches=4, callbacks=[SaveFinalState(str(out))], **QUIET, **devices)
-        trainer.fit(aggregate_regression_task(), data)
+        trainer.fit(aggregate_response_task(), data)
         runs[name] = (float(trainer.callback_metrics["val/mse"]), out)
     rank0, rank1 = (torch.load(runs["ddp"][1] / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert_same_state(rank0, rank1, atol=0.0, path="rank1 vs rank0")
@@ -565,3 +542,10 @@ def test_the_example_config_runs(tmp_path, monkeypatch):
     )  # fmt: skip
     assert isinstance(cli.model, AggregateResponseTask) and cli.model.task_settings.rho == 0.0
     assert cli.trainer.global_step == 60 and "val/mse" in cli.trainer.callback_metrics
+
+
+def test_validating_on_bag_rows_is_refused():
+    task = AggregateResponseTask(nn.Linear(3, 1), rho=0.5)
+    bag_rows = {"image": torch.zeros(2, 3), "target": torch.ones(2), "index": torch.arange(2), "bag_id": torch.zeros(2)}
+    with pytest.raises(ValueError, match="val batches carry 'bag_id'"):
+        task.validation_step(bag_rows, 0)

@@ -159,6 +159,14 @@ def test_integer_labels_are_class_ids(root):
         assert_split_is(dm, split, written, slides)
 
 
+def test_integer_labels_with_a_gap_in_training_are_refused(root):
+    slides = [(s, {"tumor": "2", "normal": "0"}[label], split, n) for s, label, split, n in SLIDES]
+    slides[-1] = (slides[-1][0], "1", slides[-1][2], slides[-1][3])  # class 1 only outside training
+    write_slides(root, slides)
+    with pytest.raises(ValueError, match=r"no training slide has class \[1\] \(training labels: \[0, 2\]\)"):
+        FeatureBagDataModule(root).setup("fit")
+
+
 def test_num_classes_is_read_from_the_data_and_checked(root, written):
     with pytest.raises(NumClassesUnknownError, match=r"Call setup\(\) first"):
         _ = FeatureBagDataModule(root).num_classes
@@ -249,9 +257,19 @@ def test_a_bad_csv_is_named_with_its_line_and_fix(root, written, change, error, 
         FeatureBagDataModule(root).setup("fit")
 
 
-def test_missing_root_csv_and_columns_are_named(root, written, tmp_path):
+def test_missing_root_csv_and_columns_are_named(root, written, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"root .*nowhere does not exist.*(?s:.*)slide_id,label,split"):
         FeatureBagDataModule(tmp_path / "nowhere").setup("fit")
+    # a relative root: the absolute path it resolves to, the working folder, and the CLI argument beside Python's
+    monkeypatch.chdir(root / "features")
+    absolute = re.escape(os.fspath((root / "features" / "data" / "wsi").resolve()))
+    pattern = rf"root {absolute} does not exist \(root='data/wsi', relative to the working folder .*features\)\. "
+    pattern += r"Pass the data folder as root=path/to/slides \(--data\.init_args\.root=path/to/slides on the command"
+    with pytest.raises(FileNotFoundError, match=pattern):
+        FeatureBagDataModule("data/wsi").setup("fit")
+    with pytest.raises(FileNotFoundError, match=r"root .*tumor_001\.pt is not a folder \(root='tumor_001\.pt',"):
+        FeatureBagDataModule("tumor_001.pt").setup("fit")
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"slides CSV .*other.csv does not exist \(argument csv\)"):
         FeatureBagDataModule(root, csv="other.csv").setup("fit")
     rewrite(root, csv_rows(), header=("slide", "label", "split"))
@@ -273,8 +291,40 @@ def test_missing_features_files_are_counted_and_the_first_named(root, written):
     pattern += r"<slide_id>.pt, then <slide_id>.h5\): 'tumor_001' \(line 2\), .*'tumor_003' \(line 6\), \.\.\."
     with pytest.raises(FileNotFoundError, match=pattern):
         FeatureBagDataModule(root).setup("fit")
-    with pytest.raises(FileNotFoundError, match=r"features_x, a folder that does not exist"):
+    pattern = r"features folder .*features_x does not exist \(root / features_dir='features_x'\), so none of the 10 "
+    pattern += r"slides listed in .*slides\.csv has a features file\. Pass the folder of the features files, relative "
+    pattern += r"to root, as features_dir=\.\.\. \(--data\.init_args\.features_dir=\.\.\. on the command line\)"
+    with pytest.raises(FileNotFoundError, match=pattern):
         FeatureBagDataModule(root, features_dir="features_x").setup("fit")
+
+
+def test_a_missing_features_dir_suggests_clams_pt_files_or_h5_files_beside_it(root):
+    write_slides(root, features_dir="pt_files")  # CLAM's output, read with the default features_dir="features"
+    pt = r'pass features_dir="pt_files" \(--data\.init_args\.features_dir=pt_files\)'
+    with pytest.raises(
+        FileNotFoundError, match=rf"features folder .*wsi/features does not exist .*holds pt_files/, .*{pt}"
+    ):
+        FeatureBagDataModule(root).setup("fit")
+    (root / "h5_files").mkdir()
+    h5 = r'features_dir="h5_files" \(--data\.init_args\.features_dir=h5_files\) \(\.h5 files need h5py\)'
+    with pytest.raises(FileNotFoundError, match=rf"holds pt_files/ and h5_files/, .*{pt} or {h5}\."):
+        FeatureBagDataModule(root).setup("fit")
+    # beside a nested features_dir, and beside an existing but empty one (every slide missing)
+    (root / "h5_files").rmdir()
+    shutil.move(root / "pt_files", root / "clam" / "pt_files")
+    nested = (
+        r'holds clam/pt_files/, .*pass features_dir="clam/pt_files" \(--data\.init_args\.features_dir=clam/pt_files'
+    )
+    with pytest.raises(FileNotFoundError, match=nested):
+        FeatureBagDataModule(root, features_dir="clam/features").setup("fit")
+    (root / "clam" / "features").mkdir()
+    with pytest.raises(
+        FileNotFoundError, match=rf"10 of the 10 slides .*or remove their rows from the CSV\. .*{nested}"
+    ):
+        FeatureBagDataModule(root, features_dir="clam/features").setup("fit")
+    (root / "clam" / "features" / "tumor_001.pt").write_bytes(b"")  # one slide found: a partial extraction, no hint
+    with pytest.raises(FileNotFoundError, match=r"9 of the 10 slides (?s:(?!pt_files/).)*$"):
+        FeatureBagDataModule(root, features_dir="clam/features").setup("fit")
 
 
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "outside-features"])
@@ -463,6 +513,132 @@ def test_relabelled_slides_and_renamed_classes_are_refused(root, written):
     same.load_state_dict(state)  # the original data: accepted
 
 
+# class order ------------------------------------------------------------------------------------------------------
+
+# The labels that sort the wrong way round: "cancer" < "normal", so sorted ids would make cancer class 0, the class
+# MILClassifier treats as negative.
+CANCER = [(s.replace("tumor", "cancer"), label.replace("tumor", "cancer"), split, n) for s, label, split, n in SLIDES]
+
+
+@pytest.fixture
+def logged(monkeypatch) -> list[str]:
+    """What FeatureBagDataModule logs with rank_zero_info (Lightning's logger does not propagate to caplog)."""
+    messages: list[str] = []
+    monkeypatch.setattr("lightning_regs.datamodules.feature_bags.rank_zero_info", messages.append)
+    return messages
+
+
+def test_classes_sets_the_ids_order_and_sorted_order_is_logged_once(root, logged):
+    written = write_slides(root, CANCER)
+    dm = FeatureBagDataModule(root, classes=["normal", "cancer"], eval_batch_size=2)
+    assert dm.num_classes == 2  # known before setup: classes lists exactly the training split's labels
+    dm.setup("fit")
+    assert dm.classes == ("normal", "cancer") and dm.num_classes == 2
+    for split in ("train", "val", "test"):
+        assert_split_is(dm, split, written, CANCER)
+    assert next(iter(dm.val_dataloader()))[TARGET].tolist() == [1, 0]  # cancer_004, normal_004: cancer is class 1
+    assert logged == []  # the order was chosen: nothing to say
+    assert dm.hparams.classes == ["normal", "cancer"]
+    # without classes: sorted, and the mapping is logged once, even when set up again (as on resume)
+    dm = FeatureBagDataModule(root)
+    dm.setup("fit")
+    assert dm.classes == ("cancer", "normal")
+    state = dm.state_dict()
+    dm.datasets = {}
+    dm.load_state_dict(state)  # not set up: sets up again, same classes
+    assert dm.datasets and dm.classes == ("cancer", "normal")
+    assert logged == [
+        "FeatureBagDataModule: classes 0 = 'cancer', 1 = 'normal' (sorted; pass classes=[...] to choose the order, "
+        "--data.init_args.classes=[...] on the command line; MILClassifier treats class 0 as the negative class)"
+    ]
+    # integer labels are not logged: their ids are their own
+    write_slides(root, [(s, "1" if "cancer" in label else "0", split, n) for s, label, split, n in CANCER])
+    FeatureBagDataModule(root).setup("fit")
+    assert len(logged) == 1
+
+
+def test_classes_refuses_labels_it_does_not_list_untrained_classes_and_integer_labels(root):
+    write_slides(root, CANCER)
+    pattern = r"slides\.csv, line 2: train slide 'cancer_001' has label 'cancer', which is not in classes=\['normal', "
+    pattern += r"'Cancer'\] \(labels not in it: \['cancer'\], on 5 slides\)\. Fix the label, or add the class"
+    with pytest.raises(ValueError, match=pattern):
+        FeatureBagDataModule(root, classes=["normal", "Cancer"]).setup("fit")
+    rewrite(root, [(s, "necrosis" if s == "normal_005" else label, split) for s, label, split, _ in CANCER])
+    with pytest.raises(ValueError, match=r"line 11: test slide 'normal_005' has label 'necrosis', which is not in"):
+        FeatureBagDataModule(root, classes=["normal", "cancer"]).setup("fit")
+    # a class no training slide has is refused, as without classes (a val/test-only label is): every class is learnt
+    pattern = (
+        r"classes=\['normal', 'cancer', 'necrosis'\] lists \['necrosis'\], which no training slide of .*slides\.csv "
+    )
+    pattern += r"has \(its labels: \['cancer', 'normal'\]\)\. The classes are the training split's labels"
+    with pytest.raises(ValueError, match=pattern):
+        FeatureBagDataModule(root, classes=["normal", "cancer", "necrosis"]).setup("fit")
+    rewrite(root, [(s, "1" if "cancer" in label else "0", split) for s, label, split, _ in CANCER])
+    with pytest.raises(ValueError, match=r"classes=\['1', '0'\] was given, but every label in .*slides\.csv is an "):
+        FeatureBagDataModule(root, classes=["1", "0"]).setup("fit")
+
+
+def test_classes_from_the_command_line(root, monkeypatch):
+    from lightning_regs.cli import LightningRegsCLI
+
+    monkeypatch.setattr(sys, "argv", ["lightning-regs"])
+    write_slides(root, CANCER)
+    config = Path(__file__).resolve().parents[1] / "examples" / "aem_feature_bags.yaml"
+    cli = LightningRegsCLI(
+        args=["--config", os.fspath(config), f"--data.init_args.root={root}",
+              "--data.init_args.classes=[normal,cancer]", "--trainer.logger=false"],
+        run=False,
+    )  # fmt: skip
+    assert isinstance(cli.datamodule, FeatureBagDataModule) and cli.datamodule.hparams.classes == ["normal", "cancer"]
+    cli.datamodule.setup("fit")
+    assert cli.datamodule.classes == ("normal", "cancer")
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [
+        ("normal,cancer", r"classes must be a list of the class names, e\.g\. classes=\['normal', 'cancer'\]"),
+        (["normal"], r"classes must list at least 2 classes"),
+        (["normal", "cancer", "normal"], r"classes lists \['normal'\] more than once"),
+        (["normal", " cancer"], r"no surrounding spaces\), .*with \[' cancer'\]"),
+        ([0, 1], r"non-empty strings.*with \[0, 1\]\. Integer labels are class ids already"),
+        (["a", "b", "c"], r"classes lists 3 classes \(\['a', 'b', 'c'\]\) but num_classes=2"),
+    ],
+    ids=["string", "one", "repeated", "spaces", "integers", "num-classes"],
+)
+def test_a_bad_classes_argument_is_refused_at_construction(root, classes, message):
+    with pytest.raises(ValueError, match=message):
+        FeatureBagDataModule(root, classes=classes, num_classes=2 if len(classes) == 3 else None)
+
+
+def test_resuming_with_the_classes_in_another_order_is_refused(root, tmp_path):
+    write_slides(root, CANCER)
+    fit(root, tmp_path / "run", epochs=1, classes=["normal", "cancer"])
+    checkpoint = next((tmp_path / "run").rglob("*.ckpt"))
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["FeatureBagDataModule"]["classes"] == ["normal", "cancer"]
+    assert saved["datamodule_hyper_parameters"]["classes"] == ["normal", "cancer"]
+    pattern = r"the checkpoint was made with the same classes in another order: class ids 0 = 'normal', 1 = 'cancer' "
+    pattern += r"then, 0 = 'cancer', 1 = 'normal' now \(classes=None\), .*Pass classes=\['normal', 'cancer'\] "
+    pattern += r"\(--data\.init_args\.classes=\[normal,cancer\]\) to resume"
+    with pytest.raises(ValueError, match=pattern):
+        fit(root, tmp_path / "run", epochs=2, ckpt_path=checkpoint)  # sorted: cancer would become class 0
+    fit(root, tmp_path / "run", epochs=2, ckpt_path=checkpoint, classes=["normal", "cancer"])
+    # a state of sorted order: refused by the other order, set up or not; accepted by the same order given explicitly
+    sorted_dm = FeatureBagDataModule(root)
+    sorted_dm.setup("fit")
+    state = sorted_dm.state_dict()
+    for set_up in (True, False):
+        other = FeatureBagDataModule(root, classes=["normal", "cancer"])
+        if set_up:
+            other.setup("fit")
+        with pytest.raises(
+            ValueError, match=r"\(classes=\['normal', 'cancer'\]\).*Pass classes=\['cancer', 'normal'\]"
+        ):
+            other.load_state_dict(state)
+    FeatureBagDataModule(root, classes=["cancer", "normal"]).load_state_dict(state)
+
+
 # published splits (CLAM's splits/<task>/splits_<k>.csv) ---------------------------------------------------------
 
 # Fold 0 is the split column of SLIDES; fold 1 moves every slide and lists each split in an order of its own.
@@ -554,10 +730,11 @@ def test_clam_csv_without_a_split_column_and_slides_of_no_split_left_out_quietly
         assert_split_is(dm, split, written, slides_of(FOLD_2))
     assert "normal_005" not in dm.state_dict()["file_sizes"]
     assert dm.hparams.splits == os.fspath(splits)  # stored as a string: loads with weights_only
-    # without splits, the CSV needs its split column
-    with pytest.raises(
-        ValueError, match=r"slides\.csv has columns \['case_id', 'slide_id', 'label'\], without \['split'\]"
-    ):
+    # without splits, the CSV needs its split column; the error says CLAM's folds can give the splits
+    pattern = r"slides\.csv has columns \['case_id', 'slide_id', 'label'\], without \['split'\]; expected "
+    pattern += r"slide_id,label,split\. .*CLAM's published folds can be given with splits=path/to/splits_<k>\.csv "
+    pattern += r"\(--data\.init_args\.splits=path/to/splits_<k>\.csv; .*the CSV needs only slide_id,label\."
+    with pytest.raises(ValueError, match=pattern):
         FeatureBagDataModule(root).setup("fit")
 
 

@@ -218,3 +218,51 @@ def test_predict_returns_probabilities_and_each_bags_attention_over_its_real_ins
     alone = task.backbone(bags[1]["image"])
     torch.testing.assert_close(out["attention"][1, :, :2], alone.attention[0].softmax(-1))
     assert out["attention"][1, :, 2:].abs().max().item() == 0.0
+
+
+def test_the_gradient_of_a_bag_alone_equals_its_gradient_padded_in_a_batch() -> None:
+    torch.manual_seed(6)
+    model = AttentionMIL(in_features=5, num_classes=2, embed_dim=6, attention_dim=4, heads=2).double()
+    bags = [{"image": torch.randn(n, 5, dtype=torch.float64), "target": torch.tensor(n % 2)} for n in (6, 2, 4)]
+    batch = collate_bags(bags)
+    term = AttentionEntropyTerm(weight=0.1)
+
+    def objective(out, targets, mask_batch):
+        return torch.nn.functional.cross_entropy(out.logits, targets) + 0.1 * term(
+            {"attention": out.attention}, mask_batch
+        )
+
+    model.zero_grad()
+    objective(model(batch["image"], batch["instance_mask"]), batch["target"], batch).backward()
+    padded = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for bag in bags:  # the mean over bags, one at a time
+        (objective(model(bag["image"]), bag["target"][None], {}) / len(bags)).backward()
+    for together, alone in zip(padded, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(together, alone, rtol=0, atol=1e-12)
+
+
+def test_an_encoder_sees_only_the_real_instances() -> None:
+    seen: list[int] = []
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 3)
+
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return self.linear(x)
+
+    model = AttentionMIL(in_features=3, encoder=Counting())
+    batch = collate_bags([{"image": torch.randn(n, 4), "target": torch.tensor(0)} for n in (5, 1, 3)])
+    padded = model(batch["image"], batch["instance_mask"])
+    assert seen == [9]  # 5 + 1 + 3 real instances, not 3 × 5
+    torch.testing.assert_close(padded.logits[1], model(batch["image"][1:2, :1]).logits[0])
+
+
+def test_collate_names_the_bag_whose_instance_labels_do_not_match() -> None:
+    bag = {"image": torch.ones(4, 2), "target": torch.tensor(1), "index": torch.tensor(7),
+           "instance_target": torch.zeros(3)}  # fmt: skip
+    with pytest.raises(ValueError, match=r"Bag 7 has 4 instances but instance_target of shape \(3,\)"):
+        collate_bags([bag])

@@ -62,7 +62,8 @@ def test_validation_metrics_equal_sklearn_on_the_same_outputs() -> None:
             for row in range(len(batch["target"])):
                 if batch["target"][row] == 1:
                     real = batch["instance_mask"][row]
-                    scores.append(out.attention[row].mean(0)[real])
+                    weights = out.attention[row][:, real].softmax(dim=-1).mean(dim=0)  # this bag's heads, averaged
+                    scores.append(weights * int(real.sum()))  # relative to uniform
                     keys.append(batch["instance_target"][row][real])
     assert logged["val/auroc"] == pytest.approx(roc_auc_score(torch.cat(labels), torch.cat(probabilities)), abs=1e-6)
     assert logged["val/instance_auroc"] == pytest.approx(roc_auc_score(torch.cat(keys), torch.cat(scores)), abs=1e-6)
@@ -90,3 +91,70 @@ def test_one_bag_per_batch_trains_as_the_paper_does() -> None:
     task, metrics = fit(0.1, batch_size=1, epochs=2)
     assert {"train/loss", "train/aem", "val/auroc", "val/attention_entropy", "val/instance_auroc"} <= set(metrics)
     assert all(torch.isfinite(p).all() for p in task.parameters())
+
+
+class ShiftedAttention(torch.nn.Module):
+    """AttentionMIL whose scores get a per-bag offset: the softmax, the bag logits and the localisation ignore it."""
+
+    def __init__(self, model: AttentionMIL, shift: float) -> None:
+        super().__init__()
+        self.model, self.shift = model, shift
+
+    def forward(self, bags, instance_mask=None):
+        out = self.model(bags, instance_mask)
+        offsets = self.shift * torch.arange(len(bags), dtype=out.attention.dtype)[:, None, None]
+        return {"logits": out.logits, "attention": out.attention + offsets}
+
+
+def test_instance_localisation_ignores_a_shift_of_a_bags_scores() -> None:
+    seed_everything(0)
+    model = AttentionMIL(in_features=6, embed_dim=8, attention_dim=8)
+    results = []
+    for shift in (0.0, 5.0):
+        trainer = Trainer(accelerator="cpu", **QUIET)
+        task = MILClassifier(ShiftedAttention(model, shift))
+        results.append(trainer.validate(task, loader(24, seed=1, batch_size=6), verbose=False)[0])
+    assert results[0]["val/instance_auroc"] == results[1]["val/instance_auroc"]
+    assert results[0]["val/attention_entropy"] == pytest.approx(results[1]["val/attention_entropy"], abs=1e-6)
+
+
+def test_mixup_on_bags_is_refused_before_training(tmp_path) -> None:
+    from lightning_regs.callbacks import MixUp
+
+    task = MILClassifier(AttentionMIL(in_features=6))
+    trainer = Trainer(accelerator="cpu", max_epochs=1, callbacks=[MixUp(alpha=1.0)], **QUIET)
+    with pytest.raises(ValueError, match="MixUp rewrites batch\\['image'\\] row by row"):
+        trainer.fit(task, loader(8, seed=0, batch_size=4))
+    assert trainer.global_step == 0
+
+
+def test_image_classifier_refuses_padded_bags_it_would_attend_to() -> None:
+    from lightning_regs.tasks import ImageClassifier
+
+    task = ImageClassifier(AttentionMIL(in_features=6), 2, loss_terms=[AttentionEntropyTerm(0.1)])
+    batch = next(iter(loader(8, seed=0, batch_size=4)))
+    with pytest.raises(ValueError, match=r"Use lightning_regs\.tasks\.MILClassifier for bags"):
+        task.training_step(batch, 0)
+
+
+def ddp_validate(world: int) -> dict[str, float]:
+    """Validate on 4 bags where the positive ones (1, 3) all land on rank 1 of 2 (DistributedSampler, no shuffle)."""
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    seed_everything(0)
+    task = MILClassifier(AttentionMIL(in_features=6, embed_dim=8, attention_dim=8))
+    strategy = DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)) if world > 1 else "auto"
+    trainer = Trainer(accelerator="cpu", devices=world, strategy=strategy, **QUIET)
+    return trainer.validate(task, loader(4, seed=1, batch_size=1), verbose=False)[0]
+
+
+@pytest.mark.slow
+def test_under_ddp_a_rank_without_positive_bags_logs_what_one_process_logs() -> None:
+    bags = KeyInstanceBags(4, seed=1)
+    assert [int(b["target"]) for b in bags] == [0, 1, 0, 1]  # rank 0 takes bags 0 and 2: no key instance
+    one, two = ddp_validate(1), ddp_validate(2)
+    assert set(one) == set(two)
+    for name in one:
+        assert two[name] == pytest.approx(one[name], abs=1e-6), name

@@ -4,8 +4,9 @@ A bag sample is a dict with ``image`` (``(N, ...)``: N instance features or imag
 ``target`` (the bag's label, int64 scalar), ``index`` and, where known, ``instance_target`` (``(N,)`` int64, each
 instance's own label, for evaluation only). :func:`collate_bags` stacks bags into ``image`` of shape
 ``(B, N_max, ...)`` padded with zeros, ``instance_mask`` (``(B, N_max)`` bool, True for real instances) and
-``instance_target`` padded with -1. Models and losses must give a bag the same result alone (batch size 1, the
-papers' setting) and padded in a batch: they read ``instance_mask``.
+``instance_target`` padded with -1. Other keys of a bag sample (coordinates, say) are not collated. Models and losses
+must give a bag the same result alone (batch size 1, the papers' setting) and padded in a batch: they read
+``instance_mask``.
 
 Example::
 
@@ -60,7 +61,13 @@ def collate_bags(bags: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         image[row, :size] = bag[IMAGE]
         mask[row, :size] = True
         if INSTANCE_TARGET in bag:
-            instance_target[row, :size] = torch.as_tensor(bag[INSTANCE_TARGET], dtype=torch.long)
+            labels = torch.as_tensor(bag[INSTANCE_TARGET], dtype=torch.long)
+            if labels.shape != (size,):
+                raise ValueError(
+                    f"Bag {int(bag[INDEX]) if INDEX in bag else row} has {size} instances but instance_target of shape "
+                    f"{tuple(labels.shape)}: give one label per instance, (N,)."
+                )
+            instance_target[row, :size] = labels
     batch = {
         IMAGE: image,
         TARGET: torch.stack([torch.as_tensor(bag[TARGET]) for bag in bags]),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
 from lightning_regs.batch import IMAGE, INDEX, TARGET
@@ -40,7 +41,7 @@ _INTEGER = re.compile(r"[+-]?\d+")
 _LAYOUT = (
     "Expected the CLAM-style features layout:\n"
     "  <root>/slides.csv  (columns slide_id,label,split; split is train, val or test; labels are class ids or "
-    "class names; other columns are ignored)\n"
+    "class names, given ids in the order of classes=[...], else sorted; other columns are ignored)\n"
     "  <root>/<features_dir>/<slide_id>.pt  (torch.save of a float tensor (N, D), or of a dict with 'features' "
     "(N, D) and optionally 'coords' (N, 2))\n"
     "  or <root>/<features_dir>/<slide_id>.h5  (CLAM's h5_files: a 'features' dataset (N, D); needs h5py)\n"
@@ -53,6 +54,7 @@ _SPLITS_FORMAT = (
     "unnamed index column, then one column per split), each column listing its split's slide ids, the shorter "
     "columns padded with empty cells (as pandas' DataFrame.to_csv writes them)."
 )
+_CLAM_FEATURES_DIRS = ("pt_files", "h5_files")  # the folders CLAM's extract_features_fp.py writes
 _BOOLEANS = ("True", "False")
 _BOOL_FILE = re.compile(r"(splits_\d+)_bool\.csv")
 
@@ -187,7 +189,15 @@ def _read_slides(path: Path, split_column: bool = True) -> list[_Row]:
         missing = [name for name in required if name not in header]
         if missing:
             expected = _HEADER if split_column else ",".join(required) + " (splits gives the splits: no split column)"
-            raise ValueError(f"{path} has columns {header}, without {missing}; expected {expected}.\n{_LAYOUT}")
+            clam = (
+                " A CSV without a split column (CLAM's dataset_csv: case_id,slide_id,label) needs the splits from "
+                "elsewhere: CLAM's published folds can be given with splits=path/to/splits_<k>.csv "
+                "(--data.init_args.splits=path/to/splits_<k>.csv; relative to root, or absolute), and then the CSV "
+                "needs only slide_id,label."
+                if "split" in missing
+                else ""
+            )
+            raise ValueError(f"{path} has columns {header}, without {missing}; expected {expected}.{clam}\n{_LAYOUT}")
         columns = [header.index(name) for name in required]
         for fields in reader:
             if not fields or not any(field.strip() for field in fields):
@@ -269,6 +279,35 @@ def _read_splits(path: Path) -> dict[str, dict[str, int]]:
     return listed
 
 
+def _check_classes_argument(classes: Sequence[str], num_classes: int | None) -> list[str]:
+    """The ``classes`` argument as a list of class names; a string, a non-name, a repeat or a count off is refused."""
+    example = "e.g. classes=['normal', 'cancer'] (--data.init_args.classes=[normal,cancer]), class 0 first"
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise ValueError(f"classes must be a list of the class names, {example}; got {classes!r}.")
+    names = list(classes)
+    bad = [name for name in names if not isinstance(name, str) or not name or name != name.strip()]
+    if bad:
+        raise ValueError(
+            f"classes must hold the labels as the CSV spells them (non-empty strings, no surrounding spaces), "
+            f"{example}; got {names!r}, with {bad!r}. Integer labels are class ids already: leave classes unset."
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"classes lists {repeated} more than once: {names!r}. List each class once, {example}.")
+    if len(names) < 2:
+        raise ValueError(f"classes must list at least 2 classes, {example}; got {names!r}.")
+    if num_classes is not None and num_classes != len(names):
+        raise ValueError(
+            f"classes lists {len(names)} classes ({names!r}) but num_classes={num_classes}: leave num_classes unset "
+            "(classes gives it), or make them agree."
+        )
+    return names
+
+
+def _id_mapping(classes: Sequence[Any]) -> str:
+    return ", ".join(f"{index} = {name!r}" for index, name in enumerate(classes))
+
+
 def _examples(items: Sequence[str], total: int) -> str:
     return ", ".join(items[:_SHOWN]) + (", ..." if total > _SHOWN else "")
 
@@ -297,10 +336,19 @@ class FeatureBagDataModule(SplitDataModule):
         <splits>                           optional: CLAM's splits/<task>/splits_<k>.csv, the split of fold k
 
     (CLAM writes ``pt_files/`` and ``h5_files/``: pass ``features_dir="pt_files"``; each slide's file is looked up as
-    ``<slide_id>.pt``, then ``<slide_id>.h5``.) Labels are class ids (``0``, ``1``, ...) or class names, mapped to
-    ids in sorted order; :attr:`classes` lists them (the ids themselves for integer labels) and ``num_classes`` is
-    their count, read from the training split (or given, and then checked against it). Each split keeps the CSV's
-    order, and ``datasets[split].slide_ids[i]`` is the slide of sample ``i``.
+    ``<slide_id>.pt``, then ``<slide_id>.h5``.) Each split keeps the CSV's order, and ``datasets[split].slide_ids[i]``
+    is the slide of sample ``i``.
+
+    **Classes.** Labels are class ids (``0``, ``1``, ...) or class names. The classes are the training split's
+    labels: :attr:`classes` lists them by id and ``num_classes`` is their count (or given, and then checked against
+    it). Class names get their ids in the order of the ``classes`` argument (``classes=["normal", "cancer"]``, or
+    ``--data.init_args.classes=[normal,cancer]``), else in sorted order, which ``setup`` logs once. The order matters:
+    :class:`~lightning_regs.tasks.MILClassifier` treats class 0 as the negative bag class (``instance_auroc``), its
+    two-class ``auroc`` scores class 1's probability, and column ``k`` of what ``predict`` returns is P(class ``k``);
+    sorted, ``cancer``/``normal`` would make ``cancer`` the negative class. ``classes`` only orders the training split's
+    labels: a label it does not list (in any split) is an error naming the CSV line, and so is a class it lists that
+    no training slide has (as without it, every class is learnt from). Integer labels are the ids themselves, in
+    their own order: ``classes`` is refused with them.
 
     **Published splits.** With ``splits`` (e.g. ``splits="splits/task_1_tumor_vs_normal_100/splits_3.csv"``, or
     ``--data.init_args.splits=...`` on the command line) the splits file decides which slide is in train, val and
@@ -318,18 +366,22 @@ class FeatureBagDataModule(SplitDataModule):
     the papers' setting (AEM, CLAM); larger batches need a model that reads ``instance_mask``. A file is read when
     its sample is asked for, with ``torch.load(weights_only=True)`` (no arbitrary object is ever unpickled).
 
-    **Checks.** ``setup`` refuses, naming the CSV line or slide and the fix: a missing CSV or column, a malformed
-    row, an unknown split, a slide listed twice, a slide id that leads outside ``root`` or ``features_dir`` (``..``,
-    an absolute path, a symlink pointing out; see :mod:`~lightning_regs.datamodules.files`), slides without a
+    **Checks.** ``setup`` refuses, naming the CSV line or slide and the fix: a missing ``root`` (its absolute path
+    and ``--data.init_args.root``), a missing CSV or column (a missing ``split`` column points to ``splits``), a
+    missing ``features_dir`` folder (suggesting CLAM's ``pt_files``/``h5_files`` where one lies beside it), a
+    malformed row, an unknown split, a slide listed twice, a slide id that leads outside ``root`` or ``features_dir``
+    (``..``, an absolute path, a symlink pointing out; see :mod:`~lightning_regs.datamodules.files`), slides without a
     features file (their count and the first few ids), ``.h5`` files without h5py, an empty split, a training split
-    of one class, and a validation or test label the training split lacks. With ``splits`` it also refuses, naming
+    of one class, a validation or test label the training split lacks, and (with ``classes``) a label ``classes``
+    does not list or a class of it no training slide has. With ``splits`` it also refuses, naming
     the file, the line and the slide: a missing file, a file without the ``train``, ``val`` and ``test`` columns (or
     a ``_bool`` file), a malformed row, a slide listed twice (in two splits or in one), and slides the CSV does not
     list (their labels come from the CSV). Each file is checked when it is read: a
     float ``(N, D)`` tensor with ``N >= 1``, the width ``D`` of the first training slide (:attr:`feature_dim`, read at
     ``setup``) and finite values, else an error naming the file.
 
-    **Resume.** Besides each split's fingerprint (size, labels, file names), the state holds the class list and
+    **Resume.** Besides each split's fingerprint (size, labels, file names), the state holds the class list (by id,
+    so ``classes`` in another order is refused too) and
     every features file's size and, with ``check_files="digest"`` (the default), a SHA-256 digest of its bytes,
     computed once at ``setup`` (it reads every file once; under DDP rank 0 reads and broadcasts). A checkpoint made
     on other data (re-extracted features, relabelled slides, other classes) is a named error on resume;
@@ -352,6 +404,10 @@ class FeatureBagDataModule(SplitDataModule):
         splits: CLAM's ``splits_<k>.csv`` (the ``,train,val,test`` format, not ``splits_<k>_bool.csv``), relative
             to ``root`` or absolute, to take the splits from instead of the CSV's ``split`` column (see above);
             ``None`` reads the ``split`` column.
+        classes: the class names in the order of their ids (class 0 first: the negative class of
+            :class:`~lightning_regs.tasks.MILClassifier`), e.g. ``["normal", "cancer"]``; exactly the training
+            split's labels, so ``num_classes`` is known before ``setup``. ``None``: sorted order (logged at
+            ``setup``). Not allowed with integer labels.
 
     Example::
 
@@ -393,6 +449,7 @@ class FeatureBagDataModule(SplitDataModule):
         persistent_workers: bool = False,
         num_classes: int | None = None,
         splits: str | Path | None = None,
+        classes: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if check_files not in ("digest", "size"):
@@ -405,9 +462,15 @@ class FeatureBagDataModule(SplitDataModule):
             raise ValueError(
                 f"num_classes must be at least 2, or None to count the classes in setup; got {num_classes}."
             )
+        if classes is not None:
+            classes = _check_classes_argument(classes, num_classes)
         self.save_hyperparameters()
-        #: The class of each id: class names in sorted order, or the ids themselves for integer labels.
+        if classes is not None:
+            self.hparams["classes"] = classes  # a list of str, as the CLI gives it: loads with weights_only
+        #: The class of each id: class names in the order of ``classes`` (sorted without it), or the ids themselves
+        #: for integer labels.
         self.classes: tuple[str, ...] | tuple[int, ...] = ()
+        self._logged_classes: tuple[Any, ...] = ()
         #: The features' width ``D``, read from the first training slide at ``setup``.
         self.feature_dim: int | None = None
         self._sizes: dict[str, int] = {}
@@ -433,8 +496,9 @@ class FeatureBagDataModule(SplitDataModule):
         return self.root / self.hparams.features_dir
 
     def num_classes_found(self) -> int | None:
-        """The number of classes of the training split, once ``setup`` has read it."""
-        return len(self.classes) or None
+        """The number of classes of the training split, once ``setup`` has read it (or given by ``classes``)."""
+        order = self.hparams.get("classes")
+        return len(self.classes) or (len(order) if order is not None else None)
 
     # setup ---------------------------------------------------------------------------------------------------
 
@@ -442,7 +506,14 @@ class FeatureBagDataModule(SplitDataModule):
         if self.datasets:
             return
         if not self.root.is_dir():
-            raise FileNotFoundError(f"FeatureBagDataModule root {self.root} does not exist.\n{_LAYOUT}")
+            given = os.fspath(self.hparams.root)
+            relative = "" if self.root.is_absolute() else f", relative to the working folder {os.getcwd()}"
+            raise FileNotFoundError(
+                f"{type(self).__name__} root {self.root.resolve()} "
+                f"{'is not a folder' if self.root.exists() else 'does not exist'} (root={given!r}{relative}). Pass "
+                "the data folder as root=path/to/slides (--data.init_args.root=path/to/slides on the command "
+                f"line).\n{_LAYOUT}"
+            )
         splits_path = self.splits_path
         rows = _read_slides(self.csv_path, split_column=splits_path is None)
         if splits_path is not None:
@@ -480,6 +551,20 @@ class FeatureBagDataModule(SplitDataModule):
             )
             for split, split_rows in by_split.items()
         }
+        self._log_classes()
+
+    def _log_classes(self) -> None:
+        """Log the sorted mapping of class names to ids once (not when ``classes`` chose it, nor for integer ids)."""
+        if self.hparams.get("classes") is not None or not self.classes or isinstance(self.classes[0], int):
+            return
+        if self._logged_classes == self.classes:  # set up again (e.g. on resume): said already
+            return
+        self._logged_classes = self.classes
+        rank_zero_info(
+            f"{type(self).__name__}: classes {_id_mapping(self.classes)} (sorted; pass classes=[...] to choose the "
+            "order, --data.init_args.classes=[...] on the command line; MILClassifier treats class 0 as the negative "
+            "class)"
+        )
 
     @property
     def _split_source(self) -> Path:
@@ -506,8 +591,21 @@ class FeatureBagDataModule(SplitDataModule):
 
     def _find_files(self, rows: Sequence[_Row]) -> dict[str, Path]:
         """Each slide's features file (``.pt``, else ``.h5``), resolved inside ``root`` and ``features_dir``."""
-        in_root, in_features = RootGuard(self.root), RootGuard(self.features_root)
         features_dir = self.hparams.features_dir
+        if not self.features_root.is_dir():
+            state = "is not a folder" if self.features_root.exists() else "does not exist"
+            raise FileNotFoundError(
+                f"The features folder {self.features_root} {state} (root / features_dir={features_dir!r}), so none "
+                f"of the {len(rows)} slides listed in {self._split_source} has a features file. "
+                + (
+                    self._features_dir_hint()
+                    or "Pass the folder of the features files, relative to root, as features_dir=... "
+                    "(--data.init_args.features_dir=... on the command line)."
+                )
+                + "\n"
+                + _LAYOUT
+            )
+        in_root, in_features = RootGuard(self.root), RootGuard(self.features_root)
         found: dict[str, Path] = {}
         missing: list[_Row] = []
         for row in rows:
@@ -522,7 +620,7 @@ class FeatureBagDataModule(SplitDataModule):
                 missing.append(row)
         if missing:
             named = [f"{row.slide_id!r} (line {row.line})" for row in missing]
-            absent = "" if self.features_root.is_dir() else ", a folder that does not exist"
+            hint = f" {self._features_dir_hint()}" if len(missing) == len(rows) else ""
             listed_in, remove = (
                 (f"{self.csv_path}", "remove their rows from the CSV")
                 if self.splits_path is None
@@ -530,19 +628,45 @@ class FeatureBagDataModule(SplitDataModule):
             )
             raise FileNotFoundError(
                 f"{len(missing)} of the {len(rows)} slides listed in {listed_in} have no features file in "
-                f"{self.features_root}{absent} (looked for <slide_id>.pt, then <slide_id>.h5): "
+                f"{self.features_root} (looked for <slide_id>.pt, then <slide_id>.h5): "
                 f"{_examples(named, len(named))}. "
-                f"Extract their features, fix features_dir, or {remove}.\n" + _LAYOUT
+                f"Extract their features, fix features_dir, or {remove}.{hint}\n" + _LAYOUT
             )
         h5_files = [path for path in found.values() if path.suffix == ".h5"]
         if h5_files:
             _import_h5py(h5_files[0])
         return found
 
+    def _features_dir_hint(self) -> str:
+        """Which of CLAM's ``pt_files/`` and ``h5_files/`` lies beside ``features_dir`` to pass instead (or ``""``)."""
+        features_dir = Path(self.hparams.features_dir)
+        if features_dir.is_absolute():
+            return ""
+        bases = dict.fromkeys([features_dir.parent, Path(".")])  # beside features_dir, and in root
+        found = [
+            (base / name).as_posix()
+            for name in _CLAM_FEATURES_DIRS
+            for base in bases
+            if (base / name) != features_dir and (self.root / base / name).is_dir()
+        ]
+        if not found:
+            return ""
+        options = " or ".join(f'features_dir="{name}" (--data.init_args.features_dir={name})' for name in found)
+        folders = " and ".join(f"{name}/" for name in found)
+        h5py = " (.h5 files need h5py)" if any(name.endswith("h5_files") for name in found) else ""
+        return f"{self.root} holds {folders}, as CLAM's extract_features_fp.py writes them: pass {options}{h5py}."
+
     def _class_ids(self, by_split: Mapping[str, Sequence[_Row]]) -> tuple[tuple[Any, ...], dict[str, int]]:
         """The classes of the training split and each slide's class id; a label the training split lacks is named."""
         rows = [row for split in SPLITS for row in by_split[split]]
         integers = all(_INTEGER.fullmatch(row.label) for row in rows)
+        order = self.hparams.get("classes")
+        if integers and order is not None:
+            raise ValueError(
+                f"classes={list(order)!r} was given, but every label in {self.csv_path} is an integer: integer labels "
+                "are the class ids themselves (0, 1, ...), in their own order, and classes orders class names. Leave "
+                "classes unset, or write the labels as class names."
+            )
         if integers:
             negative = next((row for row in rows if int(row.label) < 0), None)
             if negative is not None:
@@ -553,9 +677,11 @@ class FeatureBagDataModule(SplitDataModule):
             classes: tuple[Any, ...] = tuple(range(max(int(row.label) for row in by_split["train"]) + 1))
             ids = {row.slide_id: int(row.label) for row in rows}
         else:
-            classes = tuple(sorted({row.label for row in by_split["train"]}))
+            classes = tuple(order) if order is not None else tuple(sorted({row.label for row in by_split["train"]}))
             position = {name: index for index, name in enumerate(classes)}
             ids = {row.slide_id: position.get(row.label, -1) for row in rows}
+            if order is not None:
+                self._check_labels_in_classes(rows, position)
         present = sorted({ids[row.slide_id] for row in by_split["train"]})
         if len(present) < 2:
             labels_from, fix = (
@@ -568,6 +694,20 @@ class FeatureBagDataModule(SplitDataModule):
                 f"({len(by_split['train'])} slides{labels_from}); a classifier cannot learn from one class. Move "
                 f"slides of the other classes to the training split ({fix})."
             )
+        untrained = [classes[index] for index in sorted(set(range(len(classes))) - set(present))]
+        if integers and untrained:
+            raise ValueError(
+                f"{self._split_source}: integer labels are class ids 0..{len(classes) - 1}, but no training slide has "
+                f"class {untrained} (training labels: {present}). Every class id below the largest must occur in "
+                "training: renumber the labels without gaps, or move slides of those classes to the training split."
+            )
+        if order is not None and untrained:
+            raise ValueError(
+                f"classes={list(order)!r} lists {untrained}, which no training slide of {self._split_source} has (its "
+                f"labels: {sorted({row.label for row in by_split['train']})}). The classes are the training split's "
+                "labels, and classes only chooses their order: remove them from classes, or move slides of those "
+                "classes to the training split."
+            )
         for split in SPLITS[1:]:
             for row in by_split[split]:
                 if not 0 <= ids[row.slide_id] < len(classes):
@@ -577,6 +717,19 @@ class FeatureBagDataModule(SplitDataModule):
                         "Move a slide of that class to the training split, or fix the label."
                     )
         return classes, ids
+
+    def _check_labels_in_classes(self, rows: Sequence[_Row], position: Mapping[str, int]) -> None:
+        """Refuse a label the ``classes`` argument does not list, naming the first slide's CSV line."""
+        unknown = [row for row in rows if row.label not in position]
+        if not unknown:
+            return
+        first, labels = unknown[0], sorted({row.label for row in unknown})
+        slides = "1 slide" if len(unknown) == 1 else f"{len(unknown)} slides"
+        raise ValueError(
+            f"{self.csv_path}, line {first.line}: {first.split} slide {first.slide_id!r} has label {first.label!r}, "
+            f"which is not in classes={list(position)!r} (labels not in it: {labels}, on {slides}). Fix the label, or "
+            "add the class to classes."
+        )
 
     def _record_files(self, rows: Sequence[_Row], paths: Mapping[str, Path]) -> None:
         """Each file's size and (``check_files="digest"``) content digest; under DDP rank 0 reads, the others get it."""
@@ -632,6 +785,15 @@ class FeatureBagDataModule(SplitDataModule):
         self._check_splits(expected)  # first: another fold's split also changes the classes it finds
         classes = expected.get("classes")
         if classes and self.classes and tuple(classes) != tuple(self.classes):
+            if sorted(map(str, classes)) == sorted(map(str, self.classes)):
+                then, now = _id_mapping(classes), _id_mapping(self.classes)
+                flag = "[" + ",".join(map(str, classes)) + "]"
+                raise ValueError(
+                    f"{name}: the checkpoint was made with the same classes in another order: class ids {then} then, "
+                    f"{now} now (classes={self.hparams.get('classes')!r}), so every class id, and each output of the "
+                    f"model, would mean the other class. Pass classes={list(classes)!r} (--data.init_args.classes="
+                    f"{flag}) to resume from this checkpoint, or start a new run."
+                )
             raise ValueError(
                 f"{name}: {where} is not the data the checkpoint was made on: the checkpoint's classes are "
                 f"{list(classes)}, the training split's now {list(self.classes)}, so class ids would mean other "

@@ -105,7 +105,13 @@ class AttentionMIL(nn.Module):
             )
         batch, size = bags.shape[:2]
         instances = bags.reshape(batch * size, *bags.shape[2:])
-        if self.encoder is not None:
+        if self.encoder is not None and instance_mask is not None:
+            # only the real instances: padding would enter BatchNorm's statistics and cost forwards
+            real = instance_mask.reshape(-1).to(device=bags.device, dtype=torch.bool)
+            encoded = self.encoder(instances[real])
+            instances = encoded.new_zeros(batch * size, *encoded.shape[1:])
+            instances[real] = encoded
+        elif self.encoder is not None:
             instances = self.encoder(instances)
         if instances.dim() != 2 or instances.shape[1] != self.in_features:
             raise ValueError(

@@ -166,6 +166,12 @@ class AggregateResponseTask(pl.LightningModule):
         return {"loss": terms.loss, "logits": preds.detach()}
 
     def _collect(self, batch: Any, stage: str) -> None:
+        if isinstance(batch, Mapping) and BAG_ID in batch:
+            raise ValueError(
+                f"{stage} batches carry '{BAG_ID}': these are bag rows whose target is their bag's response, but "
+                f"{type(self).__name__} scores single instances against their own labels. Validate and test on "
+                "instance-level data (the aggregate DataModules' val and test splits are)."
+            )
         image, truth = unpack_batch(batch)
         preds = self(image)
         if self.task_settings.loss == "mse":

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 
 from lightning_regs.batch import (
     HARD_TARGET,
+    INSTANCE_MASK,
     MIX_LAMBDA,
     MIX_PARTNER,
     SAMPLE_TARGET,
@@ -241,6 +242,13 @@ class ImageClassifier(pl.LightningModule):
         return outputs["logits"], loss
 
     def _forward_outputs(self, step: StepBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        padded = isinstance(step.batch, Mapping) and INSTANCE_MASK in step.batch
+        if padded and not bool(step.batch[INSTANCE_MASK].all()):
+            raise ValueError(
+                f"The batch pads bags of different sizes (instance_mask), which {type(self).__name__} does not pass to "
+                "its model: the padding would be attended to. Use lightning_regs.tasks.MILClassifier for bags (it "
+                "calls model(bags, instance_mask)), or load one bag per batch (batch_size=1)."
+            )
         outputs = model_outputs(self(step.image))
         self.check_logits(outputs["logits"])
         if not self._targets_checked:

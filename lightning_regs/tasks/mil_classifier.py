@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC, MulticlassAUROC
 
 from lightning_regs.batch import INDEX, INSTANCE_MASK, INSTANCE_TARGET, StepBatch, read_inputs
+from lightning_regs.callbacks.input_rewriting_callback import InputRewritingCallback
 from lightning_regs.functional.mil import masked_attention, normalized_attention_entropy
 from lightning_regs.functional.outputs import model_outputs
 from lightning_regs.tasks.image_classifier import ImageClassifier
@@ -36,8 +37,9 @@ class MILClassifier(ImageClassifier):
     Logs what :class:`ImageClassifier` logs (bag ``loss``, ``acc``, ``ece``), plus ``val/auroc`` and ``test/auroc``
     (class 1's probability for two classes, macro one-vs-rest otherwise), ``<stage>/attention_entropy`` (``H / log N``
     per bag, averaged: 1 uniform, 0 on one instance) and, where the batch has ``instance_target``,
-    ``<stage>/instance_auroc``: how well the attention scores (averaged over heads) rank the key instances above the
-    others within bags whose class is not 0 (localisation; class 0 is the negative bag class).
+    ``<stage>/instance_auroc``: how well the attention ranks the key instances above the others, over the instances
+    of bags whose class is not 0 (localisation; class 0 is the negative bag class), each scored by its attention
+    weight relative to uniform (softmax weight × the bag's N, averaged over heads).
 
     The defaults are AEM's recipe: AdamW, lr 1e-4, weight decay 1e-5, cosine decay to 0.
 
@@ -90,6 +92,16 @@ class MILClassifier(ImageClassifier):
         for stage in ("val", "test"):
             self.metrics[f"{stage}_auroc"] = (
                 BinaryAUROC() if num_classes == 2 else MulticlassAUROC(num_classes, average="macro")
+            )
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        rewriting = [type(c).__name__ for c in self.trainer.callbacks if isinstance(c, InputRewritingCallback)]
+        if rewriting:
+            raise ValueError(
+                f"{', '.join(rewriting)} rewrites batch['image'] row by row, without regard to which of a bag's padded "
+                "instances are real: mixed bags would blend instances with padding. MILClassifier trains without "
+                "input-rewriting callbacks; remove them (target callbacks such as LabelSmoothing work on bag labels)."
             )
 
     def setup(self, stage: str) -> None:
@@ -159,14 +171,17 @@ class MILClassifier(ImageClassifier):
         self.log(f"{stage}/attention_entropy", self.metrics[f"{stage}_attention_entropy"], on_step=False, on_epoch=True)
         if instance_target is None:
             return
-        scores = attention.detach().float()
-        scores = (scores if scores.dim() == 2 else scores.mean(dim=1)).reshape(instance_target.shape)
-        known = (instance_target >= 0) & (step.labels != 0)[:, None]
-        if mask is not None:
-            known &= mask
-        if known.any():
-            self.metrics[f"{stage}_instance_auroc"].update(scores[known], (instance_target[known] > 0).long())
-            self.log(f"{stage}/instance_auroc", self.metrics[f"{stage}_instance_auroc"], on_step=False, on_epoch=True)
+        # Each instance's attention weight relative to uniform (weight × N, mean over heads): unlike the raw scores it
+        # ignores a shift of a bag's scores, which the softmax ignores too, and it compares bags of different sizes.
+        heads = attention.detach().float()
+        heads = heads if heads.dim() == 3 else heads.reshape(heads.shape[0], 1, -1)
+        real = mask if mask is not None else torch.ones_like(instance_target, dtype=torch.bool)
+        relative = masked_attention(heads, real).mean(dim=1) * real.sum(dim=1, keepdim=True)
+        known = (instance_target >= 0) & (step.labels != 0)[:, None] & real
+        # updated and logged on every step, even with nothing to add: under DDP every rank must log the same metrics
+        # in the same order, or their epoch-end syncs pair up wrongly and hang
+        self.metrics[f"{stage}_instance_auroc"].update(relative[known], (instance_target[known] > 0).long())
+        self.log(f"{stage}/instance_auroc", self.metrics[f"{stage}_instance_auroc"], on_step=False, on_epoch=True)
 
     def _outputs(self, output: Any) -> dict[str, torch.Tensor]:
         try:
