@@ -35,6 +35,7 @@ from lightning_regs.functional.lego_gcd import (
     teacher_temperature,
     unsupervised_contrastive_loss,
 )
+from lightning_regs.functional.llc import LLCEstimate, default_n_beta, estimate_llc
 from lightning_regs.functional.local_complexity import (
     LocalComplexity,
     cross_polytope_vertices,
@@ -83,10 +84,12 @@ __all__ = [
     "cross_polytope_vertices",
     "crrelu",
     "cutmix_boxes",
+    "default_n_beta",
     "diffusion_spectral_entropy",
     "diffusion_spectral_mutual_information",
     "draw_mix",
     "dual_view_kl",
+    "estimate_llc",
     "eval_mode",
     "find_piecewise_linear_layers",
     "gather_unique_by_index",
@@ -99,6 +102,7 @@ __all__ = [
     "interpolate_loss",
     "is_soft_target",
     "label_smoothing_targets",
+    "LLCEstimate",
     "local_complexity",
     "local_entropy_regularization",
     "LocalComplexity",

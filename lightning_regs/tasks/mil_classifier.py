@@ -211,9 +211,9 @@ class MILClassifier(ImageClassifier):
             scores = outputs["attention"]
             scores = scores if scores.dim() == 3 else scores.reshape(scores.shape[0], 1, -1)
             result["attention"] = masked_attention(scores.float(), mask)
-        result["instance_mask"] = mask
+        result[INSTANCE_MASK] = mask
         if isinstance(batch, Mapping) and INDEX in batch:
-            result["index"] = batch[INDEX]
+            result[INDEX] = batch[INDEX]
         return result
 
 
