@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lightning_regs.batch import BAG_ID, IMAGE, INDEX, TARGET
 from lightning_regs.datamodules.bag_sampler import BagBatchSampler, bag_dataloader
 from lightning_regs.datamodules.base import ResumableDataLoader, SplitDataModule, hparam
+from lightning_regs.datamodules.digits import fraction_split
 
 __all__ = ["AggregateDataset", "AggregateRegressionDataModule", "LabelProportionsDataModule", "random_bags"]
 
@@ -284,14 +285,7 @@ class LabelProportionsDataModule(_AggregateDataModule):
 
     def draw_split(self, num_samples: int) -> dict[str, torch.Tensor]:
         """The seeded split of ``range(num_samples)`` into train, validation and test indices (as the digits')."""
-        order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(self.seed))
-        num_val = round(num_samples * self.val_fraction)
-        num_test = round(num_samples * self.test_fraction)
-        return {
-            "val": order[:num_val].sort().values,
-            "test": order[num_val : num_val + num_test].sort().values,
-            "train": order[num_val + num_test :].sort().values,
-        }
+        return fraction_split(num_samples, self.seed, self.val_fraction, self.test_fraction)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

@@ -8,7 +8,26 @@ import torch.nn.functional as F
 from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.datamodules.batch import TensorDictDataset
 
-__all__ = ["DigitsDataModule"]
+__all__ = ["DigitsDataModule", "fraction_split"]
+
+
+def fraction_split(num_samples: int, seed: int, val_fraction: float, test_fraction: float) -> dict[str, torch.Tensor]:
+    """A seeded split of ``range(num_samples)``: ``val_fraction`` and ``test_fraction`` of it held out, sorted indices.
+
+    Example::
+
+        >>> split = fraction_split(10, seed=0, val_fraction=0.2, test_fraction=0.3)
+        >>> {name: len(indices) for name, indices in split.items()}
+        {'val': 2, 'test': 3, 'train': 5}
+    """
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+    num_val = round(num_samples * val_fraction)
+    num_test = round(num_samples * test_fraction)
+    return {
+        "val": order[:num_val].sort().values,
+        "test": order[num_val : num_val + num_test].sort().values,
+        "train": order[num_val + num_test :].sort().values,
+    }
 
 
 class DigitsDataModule(SplitDataModule):
@@ -91,14 +110,7 @@ class DigitsDataModule(SplitDataModule):
 
     def draw_split(self, num_samples: int) -> dict[str, torch.Tensor]:
         """The seeded split of ``range(num_samples)`` into train, validation and test indices."""
-        order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(self.seed))
-        num_val = round(num_samples * self.val_fraction)
-        num_test = round(num_samples * self.test_fraction)
-        return {
-            "val": order[:num_val].sort().values,
-            "test": order[num_val : num_val + num_test].sort().values,
-            "train": order[num_val + num_test :].sort().values,
-        }
+        return fraction_split(num_samples, self.seed, self.val_fraction, self.test_fraction)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

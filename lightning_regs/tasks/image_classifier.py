@@ -28,7 +28,7 @@ from lightning_regs.functional.classification import classification_loss
 from lightning_regs.functional.mixing import combine_interpolated, mixed_accuracy
 from lightning_regs.functional.outputs import model_outputs
 from lightning_regs.tasks.loss_terms import LossTerm
-from lightning_regs.tasks.optim import OptimizerName, SchedulerName, WarmupSchedule, build_optimizer
+from lightning_regs.tasks.optim import OptimizerName, SchedulerName, recipe_optimizers
 from lightning_regs.tasks.settings import own_settings
 from lightning_regs.tasks.sharding import shard_under_model_parallel
 
@@ -350,32 +350,4 @@ class ImageClassifier(pl.LightningModule):
         return model_outputs(self(read_inputs(batch)))["logits"].softmax(dim=-1)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.task_settings
-        optimizer = build_optimizer(
-            self.parameters(),
-            hp.optimizer,
-            hp.lr,
-            hp.weight_decay,
-            momentum=hp.momentum,
-            nesterov=hp.nesterov,
-        )
-        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        max_epochs = self.trainer.max_epochs
-        if max_epochs is None or max_epochs < 1:
-            if hp.scheduler == "step" or hp.warmup_epochs:
-                raise ValueError(
-                    "The 'step' schedule and warm-up are set in epochs: give the Trainer max_epochs "
-                    "(it has none), or use scheduler='cosine' or 'constant' without warm-up."
-                )
-            max_epochs = 1
-        schedule = WarmupSchedule(
-            hp.scheduler,
-            total_steps=total_steps,
-            steps_per_epoch=total_steps / max_epochs,
-            warmup_epochs=hp.warmup_epochs,
-            milestones=hp.milestones,
-            gamma=hp.gamma,
-            min_lr_ratio=hp.min_lr_ratio,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return recipe_optimizers(self, self.task_settings)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-__all__ = ["OptimizerName", "SchedulerName", "WarmupSchedule", "build_optimizer"]
+__all__ = ["OptimizerName", "SchedulerName", "WarmupSchedule", "build_optimizer", "recipe_optimizers"]
 
 OptimizerName = Literal["sgd", "adamw"]
 SchedulerName = Literal["constant", "step", "cosine"]
@@ -101,3 +101,43 @@ class WarmupSchedule:
             progress = min((step - self.warmup_steps) / span, 1.0)
             return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         return 1.0
+
+
+def recipe_optimizers(module: Any, settings: Any) -> dict[str, Any]:
+    """``configure_optimizers`` of the tasks' recipes: :func:`build_optimizer` and a per-step :class:`WarmupSchedule`.
+
+    ``settings`` holds ``optimizer``, ``lr``, ``weight_decay``, ``momentum``, ``nesterov``, ``scheduler``,
+    ``warmup_epochs``, ``milestones``, ``gamma`` and ``min_lr_ratio`` (a task's ``task_settings``); ``module`` is the
+    LightningModule, whose Trainer gives the run's length.
+
+    Raises:
+        ValueError: for the ``step`` schedule or a warm-up (both set in epochs) when the Trainer has no ``max_epochs``.
+    """
+    optimizer = build_optimizer(
+        module.parameters(),
+        settings.optimizer,
+        settings.lr,
+        settings.weight_decay,
+        momentum=settings.momentum,
+        nesterov=settings.nesterov,
+    )
+    total_steps = max(int(module.trainer.estimated_stepping_batches), 1)
+    max_epochs = module.trainer.max_epochs
+    if max_epochs is None or max_epochs < 1:
+        if settings.scheduler == "step" or settings.warmup_epochs:
+            raise ValueError(
+                "The 'step' schedule and warm-up are set in epochs: give the Trainer max_epochs "
+                "(it has none), or use scheduler='cosine' or 'constant' without warm-up."
+            )
+        max_epochs = 1
+    schedule = WarmupSchedule(
+        settings.scheduler,
+        total_steps=total_steps,
+        steps_per_epoch=total_steps / max_epochs,
+        warmup_epochs=settings.warmup_epochs,
+        milestones=settings.milestones,
+        gamma=settings.gamma,
+        min_lr_ratio=settings.min_lr_ratio,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
