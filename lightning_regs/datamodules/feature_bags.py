@@ -9,319 +9,33 @@ and yields bag samples (``lightning_regs.datamodules.bags``) batched by
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import os
-import pickle
-import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
-import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import Dataset
 
-from lightning_regs.batch import IMAGE, INDEX, TARGET
 from lightning_regs.datamodules.bags import collate_bags
 from lightning_regs.datamodules.base import SplitDataModule
 from lightning_regs.datamodules.files import RootGuard
+from lightning_regs.datamodules.slide_files import SUFFIXES, _file_record, _import_h5py, _SlideBags, load_features
+from lightning_regs.datamodules.slide_tables import (
+    _INTEGER,
+    _LAYOUT,
+    SPLITS,
+    _check_classes_argument,
+    _examples,
+    _id_mapping,
+    _read_slides,
+    _read_splits,
+    _Row,
+)
 
 __all__ = ["FeatureBagDataModule"]
 
-SPLITS = ("train", "val", "test")
-SUFFIXES = (".pt", ".h5")
-# The CSV's required columns, as its header spells them (other columns, e.g. CLAM's case_id, are ignored).
-_HEADER = "slide_id,label,split"
-_COLUMNS: tuple[str, str, str] = ("slide_id", "label", "split")
-_FEATURES_KEY = "features"  # the tensor of a dict .pt file, and the dataset of a CLAM .h5 file
-_SHOWN = 5  # ids named in an error before "..."
-_INTEGER = re.compile(r"[+-]?\d+")
-_LAYOUT = (
-    "Expected the CLAM-style features layout:\n"
-    "  <root>/slides.csv  (columns slide_id,label,split; split is train, val or test; labels are class ids or "
-    "class names, given ids in the order of classes=[...], else sorted; other columns are ignored)\n"
-    "  <root>/<features_dir>/<slide_id>.pt  (torch.save of a float tensor (N, D), or of a dict with 'features' "
-    "(N, D) and optionally 'coords' (N, 2))\n"
-    "  or <root>/<features_dir>/<slide_id>.h5  (CLAM's h5_files: a 'features' dataset (N, D); needs h5py)\n"
-    "  with splits=<file>: CLAM's splits/<task>/splits_<k>.csv gives train/val/test, and the CSV needs only "
-    "slide_id,label"
-)
-_FIX_FILE = "Extract this slide's features again, or remove its row from the CSV."
-_SPLITS_FORMAT = (
-    "A splits file is CLAM's splits/<task>/splits_<k>.csv (create_splits_seq.py): the header ',train,val,test' (an "
-    "unnamed index column, then one column per split), each column listing its split's slide ids, the shorter "
-    "columns padded with empty cells (as pandas' DataFrame.to_csv writes them)."
-)
 _CLAM_FEATURES_DIRS = ("pt_files", "h5_files")  # the folders CLAM's extract_features_fp.py writes
-_BOOLEANS = ("True", "False")
-_BOOL_FILE = re.compile(r"(splits_\d+)_bool\.csv")
-
-
-class _Row(NamedTuple):
-    slide_id: str
-    label: str
-    split: str
-    line: int
-
-
-def _import_h5py(example: Path) -> Any:
-    try:
-        import h5py
-    except ImportError as error:
-        raise ImportError(
-            f"{example} is an HDF5 features file (CLAM's h5_files), which needs the optional package h5py: "
-            "pip install h5py (or convert the files to .pt with torch.save)."
-        ) from error
-    return h5py
-
-
-def _read_content(path: Path) -> Any:
-    """What a features file holds: a tensor or a dict (.pt, never unpickling arbitrary objects), a tensor (.h5)."""
-    if path.suffix == ".h5":
-        h5py = _import_h5py(path)
-        try:
-            with h5py.File(path, "r") as handle:
-                if _FEATURES_KEY not in handle:
-                    raise ValueError(
-                        f"{path} has no '{_FEATURES_KEY}' dataset (it holds {sorted(handle)}); CLAM's h5 files store "
-                        f"the patch features as '{_FEATURES_KEY}' (N, D). {_FIX_FILE}"
-                    )
-                return torch.from_numpy(handle[_FEATURES_KEY][()])
-        except (OSError, TypeError) as error:
-            raise ValueError(f"{path} cannot be read as an HDF5 features file ({error}). {_FIX_FILE}") from error
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, AttributeError) as error:
-        raise ValueError(
-            f"{path} cannot be read as a features file ({type(error).__name__}: {str(error).splitlines()[0]}). It must "
-            "be torch.save of a float tensor (N, D) or of a dict of tensors with 'features' (N, D); files are loaded "
-            f"with torch.load(weights_only=True), which refuses other pickled objects. {_FIX_FILE}"
-        ) from error
-
-
-def load_features(path: str | os.PathLike, feature_dim: int | None = None, reference: str = "") -> torch.Tensor:
-    """The ``(N, D)`` float32 features of one slide's file; any other content is a ``ValueError`` naming the file.
-
-    Args:
-        path: a ``.pt`` file (a float tensor ``(N, D)``, or a dict with ``"features"``) or a CLAM ``.h5`` file.
-        feature_dim: the width ``D`` every slide has (``None``: not checked).
-        reference: the file ``feature_dim`` was read from, for the error.
-    """
-    path = Path(path)
-    content = _read_content(path)
-    if isinstance(content, Mapping):
-        features = content.get(_FEATURES_KEY)
-        if not isinstance(features, torch.Tensor):
-            raise ValueError(
-                f"{path} holds a dict with keys {sorted(map(str, content))} but no '{_FEATURES_KEY}' tensor. "
-                f"Save the patch features under '{_FEATURES_KEY}' (N, D) (coordinates may go under 'coords')."
-            )
-    elif isinstance(content, torch.Tensor):
-        features = content
-    else:
-        raise ValueError(
-            f"{path} holds a {type(content).__name__}, not a float tensor (N, D) or a dict with '{_FEATURES_KEY}'. "
-            f"{_FIX_FILE}"
-        )
-    if features.dim() != 2 or not features.is_floating_point():
-        raise ValueError(
-            f"{path} holds features of shape {tuple(features.shape)} and dtype {features.dtype}: a slide's features "
-            f"are a float tensor (N, D), one row per patch. {_FIX_FILE}"
-        )
-    if features.shape[0] == 0:
-        raise ValueError(f"{path} holds no patches (N = 0): the slide has no features to learn from. {_FIX_FILE}")
-    if feature_dim is not None and features.shape[1] != feature_dim:
-        raise ValueError(
-            f"{path} holds features of width D={features.shape[1]}, but the other slides' are {feature_dim} wide "
-            f"(read from {reference or 'the first training slide'}): every slide must come from the same feature "
-            f"extractor. {_FIX_FILE}"
-        )
-    features = features.detach().to(torch.float32)
-    finite = torch.isfinite(features)
-    if not bool(finite.all()):
-        row = int((~finite).any(dim=1).nonzero()[0])
-        raise ValueError(
-            f"{path}: {int((~finite).sum())} of its {features.numel()} feature values are not finite (NaN or inf), "
-            f"the first in patch row {row}. {_FIX_FILE}"
-        )
-    return features.contiguous()
-
-
-class _SlideBags(Dataset):
-    """One split's slides: sample ``i`` is the bag of slide ``slide_ids[i]``, read from ``paths[i]`` when asked."""
-
-    def __init__(
-        self, slide_ids: Sequence[str], paths: Sequence[Path], targets: Sequence[int], feature_dim: int, reference: str
-    ) -> None:
-        self.slide_ids = list(slide_ids)
-        self.paths = list(paths)
-        self.targets = torch.tensor(list(targets), dtype=torch.long)
-        self.feature_dim = feature_dim
-        self.reference = reference
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {
-            IMAGE: load_features(self.paths[index], self.feature_dim, self.reference),
-            TARGET: self.targets[index].clone(),
-            INDEX: torch.tensor(index, dtype=torch.long),
-        }
-
-
-def _read_slides(path: Path, split_column: bool = True) -> list[_Row]:
-    """The rows of the slides CSV; a missing column, malformed row, unknown split or repeated slide id is named.
-
-    Without ``split_column`` (a splits file gives the splits) the ``split`` column is optional and not read: each
-    row's ``split`` is ``""``.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"The slides CSV {path} does not exist (argument csv).\n{_LAYOUT}")
-    rows: list[_Row] = []
-    first_line: dict[str, int] = {}
-    required = _COLUMNS if split_column else _COLUMNS[:2]
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = [name.strip() for name in next(reader, [])]
-        missing = [name for name in required if name not in header]
-        if missing:
-            expected = _HEADER if split_column else ",".join(required) + " (splits gives the splits: no split column)"
-            clam = (
-                " A CSV without a split column (CLAM's dataset_csv: case_id,slide_id,label) needs the splits from "
-                "elsewhere: CLAM's published folds can be given with splits=path/to/splits_<k>.csv "
-                "(--data.init_args.splits=path/to/splits_<k>.csv; relative to root, or absolute), and then the CSV "
-                "needs only slide_id,label."
-                if "split" in missing
-                else ""
-            )
-            raise ValueError(f"{path} has columns {header}, without {missing}; expected {expected}.{clam}\n{_LAYOUT}")
-        columns = [header.index(name) for name in required]
-        for fields in reader:
-            if not fields or not any(field.strip() for field in fields):
-                continue  # a blank line
-            where = f"{path}, line {reader.line_num}"
-            if len(fields) != len(header):
-                raise ValueError(
-                    f"{where}: has {len(fields)} fields under a header of {len(header)}; expected {_HEADER}, got "
-                    f"{fields!r}. Fix or remove the row."
-                )
-            values = [fields[column].strip() for column in columns]
-            for name, value in zip(required, values, strict=True):
-                if not value:
-                    raise ValueError(f"{where}: has an empty {name}; got {fields!r}. Fix or remove the row.")
-            slide_id, label, split = (*values, "")[:3]
-            if split_column and split not in SPLITS:
-                raise ValueError(
-                    f"{where}: slide {slide_id!r} has split {split!r}, which is not one of {', '.join(SPLITS)}. "
-                    "Fix the row."
-                )
-            if slide_id in first_line:
-                raise ValueError(
-                    f"{where}: slide {slide_id!r} is listed again (first at line {first_line[slide_id]}). Each slide "
-                    "is listed once, in one split (a slide in two splits leaks its label); remove the repeated row."
-                )
-            first_line[slide_id] = reader.line_num
-            rows.append(_Row(slide_id, label, split, reader.line_num))
-    return rows
-
-
-def _read_splits(path: Path) -> dict[str, dict[str, int]]:
-    """Each split's slide ids (and the line listing each) from a CLAM ``splits_<k>.csv``; a bad file is named."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"The splits file {path} does not exist (argument splits: relative to root, or absolute). {_SPLITS_FORMAT}"
-        )
-    listed: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
-    first: dict[str, tuple[str, int]] = {}
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = [name.strip() for name in next(reader, [])]
-        missing = [split for split in SPLITS if split not in header]
-        if missing:
-            raise ValueError(
-                f"{path} has columns {header}, without {missing}. {_SPLITS_FORMAT} Pass such a file, or leave splits "
-                "unset to read the splits from the CSV's split column."
-            )
-        columns = {split: header.index(split) for split in SPLITS}
-        for fields in reader:
-            if not fields or not any(field.strip() for field in fields):
-                continue  # a blank line
-            where = f"{path}, line {reader.line_num}"
-            if len(fields) != len(header):
-                raise ValueError(
-                    f"{where}: has {len(fields)} fields under a header of {len(header)} ({','.join(header)}); got "
-                    f"{fields!r}. Fix the row. {_SPLITS_FORMAT}"
-                )
-            cells = {split: fields[column].strip() for split, column in columns.items()}
-            if all(cell in _BOOLEANS for cell in cells.values()):
-                bool_file = _BOOL_FILE.fullmatch(path.name)
-                beside = f" ({path.with_name(bool_file.group(1) + '.csv')})" if bool_file else ""
-                raise ValueError(
-                    f"{where}: holds {'/'.join(cells.values())} under {','.join(SPLITS)}: this is CLAM's "
-                    "splits_<k>_bool.csv (one row per slide, True under its split), which is not read. Pass the "
-                    f"splits_<k>.csv beside it{beside} instead. {_SPLITS_FORMAT}"
-                )
-            for split, slide_id in cells.items():
-                if not slide_id:
-                    continue  # the padding of a shorter column
-                if slide_id in first:
-                    split_before, line_before = first[slide_id]
-                    leak = "" if split_before == split else " A slide in two splits leaks its label across them."
-                    raise ValueError(
-                        f"{where}, column {split}: slide {slide_id!r} is listed again (first at line {line_before}, "
-                        f"column {split_before}).{leak} Each slide belongs to one split: remove the repeated entry."
-                    )
-                first[slide_id] = (split, reader.line_num)
-                listed[split][slide_id] = reader.line_num
-    return listed
-
-
-def _check_classes_argument(classes: Sequence[str], num_classes: int | None) -> list[str]:
-    """The ``classes`` argument as a list of class names; a string, a non-name, a repeat or a count off is refused."""
-    example = "e.g. classes=['normal', 'cancer'] (--data.init_args.classes=[normal,cancer]), class 0 first"
-    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
-        raise ValueError(f"classes must be a list of the class names, {example}; got {classes!r}.")
-    names = list(classes)
-    bad = [name for name in names if not isinstance(name, str) or not name or name != name.strip()]
-    if bad:
-        raise ValueError(
-            f"classes must hold the labels as the CSV spells them (non-empty strings, no surrounding spaces), "
-            f"{example}; got {names!r}, with {bad!r}. Integer labels are class ids already: leave classes unset."
-        )
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"classes lists {repeated} more than once: {names!r}. List each class once, {example}.")
-    if len(names) < 2:
-        raise ValueError(f"classes must list at least 2 classes, {example}; got {names!r}.")
-    if num_classes is not None and num_classes != len(names):
-        raise ValueError(
-            f"classes lists {len(names)} classes ({names!r}) but num_classes={num_classes}: leave num_classes unset "
-            "(classes gives it), or make them agree."
-        )
-    return names
-
-
-def _id_mapping(classes: Sequence[Any]) -> str:
-    return ", ".join(f"{index} = {name!r}" for index, name in enumerate(classes))
-
-
-def _examples(items: Sequence[str], total: int) -> str:
-    return ", ".join(items[:_SHOWN]) + (", ..." if total > _SHOWN else "")
-
-
-def _file_record(path: Path, digest: bool) -> tuple[int, str]:
-    """``(size, sha256 prefix of the bytes)`` of one file; the digest is ``""`` without ``digest``."""
-    size = path.stat().st_size
-    if not digest:
-        return size, ""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            hasher.update(chunk)
-    return size, hasher.hexdigest()[:16]
 
 
 class FeatureBagDataModule(SplitDataModule):
