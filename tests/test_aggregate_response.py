@@ -16,7 +16,7 @@ from lightning.pytorch import Trainer, seed_everything
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_regs.datamodules import bag_sampler as bag_sampler_module
+from lightning_regs.datamodules import samplers as samplers_module
 from lightning_regs.datamodules.aggregate_toys import (
     AggregateDataset,
     AggregateRegressionDataModule,
@@ -272,7 +272,7 @@ def _fake_dist(monkeypatch, rank: int, world_size: int) -> None:
         get_world_size=lambda: world_size,
         get_rank=lambda: rank,
     )
-    monkeypatch.setattr(bag_sampler_module, "dist", fake)
+    monkeypatch.setattr(samplers_module, "dist", fake)  # where the samplers read their rank
 
 
 SIZES = [3, 1, 4, 1, 5, 2, 6, 5, 3, 5, 2, 4]  # 12 bags of unequal sizes

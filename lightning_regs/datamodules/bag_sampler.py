@@ -11,14 +11,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
+
+from lightning_regs.datamodules.samplers import RankReadingSampler
 
 __all__ = ["BagBatchSampler", "BatchedView", "bag_dataloader"]
 
 
-class BagBatchSampler(DistributedSampler):
+class BagBatchSampler(RankReadingSampler):
     """Index lists of ``bags_per_batch`` whole bags; a random order of the bags per (seed, epoch); DDP by whole bags.
 
     **Order.** Each epoch is one permutation of the bags drawn from ``seed`` and the epoch alone (the rule of
@@ -99,14 +100,6 @@ class BagBatchSampler(DistributedSampler):
         self._resume: tuple[int, int] | None = None
 
     @property
-    def num_replicas(self) -> int:
-        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-    @property
-    def rank(self) -> int:
-        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-    @property
     def sampler(self) -> BagBatchSampler:
         """This sampler: Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler`` of a ``batch_sampler``."""
         return self
@@ -125,15 +118,6 @@ class BagBatchSampler(DistributedSampler):
     @property
     def num_samples(self) -> int:  # DistributedSampler's name for this rank's share: batches here
         return -(-self.bags_per_rank // self.bags_per_batch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def resume_at(self, epoch: int, skip: int) -> None:
-        """Start ``epoch``'s iterations after this rank's first ``skip`` batches (they were trained before a stop)."""
-        if skip < 0:
-            raise ValueError(f"BagBatchSampler.resume_at: skip must be 0 or more, got {skip}.")
-        self._resume = (int(epoch), int(skip))
 
     def epoch_bag_order(self) -> list[int]:
         """The whole epoch's order of bag positions (``0 .. num_bags − 1``) over all ranks, before sharding."""

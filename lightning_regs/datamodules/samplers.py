@@ -8,10 +8,39 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-__all__ = ["EpochShuffleSampler"]
+__all__ = ["EpochShuffleSampler", "RankReadingSampler"]
 
 
-class EpochShuffleSampler(DistributedSampler):
+class RankReadingSampler(DistributedSampler):
+    """A ``DistributedSampler`` that reads its rank and world size when iterated, and resumes inside an epoch.
+
+    The base of :class:`EpochShuffleSampler` and :class:`~lightning_regs.datamodules.bag_sampler.BagBatchSampler`:
+    ``DistributedSampler.__init__`` is not called (no process group is needed at construction); a subclass sets
+    ``epoch`` and ``_resume`` and reads ``_resume`` when it iterates.
+    """
+
+    epoch: int
+    _resume: tuple[int, int] | None
+
+    @property
+    def num_replicas(self) -> int:
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """Start ``epoch``'s iterations after this rank's first ``skip`` draws (they were trained before a stop)."""
+        if skip < 0:
+            raise ValueError(f"{type(self).__name__}.resume_at: skip must be 0 or more, got {skip}.")
+        self._resume = (int(epoch), int(skip))
+
+
+class EpochShuffleSampler(RankReadingSampler):
     """Random permutations of ``range(num_samples)`` drawn from ``seed`` and the epoch alone, sharded over the ranks.
 
     ``RandomSampler`` draws from the global RNG, which a checkpoint does not restore: after a
@@ -65,25 +94,8 @@ class EpochShuffleSampler(DistributedSampler):
         self._resume: tuple[int, int] | None = None
 
     @property
-    def num_replicas(self) -> int:
-        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-    @property
-    def rank(self) -> int:
-        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-    @property
     def num_samples(self) -> int:  # DistributedSampler's name for this rank's share
         return -(-self.length // self.num_replicas)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def resume_at(self, epoch: int, skip: int) -> None:
-        """Start ``epoch``'s iterations after this rank's first ``skip`` items (they were trained before a stop)."""
-        if skip < 0:
-            raise ValueError(f"EpochShuffleSampler.resume_at: skip must be 0 or more, got {skip}.")
-        self._resume = (int(epoch), int(skip))
 
     def epoch_order(self) -> list[int]:
         """The whole epoch's order over all ranks (before sharding)."""
