@@ -271,7 +271,7 @@ def test_monitors_under_fsdp2_measure_what_one_process_measures(fsdp2, single):
     print("\nmonitor values, FSDP2 vs one process:")
     for name, values in sorted(ours["history"].items()):
         print(f"  {name}: {values} vs {reference['history'][name]}")
-        assert values == pytest.approx(reference["history"][name], abs=1e-9), name
+        assert values == pytest.approx(reference["history"][name], abs=1e-9, nan_ok=True), name  # 1 point: no SE
     assert any(value > 0 for value in ours["history"]["lc/train"])
     assert any(value > 0 for value in ours["history"]["robust/clean_acc"])
     assert result(fsdp2, "monitors", rank=1)["history"] == ours["history"]  # every rank logs the same value

@@ -52,8 +52,12 @@ def test_fit_logs_lc_at_the_scheduled_steps_and_the_values_are_the_functional_on
     assert monitor.points["train"].shape == monitor.points["heldout"].shape == (25, 1, 8, 8)
     for name in ("train", "heldout", "random"):
         assert logged[-1][1][f"lc/{name}"] == pytest.approx(recompute(task, monitor, name), abs=1e-9)
-    layers = [v for k, v in logged[-1][1].items() if k.startswith("lc/train/")]
+    layers = [v for k, v in logged[-1][1].items() if k.startswith("lc/train/") and not k.endswith("_se")]
     assert sum(layers) == pytest.approx(logged[-1][1]["lc/train"])
+    for name in ("train", "heldout", "random"):  # the standard error over the points, recomputed
+        counts = local_complexity(task, monitor.points[name], monitor.radii[0], directions=monitor.points["directions"])
+        expected = float(counts.total().double().std() / counts.total().shape[0] ** 0.5)
+        assert logged[-1][1][f"lc/{name}_se"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
     assert logged[-1][1]["lc/train"] > 0
     random = monitor.points["random"]
     assert float(random.min()) >= float(monitor.points["train"].min())
@@ -86,7 +90,7 @@ def test_plot_goes_to_wandb_with_a_wandb_logger(tmp_path, wandb_mock):
 def test_several_radii_get_their_own_names_and_bad_arguments_are_named(tmp_path):
     monitor = make_monitor(radius=[0.1, 1.0], log_per_layer=False, sets=("train",))
     fit_with_monitor(tmp_path, monitor, max_steps=2)
-    assert set(monitor.history) == {"lc/train@r=0.1", "lc/train@r=1"}
+    assert set(monitor.history) == {"lc/train@r=0.1", "lc/train@r=1", "lc/train@r=0.1_se", "lc/train@r=1_se"}
     assert monitor.history["lc/train@r=0.1"][-1] <= monitor.history["lc/train@r=1"][-1]
     with pytest.raises(ValueError, match="radius"):
         LocalComplexityMonitor(radius=0.0)

@@ -80,7 +80,11 @@ def test_overhead_is_logged_with_the_prefix_and_printed(tmp_path, caplog):
         fit(tmp_path, monitor, logger=logger)
     overhead = logger.series("mine/overhead")
     assert len(overhead) == len(monitor.measured_steps) == 7 and 0 < overhead[-1] < 10
-    assert re.search(r"StepCounter: 7 measurements, [\d.]+ s measuring = [\d.]+% of [\d.]+ s training", caplog.text)
+    assert re.search(
+        r"StepCounter: 7 measurements, planned [\d.]+% of the forward passes; [\d.]+ s measuring = [\d.]+% of "
+        r"[\d.]+ s training",
+        caplog.text,
+    )
 
 
 class SlowTraining(Callback):
@@ -98,10 +102,10 @@ class Costly(StepCounter):
         return super().measure(trainer, pl_module)
 
 
-def test_measurements_beyond_the_overhead_budget_are_skipped_on_wall_clock(tmp_path, monkeypatch):
+def test_the_opt_in_wall_clock_guard_skips_measurements_beyond_its_share_of_seconds(tmp_path, monkeypatch):
     clock = iter(range(10**7))
     monkeypatch.setattr(scheduled_monitor_module.time, "perf_counter", lambda: float(next(clock)))
-    monitor = Costly(every_n_steps=1, max_overhead=0.5, plot=False)
+    monitor = Costly(every_n_steps=1, max_overhead=None, wall_clock_overhead=0.5, plot=False)
     trainer = Trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=0, default_root_dir=tmp_path,
                       callbacks=[SlowTraining(), monitor], **QUIET)  # fmt: skip
     trainer.fit(task(), DigitsDataModule(batch_size=32))
@@ -111,6 +115,13 @@ def test_measurements_beyond_the_overhead_budget_are_skipped_on_wall_clock(tmp_p
     unbounded = StepCounter(every_n_steps=1, max_overhead=None, plot=False)
     fit(tmp_path, unbounded)
     assert unbounded.measured_steps == list(range(13)) and not unbounded.skipped_steps
+    counted = Costly(every_n_steps=1, plot=False)  # the default: a budget in counted work, the clock ignored
+    trainer = Trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=0, default_root_dir=tmp_path,
+                      callbacks=[SlowTraining(), counted], **QUIET)  # fmt: skip
+    trainer.fit(task(), DigitsDataModule(batch_size=32))
+    assert counted.measured_steps == list(range(13)) and not counted.skipped_steps
+    with pytest.raises(ValueError, match="wall_clock_overhead"):
+        StepCounter(wall_clock_overhead=0.0)
 
 
 def test_auto_size_keeps_what_the_user_set_and_fits_the_rest_into_the_budget():
@@ -119,15 +130,17 @@ def test_auto_size_keeps_what_the_user_set_and_fits_the_rest_into_the_budget():
     assert 64 <= points <= 1024 and points * measurements * 10.0 <= 1e5
     assert auto_size(1e5, 10.0, 500, None) == (500, 20)
     assert auto_size(1e5, 10.0, None, 4) == (1024, 4)
-    assert auto_size(10.0, 10.0, None, None) == (64, 2)  # the floors, above the budget: the monitor warns
+    assert auto_size(10.0, 10.0, None, None) == (16, 8)  # the floors, above the budget: the monitor warns
+    assert auto_size(19_200, 51.0, None, None) == (47, 8)  # 8 measurements first: points go below 64 for them
+    assert auto_size(10.0, 10.0, 64, None) == (64, 2)  # the user's points: measurements go down to 2
 
 
 def test_default_monitors_size_themselves_from_the_run(tmp_path):
-    small = LocalComplexityMonitor(num_directions=4, plot=False)  # 12 steps of 32: 1,152 forwards of budget
+    small = LocalComplexityMonitor(num_directions=4, plot=False)  # 12 steps of 32: 115 forwards of budget
     with pytest.warns(UserWarning, match="above max_overhead=0.1"):
         fit(tmp_path, small)
-    assert small.points_per_set == 64 and small.points["train"].shape[0] == 64
-    assert small.steps == [0, 12]  # the budget buys the floors only: start and end
+    assert small.points_per_set == 16 and small.points["train"].shape[0] == 16
+    assert small.steps == [0, 1, 2, 3, 5, 8, 12]  # the floors: 8 log-spaced steps (7 distinct in a 12-step run)
     large = LocalComplexityMonitor(num_directions=4, plot=False, max_overhead=5000.0)  # 57.6M forwards
     fit(tmp_path, large)
     assert large.points_per_set == 1024 and len(large.steps) > 2
@@ -146,7 +159,7 @@ def test_gradient_accumulation_asks_once_per_optimizer_step(tmp_path, monkeypatc
     assert monitor.measured_steps == [0, 1, 2, 3, 4]
     clock = iter(range(10**7))
     monkeypatch.setattr(scheduled_monitor_module.time, "perf_counter", lambda: float(next(clock)))
-    costly = Costly(every_n_steps=1, max_overhead=0.5, plot=False)
+    costly = Costly(every_n_steps=1, wall_clock_overhead=0.5, plot=False)
     fit(tmp_path, costly, max_epochs=2, accumulate_grad_batches=2)
     assert sorted(costly.measured_steps + costly.skipped_steps) == [0, 1, 2, 3, 4]
 

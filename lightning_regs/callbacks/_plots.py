@@ -29,13 +29,21 @@ def can_plot() -> bool:
 
 
 def plot_curves(
-    steps: Sequence[int], curves: Mapping[str, Sequence[float]], ylabel: str, title: str = "", ylog: bool = False
+    steps: Sequence[int],
+    curves: Mapping[str, Sequence[float]],
+    ylabel: str,
+    title: str = "",
+    ylog: bool = False,
+    errors: Mapping[str, Sequence[float]] | None = None,
 ) -> Any:
     """A matplotlib ``Figure`` of each curve against ``steps`` (symmetric-log x axis, so step 0 shows).
 
+    ``errors[name]`` (standard errors) draws a band of ±1 error around curve ``name``.
+
     Example::
 
-        >>> fig = plot_curves([0, 1, 10, 100], {"lc/train": [1.0, 2.0, 3.0, 1.0]}, ylabel="LC")
+        >>> fig = plot_curves([0, 1, 10, 100], {"lc/train": [1.0, 2.0, 3.0, 1.0]}, ylabel="LC",
+        ...                   errors={"lc/train": [0.1, 0.2, 0.1, 0.1]})
         >>> type(fig).__name__
         'Figure'
     """
@@ -45,8 +53,15 @@ def plot_curves(
         raise ImportError(f"Plots need matplotlib: {MISSING_MATPLOTLIB}.") from error
     figure = Figure(figsize=(6, 3.6), dpi=100)
     axes = figure.subplots()
+    errors = errors or {}
     for label, values in curves.items():
-        axes.plot(list(steps)[: len(values)], list(values), marker=".", label=label)
+        x = list(steps)[: len(values)]
+        (line,) = axes.plot(x, list(values), marker=".", label=label)
+        spread = list(errors.get(label, []))
+        if len(spread) == len(values):  # a curve measured before its errors were logged gets none
+            low = [value - error for value, error in zip(values, spread, strict=True)]
+            high = [value + error for value, error in zip(values, spread, strict=True)]
+            axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     axes.set_xscale("symlog", linthresh=1)
     if ylog:
         axes.set_yscale("log")

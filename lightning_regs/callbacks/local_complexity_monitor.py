@@ -11,10 +11,12 @@ from lightning.pytorch.utilities import rank_zero_deprecation
 
 from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
 from lightning_regs.functional.local_complexity import local_complexity, orthonormal_directions
+from lightning_regs.functional.sampling_error import mean_and_standard_error
 
 __all__ = ["LocalComplexityMonitor"]
 
 _SETS = ("train", "heldout", "random")
+MAX_AUTO_DIRECTIONS, MIN_AUTO_DIRECTIONS = 25, 4  # the paper's MNIST P; below 4 the count says little
 
 
 class LocalComplexityMonitor(ScheduledMonitor):
@@ -28,18 +30,22 @@ class LocalComplexityMonitor(ScheduledMonitor):
     points uniform in the training points' value range. The ``P`` orthonormal directions are drawn
     once and kept too. At each scheduled step the callback logs ``lc/train``, ``lc/heldout``,
     ``lc/random`` (neurons summed over layers, averaged over points) and, with ``log_per_layer``,
-    ``lc/<set>/<layer>``. With several radii the names end in ``@r=<radius>``. Under DDP and FSDP2 the points
+    ``lc/<set>/<layer>``, each with its standard error over the points as ``<name>_se``. With several
+    radii the names end in ``@r=<radius>``. Under DDP and FSDP2 the points
     are sharded over the ranks and the counts summed, so every rank logs the single-process value. At the
     end of training (and on :meth:`plot`) a plot of LC against the step goes to W&B or to
     ``<log dir>/lc.png``. Schedule, point count, cost bound and the other shared arguments are those
     of :class:`~lightning_regs.callbacks.ScheduledMonitor`; one point costs ``2P + 1`` forwards per
-    set and radius. At the defaults the monitor sizes itself to 10% of the run's forward passes (above
-    the floors of 64 points and 2 measurements) and skips measurements that would take it past 10% of
-    the training time.
+    set and radius. At the defaults the monitor plans itself within 10% of the run's forward passes
+    (counted, not timed): at least 8 measurements, with ``P`` (``num_directions="auto"``) lowered from 25
+    towards 4 before the points go below 64 (a 1,000-step run at batch 64: ``P = 5``, 64 points, 9
+    measurements). The ``P`` chosen is printed with the plan and kept in the checkpoint; LC grows with
+    ``P``, so set it to compare runs of different lengths.
 
     Args:
         radius: the cross-polytope radius ``r`` (or a list of radii) in the units the model sees.
         num_directions: ``P`` (``2P`` vertices per point); 25 for the MNIST MLP of the paper, 20 for CIFAR.
+            ``"auto"``: 25, or fewer (down to 4) when the budget cannot afford 8 measurements of 64 points.
         sets: which of ``train``, ``heldout``, ``random`` to measure (``test``: deprecated name of ``heldout``).
         layers: names of the modules to count (see :func:`~lightning_regs.functional.local_complexity`);
             default: the inputs of every ReLU-family activation.
@@ -64,7 +70,7 @@ class LocalComplexityMonitor(ScheduledMonitor):
     def __init__(
         self,
         radius: float | Sequence[float] = 0.5,
-        num_directions: int = 25,
+        num_directions: int | Literal["auto"] = "auto",
         num_points: int | Literal["auto"] | None = "auto",
         sets: Sequence[str] = _SETS,
         heldout_split: str = "val",
@@ -80,6 +86,7 @@ class LocalComplexityMonitor(ScheduledMonitor):
         max_overhead: float | None = 0.1,
         plot: bool = True,
         seed: int = 0,
+        wall_clock_overhead: float | None = None,
     ) -> None:
         super().__init__(
             num_measurements=num_measurements,
@@ -93,6 +100,7 @@ class LocalComplexityMonitor(ScheduledMonitor):
             batch_size=batch_size,
             plot=plot,
             seed=seed,
+            wall_clock_overhead=wall_clock_overhead,
         )
         radii = [float(radius)] if isinstance(radius, (int, float)) else [float(r) for r in radius]
         if not radii or any(r <= 0 for r in radii):
@@ -106,10 +114,12 @@ class LocalComplexityMonitor(ScheduledMonitor):
         unknown = set(sets) - set(_SETS)
         if unknown or not sets:
             raise ValueError(f"sets must be a non-empty subset of {_SETS}, got {list(sets)}.")
-        if num_directions < 1:
-            raise ValueError(f"num_directions must be positive, got {num_directions}.")
+        if num_directions != "auto" and (not isinstance(num_directions, int) or num_directions < 1):
+            raise ValueError(f"num_directions must be a positive int or 'auto', got {num_directions!r}.")
         self.radii = radii
         self.num_directions = num_directions
+        # P in use: the user's, or resolved from the budget when the plan is made (restored on resume).
+        self.directions_count: int | None = None if num_directions == "auto" else num_directions
         self.sets = tuple(dict.fromkeys(sets))
         if preset not in ("default", "official", "official_mlp"):
             raise ValueError(f"preset must be 'default', 'official' or 'official_mlp', got {preset!r}.")
@@ -121,8 +131,10 @@ class LocalComplexityMonitor(ScheduledMonitor):
     def state_key(self) -> str:
         # The held-out set was called "test": keys keep that name, so older checkpoints restore.
         sets = tuple("test" if name == "heldout" else name for name in self.sets)
+        # "auto" keys as 25, the default P before "auto" existed, so those checkpoints restore.
+        directions = MAX_AUTO_DIRECTIONS if self.num_directions == "auto" else self.num_directions
         return self._generate_state_key(
-            radii=self.radii, num_directions=self.num_directions, sets=sets, **self.state_key_fields()
+            radii=self.radii, num_directions=directions, sets=sets, **self.state_key_fields()
         )
 
     def set_points(
@@ -139,7 +151,18 @@ class LocalComplexityMonitor(ScheduledMonitor):
         self._complete_points()
 
     def cost_per_point(self) -> float:
-        return float((2 * self.num_directions + 1) * len(self.radii) * len(self.sets))
+        directions = self.directions_count or MAX_AUTO_DIRECTIONS
+        return float((2 * directions + 1) * len(self.radii) * len(self.sets))
+
+    def fit_cost_to(self, forwards_per_point: float) -> None:
+        """``num_directions="auto"``: the largest ``P`` in [4, 25] whose ``2P + 1`` forwards fit the allowance."""
+        if self.directions_count is not None:
+            return
+        per_set = forwards_per_point / (len(self.radii) * len(self.sets))
+        self.directions_count = int(min(max((per_set - 1) // 2, MIN_AUTO_DIRECTIONS), MAX_AUTO_DIRECTIONS))
+
+    def plan_details(self) -> str:
+        return f" (P = {self.directions_count} directions)"
 
     def _complete_points(self) -> None:
         reference = self.points.get("train", self.points.get("heldout"))
@@ -150,10 +173,12 @@ class LocalComplexityMonitor(ScheduledMonitor):
             low, high = float(reference.min()), float(reference.max())
             uniform = torch.rand(reference.shape, generator=generator)
             self.points["random"] = low + (high - low) * uniform
-        if "directions" not in self.points:
-            self.points["directions"] = orthonormal_directions(reference.shape[1:], self.num_directions, generator)
+        if "directions" not in self.points and self.directions_count is not None:  # "auto": drawn once resolved
+            self.points["directions"] = orthonormal_directions(reference.shape[1:], self.directions_count, generator)
 
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.directions_count is None:  # no budget to fit (max_overhead=None): the paper's P
+            self.directions_count = MAX_AUTO_DIRECTIONS
         if "train" not in self.points:
             self.points["train"] = self.draw_points(trainer, "train")[0]
         if "heldout" in self.sets and "heldout" not in self.points:
@@ -180,12 +205,18 @@ class LocalComplexityMonitor(ScheduledMonitor):
                     batch_size=self.batch_size,
                     include_center=self.preset == "default",
                 )
-                sums = result.counts[:real].sum(dim=0).to(torch.float64)
-                sums = self.reduce_sum(trainer, sums.to(device)).cpu() / points.shape[0]
-                values[f"{self.prefix}/{name}{suffix}"] = float(sums.sum())
+                # Per point: each layer's count and their total; sums and sums of squares add up over ranks.
+                counts = result.counts[:real].to(torch.float64)
+                counts = torch.cat([counts, counts.sum(dim=1, keepdim=True)], dim=1)
+                sums = torch.stack([counts.sum(dim=0), counts.pow(2).sum(dim=0)])
+                sums = self.reduce_sum(trainer, sums.to(device)).cpu()
+                means, errors = mean_and_standard_error(sums[0], sums[1], points.shape[0])
+                values[f"{self.prefix}/{name}{suffix}"] = float(means[-1])
+                values[f"{self.prefix}/{name}{suffix}_se"] = float(errors[-1])
                 if self.log_per_layer:
-                    for layer, value in zip(result.layer_names, sums.tolist(), strict=True):
-                        values[f"{self.prefix}/{name}/{layer}{suffix}"] = value
+                    for index, layer in enumerate(result.layer_names):
+                        values[f"{self.prefix}/{name}/{layer}{suffix}"] = float(means[index])
+                        values[f"{self.prefix}/{name}/{layer}{suffix}_se"] = float(errors[index])
         return values
 
     def _layers(self, model: torch.nn.Module) -> list[str] | None:
@@ -204,9 +235,11 @@ class LocalComplexityMonitor(ScheduledMonitor):
         return "lc", curves, "local complexity (neurons)", "LC"
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "radii": list(self.radii), "num_directions": self.num_directions}
+        return {**super().state_dict(), "radii": list(self.radii), "num_directions": self.directions_count}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
+        if state_dict.get("num_directions") is not None:
+            self.directions_count = int(state_dict["num_directions"])
         if "test" in self.points:  # a checkpoint from before the set was renamed
             self.points["heldout"] = self.points.pop("test")

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_deprecation
 
 from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
 from lightning_regs.functional.adversarial import Norm, pgd_attack, predict, random_perturbation
+from lightning_regs.functional.sampling_error import mean_and_standard_error
 
 __all__ = ["AdversarialRobustnessMonitor"]
 
@@ -19,6 +20,8 @@ OFFICIAL_STEP_FRACTION = 4 / 50
 
 class AdversarialRobustnessMonitor(ScheduledMonitor):
     """Log PGD robust accuracy ``robust/acc`` beside clean accuracy ``robust/clean_acc`` on a fixed held-out set.
+
+    Each comes with its standard error over the points (``robust/acc_se``: ``√(p(1 − p) / (N − 1))``).
 
     Humayun et al. (ICML 2024) report that networks become robust to PGD examples long after they
     interpolate the training data ("delayed robustness"), at the same time as their local complexity
@@ -78,6 +81,7 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
         max_overhead: float | None = 0.1,
         plot: bool = True,
         seed: int = 0,
+        wall_clock_overhead: float | None = None,
     ) -> None:
         super().__init__(
             num_measurements=num_measurements,
@@ -91,6 +95,7 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
             batch_size=batch_size,
             plot=plot,
             seed=seed,
+            wall_clock_overhead=wall_clock_overhead,
         )
         if norm not in ("linf", "l2"):
             raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}.")
@@ -183,8 +188,15 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
             )
             counts[0] += float((predict(model, adversarial).eq(y) & counted).sum())
             counts[1] += float((predict(model, x).eq(y) & counted).sum())
-        counts = self.reduce_sum(trainer, counts.to(device)).cpu() / images.shape[0]
-        return {f"{self.prefix}/acc": float(counts[0]), f"{self.prefix}/clean_acc": float(counts[1])}
+        counts = self.reduce_sum(trainer, counts.to(device)).cpu()
+        # A point scores 0 or 1, so its square is itself: the sums of squares are the counts.
+        accuracy, error = mean_and_standard_error(counts, counts, images.shape[0])
+        return {
+            f"{self.prefix}/acc": float(accuracy[0]),
+            f"{self.prefix}/acc_se": float(error[0]),
+            f"{self.prefix}/clean_acc": float(accuracy[1]),
+            f"{self.prefix}/clean_acc_se": float(error[1]),
+        }
 
     def figure_spec(self) -> tuple[str, dict[str, list[float]], str, str]:
         """Robust and clean accuracy against the step, saved as ``robust.png``."""

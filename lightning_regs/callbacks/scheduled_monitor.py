@@ -25,10 +25,13 @@ from lightning_regs.callbacks.monitor_points import draw_from_dataset, trainer_l
 from lightning_regs.callbacks.monitor_schedule import (
     MAX_MEASUREMENTS,
     MAX_POINTS,
+    MIN_MEASUREMENTS,
+    MIN_POINTS,
     TRAIN_COST_PER_SAMPLE,
     auto_size,
     measurement_epochs,
     measurement_steps,
+    planned_share,
 )
 from lightning_regs.functional.modes import uncompiled, unwrap_compiled
 
@@ -39,9 +42,10 @@ class ScheduledMonitor(Callback):
     """Base of the monitors: schedule, point sets, DDP sharding, logging, history, plots and cost.
 
     A subclass implements :meth:`prepare` (draw its fixed points once, with :meth:`draw_points`),
-    :meth:`measure` (return ``{name: value}``, identical on every rank), :meth:`cost_per_point`
-    (forward passes of one sample per point and measurement, to size the defaults) and
-    :meth:`figure_spec` (what :meth:`plot` draws). It may override :meth:`should_measure`.
+    :meth:`measure` (return ``{name: value}``, identical on every rank, with ``{name + "_se": error}``
+    beside each value that has a sampling error), :meth:`cost_per_point` (forward passes of one sample
+    per point and measurement, to size the defaults) and :meth:`figure_spec` (what :meth:`plot` draws).
+    It may override :meth:`should_measure` and :meth:`fit_cost_to` (its own ``"auto"`` knobs).
 
     **Schedule** (one of): ``num_measurements`` log-spaced optimizer steps from step 0 to the end
     (the grokking paper's schedule), ``every_n_steps``, or ``every_n_epochs`` (measured after those
@@ -52,15 +56,25 @@ class ScheduledMonitor(Callback):
     the same forwards, which FSDP2's parameter gathering needs) and the sums are all-reduced
     (:meth:`reduce_sum`), so every rank logs the single-process value.
 
-    **Cost**: left at their defaults (``num_points="auto"``, ``num_measurements=None``), the point count
-    and the number of measurements are sized from the run (total steps × global batch) so that the
-    monitor's forward passes stay within ``max_overhead`` of the training's (a training sample counted
-    as 3 forwards), down to floors of 64 points and 2 measurements (a warning says when those exceed
-    the budget by half or more); and at every scheduled point after the first of each ``fit``, the measurement
-    is skipped when the seconds spent measuring so far plus the last measurement's would exceed
-    ``max_overhead`` × the seconds spent training (decided on rank 0, so ranks agree). The ratio
-    is logged as ``<prefix>/overhead`` and printed at the end. ``max_overhead=None`` measures exactly the
-    schedule, whatever it costs (runs are then reproducible measurement for measurement).
+    **Cost, in counted work**: left at their defaults (``num_points="auto"``, ``num_measurements=None``),
+    the plan (points per set, measurements, their steps) is fixed before the first step from the run's
+    length, its global batch and :meth:`cost_per_point`, so that the monitor's forward passes stay within
+    ``max_overhead`` of the training's (a training sample counted as 3 forwards): at least 8 log-spaced
+    measurements (a curve), then 64 to 1024 points, then up to 50 measurements; the points go down to 16
+    (and a subclass's own ``"auto"`` knobs, such as LC's directions, down to their floors) before the
+    measurements go below 8. The plan depends on counted work only, never on the clock: the same config
+    measures the same steps on any machine, load and rank count (at one global batch). It is printed when
+    training starts, kept in the checkpoint, and planned again, with a message, when a resumed run has
+    another length. A warning says when the floors exceed the budget. ``planned_overhead`` is the planned
+    share; ``<prefix>/overhead`` logs the seconds measuring ÷ the seconds training (printed at the end).
+    ``max_overhead=None`` measures the whole schedule at up to 1024 points, whatever it costs.
+    ``wall_clock_overhead`` (off by default) adds a guard on seconds: a scheduled measurement is skipped
+    when the seconds measuring would exceed that share of the seconds training (rank 0 decides). Its
+    measured steps then depend on the machine.
+
+    **Errors**: each logged mean over points comes with its standard error as ``<name>_se``
+    (sample standard deviation over the points ÷ √N; bootstrap errors where the value is not a mean),
+    drawn as a band in the plot.
 
     Args:
         num_measurements: log-spaced measurements over the run; ``None``: up to 50, as the budget allows.
@@ -71,7 +85,10 @@ class ScheduledMonitor(Callback):
         submodule: measure ``pl_module.<submodule>`` (e.g. ``backbone``) instead of the whole LightningModule.
             Compiled parts (``torch.compile``) are measured eagerly: hooks do not fire inside compiled graphs.
         prefix: metric names are ``<prefix>/<quantity>``.
-        max_overhead: the share of training time the monitor may add; ``None``: no limit.
+        max_overhead: the share of the training's forward passes the monitor's planned forwards may add
+            (counted work, the same on every machine); ``None``: no limit.
+        wall_clock_overhead: opt-in guard on seconds: skip a scheduled measurement that would take the
+            seconds measuring past this share of the seconds training. Machine-dependent; ``None`` (default): off.
         batch_size: points per forward; ``None`` lets the subclass choose.
         plot: draw the plot at the end of training. Without matplotlib (the ``plots`` extra; the base install
             lacks it) the plot is skipped with one warning when fit starts; the measurements are logged as usual.
@@ -101,6 +118,8 @@ class ScheduledMonitor(Callback):
         (3, ['wn/weight_norm'])
     """
 
+    ylog: bool = False  # the plot's y axis: logarithmic for quantities that fall by orders of magnitude
+
     def __init__(
         self,
         num_measurements: int | None = None,
@@ -114,6 +133,7 @@ class ScheduledMonitor(Callback):
         batch_size: int | None = None,
         plot: bool = True,
         seed: int = 0,
+        wall_clock_overhead: float | None = None,
     ) -> None:
         schedules = {
             "num_measurements": num_measurements,
@@ -137,7 +157,14 @@ class ScheduledMonitor(Callback):
                 f"heldout_split must be 'val' or 'test' (the split held-out points come from), got {heldout_split!r}."
             )
         if max_overhead is not None and not max_overhead > 0:
-            raise ValueError(f"max_overhead must be a positive share of training time or None, got {max_overhead}.")
+            raise ValueError(
+                f"max_overhead must be a positive share of the training's forward passes or None, got {max_overhead}."
+            )
+        if wall_clock_overhead is not None and not wall_clock_overhead > 0:
+            raise ValueError(
+                f"wall_clock_overhead must be a positive share of the training's seconds or None (off), got "
+                f"{wall_clock_overhead}."
+            )
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be positive or None, got {batch_size}.")
         self.num_measurements = num_measurements
@@ -148,12 +175,15 @@ class ScheduledMonitor(Callback):
         self.submodule = submodule
         self.prefix = prefix
         self.max_overhead = max_overhead
+        self.wall_clock_overhead = wall_clock_overhead
         self.batch_size = batch_size
         self.plot_at_end = plot
         self.seed = seed
         self.steps: list[int] = []  # the scheduled optimizer steps (step schedules)
         self.epochs: list[int] = []  # the scheduled finished-epoch counts (epoch schedules)
         self.points_per_set: int | None = None  # num_points resolved at the start of training
+        self.total_steps: int | None = None  # the run length the plan was made for
+        self.planned_overhead: float | None = None  # planned forwards ÷ the training's (counted work)
         self.history: dict[str, list[float]] = {}
         self.measured_steps: list[int] = []
         self.skipped_steps: list[int] = []
@@ -179,6 +209,13 @@ class ScheduledMonitor(Callback):
     def figure_spec(self) -> tuple[str, dict[str, list[float]], str, str]:
         """``(file stem, curves by name, y label, title)`` of the plot."""
         raise NotImplementedError
+
+    def fit_cost_to(self, forwards_per_point: float) -> None:
+        """Resolve the subclass's own ``"auto"`` knobs so one point costs at most ``forwards_per_point``, if it can.
+
+        Called once, when the plan is made (not on resume), with what the budget allows per point at 8
+        measurements of 64 points; :meth:`cost_per_point` is read after it. The default has no knobs.
+        """
 
     def should_measure(self, trainer: pl.Trainer, epoch_end: bool) -> bool:
         """Whether the schedule asks for a measurement now, after optimizer step ``trainer.global_step``.
@@ -298,7 +335,9 @@ class ScheduledMonitor(Callback):
         if not trainer.is_global_zero:
             return None
         stem, curves, ylabel, title = self.figure_spec()
-        figure = plot_curves(self.measured_steps, curves, ylabel=ylabel, title=title)
+        curves = {name: values for name, values in curves.items() if not name.endswith("_se")}
+        errors = {name: self.history[f"{name}_se"] for name in curves if f"{name}_se" in self.history}
+        figure = plot_curves(self.measured_steps, curves, ylabel=ylabel, title=title, ylog=self.ylog, errors=errors)
         step = self.measured_steps[-1] if self.measured_steps else None
         return publish_figure(trainer, figure, stem, directory, step)
 
@@ -317,6 +356,15 @@ class ScheduledMonitor(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.steps and not self.epochs:
             self._plan(trainer)
+            self._announce_plan()
+        elif self._run_length_changed(trainer):
+            before = self.total_steps if self.total_steps is not None else (self.steps or [None])[-1]
+            self._plan(trainer, resumed=True)
+            rank_zero_info(
+                f"{type(self).__name__}: the resumed run has {self.total_steps} optimizer steps, not the {before} its "
+                "measurements were planned for; planned again over the new length (measurements taken are kept)."
+            )
+            self._announce_plan()
         with torch.random.fork_rng(devices=[]):  # augmenting data sets draw from the global RNG: keep it untouched
             self.prepare(trainer, pl_module)  # fills only what is missing (nothing after a resume)
         if trainer.world_size > 1:  # every rank measures rank 0's points
@@ -349,10 +397,13 @@ class ScheduledMonitor(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.measured_steps:
             training = time.perf_counter() - self._train_started - self.measure_seconds
-            skipped = f", {len(self.skipped_steps)} skipped to stay within max_overhead" if self.skipped_steps else ""
+            skipped = (
+                f", {len(self.skipped_steps)} skipped to stay within wall_clock_overhead" if self.skipped_steps else ""
+            )
             count = f"{len(self.measured_steps)} measurement{_plural(self.measured_steps)}"
+            counted = f"planned {self.planned_overhead:.1%} of the forward passes; " if self.planned_overhead else ""
             rank_zero_info(
-                f"{type(self).__name__}: {count}{skipped}, "
+                f"{type(self).__name__}: {count}{skipped}, {counted}"
                 f"{self.measure_seconds:.1f} s measuring = {_ratio(self.measure_seconds, training):.1%} of "
                 f"{training:.1f} s training."
             )
@@ -366,6 +417,8 @@ class ScheduledMonitor(Callback):
             "steps": list(self.steps),
             "epochs": list(self.epochs),
             "points_per_set": self.points_per_set,
+            "total_steps": self.total_steps,
+            "planned_overhead": self.planned_overhead,
             "measured_steps": list(self.measured_steps),
             "skipped_steps": list(self.skipped_steps),
             "history": {name: list(values) for name, values in self.history.items()},
@@ -378,20 +431,22 @@ class ScheduledMonitor(Callback):
         self.steps = [int(s) for s in state_dict.get("steps", [])]
         self.epochs = [int(e) for e in state_dict.get("epochs", [])]
         self.points_per_set = state_dict.get("points_per_set")
+        self.total_steps = state_dict.get("total_steps")
+        self.planned_overhead = state_dict.get("planned_overhead")
         self.measured_steps = [int(s) for s in state_dict.get("measured_steps", [])]
         self.skipped_steps = [int(s) for s in state_dict.get("skipped_steps", [])]
         self.history = {name: [float(v) for v in values] for name, values in state_dict.get("history", {}).items()}
         self.points = dict(state_dict.get("points", {}))
 
     # -- internals ---------------------------------------------------------------------------------
-    def _plan(self, trainer: pl.Trainer) -> None:
-        estimated = trainer.estimated_stepping_batches  # the smaller of max_steps and max_epochs' steps
-        if estimated == float("inf"):
-            raise ValueError(
-                f"{type(self).__name__} plans its schedule over the run's optimizer steps, and this run's length is "
-                "unknown (an iterable data set without a length and no max_steps): give the Trainer max_steps."
-            )
-        total_steps = int(estimated)
+    def _plan(self, trainer: pl.Trainer, resumed: bool = False) -> None:
+        """Points per set, measurements and their steps, from counted work only (see the class docstring).
+
+        ``resumed``: the points are drawn already; their count stays and the schedule is fitted around it.
+        """
+        total_steps = _total_steps(trainer, type(self).__name__)
+        self.total_steps = total_steps
+        training_forwards = TRAIN_COST_PER_SAMPLE * total_steps * _global_batch(trainer)
         if self.every_n_epochs is not None:
             self.epochs = measurement_epochs(_total_epochs(trainer), self.every_n_epochs)
             measurements: int | None = len(self.epochs)
@@ -399,30 +454,60 @@ class ScheduledMonitor(Callback):
             measurements = len(measurement_steps(total_steps, every_n_steps=self.every_n_steps))
         else:
             measurements = self.num_measurements
+        fixed_points = resumed and bool(self.points)
         if self.max_overhead is None:
-            self.points_per_set = MAX_POINTS if self.num_points == "auto" else self.num_points
+            if not fixed_points:
+                self.points_per_set = MAX_POINTS if self.num_points == "auto" else self.num_points
             measurements = measurements or MAX_MEASUREMENTS
+            points = self.points_per_set or MAX_POINTS
         else:
-            budget = self.max_overhead * TRAIN_COST_PER_SAMPLE * total_steps * _global_batch(trainer)
+            budget = self.max_overhead * training_forwards
             # "auto" is sized; the whole split (None) is budgeted as the largest point set.
             requested = None if self.num_points == "auto" else (self.num_points or MAX_POINTS)
+            if fixed_points:
+                requested = self.points_per_set or MAX_POINTS
+            else:
+                self.fit_cost_to(budget / ((measurements or MIN_MEASUREMENTS) * (requested or MIN_POINTS)))
             points, measurements = auto_size(budget, self.cost_per_point(), requested, measurements)
             planned = points * measurements * self.cost_per_point()
-            if planned > 1.5 * budget:  # the wall-clock guard handles small excesses; warn about large ones
-                sets = (
-                    f"{points} points"
-                    if self.num_points is not None
-                    else f"the whole split (counted as {points} points)"
-                )
+            if planned > budget * (1 + 1e-9):
+                sets = f"{points} points" if self.num_points is not None else f"the whole split (counted as {points})"
                 rank_zero_warn(
                     f"{type(self).__name__}: {measurements} measurements of {sets} cost about "
-                    f"{planned / budget * self.max_overhead:.1%} of this run's training in forward passes, above "
-                    f"max_overhead={self.max_overhead}; measurements that would exceed it are skipped. Lower "
-                    "num_points or the schedule, or set max_overhead=None to measure everything."
+                    f"{planned / budget * self.max_overhead:.1%} of this run's forward passes, above "
+                    f"max_overhead={self.max_overhead}; the floors (8 measurements, 16 points; 2 measurements with "
+                    "num_points set) are measured anyway. Lower num_points or the schedule, or raise max_overhead."
                 )
-            self.points_per_set = None if self.num_points is None else points
+            if not fixed_points:
+                self.points_per_set = None if self.num_points is None else points
+        self.planned_overhead = planned_share(points, measurements, self.cost_per_point(), training_forwards)
         if self.every_n_epochs is None:
             self.steps = measurement_steps(total_steps, measurements, self.every_n_steps)
+
+    def _run_length_changed(self, trainer: pl.Trainer) -> bool:
+        """Whether a restored plan was made for another run length (older checkpoints: its last step or epoch)."""
+        if self.every_n_epochs is not None:
+            return bool(self.epochs) and self.epochs[-1] != _total_epochs(trainer)
+        planned_for = self.total_steps if self.total_steps is not None else self.steps[-1]
+        return planned_for != _total_steps(trainer, type(self).__name__)
+
+    def _announce_plan(self) -> None:
+        if self.every_n_epochs is not None:
+            when = f"after epochs {self.epochs}"
+        else:
+            when = f"at steps {_abbreviated(self.steps)}"
+        points = "the whole split" if self.points_per_set is None else f"{self.points_per_set} points per set"
+        share = (
+            f" = {self.planned_overhead:.1%} of the run's forward passes (max_overhead={self.max_overhead})"
+            if self.planned_overhead is not None
+            else ""
+        )
+        count = len(self.epochs) if self.every_n_epochs is not None else len(self.steps)
+        rank_zero_info(f"{type(self).__name__}: {count} measurements of {points}{self.plan_details()} {when}{share}.")
+
+    def plan_details(self) -> str:
+        """What a subclass adds to the printed plan (e.g. ``", P = 5 directions"``)."""
+        return ""
 
     def _maybe_measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch_end: bool) -> None:
         step = trainer.global_step
@@ -435,7 +520,7 @@ class ScheduledMonitor(Callback):
             return
         if self.skipped_steps and self.skipped_steps[-1] == step:
             return
-        if not self._within_budget(trainer):
+        if not self._within_wall_clock(trainer):
             self.skipped_steps.append(step)
             return
         started = time.perf_counter()
@@ -453,12 +538,12 @@ class ScheduledMonitor(Callback):
         for name, value in values.items():
             trainer.callback_metrics[name] = torch.tensor(value)
 
-    def _within_budget(self, trainer: pl.Trainer) -> bool:
+    def _within_wall_clock(self, trainer: pl.Trainer) -> bool:
         # The first measurement of each fit always runs (the same on every rank: no broadcast skipped).
-        if self.max_overhead is None or self._last_cost is None:
+        if self.wall_clock_overhead is None or self._last_cost is None:
             return True
         training = time.perf_counter() - self._train_started - self.measure_seconds
-        decision = self.measure_seconds + self._last_cost <= self.max_overhead * training
+        decision = self.measure_seconds + self._last_cost <= self.wall_clock_overhead * training
         if trainer.world_size > 1:  # wall clocks differ across ranks; rank 0 decides for all
             decision = trainer.strategy.broadcast(decision, src=0)
         return bool(decision)
@@ -470,6 +555,20 @@ def _plural(items: Sequence[Any]) -> str:
 
 def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else 0.0
+
+
+def _total_steps(trainer: pl.Trainer, name: str) -> int:
+    estimated = trainer.estimated_stepping_batches  # the smaller of max_steps and max_epochs' steps
+    if estimated == float("inf"):
+        raise ValueError(
+            f"{name} plans its schedule over the run's optimizer steps, and this run's length is unknown (an "
+            "iterable data set without a length and no max_steps): give the Trainer max_steps."
+        )
+    return int(estimated)
+
+
+def _abbreviated(steps: Sequence[int]) -> str:
+    return str(list(steps)) if len(steps) <= 12 else f"[{', '.join(map(str, steps[:6]))}, ..., {steps[-1]}]"
 
 
 def _total_epochs(trainer: pl.Trainer) -> int:

@@ -63,6 +63,7 @@ from lightning_regs.functional.neural_collapse import NeuralCollapseAccumulator,
 from lightning_regs.functional.outputs import logits_of, model_outputs
 from lightning_regs.functional.prediction_table import PredictionTable
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
+from lightning_regs.functional.sampling_error import mean_and_standard_error
 from lightning_regs.functional.soft_targets import label_smoothing_targets, target_distribution
 from lightning_regs.functional.supcon import supervised_contrastive_loss
 
@@ -109,6 +110,7 @@ __all__ = [
     "LogitPriorEMA",
     "logits_of",
     "masked_attention",
+    "mean_and_standard_error",
     "mean_entropy_maximization",
     "mix_inputs",
     "mix_targets",
