@@ -119,8 +119,12 @@ CHECKS = {
     "auglocal.md": _auglocal,
     "crrelu.md": _crrelu,
     "mixup.md": _mixup,
-    "local_complexity.md": _monitor(LocalComplexityMonitor, {"lc/train", "lc/heldout", "lc/random"}),
-    "robustness_monitor.md": _monitor(AdversarialRobustnessMonitor, {"robust/acc", "robust/clean_acc"}),
+    "local_complexity.md": _monitor(
+        LocalComplexityMonitor, {f"lc/{s}{e}" for s in ("train", "heldout", "random") for e in ("", "_se")}
+    ),
+    "robustness_monitor.md": _monitor(
+        AdversarialRobustnessMonitor, {f"robust/{q}{e}" for q in ("acc", "clean_acc") for e in ("", "_se")}
+    ),
 }
 
 

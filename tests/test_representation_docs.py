@@ -67,7 +67,7 @@ def test_the_digits_example_runs_two_epochs(name, tmp_path, monkeypatch):
     )  # fmt: skip
     monitor = monitor_of(cli.trainer, name)
     assert len(monitor.measured_steps) + len(monitor.skipped_steps) == 3  # before training and after each epoch
-    assert monitor.max_overhead == 0.05 and monitor.every_n_epochs == 1  # the defaults
+    assert monitor.max_overhead == 0.05 and monitor.every_n_epochs == 1  # the default budget; the example's schedule
     (metrics,) = tmp_path.rglob("metrics.csv")
     header = metrics.read_text().splitlines()[0]
     expected = (

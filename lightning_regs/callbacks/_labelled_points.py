@@ -21,12 +21,11 @@ class LabelledPointsMonitor(ScheduledMonitor):
 
     Each set is ``num_points`` images with their int64 class ids, drawn once (``train`` from the training
     split with the evaluation transform, ``heldout`` from ``heldout_split``) or given with :meth:`set_points`,
-    and kept in the checkpoint. Without a schedule argument the monitor measures every epoch.
+    and kept in the checkpoint. Without a schedule argument the monitor measures on the log-spaced
+    schedule planned from the budget, as every monitor does (``every_n_epochs=1``: the papers' every epoch).
     """
 
     def __init__(self, sets: Sequence[str] = SETS, **kwargs: Any) -> None:
-        if all(kwargs.get(name) is None for name in ("num_measurements", "every_n_steps", "every_n_epochs")):
-            kwargs["every_n_epochs"] = 1
         super().__init__(**kwargs)
         unknown = set(sets) - set(SETS)
         if unknown or not sets:
