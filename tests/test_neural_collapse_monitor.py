@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -14,7 +16,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_regs.callbacks import NeuralCollapseMonitor
 from lightning_regs.callbacks._features import find_classifier, full_tensor
+from lightning_regs.functional.bootstrap import derive_seed
 from lightning_regs.functional.neural_collapse import neural_collapse
+from lightning_regs.functional.neural_collapse_bootstrap import NeuralCollapseBootstrap
 from tests.helpers.grokking_monitors import fit_with_monitor
 from tests.helpers.trainers import QUIET
 
@@ -22,11 +26,12 @@ NAMES = {"nc1", "nc1_trace", "nc2", "nc2_equinorm", "nc2_equiangle", "nc2_max_an
 
 
 def make_monitor(**kwargs) -> NeuralCollapseMonitor:
-    return NeuralCollapseMonitor(**{"num_points": 60, "batch_size": 25, "max_overhead": None, "plot": False, **kwargs})
+    options = {"num_points": 60, "batch_size": 25, "every_n_epochs": 1, "max_overhead": None, "plot": False}
+    return NeuralCollapseMonitor(**{**options, **kwargs})
 
 
-def recompute(task, monitor: NeuralCollapseMonitor, set_name: str) -> dict[str, float]:
-    """The functional metrics of the points' classifier inputs, read here with a hook of our own."""
+def recompute(task, monitor: NeuralCollapseMonitor, set_name: str, step: int) -> dict[str, float]:
+    """The functional metrics and bootstrap errors of the points' classifier inputs, read with a hook of our own."""
     images, labels = monitor.labelled_points(set_name)
     head = task.backbone.head
     seen = []
@@ -35,19 +40,29 @@ def recompute(task, monitor: NeuralCollapseMonitor, set_name: str) -> dict[str, 
     with torch.no_grad():
         task(images)
     handle.remove()
-    return neural_collapse(seen[0], labels, weight=head.weight, bias=head.bias)
+    key = derive_seed(monitor.seed, step, ("train", "heldout").index(set_name))  # (seed, step, set)
+    bootstrap = NeuralCollapseBootstrap(10, monitor.bootstrap, seed=key)
+    bootstrap.update(seen[0], labels, torch.arange(len(labels)))  # one batch: the errors do not depend on the split
+    bootstrap.sync().update_ncc(seen[0], labels, torch.arange(len(labels)), head.weight, head.bias)
+    errors = bootstrap.sync().standard_errors(head.weight)
+    metrics = neural_collapse(seen[0], labels, weight=head.weight, bias=head.bias)
+    return {**metrics, **{f"{name}_se": errors[name] for name in metrics}}
 
 
 def test_fit_logs_every_metric_per_set_each_epoch_and_they_are_the_functional_ones(tmp_path):
     monitor = make_monitor()
     task, trainer = fit_with_monitor(tmp_path, monitor, max_epochs=4)
-    assert monitor.measured_steps == [0, 3, 6, 9, 12]  # before training and after each epoch (the default)
-    assert set(monitor.history) == {f"nc/{s}/{n}" for s in ("train", "heldout") for n in NAMES}
+    assert monitor.measured_steps == [0, 3, 6, 9, 12]  # before training and after each epoch
+    names = {f"{n}{error}" for n in NAMES for error in ("", "_se")}  # each metric and its bootstrap error
+    assert set(monitor.history) == {f"nc/{s}/{n}" for s in ("train", "heldout") for n in names}
     logged = [metrics for _, metrics in trainer.logger.logged if "nc/train/nc1" in metrics]
     assert len(logged) == 5 and "nc/overhead" in logged[-1]
+    errors = [value for metrics in logged for name, value in metrics.items() if name.endswith("_se")]
+    assert len(errors) == 5 * 2 * len(NAMES) and all(math.isfinite(e) and e >= 0 for e in errors)
+    assert sum(e > 0 for e in errors) > len(errors) / 2  # real spreads, not a constant 0
     for set_name in ("train", "heldout"):
-        reference = recompute(task, monitor, set_name)
-        for name in NAMES:
+        reference = recompute(task, monitor, set_name, monitor.measured_steps[-1])
+        for name in names:
             assert logged[-1][f"nc/{set_name}/{name}"] == pytest.approx(reference[name], rel=1e-6, abs=1e-9), name
     assert monitor.history["nc/train/nc1"][-1] < monitor.history["nc/train/nc1"][0]  # training separates classes
 
@@ -55,7 +70,10 @@ def test_fit_logs_every_metric_per_set_each_epoch_and_they_are_the_functional_on
 def test_the_second_pass_from_the_cache_equals_running_the_forwards_again(tmp_path):
     fit_with_monitor(tmp_path / "a", cached_monitor := make_monitor(), max_epochs=2, max_steps=6)
     fit_with_monitor(tmp_path / "b", again_monitor := make_monitor(feature_cache_mb=0), max_epochs=2, max_steps=6)
-    assert cached_monitor.history == again_monitor.history
+    assert cached_monitor.history == again_monitor.history  # the errors too
+    fit_with_monitor(tmp_path / "c", no_errors := make_monitor(bootstrap=0), max_epochs=2, max_steps=6)
+    values = {name: v for name, v in cached_monitor.history.items() if not name.endswith("_se")}
+    assert no_errors.history == values  # bootstrap=0: the same values, no errors
 
 
 def test_the_monitor_leaves_training_untouched(tmp_path):
@@ -151,4 +169,7 @@ def test_bad_arguments_are_named():
         NeuralCollapseMonitor(feature_cache_mb=-1)
     with pytest.raises(ValueError, match="int64 class ids"):
         NeuralCollapseMonitor().set_points(train=(torch.zeros(2, 4), torch.zeros(2, 3)))
-    assert NeuralCollapseMonitor().every_n_epochs == 1 and NeuralCollapseMonitor(every_n_steps=5).every_n_epochs is None
+    for replicates in (1, -1):
+        with pytest.raises(ValueError, match="bootstrap must be 0"):
+            NeuralCollapseMonitor(bootstrap=replicates)
+    assert NeuralCollapseMonitor(every_n_steps=5).every_n_epochs is None

@@ -49,7 +49,10 @@ def test_the_dse_card_block_runs_and_dsmi_with_the_labels_rises(tmp_path, monkey
     exec(compile(code, "docs/methods/dse.md", "exec"), namespace)
     monitor = monitor_of(namespace["trainer"], "dse")
     assert set(monitor.history) == {
-        f"{k}/{layer}" for k in ("dse", "dsmi_y", "dsmi_x") for layer in ("penultimate", "features.2")
+        f"{k}/{layer}{error}"
+        for k in ("dse", "dsmi_y", "dsmi_x")
+        for layer in ("penultimate", "features.2")
+        for error in ("", "_se")
     }
     assert len(monitor.history["dse/penultimate"]) == 4 and monitor.points["train"].shape[0] == 500
     assert monitor.history["dsmi_y/penultimate"][-1] > monitor.history["dsmi_y/penultimate"][0] + 0.3

@@ -57,7 +57,8 @@ class LocalComplexityMonitor(ScheduledMonitor):
             the logits included, without the centre, as the official MLP script does (on random 16-32-32-10
             MLPs the default is 3-12% below it). ``layers`` overrides the layer choice of any preset.
         num_measurements, every_n_steps, every_n_epochs, num_points, heldout_split, submodule, prefix,
-            max_overhead, batch_size, plot, seed: see :class:`~lightning_regs.callbacks.ScheduledMonitor`
+            max_overhead, wall_clock_overhead, batch_size, plot, seed: see
+            :class:`~lightning_regs.callbacks.ScheduledMonitor`
             (``batch_size``: points per forward, ``2P+1`` inputs each; ``None`` picks about 8192 inputs).
 
     Example::

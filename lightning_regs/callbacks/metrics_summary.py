@@ -28,7 +28,8 @@ class MetricsSummary(Callback):
 
     Printed on global rank zero only, sorted by name, as a two-column table. The values are
     ``trainer.callback_metrics`` (the last epoch's, already reduced across ranks). A monitor's metric whose last
-    measurement came before the final step (skipped to stay within ``max_overhead``) says at which step.
+    measurement came before the final step (a schedule that ends earlier, or ``wall_clock_overhead`` skipping it)
+    says at which step.
 
     Args:
         prefixes: print only metrics whose name starts with one of these (all when empty).

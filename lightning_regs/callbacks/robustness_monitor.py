@@ -48,7 +48,8 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
             a step of ``epsilon * 4/50`` (its 4/255 step at epsilon 50/255) instead of ``epsilon / 4``, and
             ``input_range="data"`` instead of no clamp.
         num_measurements, every_n_steps, every_n_epochs, num_points, heldout_split, submodule, prefix,
-            max_overhead, batch_size, plot, seed: see :class:`~lightning_regs.callbacks.ScheduledMonitor`
+            max_overhead, wall_clock_overhead, batch_size, plot, seed: see
+            :class:`~lightning_regs.callbacks.ScheduledMonitor`
             (``batch_size``: images attacked at once on each rank, 1024 when ``None``).
 
     Example::

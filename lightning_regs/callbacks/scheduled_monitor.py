@@ -217,6 +217,10 @@ class ScheduledMonitor(Callback):
         measurements of 64 points; :meth:`cost_per_point` is read after it. The default has no knobs.
         """
 
+    def plan_details(self) -> str:
+        """What a subclass adds to the printed plan (e.g. ``", P = 5 directions"``)."""
+        return ""
+
     def should_measure(self, trainer: pl.Trainer, epoch_end: bool) -> bool:
         """Whether the schedule asks for a measurement now, after optimizer step ``trainer.global_step``.
 
@@ -504,10 +508,6 @@ class ScheduledMonitor(Callback):
         )
         count = len(self.epochs) if self.every_n_epochs is not None else len(self.steps)
         rank_zero_info(f"{type(self).__name__}: {count} measurements of {points}{self.plan_details()} {when}{share}.")
-
-    def plan_details(self) -> str:
-        """What a subclass adds to the printed plan (e.g. ``", P = 5 directions"``)."""
-        return ""
 
     def _maybe_measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch_end: bool) -> None:
         step = trainer.global_step

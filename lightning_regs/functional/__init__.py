@@ -19,6 +19,7 @@ from lightning_regs.functional.anomaly import (
     pixel_auroc,
     rank_auroc,
 )
+from lightning_regs.functional.bootstrap import half_sample_errors, poisson_weights, replicate_standard_error
 from lightning_regs.functional.classification import classification_loss, hard_labels, is_soft_target
 from lightning_regs.functional.diffusion_entropy import (
     diffusion_spectral_entropy,
@@ -60,6 +61,7 @@ from lightning_regs.functional.mixing import (
 )
 from lightning_regs.functional.modes import eval_mode
 from lightning_regs.functional.neural_collapse import NeuralCollapseAccumulator, neural_collapse
+from lightning_regs.functional.neural_collapse_bootstrap import NeuralCollapseBootstrap
 from lightning_regs.functional.outputs import logits_of, model_outputs
 from lightning_regs.functional.prediction_table import PredictionTable
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
@@ -97,6 +99,7 @@ __all__ = [
     "gcd_accuracy",
     "gcd_accuracy_balanced",
     "gcd_accuracy_v1",
+    "half_sample_errors",
     "hard_labels",
     "image_auroc",
     "instance_level_loss",
@@ -118,14 +121,17 @@ __all__ = [
     "model_outputs",
     "neural_collapse",
     "NeuralCollapseAccumulator",
+    "NeuralCollapseBootstrap",
     "normalized_attention_entropy",
     "orthonormal_directions",
+    "poisson_weights",
     "pgd_attack",
     "pixel_auroc",
     "predict",
     "PredictionTable",
     "pskd_alpha",
     "pskd_targets",
+    "replicate_standard_error",
     "random_perturbation",
     "rank_auroc",
     "robust_accuracy",

@@ -31,7 +31,9 @@ within-class scatter of a collapsed network. **NC4 needs a second pass**: a samp
 is known only once every sample has been seen, so after the first pass (and :meth:`sync` across ranks)
 the features are fed again to :meth:`~NeuralCollapseAccumulator.update_ncc` — from a cache of this
 process's features or by running the forwards again. :func:`neural_collapse` does both passes on
-features held in memory.
+features held in memory. Optional per-sample weights (``sample_weight``) count a sample that many times: every
+count, mean and scatter becomes a weighted one, which is what a bootstrap replicate computes
+(:mod:`lightning_regs.functional.neural_collapse_bootstrap`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["NeuralCollapseAccumulator", "neural_collapse"]
+__all__ = ["NeuralCollapseAccumulator", "checked_batch", "neural_collapse"]
 
 _FLOAT = torch.float64
 
@@ -87,15 +89,20 @@ class NeuralCollapseAccumulator:
         self._ncc_synced = torch.zeros(3, dtype=_FLOAT)  # the part of ``ncc`` that already holds every rank's
 
     # -- first pass --------------------------------------------------------------------------------
-    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch: ``features`` ``(B, d)``, ``labels`` ``(B,)`` int64 in ``[0, K)``."""
+    def update(self, features: torch.Tensor, labels: torch.Tensor, sample_weight: torch.Tensor | None = None) -> None:
+        """Add a batch: ``features`` ``(B, d)``, ``labels`` ``(B,)`` int64 in ``[0, K)``.
+
+        ``sample_weight`` ``(B,)`` (finite, ``>= 0``) weighs each sample: counts become sums of weights and
+        every mean and scatter is weighted, so an integer weight ``k`` counts a sample as ``k`` copies of it (a
+        bootstrap resample); ``None`` counts each sample once.
+        """
         if self.synced or bool(self.ncc.any()):
             raise RuntimeError(
                 "NeuralCollapseAccumulator.update after sync() or update_ncc(): the class means are final by then; "
                 "start a new accumulator for new samples."
             )
         features, labels = self._check(features, labels)
-        self.merge(self._batch_statistics(features, labels))
+        self.merge(self._batch_statistics(features, labels, self._sample_weight(sample_weight, labels)))
 
     def merge(self, other: NeuralCollapseAccumulator) -> NeuralCollapseAccumulator:
         """Combine ``other``'s samples into this accumulator (exact: the result does not depend on the split)."""
@@ -112,7 +119,8 @@ class NeuralCollapseAccumulator:
             raise ValueError(f"Cannot merge features of {other.means.shape[1]} and {self.means.shape[1]} dimensions.")
         counts = self.counts + other.counts
         delta = other.means - self.means
-        share = torch.where(counts > 0, other.counts / counts.clamp(min=1), torch.zeros_like(counts))
+        # counts > 0 may be below 1 with sample weights; integer counts divide exactly as by counts.clamp(min=1)
+        share = torch.where(counts > 0, other.counts / torch.where(counts > 0, counts, 1.0), torch.zeros_like(counts))
         weight = self.counts * share  # n_a n_b / (n_a + n_b)
         self.means = self.means + delta * share[:, None]
         self.scatter = self.scatter + other.scatter + (delta * weight[:, None]).T @ delta
@@ -143,12 +151,17 @@ class NeuralCollapseAccumulator:
 
     # -- second pass -------------------------------------------------------------------------------
     def update_ncc(
-        self, features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None,
     ) -> None:
         """Second pass, for NC4: count where ``argmax(Wh + b)`` and the nearest class mean disagree.
 
         Call it after every :meth:`update` (and after :meth:`sync` under ``torch.distributed``), with the same
-        samples again; ``weight`` is ``(K, d)``, ``bias`` ``(K,)`` or ``None``.
+        samples again (and the same ``sample_weight``); ``weight`` is ``(K, d)``, ``bias`` ``(K,)`` or ``None``.
         """
         if self.counts is None:
             raise RuntimeError("update_ncc needs the class means: call update() with every batch first.")
@@ -161,7 +174,14 @@ class NeuralCollapseAccumulator:
         nearest = distances.argmin(dim=1)
         logits = features @ weight.T + (bias if bias is not None else 0.0)
         predicted = logits.argmax(dim=1)
-        batch = torch.stack([(predicted != nearest).sum(), (predicted == labels).sum(), labels.new_tensor(len(labels))])
+        sample_weight = self._sample_weight(sample_weight, labels)
+        if sample_weight is None:
+            batch = torch.stack(
+                [(predicted != nearest).sum(), (predicted == labels).sum(), labels.new_tensor(len(labels))]
+            )
+        else:
+            disagree, correct = (predicted != nearest).to(_FLOAT), (predicted == labels).to(_FLOAT)
+            batch = torch.stack([sample_weight @ disagree, sample_weight @ correct, sample_weight.sum()])
         self.ncc = self.ncc + batch.to(self.ncc)
 
     # -- metrics -----------------------------------------------------------------------------------
@@ -197,19 +217,21 @@ class NeuralCollapseAccumulator:
 
     # -- internals ---------------------------------------------------------------------------------
     def _check(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if features.dim() != 2 or labels.shape != features.shape[:1]:
-            raise ValueError(
-                f"Expected features (B, d) and labels (B,); got {tuple(features.shape)} and {tuple(labels.shape)}. "
-                "Flatten the features to one vector per sample; labels are class ids, not probabilities."
-            )
-        if labels.is_floating_point():
-            raise ValueError("labels must be int64 class ids, got a floating-point tensor (soft targets?).")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes}); got values in [{int(labels.min())}, {int(labels.max())}]."
-            )
         device = self.counts.device if self.counts is not None else features.device
-        return features.detach().to(device=device, dtype=_FLOAT), labels.detach().to(device=device, dtype=torch.long)
+        return checked_batch(features, labels, self.num_classes, device)
+
+    def _sample_weight(self, sample_weight: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor | None:
+        if sample_weight is None:
+            return None
+        if sample_weight.shape != labels.shape:
+            raise ValueError(
+                f"sample_weight must hold one weight per sample, shape {tuple(labels.shape)}; "
+                f"got {tuple(sample_weight.shape)}."
+            )
+        sample_weight = sample_weight.detach().to(device=labels.device, dtype=_FLOAT)
+        if not bool(torch.isfinite(sample_weight).all()) or bool((sample_weight < 0).any()):
+            raise ValueError("sample_weight must be finite and >= 0 (a sample counted 0, 1, 2, ... times).")
+        return sample_weight
 
     def _classifier(self, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight = weight.detach().to(device=self.means.device, dtype=_FLOAT)
@@ -220,7 +242,11 @@ class NeuralCollapseAccumulator:
             )
         return weight, None if bias is None else bias.detach().to(weight)
 
-    def _batch_statistics(self, features: torch.Tensor, labels: torch.Tensor) -> NeuralCollapseAccumulator:
+    def _batch_statistics(
+        self, features: torch.Tensor, labels: torch.Tensor, sample_weight: torch.Tensor | None = None
+    ) -> NeuralCollapseAccumulator:
+        if sample_weight is not None:
+            return self._weighted_batch_statistics(features, labels, sample_weight)
         batch = NeuralCollapseAccumulator(self.num_classes)
         counts = torch.bincount(labels, minlength=self.num_classes).to(_FLOAT)
         sums = features.new_zeros(self.num_classes, features.shape[1]).index_add_(0, labels, features)
@@ -229,6 +255,21 @@ class NeuralCollapseAccumulator:
         batch.counts = counts
         batch.scatter = centred.T @ centred
         batch.class_scatter = counts.new_zeros(self.num_classes).index_add_(0, labels, centred.pow(2).sum(dim=1))
+        return batch
+
+    def _weighted_batch_statistics(
+        self, features: torch.Tensor, labels: torch.Tensor, sample_weight: torch.Tensor
+    ) -> NeuralCollapseAccumulator:
+        batch = NeuralCollapseAccumulator(self.num_classes)
+        counts = features.new_zeros(self.num_classes).index_add_(0, labels, sample_weight)
+        sums = features.new_zeros(self.num_classes, features.shape[1])
+        sums.index_add_(0, labels, features * sample_weight[:, None])
+        batch.means = sums / torch.where(counts > 0, counts, 1.0)[:, None]
+        centred = features - batch.means[labels]
+        weighted = centred * sample_weight[:, None]
+        batch.counts = counts
+        batch.scatter = weighted.T @ centred
+        batch.class_scatter = counts.new_zeros(self.num_classes).index_add_(0, labels, (weighted * centred).sum(dim=1))
         return batch
 
     def _gather_and_merge(self, group: Any) -> None:
@@ -258,11 +299,13 @@ def neural_collapse(
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     num_classes: int | None = None,
+    sample_weight: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """The neural collapse metrics of ``features`` ``(N, d)`` with ``labels`` ``(N,)`` (see the module docstring).
 
     With the classifier ``weight`` ``(K, d)`` (and ``bias``) also ``nc3``, ``nc4`` and ``accuracy``. ``K`` is
-    ``num_classes``, else ``weight``'s rows, else ``labels.max() + 1``.
+    ``num_classes``, else ``weight``'s rows, else ``labels.max() + 1``. ``sample_weight`` ``(N,)`` counts
+    sample ``i`` ``sample_weight[i]`` times (see :meth:`NeuralCollapseAccumulator.update`).
 
     Example::
 
@@ -280,11 +323,36 @@ def neural_collapse(
     if num_classes is None:
         num_classes = int(weight.shape[0]) if weight is not None else int(labels.max()) + 1
     accumulator = NeuralCollapseAccumulator(num_classes)
-    accumulator.update(features, labels)
+    accumulator.update(features, labels, sample_weight)
     accumulator.synced = True  # one process's samples: the statistics are complete
     if weight is not None:
-        accumulator.update_ncc(features, labels, weight, bias)
+        accumulator.update_ncc(features, labels, weight, bias, sample_weight)
     return accumulator.compute(weight)
+
+
+def checked_batch(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features, labels)`` as float64 ``(B, d)`` and int64 ``(B,)`` on ``device``, or an error saying what is wrong.
+
+    Example::
+
+        >>> features, labels = checked_batch(torch.ones(2, 3), torch.tensor([0, 1]), 2, torch.device("cpu"))
+        >>> features.dtype, labels.tolist()
+        (torch.float64, [0, 1])
+    """
+    if features.dim() != 2 or labels.shape != features.shape[:1]:
+        raise ValueError(
+            f"Expected features (B, d) and labels (B,); got {tuple(features.shape)} and {tuple(labels.shape)}. "
+            "Flatten the features to one vector per sample; labels are class ids, not probabilities."
+        )
+    if labels.is_floating_point():
+        raise ValueError("labels must be int64 class ids, got a floating-point tensor (soft targets?).")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}); got values in [{int(labels.min())}, {int(labels.max())}]."
+        )
+    return features.detach().to(device=device, dtype=_FLOAT), labels.detach().to(device=device, dtype=torch.long)
 
 
 def _papyan_nc1(within: torch.Tensor, centred: torch.Tensor) -> float:
