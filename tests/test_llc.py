@@ -304,3 +304,23 @@ def test_tiny_linear_model_through_functional_call():
     assert not estimate.diverged.any(), estimate.reasons
     for name, tensor in model.named_parameters():
         assert torch.equal(tensor, before[name]) and tensor.grad is None
+
+
+def test_a_chain_whose_estimate_is_above_d_is_flagged_not_reported_as_a_coefficient():
+    # A step far too large for nβ·h: the chain jumps out and its loss settles high but finite (cross-entropy grows
+    # linearly), so neither the non-finite nor the rising check sees it; λ̂ far above d/2 does.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 3)
+    data = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(16, 8, generator=data), torch.randint(3, (16,), generator=data)) for _ in range(4)]
+
+    def loss_fn(params, batch):
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(model, params, (batch[0],)), batch[1])
+
+    params = dict(model.named_parameters())
+    blown = estimate_llc(loss_fn, params, batches, num_chains=2, num_draws=20, step_size=10.0, n_beta=100.0)
+    assert blown.llc > 27 and blown.diverged.all(), blown.summary()
+    assert all("above d = 27" in reason for reason in blown.reasons)
+    calm = estimate_llc(loss_fn, params, batches, num_chains=2, num_draws=20, step_size=1e-4, n_beta=100.0,
+                        localization=100.0)  # fmt: skip
+    assert not calm.diverged.any(), calm.summary()

@@ -9,6 +9,7 @@ from lightning_regs.callbacks.cutmix import CutMix
 from lightning_regs.callbacks.dse_monitor import DiffusionSpectralEntropyMonitor
 from lightning_regs.callbacks.input_rewriting_callback import InputRewritingCallback, Rewrite
 from lightning_regs.callbacks.label_smoothing import LabelSmoothing
+from lightning_regs.callbacks.llc_monitor import LocalLearningCoefficientMonitor
 from lightning_regs.callbacks.local_complexity_monitor import LocalComplexityMonitor
 from lightning_regs.callbacks.metrics_summary import MetricsSummary
 from lightning_regs.callbacks.mixup import MixUp
@@ -27,6 +28,7 @@ __all__ = [
     "InputRewritingCallback",
     "LabelSmoothing",
     "LocalComplexityMonitor",
+    "LocalLearningCoefficientMonitor",
     "MetricsSummary",
     "MixUp",
     "MixUpCutMix",

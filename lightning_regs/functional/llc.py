@@ -55,7 +55,8 @@ class LLCEstimate(NamedTuple):
         loss_trace: ``(C, num_draws)`` float64, ``L_m(w_t)`` at each draw (NaN after a chain stopped).
         init_loss: ``L(w*)``, the mean of ``L_m(w*)`` over the minibatches of all draws.
         n_beta: the ``nβ`` used.
-        diverged: ``(C,)`` bool, chains whose loss became non-finite or was still rising over the second half.
+        diverged: ``(C,)`` bool, chains whose loss became non-finite, was still rising over the second half, or whose
+            λ̂ is above ``d`` (twice the largest learning coefficient ``d/2``, ``d`` the sampled parameters' count).
         reasons: ``C`` strings, why each chain was flagged (``""`` when it was not).
     """
 
@@ -198,6 +199,17 @@ def _diagnose(steps: torch.Tensor, num_burnin: int) -> str:
     return ""
 
 
+def _above_bound(chain_llc: float, dimension: int) -> str:
+    # A learning coefficient is at most d/2 (a regular model's); a chain's estimate above twice that is no Monte-Carlo
+    # error but a chain that left w*'s neighbourhood and settled where the loss is far higher.
+    if chain_llc > dimension:
+        return (
+            f"its λ̂ ({chain_llc:.4g}) is above d = {dimension}, twice the largest learning coefficient (d/2): the "
+            "chain left w*'s neighbourhood; lower step_size or raise localization"
+        )
+    return ""
+
+
 def estimate_llc(
     loss_fn: Callable[[dict[str, torch.Tensor], Any], torch.Tensor],
     params: Mapping[str, torch.Tensor],
@@ -244,8 +256,10 @@ def estimate_llc(
         :class:`LLCEstimate`. A chain whose loss turns non-finite stops there (its trace and ``per_chain`` entry
         are NaN, and so are ``llc`` and ``llc_std``). A chain is also flagged when, over the second half of its
         draws (at least 10), the least-squares rise of the loss exceeds 4 standard deviations of the residuals: it
-        has not settled (too large a step, too weak a localisation along flat directions, too short a burn-in).
-        ``diverged`` and ``reasons`` say which chains to distrust; flagged finite chains still count in ``llc``.
+        has not settled (too large a step, too weak a localisation along flat directions, too short a burn-in). A
+        chain whose λ̂ is above ``d``, the count of sampled numbers (twice the most a learning coefficient can be),
+        left ``w*``'s neighbourhood and is flagged too. ``diverged`` and ``reasons`` say which chains to distrust;
+        flagged finite chains still count in ``llc``.
 
     Example::
 
@@ -341,9 +355,13 @@ def estimate_llc(
             optimum_losses[chain, : len(at_optimum)] = torch.stack(at_optimum).to("cpu", torch.float64)
 
     loss_trace = step_losses[:, num_burnin:]
-    reasons = tuple(_diagnose(step_losses[chain], num_burnin) for chain in range(num_chains))
     per_chain = n_beta * (loss_trace.mean(dim=1) - optimum_losses.mean(dim=1))
     per_chain[~torch.isfinite(per_chain)] = math.nan
+    dimension = sum(optimum[name].numel() for name in sampled)
+    reasons = tuple(
+        _diagnose(step_losses[chain], num_burnin) or _above_bound(float(per_chain[chain]), dimension)
+        for chain in range(num_chains)
+    )
     llc_std = float(per_chain.std()) if num_chains > 1 else math.nan
     return LLCEstimate(
         llc=float(per_chain.mean()),
