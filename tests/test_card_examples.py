@@ -19,6 +19,7 @@ from lightning_regs.callbacks import (
     AdversarialRobustnessMonitor,
     LabelSmoothing,
     LocalComplexityMonitor,
+    LocalLearningCoefficientMonitor,
     MixUp,
     MomentumAuxiliaryNetworks,
     ProgressiveSelfKD,
@@ -121,6 +122,10 @@ CHECKS = {
     "mixup.md": _mixup,
     "local_complexity.md": _monitor(
         LocalComplexityMonitor, {f"lc/{s}{e}" for s in ("train", "heldout", "random") for e in ("", "_se")}
+    ),
+    "llc.md": _monitor(
+        LocalLearningCoefficientMonitor,
+        {f"llc/{q}" for q in ("mean", "mean_se", "std", "n_beta", "init_loss", "flagged")},
     ),
     "robustness_monitor.md": _monitor(
         AdversarialRobustnessMonitor, {f"robust/{q}{e}" for q in ("acc", "clean_acc") for e in ("", "_se")}

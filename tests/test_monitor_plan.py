@@ -16,6 +16,7 @@ from lightning_regs.callbacks import (
     AdversarialRobustnessMonitor,
     DiffusionSpectralEntropyMonitor,
     LocalComplexityMonitor,
+    LocalLearningCoefficientMonitor,
     NeuralCollapseMonitor,
     ScheduledMonitor,
 )
@@ -47,6 +48,7 @@ def default_monitors() -> list[ScheduledMonitor]:
         AdversarialRobustnessMonitor(plot=False),
         NeuralCollapseMonitor(plot=False),
         DiffusionSpectralEntropyMonitor(plot=False),
+        LocalLearningCoefficientMonitor(plot=False),
     ]
 
 

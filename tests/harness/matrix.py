@@ -349,6 +349,12 @@ _NOTHING_TO_SHARD = Error(
     fix='The baseline holds one mean image and trains nothing. Run it on one device or with DDP (`strategy="ddp"`), '
     "which it supports.",
 )
+_LLC_NEEDS_WHOLE_TENSORS = Error(
+    ValueError,
+    r"LocalLearningCoefficientMonitor samples clones of the whole parameters, and these are sharded",
+    why="the chains need whole tensors",
+    fix="Measure the LLC under DDP or on one process; the other monitors run under FSDP2.",
+)
 _RESUME_BY_HAND = Proven(0.0, route="a checkpoint saved by hand after epoch 0")
 _GCD_ACCUMULATES_DIFFERENTLY = (
     "Two accumulated batches of 16 images sum two 16-image batch losses (SupCon, InfoNCE, the mean-entropy term, the "
@@ -395,6 +401,7 @@ DECLARED: dict[str, dict[str, Cell]] = {
     "mixup_cutmix+pskd+label_smoothing": _mixing_row(),
     "local_complexity_monitor": _row(),
     "robustness_monitor": _row(),
+    "llc_monitor": _row(fsdp2=_LLC_NEEDS_WHOLE_TENSORS),
     "neural_collapse_monitor": _row(),
     "dse_monitor": _row(),
     "aem": _row(),

@@ -222,6 +222,14 @@ def robustness() -> list[pl.Callback]:
     ]
 
 
+def llc() -> list[pl.Callback]:
+    return [
+        cb.LocalLearningCoefficientMonitor(
+            num_chains=2, num_draws=5, num_points=8, pool_size=32, num_measurements=4, max_overhead=None, plot=False
+        )
+    ]
+
+
 def metrics_summary() -> list[pl.Callback]:
     return [cb.MetricsSummary()]
 
@@ -268,6 +276,8 @@ REGISTRY: tuple[MethodSetting, ...] = (
         "local_complexity_monitor", (cb.LocalComplexityMonitor, cb.ScheduledMonitor), image_classifier, local_complexity
     ),
     MethodSetting("robustness_monitor", (cb.AdversarialRobustnessMonitor,), image_classifier, robustness),
+    # nβ ≈ 176 multiplies the loss differences of weights that DDP's reduction leaves ~1e-7 apart
+    MethodSetting("llc_monitor", (cb.LocalLearningCoefficientMonitor,), image_classifier, llc, atol=1e-3),
     MethodSetting("local_learning_dgl", (LocalLearningClassifier, LocalLearningMixin), local_learning("dgl"), **_LOCAL),
     MethodSetting("local_learning_infopro", (), local_learning("infopro"), **_LOCAL),
     MethodSetting("local_learning_auglocal", (), local_learning("auglocal"), **_LOCAL),
