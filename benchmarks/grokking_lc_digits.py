@@ -25,20 +25,28 @@ accuracy reaches 0.95 and PGD accuracy half its final value); ``--summary-only``
 ``--extra-lc-presets`` (default ``official_mlp``, the official MLP script's count: every Linear output, logits
 included, no centre vertex) adds LC on the training points under another preset at the same steps. The figure
 then shows every seed (``--figure``; seed ``--seeds[0]`` also gets the one-seed figure).
+
+The local learning coefficient: :class:`~lightning_regs.callbacks.llc_monitor.LocalLearningCoefficientMonitor`
+measures λ̂ at the same steps (``--llc-chains`` chains of ``--llc-draws`` SGLD draws on ``--llc-points``-point
+minibatches from the training digits, step ``--llc-step``, localisation ``--llc-localization``, nβ = n/log n of
+the training set; the task's MSE loss); ``--llc-chains 0`` turns it off. Its curve is the figure's lower panel.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
+from lightning_regs.callbacks.llc_monitor import LocalLearningCoefficientMonitor
 from lightning_regs.callbacks.local_complexity_monitor import LocalComplexityMonitor
 from lightning_regs.callbacks.robustness_monitor import AdversarialRobustnessMonitor
 from lightning_regs.datamodules.digits_subset import DigitsSubsetDataModule
@@ -160,6 +168,26 @@ def build(
     return task, data, monitors, robustness
 
 
+def build_llc(args: argparse.Namespace, seed: int) -> list[LocalLearningCoefficientMonitor]:
+    """The LLC monitor at the LC schedule, or none with ``--llc-chains 0``."""
+    if not args.llc_chains:
+        return []
+    return [
+        LocalLearningCoefficientMonitor(
+            num_chains=args.llc_chains,
+            num_draws=args.llc_draws,
+            num_points=args.llc_points,
+            step_size=args.llc_step,
+            localization=args.llc_localization,
+            pool_size=None,  # every training digit
+            num_measurements=args.measurements,
+            max_overhead=None,
+            plot=False,
+            seed=seed,
+        )
+    ]
+
+
 def robust_prefix(epsilon: float) -> str:
     return f"robust_eps{epsilon:g}"
 
@@ -168,9 +196,10 @@ def history(
     monitors: list[LocalComplexityMonitor],
     accuracies: AccuracyAtMeasurements,
     robustness: list[AdversarialRobustnessMonitor],
+    llc: Sequence[LocalLearningCoefficientMonitor] = (),
 ) -> list[dict[str, float]]:
     """One row per measured step: accuracies, LC per set (``<preset>/train`` for the extra presets), PGD accuracy
-    per epsilon and the wall time so far."""
+    per epsilon, λ̂ with its error (``llc``, ``llc_se``) and the wall time so far."""
     monitor, *extra = monitors
     robust_at = {
         (robust.prefix, step): robust.history[f"{robust.prefix}/acc"][index]
@@ -183,6 +212,10 @@ def history(
         row.update({name: monitor.history[f"lc/{name}"][index] for name in SETS})
         row.update({f"{m.preset}/train": m.history[f"{m.prefix}/train"][index] for m in extra})
         row.update({r.prefix: robust_at[(r.prefix, step)] for r in robustness if (r.prefix, step) in robust_at})
+        for sampler in llc:
+            if step in sampler.measured_steps:
+                at = sampler.measured_steps.index(step)
+                row.update({"llc": sampler.history["llc/mean"][at], "llc_se": sampler.history["llc/mean_se"][at]})
         rows.append(row)
     return rows
 
@@ -229,6 +262,20 @@ def phases(rows: list[dict[str, float]], robust_keys: list[str]) -> dict[str, fl
         result[f"pgd_{eps}_end"] = final
         result[f"pgd_{eps}_max"] = max(row[key] for row in rows)
         result[f"step_pgd_{eps}_half"] = _first_step(rows, key, final / 2) if final > 0 else float("nan")
+    if "llc" in rows[0]:
+        llc = [row["llc"] for row in rows]
+        top = max(range(len(llc)), key=lambda i: llc[i] if llc[i] == llc[i] else -math.inf)
+        generalized = next((i for i, row in enumerate(rows) if row.get("heldout_acc", 0.0) >= 0.95), len(rows) - 1)
+        result.update(
+            {
+                "llc_fitted": llc[fitted],
+                "llc_generalized": llc[generalized],
+                "llc_at_lc_peak": llc[peak],
+                "llc_max": llc[top],
+                "step_llc_max": rows[top]["step"],
+                "llc_end": llc[-1],
+            }
+        )
     return result
 
 
@@ -264,12 +311,13 @@ def print_table(rows: list[dict[str, float]], robust_keys: list[str]) -> None:
     header = (
         f"{'step':>7} {'wall_s':>7} {'train':>6} {'heldout':>7} {'LC train':>9} {'LC heldout':>10} {'LC random':>9}"
     )
-    print(header + "".join(f" {key:>17}" for key in robust_keys))
+    print(header + "".join(f" {key:>17}" for key in robust_keys) + (f" {'LLC ± se':>17}" if "llc" in rows[0] else ""))
     for row in rows:
+        llc = f" {row['llc']:>9.2f} ± {row['llc_se']:<5.2f}" if "llc" in row else ""
         print(
             f"{int(row['step']):>7} {row.get('wall_s', float('nan')):>7.0f} {row.get('train_acc', float('nan')):>6.3f}"
             f" {row.get('heldout_acc', float('nan')):>7.3f} {row['train']:>9.2f} {row['heldout']:>10.2f}"
-            f" {row['random']:>9.2f}" + "".join(f" {row.get(key, float('nan')):>17.3f}" for key in robust_keys)
+            f" {row['random']:>9.2f}" + "".join(f" {row.get(key, float('nan')):>17.3f}" for key in robust_keys) + llc
         )
 
 
@@ -278,8 +326,13 @@ def draw(rows: list[dict[str, float]], robust_keys: list[str], title: str, path:
     from matplotlib.figure import Figure
 
     steps = [row["step"] + 1 for row in rows]
-    figure = Figure(figsize=(7.5, 4.8), dpi=100)
-    lc_axes = figure.subplots()
+    with_llc = "llc" in rows[0]
+    figure = Figure(figsize=(7.5, 7.2 if with_llc else 4.8), dpi=100)
+    if with_llc:
+        lc_axes, llc_axes = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+        _draw_llc(llc_axes, {"": rows})
+    else:
+        lc_axes = figure.subplots()
     for name in SETS:
         lc_axes.plot(steps, [row[name] for row in rows], ".-", label=f"LC {name}")
     lc_axes.set_xscale("log")
@@ -297,16 +350,38 @@ def draw(rows: list[dict[str, float]], robust_keys: list[str], title: str, path:
     more_handles, more_labels = acc_axes.get_legend_handles_labels()
     figure.legend(handles + more_handles, labels + more_labels, fontsize="small", loc="lower center", ncol=3)
     lc_axes.set_title(title, fontsize="small")
-    figure.tight_layout(rect=(0, 0.14, 1, 1))
+    figure.tight_layout(rect=(0, 0.14 if not with_llc else 0.09, 1, 1))
     _save(figure, path)
+
+
+def _draw_llc(axes: Any, per_seed: dict[Any, list[dict[str, float]]]) -> None:
+    """λ̂ against log(step + 1), a band of ±1 standard error over chains, one line per seed."""
+    for index, (seed, rows) in enumerate(per_seed.items()):
+        steps = [row["step"] + 1 for row in rows]
+        llc = [row["llc"] for row in rows]
+        error = [row["llc_se"] for row in rows]
+        label = f"seed {seed}" if seed != "" else "LLC"
+        axes.plot(steps, llc, ".-", color=f"C{index}", markersize=3, label=label)
+        low = [v - e for v, e in zip(llc, error, strict=True)]
+        high = [v + e for v, e in zip(llc, error, strict=True)]
+        axes.fill_between(steps, low, high, color=f"C{index}", alpha=0.2, linewidth=0)
+    axes.set_xscale("log")
+    axes.set_ylabel("λ̂ (LLC)")
+    axes.set_xlabel("optimizer step + 1")
+    axes.axhline(0.0, color="k", linewidth=0.5)
+    axes.grid(alpha=0.3)
 
 
 def draw_seeds(per_seed: dict[int, list[dict[str, float]]], robust_key: str | None, title: str, path: Path) -> None:
     """Every seed: LC on training points (top) and held-out / PGD accuracy (bottom) against log(step + 1)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7.5, 6.0), dpi=100)
-    lc_axes, acc_axes = figure.subplots(2, 1, sharex=True)
+    with_llc = all("llc" in rows[0] for rows in per_seed.values())
+    figure = Figure(figsize=(7.5, 8.4 if with_llc else 6.0), dpi=100)
+    panels = figure.subplots(3 if with_llc else 2, 1, sharex=True)
+    lc_axes, acc_axes = panels[0], panels[1]
+    if with_llc:
+        _draw_llc(panels[2], per_seed)
     for index, (seed, rows) in enumerate(per_seed.items()):
         color = f"C{index}"
         steps = [row["step"] + 1 for row in rows]
@@ -367,6 +442,12 @@ def parse_args() -> argparse.Namespace:
         choices=["official", "official_mlp"],
         help="more LC counts on the training points (the default preset is always measured)",
     )
+    parser.add_argument("--llc-chains", type=int, default=4, help="LLC chains; 0: no LLC monitor")
+    parser.add_argument("--llc-draws", type=int, default=50, help="SGLD draws per chain")
+    parser.add_argument("--llc-points", type=int, default=100, help="SGLD minibatch")
+    # at init x8 (large outputs, MSE gradients) 1e-4 and 1e-5 (300-step trial) threw chains out; 1e-6 kept them finite
+    parser.add_argument("--llc-step", type=float, default=1e-6, help="SGLD step size")
+    parser.add_argument("--llc-localization", type=float, default=100.0, help="SGLD localisation gamma")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/grokking_lc_digits.json"))
     parser.add_argument("--figure", type=Path, default=Path("docs/methods/figures/grokking_lc_digits.png"))
@@ -392,6 +473,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], Grokk
     """Train one seed with the monitors; the summary (settings, cost, history) written as JSON, and the task."""
     pl.seed_everything(seed, verbose=False)
     task, data, monitors, robustness = build(args, seed)
+    llc = build_llc(args, seed)
     accuracies = AccuracyAtMeasurements(monitors[0], None if args.max_minutes is None else 60 * args.max_minutes)
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -403,7 +485,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], Grokk
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[*monitors, *robustness, accuracies],
+        callbacks=[*monitors, *robustness, *llc, accuracies],
     )
     started = time.perf_counter()
     trainer.fit(task, datamodule=data)
@@ -415,7 +497,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], Grokk
         "wall_s": round(wall, 1),
         "lc_monitor_s": round(sum(monitor.measure_seconds for monitor in monitors), 1),
         "robust_monitor_s": round(sum(robust.measure_seconds for robust in robustness), 1),
-        "history": history(monitors, accuracies, robustness),
+        "llc_monitor_s": round(sum(sampler.measure_seconds for sampler in llc), 1),
+        "history": history(monitors, accuracies, robustness, llc),
     }, task
 
 
