@@ -204,3 +204,36 @@ def test_errors_are_drawn_as_bands_around_their_curves():
     assert len(figure.axes[0].collections) == 1
     figure = plot_curves([0, 1, 10], {"lc/train": [1.0, 2.0, 1.5]}, ylabel="LC")
     assert len(figure.axes[0].collections) == 0
+
+
+class StepCounter(ScheduledMonitor):
+    """Measures the optimizer step itself."""
+
+    def prepare(self, trainer, pl_module):
+        pass
+
+    def cost_per_point(self):
+        return 1.0
+
+    def measure(self, trainer, pl_module):
+        return {f"{self.prefix}/step": float(trainer.global_step)}
+
+    def figure_spec(self):
+        return "steps", self.history, "step", ""
+
+
+def test_an_epoch_schedule_resumed_with_more_epochs_measures_the_new_ones(tmp_path, caplog):
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1)
+    first = StepCounter(every_n_epochs=1, max_overhead=None, plot=False)
+    seed_everything(0)
+    trainer = Trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=1, default_root_dir=tmp_path,
+                      callbacks=[first, checkpoints], **{**QUIET, "enable_checkpointing": True})  # fmt: skip
+    trainer.fit(task(), DigitsDataModule(batch_size=32))
+    assert first.measured_steps == [0, 4, 8]
+    resumed = StepCounter(every_n_epochs=1, max_overhead=None, plot=False)
+    trainer = Trainer(max_epochs=4, limit_train_batches=4, limit_val_batches=1, default_root_dir=tmp_path,
+                      callbacks=[resumed], **QUIET)  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        trainer.fit(task(), DigitsDataModule(batch_size=32), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt")
+    assert "planned again" in caplog.text
+    assert resumed.epochs == [0, 1, 2, 3, 4] and resumed.measured_steps == [0, 4, 8, 12, 16]
