@@ -366,7 +366,8 @@ def _draw_llc(axes: Any, per_seed: dict[Any, list[dict[str, float]]]) -> None:
         high = [v + e for v, e in zip(llc, error, strict=True)]
         axes.fill_between(steps, low, high, color=f"C{index}", alpha=0.2, linewidth=0)
     axes.set_xscale("log")
-    axes.set_ylabel("λ̂ (LLC)")
+    axes.set_yscale("symlog", linthresh=0.1)  # early λ̂ is hugely negative (w* on a slope); the late values are small
+    axes.set_ylabel("λ̂ (LLC), symlog")
     axes.set_xlabel("optimizer step + 1")
     axes.axhline(0.0, color="k", linewidth=0.5)
     axes.grid(alpha=0.3)

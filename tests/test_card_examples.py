@@ -17,6 +17,7 @@ import torch
 
 from lightning_regs.callbacks import (
     AdversarialRobustnessMonitor,
+    InformationPlaneMonitor,
     LabelSmoothing,
     LocalComplexityMonitor,
     LocalLearningCoefficientMonitor,
@@ -126,6 +127,10 @@ CHECKS = {
     "llc.md": _monitor(
         LocalLearningCoefficientMonitor,
         {f"llc/{q}" for q in ("mean", "mean_se", "std", "n_beta", "init_loss", "flagged")},
+    ),
+    "information_plane.md": _monitor(
+        InformationPlaneMonitor,
+        {f"ip/features.{i}/{q}{e}" for i in (2, 4) for q in ("ixt", "ity") for e in ("", "_se")},
     ),
     "robustness_monitor.md": _monitor(
         AdversarialRobustnessMonitor, {f"robust/{q}{e}" for q in ("acc", "clean_acc") for e in ("", "_se")}

@@ -25,7 +25,14 @@ from tests.helpers.trainers import QUIET
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 CARDS = sorted(path for path in (ROOT / "docs" / "methods").glob("*.md") if not path.name.startswith("_"))
-MONITOR_CARDS = {"local_complexity.md", "robustness_monitor.md", "neural_collapse.md", "dse.md"}
+MONITOR_CARDS = {
+    "local_complexity.md",
+    "robustness_monitor.md",
+    "neural_collapse.md",
+    "dse.md",
+    "llc.md",
+    "information_plane.md",
+}
 # What may differ between machines in what the quickstart prints (another CPU or BLAS rounds differently).
 TOLERANCE = {"acc": 0.005, "ece": 0.005, "loss": 0.01}
 

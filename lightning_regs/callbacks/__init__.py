@@ -7,6 +7,7 @@ Extension points: :class:`ScheduledMonitor` (the base of every monitor),
 
 from lightning_regs.callbacks.cutmix import CutMix
 from lightning_regs.callbacks.dse_monitor import DiffusionSpectralEntropyMonitor
+from lightning_regs.callbacks.information_plane_monitor import InformationPlaneMonitor
 from lightning_regs.callbacks.input_rewriting_callback import InputRewritingCallback, Rewrite
 from lightning_regs.callbacks.label_smoothing import LabelSmoothing
 from lightning_regs.callbacks.llc_monitor import LocalLearningCoefficientMonitor
@@ -25,6 +26,7 @@ __all__ = [
     "AdversarialRobustnessMonitor",
     "CutMix",
     "DiffusionSpectralEntropyMonitor",
+    "InformationPlaneMonitor",
     "InputRewritingCallback",
     "LabelSmoothing",
     "LocalComplexityMonitor",

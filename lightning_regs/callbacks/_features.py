@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
 from lightning_regs.functional.modes import eval_mode
 
-__all__ = ["FeatureTap", "chunked_features", "find_classifier", "full_tensor"]
+__all__ = ["FeatureTap", "chunked_features", "find_classifier", "full_tensor", "gathered_features"]
 
 
 def find_classifier(module: nn.Module) -> tuple[str, nn.Linear]:
@@ -118,3 +119,26 @@ def chunked_features(
         stack.enter_context(torch.autocast(device.type, enabled=False))
         for begin in range(0, images.shape[0], batch_size):
             yield begin, model(images[begin : begin + batch_size].to(device=device, dtype=dtype))
+
+
+def gathered_features(
+    trainer: Any, model: nn.Module, taps: list[FeatureTap], images: torch.Tensor, batch_size: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Every tap's features ``(N, d)`` (float32, CPU) of all of ``images``, in their order, on every rank.
+
+    Each rank runs the forwards of its even shard (items ``r, r + W, ...``, padded so that every rank runs as many:
+    FSDP2's forwards gather parameters), and the shards are all-gathered and put back in the images' order.
+    """
+    shard, _ = ScheduledMonitor.even_shard(trainer, images)  # the padding's rows are dropped after the gather
+    chunks: dict[str, list[torch.Tensor]] = {tap.name: [] for tap in taps}
+    for _ in chunked_features(model, shard, taps, batch_size, device):
+        for tap in taps:
+            chunks[tap.name].append(tap.take().float())
+    features = {name: torch.cat(parts) for name, parts in chunks.items()}
+    if trainer.world_size == 1:
+        return {name: value.cpu() for name, value in features.items()}
+    gathered = {}
+    for name, value in features.items():
+        ranks = trainer.strategy.all_gather(value)  # (W, rows, d): rank r holds items r, r + W, ...
+        gathered[name] = ranks.transpose(0, 1).reshape(-1, value.shape[1])[: images.shape[0]].cpu()
+    return gathered

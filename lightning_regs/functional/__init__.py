@@ -27,6 +27,14 @@ from lightning_regs.functional.diffusion_entropy import (
 )
 from lightning_regs.functional.distributed import all_gather_variable, gather_unique_by_index, unique_by_index
 from lightning_regs.functional.gcd import gcd_accuracy, gcd_accuracy_balanced, gcd_accuracy_v1
+from lightning_regs.functional.information_plane import (
+    InformationPlanePoint,
+    adaptive_bin_codes,
+    adaptive_binning,
+    kde_entropy_upper,
+    kde_upper,
+)
+from lightning_regs.functional.information_plane_knn import knn_entropy, lossy_knn
 from lightning_regs.functional.lego_gcd import (
     LogitPriorEMA,
     dual_view_kl,
@@ -73,6 +81,8 @@ __all__ = [
     "aggregate_response_loss",
     "aggregate_response_terms",
     "AggregateLossTerms",
+    "adaptive_bin_codes",
+    "adaptive_binning",
     "all_gather_variable",
     "attention_entropy",
     "attention_entropy_loss",
@@ -102,9 +112,13 @@ __all__ = [
     "half_sample_errors",
     "hard_labels",
     "image_auroc",
+    "InformationPlanePoint",
     "instance_level_loss",
     "interpolate_loss",
     "is_soft_target",
+    "kde_entropy_upper",
+    "kde_upper",
+    "knn_entropy",
     "label_smoothing_targets",
     "LLCEstimate",
     "local_complexity",
@@ -112,6 +126,7 @@ __all__ = [
     "LocalComplexity",
     "LogitPriorEMA",
     "logits_of",
+    "lossy_knn",
     "masked_attention",
     "mean_and_standard_error",
     "mean_entropy_maximization",

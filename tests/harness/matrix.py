@@ -401,7 +401,14 @@ DECLARED: dict[str, dict[str, Cell]] = {
     "mixup_cutmix+pskd+label_smoothing": _mixing_row(),
     "local_complexity_monitor": _row(),
     "robustness_monitor": _row(),
-    "llc_monitor": _row(fsdp2=_LLC_NEEDS_WHOLE_TENSORS),
+    # λ̂ multiplies loss differences by nβ ≈ 176: the ~1e-7 weight differences DDP's reduction leaves come back ×1e2
+    "llc_monitor": _row(
+        ddp=replace(DDP, tol=1e-3),
+        nodes=Proven(1e-3),
+        accumulate=replace(ACCUMULATE, tol=1e-3),
+        fsdp2=_LLC_NEEDS_WHOLE_TENSORS,
+    ),
+    "information_plane_monitor": _row(),
     "neural_collapse_monitor": _row(),
     "dse_monitor": _row(),
     "aem": _row(),

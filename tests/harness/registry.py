@@ -230,6 +230,16 @@ def llc() -> list[pl.Callback]:
     ]
 
 
+def information_plane() -> list[pl.Callback]:
+    # lossy_knn: its noise comes from a generator keyed by (seed, step), which resume and DDP must reproduce
+    return [
+        cb.InformationPlaneMonitor(
+            estimator="lossy_knn", k=2, subsamples=4, num_points=200, num_measurements=4, max_overhead=None,
+            plot=False,
+        )
+    ]  # fmt: skip
+
+
 def metrics_summary() -> list[pl.Callback]:
     return [cb.MetricsSummary()]
 
@@ -278,6 +288,7 @@ REGISTRY: tuple[MethodSetting, ...] = (
     MethodSetting("robustness_monitor", (cb.AdversarialRobustnessMonitor,), image_classifier, robustness),
     # nβ ≈ 176 multiplies the loss differences of weights that DDP's reduction leaves ~1e-7 apart
     MethodSetting("llc_monitor", (cb.LocalLearningCoefficientMonitor,), image_classifier, llc, atol=1e-3),
+    MethodSetting("information_plane_monitor", (cb.InformationPlaneMonitor,), image_classifier, information_plane),
     MethodSetting("local_learning_dgl", (LocalLearningClassifier, LocalLearningMixin), local_learning("dgl"), **_LOCAL),
     MethodSetting("local_learning_infopro", (), local_learning("infopro"), **_LOCAL),
     MethodSetting("local_learning_auglocal", (), local_learning("auglocal"), **_LOCAL),
