@@ -3,13 +3,13 @@
     python benchmarks/monitor_overhead.py                          # SmallCNN on digits, 1,000 steps
     python benchmarks/monitor_overhead.py --model resnet18         # torchvision resnet18 on digits 3×32×32
 
-One baseline fit without monitors, then the same fit (seeds and data identical) with the five monitors at
+One baseline fit without monitors, then the same fit (seeds and data identical) with the six monitors at
 their defaults (``LocalComplexityMonitor()``, ``AdversarialRobustnessMonitor()``, ``NeuralCollapseMonitor()``,
-``DiffusionSpectralEntropyMonitor()``, ``LocalLearningCoefficientMonitor()``) twice: on the machine as it is
-("quiet") and with ``--load`` processes spinning on the CPU beside it ("loaded"). For each monitor the script
-prints the measured steps, their count, the points per set, the planned (counted) overhead — the monitor's
-forward passes ÷ the training's, a training sample counted as 3 — and the measured wall-clock overhead (seconds
-measuring ÷ seconds training), and whether the quiet and loaded runs measured the same steps.
+``DiffusionSpectralEntropyMonitor()``, ``LocalLearningCoefficientMonitor()``, ``InformationPlaneMonitor()``) twice:
+on the machine as it is ("quiet") and with ``--load`` processes spinning on the CPU beside it ("loaded"). For each
+monitor the script prints the measured steps, their count, the points per set, the planned (counted) overhead — the
+monitor's forward passes ÷ the training's, a training sample counted as 3 — and the measured wall-clock overhead
+(seconds measuring ÷ seconds training), and whether the quiet and loaded runs measured the same steps.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning_regs.callbacks import (
     AdversarialRobustnessMonitor,
     DiffusionSpectralEntropyMonitor,
+    InformationPlaneMonitor,
     LocalComplexityMonitor,
     LocalLearningCoefficientMonitor,
     NeuralCollapseMonitor,
@@ -51,6 +52,7 @@ def monitors() -> list[ScheduledMonitor]:
         NeuralCollapseMonitor(plot=False),
         DiffusionSpectralEntropyMonitor(plot=False),
         LocalLearningCoefficientMonitor(plot=False),
+        InformationPlaneMonitor(plot=False),
     ]
 
 
