@@ -27,6 +27,7 @@ from lightning_regs.functional import local_complexity, mean_and_standard_error,
 from lightning_regs.models import MLP
 from lightning_regs.tasks import ImageClassifier
 from tests.helpers.ddp import DDP_SPAWN_CPU
+from tests.helpers.monitors import StepCounter
 from tests.helpers.trainers import QUIET
 
 
@@ -204,22 +205,6 @@ def test_errors_are_drawn_as_bands_around_their_curves():
     assert len(figure.axes[0].collections) == 1
     figure = plot_curves([0, 1, 10], {"lc/train": [1.0, 2.0, 1.5]}, ylabel="LC")
     assert len(figure.axes[0].collections) == 0
-
-
-class StepCounter(ScheduledMonitor):
-    """Measures the optimizer step itself."""
-
-    def prepare(self, trainer, pl_module):
-        pass
-
-    def cost_per_point(self):
-        return 1.0
-
-    def measure(self, trainer, pl_module):
-        return {f"{self.prefix}/step": float(trainer.global_step)}
-
-    def figure_spec(self):
-        return "steps", self.history, "step", ""
 
 
 def test_an_epoch_schedule_resumed_with_more_epochs_measures_the_new_ones(tmp_path, caplog):

@@ -10,30 +10,15 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from lightning_regs.callbacks import AdversarialRobustnessMonitor, LocalComplexityMonitor, ScheduledMonitor
+from lightning_regs.callbacks import AdversarialRobustnessMonitor, LocalComplexityMonitor
 from lightning_regs.callbacks import scheduled_monitor as scheduled_monitor_module
 from lightning_regs.callbacks.monitor_schedule import auto_size, measurement_epochs
 from lightning_regs.datamodules import DigitsDataModule
 from lightning_regs.models import MLP
 from lightning_regs.tasks import ImageClassifier
 from tests.helpers.loggers import RecordingLogger
+from tests.helpers.monitors import StepCounter
 from tests.helpers.trainers import QUIET
-
-
-class StepCounter(ScheduledMonitor):
-    """Measures the optimizer step itself: the history is the schedule that ran."""
-
-    def prepare(self, trainer, pl_module):
-        pass
-
-    def cost_per_point(self):
-        return 1.0
-
-    def measure(self, trainer, pl_module):
-        return {f"{self.prefix}/step": float(trainer.global_step)}
-
-    def figure_spec(self):
-        return "steps", self.history, "step", ""
 
 
 class EveryThirdStep(StepCounter):

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 
-from lightning_regs.callbacks._features import FeatureTap, chunked_features, find_classifier
+from lightning_regs.callbacks._features import FeatureTap, find_classifier, gathered_features
 from lightning_regs.callbacks._labelled_points import SETS, LabelledPointsMonitor
 from lightning_regs.functional.bootstrap import derive_seed, half_sample_errors
 from lightning_regs.functional.diffusion_entropy import (
@@ -193,20 +193,7 @@ class DiffusionSpectralEntropyMonitor(LabelledPointsMonitor):
         set_name: str,
     ) -> dict[str, torch.Tensor]:
         """Every layer's features of the whole probe set, in the probe's order, on every rank (float32, CPU)."""
-        images = self.points[set_name]
-        shard, _ = self.even_shard(trainer, images)  # every rank runs the same forwards (FSDP2)
-        chunks: dict[str, list[torch.Tensor]] = {tap.name: [] for tap in taps}
-        for _ in chunked_features(model, shard, taps, self.batch_size or 512, pl_module.device):
-            for tap in taps:
-                chunks[tap.name].append(tap.take().float())
-        features = {name: torch.cat(parts) for name, parts in chunks.items()}
-        if trainer.world_size == 1:
-            return {name: value.cpu() for name, value in features.items()}
-        gathered = {}
-        for name, value in features.items():
-            ranks = trainer.strategy.all_gather(value)  # (W, rows, d): rank r holds items r, r + W, ...
-            gathered[name] = ranks.transpose(0, 1).reshape(-1, value.shape[1])[: images.shape[0]].cpu()
-        return gathered
+        return gathered_features(trainer, model, taps, self.points[set_name], self.batch_size or 512, pl_module.device)
 
     def _entropies(self, trainer: pl.Trainer, set_name: str, features: dict[str, torch.Tensor]) -> dict[str, float]:
         suffix = "" if set_name == "train" else f"@{set_name}"
