@@ -139,6 +139,17 @@ def gathered_features(
         return {name: value.cpu() for name, value in features.items()}
     gathered = {}
     for name, value in features.items():
-        ranks = trainer.strategy.all_gather(value)  # (W, rows, d): rank r holds items r, r + W, ...
+        ranks = _all_gather(value)  # (W, rows, d): rank r holds items r, r + W, ...
         gathered[name] = ranks.transpose(0, 1).reshape(-1, value.shape[1])[: images.shape[0]].cpu()
     return gathered
+
+
+def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """``(W, *shape)``: every rank's ``tensor`` (the same shape on each), by the plain collective.
+
+    Not ``trainer.strategy.all_gather``: Lightning routes it through the deprecated autograd ``all_gather`` of
+    ``torch.distributed.nn``, which these features (no gradient) do not need.
+    """
+    parts = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, tensor.contiguous())
+    return torch.stack(parts)
