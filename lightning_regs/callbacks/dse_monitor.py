@@ -13,8 +13,9 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 
-from lightning_regs.callbacks._features import FeatureTap, find_classifier, gathered_features
+from lightning_regs.callbacks._features import gathered_features
 from lightning_regs.callbacks._labelled_points import SETS, LabelledPointsMonitor
+from lightning_regs.callbacks._layer_taps import PENULTIMATE, layer_tap
 from lightning_regs.functional.bootstrap import derive_seed, half_sample_errors
 from lightning_regs.functional.diffusion_entropy import (
     diffusion_spectral_entropy,
@@ -25,7 +26,6 @@ from lightning_regs.functional.diffusion_entropy import (
 
 __all__ = ["DiffusionSpectralEntropyMonitor"]
 
-PENULTIMATE = "penultimate"
 HALF_SAMPLE_COST = 0.35  # one half-sample: σ, DSE and the DSMIs at N/2, as a share of the full probe's (N = 512)
 
 
@@ -155,10 +155,11 @@ class DiffusionSpectralEntropyMonitor(LabelledPointsMonitor):
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         model = self.model(pl_module)
-        taps = [self._tap(model, layer) for layer in self.layers]
+        taps = [layer_tap(model, layer, type(self).__name__) for layer in self.layers]
         values: dict[str, float] = {}
         for set_name in self.sets:
-            features = self._gathered_features(trainer, pl_module, model, taps, set_name)
+            probe = self.points[set_name]  # every layer's features, in the probe's order, on every rank
+            features = gathered_features(trainer, model, taps, probe, self.batch_size or 512, pl_module.device)
             if trainer.is_global_zero:  # one process computes, every rank logs its values
                 values.update(self._entropies(trainer, set_name, features))
         if trainer.world_size > 1:
@@ -171,30 +172,6 @@ class DiffusionSpectralEntropyMonitor(LabelledPointsMonitor):
         return "dse", curves, "bits", "Diffusion spectral entropy"
 
     # -- internals ---------------------------------------------------------------------------------
-    def _tap(self, model: torch.nn.Module, layer: str) -> FeatureTap:
-        if layer == PENULTIMATE:
-            _, classifier = find_classifier(model)
-            return FeatureTap(PENULTIMATE, classifier, "input")
-        try:
-            return FeatureTap(layer, model.get_submodule(layer), "output")
-        except AttributeError:
-            names = [name for name, _ in model.named_modules() if name][:20]
-            raise ValueError(
-                f"DiffusionSpectralEntropyMonitor(layers=[..., {layer!r}]): {type(model).__name__} has no such module; "
-                f"its modules include {names} (or use 'penultimate')."
-            ) from None
-
-    def _gathered_features(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        model: torch.nn.Module,
-        taps: list[FeatureTap],
-        set_name: str,
-    ) -> dict[str, torch.Tensor]:
-        """Every layer's features of the whole probe set, in the probe's order, on every rank (float32, CPU)."""
-        return gathered_features(trainer, model, taps, self.points[set_name], self.batch_size or 512, pl_module.device)
-
     def _entropies(self, trainer: pl.Trainer, set_name: str, features: dict[str, torch.Tensor]) -> dict[str, float]:
         suffix = "" if set_name == "train" else f"@{set_name}"
         targets = self.points[f"{set_name}_targets"]

@@ -168,11 +168,8 @@ class LocalLearningCoefficientMonitor(ScheduledMonitor):
         self.train_size = len(dataset)  # type: ignore[arg-type]
         if self.train_size < 2:
             raise ValueError(f"{type(self).__name__} needs a training split of at least 2 samples (nβ = n/log n).")
-        images, targets = self._draw_pool(dataset)
+        images, targets = draw_from_dataset(dataset, self.pool_size, self.generator(1))
         self.points["pool"], self.points["pool_targets"] = images, targets
-
-    def _draw_pool(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return draw_from_dataset(dataset, self.pool_size, self.generator(1))
 
     def resolved_n_beta(self) -> float:
         """The ``nβ`` in use (see the class docstring)."""
