@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch import LightningModule, Trainer, seed_everything
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -24,6 +24,7 @@ from lightning_regs.tasks import ImageClassifier
 from tests.helpers.ddp import DDP_SPAWN_CPU
 from tests.helpers.grokking_monitors import small_task
 from tests.helpers.loggers import RecordingLogger
+from tests.helpers.monitors import SaveHistories
 from tests.helpers.trainers import QUIET
 
 ESTIMATORS = ("adaptive_binning", "kde_upper", "lossy_knn")
@@ -179,19 +180,6 @@ def test_the_example_config_runs_and_logs_each_tanh_layers_plane(tmp_path, monke
     assert sorted(monitor.history) == sorted(f"ip/{n}/{q}" for n in layers for q in ("ixt", "ity", "ixt_se", "ity_se"))
     assert monitor.points["train"].shape[0] == 1000 and monitor.measured_steps == [0, 3]
     assert list(tmp_path.glob("runs/information_plane_digits/**/information_plane.png"))
-
-
-class SaveHistories(Callback):
-    """Each rank writes the monitors' histories to ``<out_dir>/rank<r>.pt`` at the end of fit."""
-
-    def __init__(self, out_dir: str) -> None:
-        self.out_dir = out_dir
-
-    def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
-        histories = {}
-        for callback in trainer.callbacks:
-            histories.update(getattr(callback, "history", {}))
-        torch.save(histories, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
 
 
 def fit_for_ranks(root: Path, batch_size: int, **trainer_kwargs: Any) -> dict[str, list[float]]:

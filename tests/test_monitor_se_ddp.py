@@ -7,26 +7,14 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Trainer, seed_everything
 
 from lightning_regs.callbacks import DiffusionSpectralEntropyMonitor, NeuralCollapseMonitor
 from lightning_regs.datamodules import DigitsDataModule
 from tests.helpers.ddp import DDP_SPAWN_CPU
 from tests.helpers.grokking_monitors import small_task
+from tests.helpers.monitors import SaveHistories
 from tests.helpers.trainers import QUIET
-
-
-class SaveHistories(Callback):
-    """Each rank writes the monitors' histories to ``<out_dir>/rank<r>.pt`` at the end of fit."""
-
-    def __init__(self, out_dir: str) -> None:
-        self.out_dir = out_dir
-
-    def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
-        histories = {}
-        for callback in trainer.callbacks:
-            histories.update(getattr(callback, "history", {}))
-        torch.save(histories, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
 
 
 def fit(root: Path, batch_size: int, feature_cache_mb: float, **trainer_kwargs: Any) -> None:
