@@ -22,6 +22,7 @@ from lightning_regs.local_learning.auglocal import AugLocalHead, auglocal_depths
 from lightning_regs.local_learning.splits import every_layer_split, module_ranges
 from lightning_regs.models import MLP, PreActResNet18, SmallCNN, resnet20, resnet32, resnet110
 from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
+from tests.helpers.ddp import spawn_ddp
 from tests.helpers.trainers import QUIET, SequentialDigits
 from tests.test_local_learning_mixin import CheckIsolation
 
@@ -270,7 +271,7 @@ def _ddp_fit(strategy: DDPStrategy, root: str) -> None:
 def test_ddp_without_find_unused_parameters_raises_a_clear_error(tmp_path):
     # Each local backward reaches only its own layer and head, so the default DDP reducer cannot finish.
     with pytest.raises(Exception, match="ddp_find_unused_parameters_true"):
-        _ddp_fit(DDPStrategy(start_method="spawn"), str(tmp_path))
+        _ddp_fit(spawn_ddp(), str(tmp_path))
     # The fix, find_unused_parameters=True, is what tests/test_local_learning_ddp.py runs (a second spawn here,
     # after the failed one, sometimes aborts in gloo's teardown).
 

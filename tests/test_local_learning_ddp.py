@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
-from lightning.pytorch.strategies import DDPStrategy
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from lightning_regs.callbacks.momentum_auxiliary_networks import MomentumAuxiliaryNetworks
 from lightning_regs.models import MLP
 from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
+from tests.helpers.ddp import spawn_ddp
 from tests.helpers.trainers import QUIET, SequentialDigits
 
 ALLREDUCE_CALLS = [0]
@@ -63,7 +63,7 @@ def fit(per_rank_batch: int, out_dir: Path, **trainer_kwargs) -> None:
 
 def test_ddp_all_reduces_once_per_optimizer_step_not_once_per_module(tmp_path):
     # That 2 ranks equal one process (parameters and EMA) is the method harness's test (local_learning_man).
-    strategy = DDPStrategy(start_method="spawn", find_unused_parameters=True)
+    strategy = spawn_ddp(find_unused_parameters=True)
     fit(8, tmp_path / "ddp", accelerator="cpu", devices=2, strategy=strategy)
     rank0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)

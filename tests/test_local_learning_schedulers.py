@@ -8,12 +8,12 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_regs.datamodules import DigitsDataModule
 from lightning_regs.models import MLP
 from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
+from tests.helpers.ddp import spawn_ddp
 from tests.helpers.trainers import QUIET, CrashAtEpoch
 
 LR = 0.1
@@ -179,7 +179,7 @@ def test_plateau_schedule_under_ddp_steps_alike_on_every_rank(tmp_path):
         callbacks=[SaveLR(str(tmp_path))],
         accelerator="cpu",
         devices=2,
-        strategy=DDPStrategy(start_method="spawn", find_unused_parameters=True),
+        strategy=spawn_ddp(find_unused_parameters=True),
         **QUIET,
     )
     trainer.fit(ScheduledClassifier("plateau"), DigitsDataModule(batch_size=16))

@@ -30,6 +30,7 @@ from tests.harness.runs import (
     run_resumed_mid_epoch,
     run_uninterrupted,
 )
+from tests.helpers.ddp import DDP_SPAWN, DDP_SPAWN_FIND_UNUSED
 
 ENTRIES = [pytest.param(entry, id=entry.name) for entry in REGISTRY]
 
@@ -99,7 +100,7 @@ def test_stopped_mid_epoch_and_resumed_ends_where_uninterrupted_ends(
 @pytest.mark.parametrize("name", ["pskd", "local_learning_man"])
 def test_two_processes_stopped_mid_epoch_and_resumed_end_where_uninterrupted_ends(name, tmp_path):
     entry = next(entry for entry in REGISTRY if entry.name == name)
-    strategy = "ddp_spawn_find_unused_parameters_true" if name.startswith("local_learning") else "ddp_spawn"
+    strategy = DDP_SPAWN_FIND_UNUSED if name.startswith("local_learning") else DDP_SPAWN
     ddp = {"per_rank_batch": DDP_BATCH, "accelerator": "cpu", "devices": 2, "strategy": strategy}  # fresh per fit
     fit_setting(entry, tmp_path / "full", **ddp)
     uninterrupted = [torch.load(tmp_path / "full" / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]

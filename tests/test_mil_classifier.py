@@ -12,6 +12,7 @@ from lightning_regs.datamodules.bags import collate_bags
 from lightning_regs.functional import normalized_attention_entropy
 from lightning_regs.models import AttentionMIL
 from lightning_regs.tasks import AttentionEntropyTerm, MILClassifier
+from tests.helpers.ddp import spawn_ddp
 from tests.helpers.trainers import QUIET
 
 
@@ -141,11 +142,9 @@ def ddp_validate(world: int) -> dict[str, float]:
     """Validate on 4 bags where the positive ones (1, 3) all land on rank 1 of 2 (DistributedSampler, no shuffle)."""
     from datetime import timedelta
 
-    from lightning.pytorch.strategies import DDPStrategy
-
     seed_everything(0)
     task = MILClassifier(AttentionMIL(in_features=6, embed_dim=8, attention_dim=8))
-    strategy = DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)) if world > 1 else "auto"
+    strategy = spawn_ddp(timeout=timedelta(seconds=60)) if world > 1 else "auto"
     trainer = Trainer(accelerator="cpu", devices=world, strategy=strategy, **QUIET)
     return trainer.validate(task, loader(4, seed=1, batch_size=1), verbose=False)[0]
 

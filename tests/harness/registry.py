@@ -32,6 +32,7 @@ from lightning_regs.tasks import (
 )
 from tests.harness import representation_settings as representation
 from tests.helpers import gcd
+from tests.helpers.ddp import DDP_SPAWN, spawn_ddp
 from tests.helpers.trainers import SequentialDigits
 
 __all__ = ["REGISTRY", "MethodSetting", "setting"]
@@ -81,11 +82,11 @@ def sequential_digits(root: Path, per_rank_batch: int) -> pl.LightningDataModule
 
 
 def ddp_spawn() -> str:
-    return "ddp_spawn"
+    return DDP_SPAWN
 
 
 def ddp_spawn_unused_parameters() -> DDPStrategy:
-    return DDPStrategy(start_method="spawn", find_unused_parameters=True)
+    return spawn_ddp(find_unused_parameters=True)
 
 
 def mlp(depth: int = 3) -> MLP:
