@@ -45,7 +45,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from grokking_figures import draw, draw_plane, draw_seeds, ip_layers
 
+from lightning_regs.callbacks.information_plane_monitor import InformationPlaneMonitor
 from lightning_regs.callbacks.llc_monitor import LocalLearningCoefficientMonitor
 from lightning_regs.callbacks.local_complexity_monitor import LocalComplexityMonitor
 from lightning_regs.callbacks.robustness_monitor import AdversarialRobustnessMonitor
@@ -176,10 +178,29 @@ def build_llc(args: argparse.Namespace, seed: int) -> list[LocalLearningCoeffici
         LocalLearningCoefficientMonitor(
             num_chains=args.llc_chains,
             num_draws=args.llc_draws,
+            num_burnin=args.llc_burnin,
             num_points=args.llc_points,
             step_size=args.llc_step,
             localization=args.llc_localization,
             pool_size=None,  # every training digit
+            num_measurements=args.measurements,
+            max_overhead=None,
+            plot=False,
+            seed=seed,
+        )
+    ]
+
+
+def build_information_plane(args: argparse.Namespace, seed: int) -> list[InformationPlaneMonitor]:
+    """The information-plane monitor (every ReLU layer, training and held-out probes) at the LC schedule, or none
+    with ``--ip-points 0``."""
+    if not args.ip_points:
+        return []
+    return [
+        InformationPlaneMonitor(
+            estimator=args.ip_estimator,
+            sets=("train", "heldout"),
+            num_points=args.ip_points,
             num_measurements=args.measurements,
             max_overhead=None,
             plot=False,
@@ -197,9 +218,12 @@ def history(
     accuracies: AccuracyAtMeasurements,
     robustness: list[AdversarialRobustnessMonitor],
     llc: Sequence[LocalLearningCoefficientMonitor] = (),
+    information: Sequence[InformationPlaneMonitor] = (),
 ) -> list[dict[str, float]]:
     """One row per measured step: accuracies, LC per set (``<preset>/train`` for the extra presets), PGD accuracy
-    per epsilon, λ̂ with its error (``llc``, ``llc_se``) and the wall time so far."""
+    per epsilon, λ̂ with its error (``llc``, ``llc_se``) and what the chains' traces say (``llc_rise``,
+    ``llc_flagged``), the information plane's values (as the monitor logs them, ``ip/<layer>/ixt`` …) and the wall
+    time so far."""
     monitor, *extra = monitors
     robust_at = {
         (robust.prefix, step): robust.history[f"{robust.prefix}/acc"][index]
@@ -216,6 +240,11 @@ def history(
             if step in sampler.measured_steps:
                 at = sampler.measured_steps.index(step)
                 row.update({"llc": sampler.history["llc/mean"][at], "llc_se": sampler.history["llc/mean_se"][at]})
+                row.update({f"llc_{key}": sampler.history[f"llc/{key}"][at] for key in ("trace_rise", "flagged")})
+        for plane in information:
+            if step in plane.measured_steps:
+                at = plane.measured_steps.index(step)
+                row.update({name: values[at] for name, values in plane.history.items() if name.count("/") == 2})
         rows.append(row)
     return rows
 
@@ -262,10 +291,10 @@ def phases(rows: list[dict[str, float]], robust_keys: list[str]) -> dict[str, fl
         result[f"pgd_{eps}_end"] = final
         result[f"pgd_{eps}_max"] = max(row[key] for row in rows)
         result[f"step_pgd_{eps}_half"] = _first_step(rows, key, final / 2) if final > 0 else float("nan")
+    generalized = next((i for i, row in enumerate(rows) if row.get("heldout_acc", 0.0) >= 0.95), len(rows) - 1)
     if "llc" in rows[0]:
         llc = [row["llc"] for row in rows]
         top = max(range(len(llc)), key=lambda i: llc[i] if llc[i] == llc[i] else -math.inf)
-        generalized = next((i for i, row in enumerate(rows) if row.get("heldout_acc", 0.0) >= 0.95), len(rows) - 1)
         result.update(
             {
                 "llc_fitted": llc[fitted],
@@ -274,6 +303,32 @@ def phases(rows: list[dict[str, float]], robust_keys: list[str]) -> dict[str, fl
                 "llc_max": llc[top],
                 "step_llc_max": rows[top]["step"],
                 "llc_end": llc[-1],
+                "llc_flagged_measurements": sum(row.get("llc_flagged", 0.0) > 0 for row in rows),
+            }
+        )
+    result.update(information_phases(rows, fitted, generalized))
+    return result
+
+
+def information_phases(rows: list[dict[str, float]], fitted: int, generalized: int) -> dict[str, float]:
+    """Per layer (training probe): ``I(X;T)`` and ``I(T;Y)`` when the training set is fitted, at generalization and
+    at the end, the highest ``I(X;T)`` and its step, and the compression after it (highest minus end)."""
+    result: dict[str, float] = {}
+    for layer in ip_layers(rows):
+        ixt = [row[f"ip/{layer}/ixt"] for row in rows]
+        ity = [row[f"ip/{layer}/ity"] for row in rows]
+        top = max(range(len(ixt)), key=lambda i: ixt[i])
+        result.update(
+            {
+                f"ixt_{layer}_fitted": ixt[fitted],
+                f"ixt_{layer}_generalized": ixt[generalized],
+                f"ixt_{layer}_max": ixt[top],
+                f"step_ixt_{layer}_max": rows[top]["step"],
+                f"ixt_{layer}_end": ixt[-1],
+                f"ixt_{layer}_compression": ixt[top] - ixt[-1],
+                f"ity_{layer}_fitted": ity[fitted],
+                f"ity_{layer}_generalized": ity[generalized],
+                f"ity_{layer}_end": ity[-1],
             }
         )
     return result
@@ -311,105 +366,20 @@ def print_table(rows: list[dict[str, float]], robust_keys: list[str]) -> None:
     header = (
         f"{'step':>7} {'wall_s':>7} {'train':>6} {'heldout':>7} {'LC train':>9} {'LC heldout':>10} {'LC random':>9}"
     )
-    print(header + "".join(f" {key:>17}" for key in robust_keys) + (f" {'LLC ± se':>17}" if "llc" in rows[0] else ""))
+    layer = (ip_layers(rows) or [None])[-1]
+    header += "".join(f" {key:>17}" for key in robust_keys) + (
+        f" {'LLC ± se':>17} {'flag':>4}" if "llc" in rows[0] else ""
+    )
+    print(header + (f" {f'I(X;T) {layer}':>14} {'I(T;Y)':>7}" if layer else ""))
     for row in rows:
-        llc = f" {row['llc']:>9.2f} ± {row['llc_se']:<5.2f}" if "llc" in row else ""
+        llc = f" {row['llc']:>9.2f} ± {row['llc_se']:<5.2f} {int(row['llc_flagged']):>4}" if "llc" in row else ""
+        if layer and f"ip/{layer}/ixt" in row:
+            llc += f" {row[f'ip/{layer}/ixt']:>14.2f} {row[f'ip/{layer}/ity']:>7.2f}"
         print(
             f"{int(row['step']):>7} {row.get('wall_s', float('nan')):>7.0f} {row.get('train_acc', float('nan')):>6.3f}"
             f" {row.get('heldout_acc', float('nan')):>7.3f} {row['train']:>9.2f} {row['heldout']:>10.2f}"
             f" {row['random']:>9.2f}" + "".join(f" {row.get(key, float('nan')):>17.3f}" for key in robust_keys) + llc
         )
-
-
-def draw(rows: list[dict[str, float]], robust_keys: list[str], title: str, path: Path) -> None:
-    """LC per set against log(step + 1); accuracies (train, held-out, PGD) on a second axis; legend below."""
-    from matplotlib.figure import Figure
-
-    steps = [row["step"] + 1 for row in rows]
-    with_llc = "llc" in rows[0]
-    figure = Figure(figsize=(7.5, 7.2 if with_llc else 4.8), dpi=100)
-    if with_llc:
-        lc_axes, llc_axes = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
-        _draw_llc(llc_axes, {"": rows})
-    else:
-        lc_axes = figure.subplots()
-    for name in SETS:
-        lc_axes.plot(steps, [row[name] for row in rows], ".-", label=f"LC {name}")
-    lc_axes.set_xscale("log")
-    lc_axes.set_xlabel("optimizer step + 1")
-    lc_axes.set_ylabel("local complexity (neurons)")
-    lc_axes.grid(alpha=0.3)
-    acc_axes = lc_axes.twinx()
-    styles = [("train_acc", "k--", "train acc"), ("heldout_acc", "k:", "held-out acc")]
-    styles += [(key, f"C{3 + i}-.", f"PGD acc {key.removeprefix('robust_')}") for i, key in enumerate(robust_keys)]
-    for key, style, label in styles:
-        acc_axes.plot(steps, [row.get(key, float("nan")) for row in rows], style, label=label)
-    acc_axes.set_ylabel("accuracy")
-    acc_axes.set_ylim(0, 1.02)
-    handles, labels = lc_axes.get_legend_handles_labels()
-    more_handles, more_labels = acc_axes.get_legend_handles_labels()
-    figure.legend(handles + more_handles, labels + more_labels, fontsize="small", loc="lower center", ncol=3)
-    lc_axes.set_title(title, fontsize="small")
-    figure.tight_layout(rect=(0, 0.14 if not with_llc else 0.09, 1, 1))
-    _save(figure, path)
-
-
-def _draw_llc(axes: Any, per_seed: dict[Any, list[dict[str, float]]]) -> None:
-    """λ̂ against log(step + 1), a band of ±1 standard error over chains, one line per seed."""
-    for index, (seed, rows) in enumerate(per_seed.items()):
-        steps = [row["step"] + 1 for row in rows]
-        llc = [row["llc"] for row in rows]
-        error = [row["llc_se"] for row in rows]
-        label = f"seed {seed}" if seed != "" else "LLC"
-        axes.plot(steps, llc, ".-", color=f"C{index}", markersize=3, label=label)
-        low = [v - e for v, e in zip(llc, error, strict=True)]
-        high = [v + e for v, e in zip(llc, error, strict=True)]
-        axes.fill_between(steps, low, high, color=f"C{index}", alpha=0.2, linewidth=0)
-    axes.set_xscale("log")
-    axes.set_yscale("symlog", linthresh=0.1)  # early λ̂ is hugely negative (w* on a slope); the late values are small
-    axes.set_ylabel("λ̂ (LLC), symlog")
-    axes.set_xlabel("optimizer step + 1")
-    axes.axhline(0.0, color="k", linewidth=0.5)
-    axes.grid(alpha=0.3)
-
-
-def draw_seeds(per_seed: dict[int, list[dict[str, float]]], robust_key: str | None, title: str, path: Path) -> None:
-    """Every seed: LC on training points (top) and held-out / PGD accuracy (bottom) against log(step + 1)."""
-    from matplotlib.figure import Figure
-
-    with_llc = all("llc" in rows[0] for rows in per_seed.values())
-    figure = Figure(figsize=(7.5, 8.4 if with_llc else 6.0), dpi=100)
-    panels = figure.subplots(3 if with_llc else 2, 1, sharex=True)
-    lc_axes, acc_axes = panels[0], panels[1]
-    if with_llc:
-        _draw_llc(panels[2], per_seed)
-    for index, (seed, rows) in enumerate(per_seed.items()):
-        color = f"C{index}"
-        steps = [row["step"] + 1 for row in rows]
-        lc_axes.plot(steps, [row["train"] for row in rows], ".-", color=color, markersize=3, label=f"seed {seed}")
-        acc_axes.plot(steps, [row.get("heldout_acc", float("nan")) for row in rows], ":", color=color)
-        if robust_key is not None:
-            acc_axes.plot(steps, [row.get(robust_key, float("nan")) for row in rows], "-", color=color)
-    lc_axes.set_xscale("log")
-    lc_axes.set_ylabel("LC, training points")
-    lc_axes.grid(alpha=0.3)
-    lc_axes.legend(fontsize="small", ncol=len(per_seed))
-    lc_axes.set_title(title, fontsize="small")
-    acc_axes.set_ylabel("accuracy")
-    acc_axes.set_xlabel("optimizer step + 1")
-    acc_axes.set_ylim(0, 1.02)
-    acc_axes.grid(alpha=0.3)
-    caption = "dotted: held-out accuracy" + (
-        f"; solid: PGD accuracy ({robust_key.removeprefix('robust_')})" if robust_key else ""
-    )
-    acc_axes.set_title(caption, fontsize="small")
-    figure.tight_layout()
-    _save(figure, path)
-
-
-def _save(figure: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
 
 
 def seed_path(out: Path, seed: int, several: bool) -> Path:
@@ -444,15 +414,24 @@ def parse_args() -> argparse.Namespace:
         help="more LC counts on the training points (the default preset is always measured)",
     )
     parser.add_argument("--llc-chains", type=int, default=4, help="LLC chains; 0: no LLC monitor")
-    parser.add_argument("--llc-draws", type=int, default=50, help="SGLD draws per chain")
+    parser.add_argument("--llc-draws", type=int, default=200, help="SGLD draws per chain")
+    parser.add_argument("--llc-burnin", type=int, default=200, help="SGLD steps per chain before the first draw")
     parser.add_argument("--llc-points", type=int, default=100, help="SGLD minibatch")
-    # at init x8 (large outputs, MSE gradients) 1e-4 and 1e-5 (300-step trial) threw chains out; 1e-6 kept them finite
-    parser.add_argument("--llc-step", type=float, default=1e-6, help="SGLD step size")
-    parser.add_argument("--llc-localization", type=float, default=100.0, help="SGLD localisation gamma")
+    # See docs/benchmarks.md: at gamma 100 no step size settled within 400 steps at the end of training (the
+    # localisation's relaxation time is 2 / (eps gamma) steps); at gamma 1000, eps 1e-5, 3e-5 and 1e-4 agreed.
+    parser.add_argument("--llc-step", type=float, default=1e-5, help="SGLD step size")
+    parser.add_argument("--llc-localization", type=float, default=1000.0, help="SGLD localisation gamma")
+    parser.add_argument("--ip-points", type=int, default=500, help="information-plane probe size; 0: no IP monitor")
+    parser.add_argument(
+        "--ip-estimator", default="adaptive_binning", choices=["adaptive_binning", "kde_upper", "lossy_knn"]
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/grokking_lc_digits.json"))
     parser.add_argument("--figure", type=Path, default=Path("docs/methods/figures/grokking_lc_digits.png"))
     parser.add_argument("--seeds-figure", type=Path, default=Path("docs/methods/figures/grokking_lc_digits_seeds.png"))
+    parser.add_argument(
+        "--plane-figure", type=Path, default=Path("docs/methods/figures/grokking_information_plane_digits.png")
+    )
     parser.add_argument("--summary-only", action="store_true", help="print and draw from the JSON files")
     args = parser.parse_args()
     if args.seed is not None and args.seeds is not None:
@@ -475,6 +454,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], Grokk
     pl.seed_everything(seed, verbose=False)
     task, data, monitors, robustness = build(args, seed)
     llc = build_llc(args, seed)
+    information = build_information_plane(args, seed)
     accuracies = AccuracyAtMeasurements(monitors[0], None if args.max_minutes is None else 60 * args.max_minutes)
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -486,7 +466,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], Grokk
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[*monitors, *robustness, *llc, accuracies],
+        callbacks=[*monitors, *robustness, *llc, *information, accuracies],
     )
     started = time.perf_counter()
     trainer.fit(task, datamodule=data)
@@ -499,7 +479,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict[str, Any], Grokk
         "lc_monitor_s": round(sum(monitor.measure_seconds for monitor in monitors), 1),
         "robust_monitor_s": round(sum(robust.measure_seconds for robust in robustness), 1),
         "llc_monitor_s": round(sum(sampler.measure_seconds for sampler in llc), 1),
-        "history": history(monitors, accuracies, robustness, llc),
+        "ip_monitor_s": round(sum(plane.measure_seconds for plane in information), 1),
+        "history": history(monitors, accuracies, robustness, llc, information),
     }, task
 
 
@@ -529,6 +510,9 @@ def main() -> None:
     first = summaries[args.seeds[0]]
     title = title_of(first["settings"], first["steps_done"], first["wall_s"])
     draw(first["history"], robust_keys, title, args.figure)
+    if ip_layers(first["history"]):
+        draw_plane(first["history"], f"digits grokking run, seed {args.seeds[0]}, training probe", args.plane_figure)
+        print(f"information plane: {args.plane_figure}")
     robust_key = robust_keys[-1] if robust_keys else None
     print_phases({seed: phases(s["history"], robust_keys) for seed, s in summaries.items()})
     if several:

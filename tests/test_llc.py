@@ -320,7 +320,38 @@ def test_a_chain_whose_estimate_is_above_d_is_flagged_not_reported_as_a_coeffici
     params = dict(model.named_parameters())
     blown = estimate_llc(loss_fn, params, batches, num_chains=2, num_draws=20, step_size=10.0, n_beta=100.0)
     assert blown.llc > 27 and blown.diverged.all(), blown.summary()
-    assert all("above d = 27" in reason for reason in blown.reasons)
+    assert all("above d/2 = 13.5" in reason for reason in blown.reasons)
     calm = estimate_llc(loss_fn, params, batches, num_chains=2, num_draws=20, step_size=1e-4, n_beta=100.0,
                         localization=100.0)  # fmt: skip
     assert not calm.diverged.any(), calm.summary()
+
+
+def test_a_step_that_overshoots_the_curvature_is_flagged_above_half_the_dimension():
+    # On L = ½·Σ w², a chain whose ε·nβ·h is 1.6 samples a variance 1/(1 − 0.4) too wide: λ̂ ≈ 0.833·d, above the
+    # largest coefficient d/2 by far more than its draws' spread allows, yet below d (the bound before this check).
+    d, n_beta = 2000, 100.0
+    h = torch.ones(d, dtype=torch.float64)
+    settings = {"num_chains": 2, "num_draws": 200, "num_burnin": 200, "n_beta": n_beta}
+    wide = estimate_llc(quadratic(h), at_zero(d), [None], step_size=1.6 / n_beta, **settings)
+    _, expected, _ = stationary(h, n_beta, 0.0, 1.6 / n_beta, 200, 2)
+    assert expected == pytest.approx(d / 2 / 0.6) and d / 2 < 0.9 * wide.llc and wide.llc < d
+    assert wide.diverged.all() and all("above d/2 = 1000" in reason for reason in wide.reasons), wide.summary()
+    fine = estimate_llc(quadratic(h), at_zero(d), [None], step_size=0.1 / n_beta, **settings)
+    assert fine.llc > d / 2 and not fine.diverged.any(), fine.summary()  # 2.6 % above d/2: the discretisation
+
+
+def test_trace_rise_is_small_for_settled_chains_and_large_for_drifting_ones():
+    h = torch.linspace(1.0, 2.0, 10, dtype=torch.float64)
+    settled = estimate_llc(
+        quadratic(h), at_zero(10), [None], num_chains=4, num_draws=2000, num_burnin=300, step_size=1e-3, n_beta=50.0
+    )
+    assert settled.trace_rise.shape == (4,) and settled.trace_rise.abs().max() < 4, settled.trace_rise
+    # no burn-in and a slow chain: the variance is still growing from w* over the whole trace (2,000 coordinates, so
+    # that the growth stands far above the trace's noise)
+    wide = torch.ones(2000, dtype=torch.float64)
+    drifting = estimate_llc(
+        quadratic(wide), at_zero(2000), [None], num_chains=4, num_draws=100, step_size=1e-4, n_beta=50.0
+    )
+    assert (drifting.trace_rise > 4).all() and drifting.diverged.all(), drifting.trace_rise
+    short = estimate_llc(quadratic(h), at_zero(10), [None], num_chains=2, num_draws=5, step_size=1e-3, n_beta=50.0)
+    assert short.trace_rise.isnan().all()  # fewer than 10 draws in the second half: no trend to read

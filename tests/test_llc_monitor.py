@@ -93,7 +93,7 @@ def test_the_logged_llc_is_estimate_llc_on_the_same_chains_and_seed(tmp_path):
         )
     std = monitor.history["llc/std"][-1]
     assert monitor.history["llc/mean_se"][-1] == pytest.approx(std / math.sqrt(2))
-    assert {"llc/mean", "llc/mean_se", "llc/init_loss", "llc/flagged"} <= logger.names()
+    assert {"llc/mean", "llc/mean_se", "llc/init_loss", "llc/flagged", "llc/trace_rise"} <= logger.names()
 
 
 def test_measuring_leaves_the_weights_and_the_training_rng_untouched(tmp_path):
@@ -179,7 +179,7 @@ def test_an_own_module_on_loaders_with_an_object_output_and_a_frozen_layer(tmp_p
 def test_a_chain_that_left_w_star_is_named_and_a_non_finite_one_makes_the_mean_nan(tmp_path):
     settings = {**SMALL, "num_draws": 20, "num_measurements": 2}
     jumped = LocalLearningCoefficientMonitor(step_size=10.0, localization=0.0, **settings)
-    with pytest.warns(UserWarning, match="above d = 1210"):  # finite, but far above what a coefficient can be
+    with pytest.warns(UserWarning, match="above d/2 = 605"):  # finite, but far above what a coefficient can be
         fit(tmp_path, jumped, max_steps=2)
     assert jumped.history["llc/flagged"] == [2.0, 2.0]
     blown = LocalLearningCoefficientMonitor(step_size=1e6, localization=0.0, **settings)
@@ -223,6 +223,7 @@ def test_two_ddp_ranks_log_the_single_process_values(tmp_path):
         trainer.fit(task(), DigitsDataModule(batch_size=batch))
         histories[name] = [torch.load(path, weights_only=True) for path in sorted(out.glob("rank*.pt"))]
     (single,), (rank0, rank1) = histories["single"], histories["ddp"]
-    assert rank0 == rank1
-    for name, values in single.items():
-        assert rank0[name] == pytest.approx(values, rel=1e-4, abs=1e-5), name
+    assert rank0.keys() == rank1.keys() == single.keys()
+    for name, values in single.items():  # llc/trace_rise is NaN with these few draws: NaN must equal NaN
+        assert rank0[name] == pytest.approx(rank1[name], rel=0, abs=0, nan_ok=True), name
+        assert rank0[name] == pytest.approx(values, rel=1e-4, abs=1e-5, nan_ok=True), name

@@ -30,10 +30,12 @@ class LocalLearningCoefficientMonitor(ScheduledMonitor):
     parameters and buffers stay at ``w*``, the model is in eval mode), each step on a minibatch of
     ``num_points`` points drawn from a fixed pool of ``pool_size`` training points, and logs
     ``llc/mean`` (λ̂) with ``llc/mean_se`` (the standard deviation over chains ÷ √C), ``llc/std``,
-    ``llc/n_beta``, ``llc/init_loss`` (``L(w*)`` on the draws' minibatches) and ``llc/flagged`` (chains whose
-    loss became non-finite or was still rising over the second half of their draws; a warning names them and
-    why). A diverged chain makes ``llc/mean`` NaN, never a number. The plot (``llc.png``) draws λ̂ against the
-    step with its error band. Minibatches and noise come from a private generator seeded by ``seed`` and the
+    ``llc/n_beta``, ``llc/init_loss`` (``L(w*)`` on the draws' minibatches), ``llc/trace_rise`` (the chains' mean
+    rise of the loss over the second half of their draws, in residual standard deviations: near 0 when they
+    settled, above 4 flags a chain; NaN with fewer than 20 draws) and ``llc/flagged`` (chains whose loss became
+    non-finite, was still rising, or whose λ̂ is impossibly far above ``d/2``; a warning names them and why). A
+    diverged chain makes ``llc/mean`` NaN, never a number. The plot (``llc.png``) draws λ̂ against the step with
+    its error band. Minibatches and noise come from a private generator seeded by ``seed`` and the
     step: the training's RNG is untouched, and a resumed run measures what an uninterrupted one does.
 
     **nβ** moves λ̂ a lot and is logged: ``"dataset"`` (default) is Lau et al.'s ``n / log n`` with ``n`` the
@@ -229,6 +231,7 @@ class LocalLearningCoefficientMonitor(ScheduledMonitor):
             f"{self.prefix}/n_beta": estimate.n_beta,
             f"{self.prefix}/init_loss": estimate.init_loss,
             f"{self.prefix}/flagged": float(flagged),
+            f"{self.prefix}/trace_rise": _mean_of_finite(estimate.trace_rise),
         }
 
     def _minibatches(self, step: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -259,3 +262,8 @@ class LocalLearningCoefficientMonitor(ScheduledMonitor):
         self.train_size = state_dict.get("train_size")
         if state_dict.get("num_draws") is not None:
             self.draws_count = int(state_dict["num_draws"])
+
+
+def _mean_of_finite(values: torch.Tensor) -> float:
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if finite.numel() else math.nan

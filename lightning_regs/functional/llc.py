@@ -41,6 +41,7 @@ __all__ = ["LLCEstimate", "default_n_beta", "estimate_llc"]
 # (simulated AR(1) traces of squared Gaussians: no false alarm in 2000 at 4 once the half spans 10 autocorrelation
 # times); a half-trace shorter than its autocorrelation time has not mixed and may be flagged, rightly.
 _RISE_RATIO = 4.0
+_BOUND_SPREADS = 4.0  # standard deviations of a chain's draws allowed above d/2 (see _above_bound)
 _MIN_TREND_DRAWS = 10  # the trend test needs at least this many draws in the second half
 _CHECK_EVERY = 16  # steps between checks for a non-finite loss (each check synchronises a GPU)
 
@@ -56,8 +57,11 @@ class LLCEstimate(NamedTuple):
         init_loss: ``L(w*)``, the mean of ``L_m(w*)`` over the minibatches of all draws.
         n_beta: the ``nβ`` used.
         diverged: ``(C,)`` bool, chains whose loss became non-finite, was still rising over the second half, or whose
-            λ̂ is above ``d`` (twice the largest learning coefficient ``d/2``, ``d`` the sampled parameters' count).
+            λ̂ is impossibly high (see :func:`estimate_llc`).
         reasons: ``C`` strings, why each chain was flagged (``""`` when it was not).
+        trace_rise: ``(C,)`` float64, the least-squares rise of each chain's loss over the second half of its draws,
+            in standard deviations of the residuals (above 4 flags the chain; NaN when the half has fewer than 10
+            draws or the chain diverged). Near 0 for a settled chain.
     """
 
     llc: float
@@ -68,6 +72,7 @@ class LLCEstimate(NamedTuple):
     n_beta: float
     diverged: torch.Tensor
     reasons: tuple[str, ...]
+    trace_rise: torch.Tensor
 
     def summary(self) -> str:
         """One line: λ̂ ± std, nβ, and the flagged chains with their reasons."""
@@ -182,30 +187,39 @@ def _rise_ratio(trace: torch.Tensor) -> float:
     return float(rise / spread)
 
 
-def _diagnose(steps: torch.Tensor, num_burnin: int) -> str:
+def _trace_rise(steps: torch.Tensor, num_burnin: int) -> float:
+    """The rise ratio over the second half of a chain's draws; NaN when it is too short or not finite."""
+    second_half = steps[num_burnin:][(steps.numel() - num_burnin) // 2 :]
+    if second_half.numel() < _MIN_TREND_DRAWS or not bool(torch.isfinite(second_half).all()):
+        return math.nan
+    return _rise_ratio(second_half)
+
+
+def _diagnose(steps: torch.Tensor, num_burnin: int, rise: float) -> str:
     bad = (~torch.isfinite(steps)).nonzero()
     if bad.numel():
         step = int(bad[0])
         where = f"burn-in step {step}" if step < num_burnin else f"draw {step - num_burnin}"
         return f"loss non-finite from {where} on: lower step_size or raise localization"
-    second_half = steps[num_burnin:][(steps.numel() - num_burnin) // 2 :]
-    if second_half.numel() >= _MIN_TREND_DRAWS:
-        ratio = _rise_ratio(second_half)
-        if ratio > _RISE_RATIO:
-            return (
-                f"loss still rising over the second half of the draws ({ratio:.1f} residual std): not stationary; "
-                "lower step_size, raise localization or add burn-in"
-            )
+    if rise > _RISE_RATIO:
+        return (
+            f"loss still rising over the second half of the draws ({rise:.1f} residual std): not stationary; "
+            "lower step_size, raise localization or add burn-in"
+        )
     return ""
 
 
-def _above_bound(chain_llc: float, dimension: int) -> str:
-    # A learning coefficient is at most d/2 (a regular model's); a chain's estimate above twice that is no Monte-Carlo
-    # error but a chain that left w*'s neighbourhood and settled where the loss is far higher.
-    if chain_llc > dimension:
+def _above_bound(chain_llc: float, dimension: int, draw_spread: float) -> str:
+    # A learning coefficient is at most d/2 (a regular model's). A chain's estimate is a mean of nβ·(L_m(w_t) −
+    # L_m(w*)) over its draws, so even with a single effective draw it lies within a few of their standard deviations
+    # (draw_spread) of its expectation: d/2 plus 4 of them, or d, is no Monte-Carlo error but a chain that left w*'s
+    # neighbourhood or a step too large for the curvature (the discretised chain overshoots).
+    limit = min(dimension / 2 + _BOUND_SPREADS * draw_spread, float(dimension))
+    if chain_llc > limit:
         return (
-            f"its λ̂ ({chain_llc:.4g}) is above d = {dimension}, twice the largest learning coefficient (d/2): the "
-            "chain left w*'s neighbourhood; lower step_size or raise localization"
+            f"its λ̂ ({chain_llc:.4g}) is above d/2 = {dimension / 2:g}, the largest learning coefficient, by more "
+            f"than its draws' spread allows (limit {limit:.4g}): the chain left w*'s neighbourhood or the step is "
+            "too large; lower step_size or raise localization"
         )
     return ""
 
@@ -255,11 +269,13 @@ def estimate_llc(
     Returns:
         :class:`LLCEstimate`. A chain whose loss turns non-finite stops there (its trace and ``per_chain`` entry
         are NaN, and so are ``llc`` and ``llc_std``). A chain is also flagged when, over the second half of its
-        draws (at least 10), the least-squares rise of the loss exceeds 4 standard deviations of the residuals: it
-        has not settled (too large a step, too weak a localisation along flat directions, too short a burn-in). A
-        chain whose λ̂ is above ``d``, the count of sampled numbers (twice the most a learning coefficient can be),
-        left ``w*``'s neighbourhood and is flagged too. ``diverged`` and ``reasons`` say which chains to distrust;
-        flagged finite chains still count in ``llc``.
+        draws (at least 10), the least-squares rise of the loss exceeds 4 standard deviations of the residuals
+        (``trace_rise``): it has not settled (too large a step, too weak a localisation along flat directions, too
+        short a burn-in; the localisation alone relaxes in about ``2 / (step_size · localization)`` steps). A chain
+        whose λ̂ is above ``d/2`` (the most a learning coefficient can be, ``d`` the count of sampled numbers) by
+        more than 4 standard deviations of its draws' ``nβ·(L_m(w_t) − L_m(w*))``, or above ``d``, left ``w*``'s
+        neighbourhood or overshoots (too large a step) and is flagged too. ``diverged`` and ``reasons`` say which
+        chains to distrust; flagged finite chains still count in ``llc``.
 
     Example::
 
@@ -358,8 +374,12 @@ def estimate_llc(
     per_chain = n_beta * (loss_trace.mean(dim=1) - optimum_losses.mean(dim=1))
     per_chain[~torch.isfinite(per_chain)] = math.nan
     dimension = sum(optimum[name].numel() for name in sampled)
+    rises = torch.tensor([_trace_rise(step_losses[chain], num_burnin) for chain in range(num_chains)])
+    # fewer draws give no spread to trust: those chains are only held to d
+    spreads = n_beta * (loss_trace - optimum_losses).std(dim=1) if num_draws >= _MIN_TREND_DRAWS else None
     reasons = tuple(
-        _diagnose(step_losses[chain], num_burnin) or _above_bound(float(per_chain[chain]), dimension)
+        _diagnose(step_losses[chain], num_burnin, float(rises[chain]))
+        or _above_bound(float(per_chain[chain]), dimension, math.inf if spreads is None else float(spreads[chain]))
         for chain in range(num_chains)
     )
     llc_std = float(per_chain.std()) if num_chains > 1 else math.nan
@@ -372,4 +392,5 @@ def estimate_llc(
         n_beta=n_beta,
         diverged=torch.tensor([bool(reason) for reason in reasons]),
         reasons=reasons,
+        trace_rise=rises.double(),
     )
