@@ -2,6 +2,7 @@
 
     python benchmarks/monitor_overhead.py                          # SmallCNN on digits, 1,000 steps
     python benchmarks/monitor_overhead.py --model resnet18         # torchvision resnet18 on digits 3×32×32
+    python benchmarks/monitor_overhead.py --model resnet18 --monitors llc ip --load 0   # two monitors, quiet only
 
 One baseline fit without monitors, then the same fit (seeds and data identical) with the six monitors at
 their defaults (``LocalComplexityMonitor()``, ``AdversarialRobustnessMonitor()``, ``NeuralCollapseMonitor()``,
@@ -45,15 +46,18 @@ def build(model: str, batch: int) -> tuple[ImageClassifier, DigitsDataModule]:
     return ImageClassifier(SmallCNN(num_classes=10), 10, lr=0.05), DigitsDataModule(batch_size=batch)
 
 
-def monitors() -> list[ScheduledMonitor]:
-    return [
-        LocalComplexityMonitor(plot=False),
-        AdversarialRobustnessMonitor(plot=False),
-        NeuralCollapseMonitor(plot=False),
-        DiffusionSpectralEntropyMonitor(plot=False),
-        LocalLearningCoefficientMonitor(plot=False),
-        InformationPlaneMonitor(plot=False),
-    ]
+MONITORS = {
+    "lc": LocalComplexityMonitor,
+    "pgd": AdversarialRobustnessMonitor,
+    "nc": NeuralCollapseMonitor,
+    "dse": DiffusionSpectralEntropyMonitor,
+    "llc": LocalLearningCoefficientMonitor,
+    "ip": InformationPlaneMonitor,
+}
+
+
+def monitors(names: list[str]) -> list[ScheduledMonitor]:
+    return [MONITORS[name](plot=False) for name in names]
 
 
 def fit(model: str, steps: int, batch: int, callbacks: list[ScheduledMonitor]) -> float:
@@ -80,7 +84,7 @@ def monitored_fit(args: argparse.Namespace, load: int) -> tuple[float, list[Sche
     for process in spinners:
         process.start()
     try:
-        measured = monitors()
+        measured = monitors(args.monitors)
         return fit(args.model, args.steps, args.batch, measured), measured
     finally:
         stop.set()
@@ -109,16 +113,20 @@ def main() -> None:
     parser.add_argument("--model", choices=["smallcnn", "resnet18"], default="smallcnn")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--load", type=int, default=2, help="busy processes beside the loaded run")
+    parser.add_argument("--load", type=int, default=2, help="busy processes beside the loaded run; 0: no loaded run")
+    parser.add_argument("--monitors", nargs="+", choices=list(MONITORS), default=list(MONITORS))
     args = parser.parse_args()
     torch.set_num_threads(2)
     baseline = fit(args.model, args.steps, args.batch, [])
     print(f"{args.model}, {args.steps} steps, batch {args.batch}: baseline fit {baseline:.1f} s (quiet)", flush=True)
     runs = {}
-    for label, load in (("quiet", 0), (f"loaded ({args.load} busy processes)", args.load)):
+    settings = [("quiet", 0)] + [(f"loaded ({args.load} busy processes)", args.load)] * (args.load > 0)
+    for label, load in settings:
         seconds, measured = monitored_fit(args, load)
         report(label, seconds, baseline, measured)
         runs[label] = measured
+    if len(runs) < 2:
+        return
     quiet, loaded = runs.values()
     same = all(a.measured_steps == b.measured_steps for a, b in zip(quiet, loaded, strict=True))
     print(f"  same measured steps quiet and loaded: {'yes' if same else 'NO'}", flush=True)
