@@ -422,9 +422,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--llc-step", type=float, default=1e-5, help="SGLD step size")
     parser.add_argument("--llc-localization", type=float, default=1000.0, help="SGLD localisation gamma")
     parser.add_argument("--ip-points", type=int, default=500, help="information-plane probe size; 0: no IP monitor")
-    parser.add_argument(
-        "--ip-estimator", default="lossy_knn", choices=["adaptive_binning", "kde_upper", "lossy_knn"]
-    )
+    parser.add_argument("--ip-estimator", default="lossy_knn", choices=["adaptive_binning", "kde_upper", "lossy_knn"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/grokking_lc_digits.json"))
     parser.add_argument("--figure", type=Path, default=Path("docs/methods/figures/grokking_lc_digits.png"))

@@ -126,7 +126,7 @@ CHECKS = {
     ),
     "llc.md": _monitor(
         LocalLearningCoefficientMonitor,
-        {f"llc/{q}" for q in ("mean", "mean_se", "std", "n_beta", "init_loss", "flagged")},
+        {f"llc/{q}" for q in ("mean", "mean_se", "std", "n_beta", "init_loss", "flagged", "trace_rise")},
     ),
     "information_plane.md": _monitor(
         InformationPlaneMonitor,

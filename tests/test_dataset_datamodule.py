@@ -60,7 +60,9 @@ def test_a_run_stopped_mid_epoch_resumes_with_the_next_batch(tmp_path) -> None:
 
 def test_resuming_on_other_data_is_a_named_error(tmp_path) -> None:
     _fit(tmp_path, crash_at_step=9)
-    with pytest.raises(ValueError, match=r"not the data the checkpoint was made on \(train: the labels differ"):
+    with pytest.raises(
+        ValueError, match=r"not the data the checkpoint was made on \(the train split changed: the labels differ"
+    ):
         _fit(tmp_path, ckpt_path=tmp_path / "last.ckpt", data=own_data(permute=True))
 
 

@@ -261,5 +261,9 @@ def test_the_fingerprint_covers_which_images_make_each_bag(monkeypatch):
         return torch.cat([members[a:b].flip(0) for a, b in itertools.pairwise(offsets.tolist())]), offsets
 
     monkeypatch.setattr(DigitsBagsDataModule, "_draw_bags", reversed_bags)
-    with pytest.raises(ValueError, match=r"not the data the checkpoint was made on \(train: the file list differ"):
+    with pytest.raises(
+        ValueError,
+        match=r"not the data the checkpoint was made on \(the train split changed: the file list differs, "
+        r"the content differs",
+    ):
         DigitsBagsDataModule().load_state_dict(state)

@@ -497,7 +497,9 @@ def test_relabelled_slides_and_renamed_classes_are_refused(root, written):
     state = original.state_dict()
     swapped = [(s, "normal" if s == "tumor_004" else label, split) for s, label, split in csv_rows()]
     rewrite(root, swapped)
-    with pytest.raises(ValueError, match=r"not the data the checkpoint was made on \(val: the labels differ"):
+    with pytest.raises(
+        ValueError, match=r"not the data the checkpoint was made on \(the val split changed: the labels differ"
+    ):
         FeatureBagDataModule(root).load_state_dict(state)
     renamed = [(s, "benign" if label == "normal" else label, split) for s, label, split in csv_rows()]
     rewrite(root, renamed)  # the same class ids, but id 0 now means another class

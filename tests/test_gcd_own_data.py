@@ -51,7 +51,7 @@ def test_gcd_dataset_leaves_rows_of_unknown_class_unlabelled_and_unscored():
     [
         (torch.arange(4).float(), [0], "one int class id per image"),
         (torch.arange(4), [7], r"known_classes must name classes present in targets.*\[7\] have no image"),
-        (torch.arange(4), [], "known_classes must name classes present"),
+        (torch.arange(4), [], r"known_classes must be a list of distinct int ids.*not empty"),
     ],
 )
 def test_gcd_dataset_names_bad_arguments(targets, known, match):

@@ -130,8 +130,8 @@ def test_an_own_module_on_loaders_with_an_object_output(tmp_path):
 def test_bad_arguments_and_unmeasurable_settings_are_named(tmp_path):
     for kwargs, match in (
         ({"estimator": "mine"}, "estimator must be one of"),
-        ({"layers": []}, "layers must name distinct"),
-        ({"layers": ["a", "a"]}, "layers must name distinct"),
+        ({"layers": []}, "layers must be a non-empty list of distinct module names"),
+        ({"layers": ["a", "a"]}, "layers must be a non-empty list of distinct module names"),
         ({"num_bins": 1}, "num_bins"),
         ({"num_components": 0}, "num_components"),
         ({"k": 0}, "k must be"),

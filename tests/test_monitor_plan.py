@@ -166,7 +166,7 @@ def test_auto_directions_are_the_papers_25_when_the_budget_allows_and_kept_in_th
     restored.load_state_dict(poor.state_dict())
     assert restored.directions_count == poor.directions_count and restored.state_key == poor.state_key
     assert LocalComplexityMonitor(num_directions=7).directions_count == 7
-    with pytest.raises(ValueError, match="num_directions"):
+    with pytest.raises(TypeError, match="num_directions"):
         LocalComplexityMonitor(num_directions="many")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
+from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor, check_sets
 
 __all__ = ["LabelledPointsMonitor"]
 
@@ -27,10 +27,7 @@ class LabelledPointsMonitor(ScheduledMonitor):
 
     def __init__(self, sets: Sequence[str] = SETS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        unknown = set(sets) - set(SETS)
-        if unknown or not sets:
-            raise ValueError(f"sets must be a non-empty subset of {SETS}, got {list(sets)}.")
-        self.sets = tuple(dict.fromkeys(sets))
+        self.sets = check_sets(type(self).__name__, sets, SETS)
 
     def set_points(
         self,

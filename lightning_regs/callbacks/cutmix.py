@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lightning_regs.callbacks.input_rewriting_callback import MixMode
 from lightning_regs.callbacks.mixup_cutmix import MixUpCutMix
+from lightning_regs.functional._checks import check_number
 
 __all__ = ["CutMix"]
 
@@ -43,7 +44,6 @@ class CutMix(MixUpCutMix):
         seed: int = 0,
         num_classes: int | None = None,
     ) -> None:
-        if not alpha > 0:
-            raise ValueError(f"alpha must be > 0 (1.0 in the CutMix paper), got {alpha}.")
+        check_number(type(self).__name__, "alpha (1.0 in the CutMix paper)", alpha, low=0, low_open=True)
         super().__init__(0.0, alpha, 1.0, per_sample, mode, prob, seed, num_classes)
         self.alpha = float(alpha)

@@ -16,6 +16,8 @@ import torch
 from lightning_regs.callbacks._features import gathered_features
 from lightning_regs.callbacks._labelled_points import SETS, LabelledPointsMonitor
 from lightning_regs.callbacks._layer_taps import PENULTIMATE, layer_tap
+from lightning_regs.callbacks.scheduled_monitor import check_layer_names
+from lightning_regs.functional._checks import check_bool, check_int, check_number
 from lightning_regs.functional.bootstrap import derive_seed, half_sample_errors
 from lightning_regs.functional.diffusion_entropy import (
     diffusion_spectral_entropy,
@@ -117,23 +119,26 @@ class DiffusionSpectralEntropyMonitor(LabelledPointsMonitor):
             seed=seed,
             wall_clock_overhead=wall_clock_overhead,
         )
-        names = [PENULTIMATE] if layers is None else [layers] if isinstance(layers, str) else list(layers)
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"layers must name distinct modules (or 'penultimate'), got {layers!r}.")
-        if sigma is not None and not sigma > 0:
-            raise ValueError(f"sigma must be positive or None (the median pairwise distance), got {sigma}.")
-        if t < 1 or repeats < 1 or num_clusters < 2:
-            raise ValueError(f"t and repeats must be >= 1 and num_clusters >= 2; got {t}, {repeats}, {num_clusters}.")
+        owner = type(self).__name__
+        names = [PENULTIMATE] if layers is None else check_layer_names(owner, layers)
+        if sigma is not None:
+            check_number(owner, "sigma (or None: the median pairwise distance)", sigma, low=0, low_open=True)
+        check_int(owner, "t", t, low=1)
+        check_int(owner, "repeats", repeats, low=1)
+        check_int(owner, "num_clusters", num_clusters, low=2)
+        check_int(owner, "subsamples", subsamples, low=0)
+        if subsamples == 1:
+            raise ValueError(
+                f"{owner}: subsamples must be 0 (no errors) or at least 2 (a standard deviation), got {subsamples}."
+            )
+        check_bool(owner, "labels", labels)
+        check_bool(owner, "inputs", inputs)
         self.layers = names
         self.sigma = None if sigma is None else float(sigma)
         self.t = int(t)
         self.labels = labels
         self.inputs = inputs
         self.repeats = int(repeats)
-        if subsamples < 0 or subsamples == 1:
-            raise ValueError(
-                f"subsamples must be 0 (no errors) or at least 2 (a standard deviation), got {subsamples}."
-            )
         self.num_clusters = int(num_clusters)
         self.subsamples = int(subsamples)
 
@@ -149,9 +154,9 @@ class DiffusionSpectralEntropyMonitor(LabelledPointsMonitor):
         super().prepare(trainer, pl_module)
         for name in self.sets:
             if self.inputs and f"{name}_clusters" not in self.points:  # clustered once: the inputs do not change
-                self.points[f"{name}_clusters"] = discretize(
-                    self.points[name], num_clusters=self.num_clusters, seed=self.seed
-                )
+                # Non-finite points are never measured (logged as NaN): their clusters only need to exist.
+                points = torch.nan_to_num(self.points[name], nan=0.0, posinf=0.0, neginf=0.0)
+                self.points[f"{name}_clusters"] = discretize(points, num_clusters=self.num_clusters, seed=self.seed)
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         model = self.model(pl_module)

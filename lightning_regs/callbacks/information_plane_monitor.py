@@ -22,6 +22,8 @@ from lightning_regs.callbacks._labelled_points import SETS, LabelledPointsMonito
 from lightning_regs.callbacks._layer_taps import layer_tap, measured_layers
 from lightning_regs.callbacks._plots import plot_directory, publish_figure
 from lightning_regs.callbacks.monitor_points import draw_from_dataset
+from lightning_regs.callbacks.scheduled_monitor import check_layer_names
+from lightning_regs.functional._checks import check_choice, check_int, check_number
 from lightning_regs.functional.bootstrap import derive_seed, half_sample_errors
 from lightning_regs.functional.information_plane import InformationPlanePoint, adaptive_binning, kde_upper
 from lightning_regs.functional.information_plane_knn import lossy_knn
@@ -128,19 +130,16 @@ class InformationPlaneMonitor(LabelledPointsMonitor):
             max_overhead=max_overhead, batch_size=batch_size, plot=plot, seed=seed,
             wall_clock_overhead=wall_clock_overhead,
         )  # fmt: skip
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}.")
-        names = None if layers is None else [layers] if isinstance(layers, str) else list(layers)
-        if names is not None and (not names or len(set(names)) != len(names)):
-            raise ValueError(f"layers must name distinct modules (or 'penultimate'), or be None; got {layers!r}.")
+        owner = type(self).__name__
+        check_choice(owner, "estimator", estimator, ESTIMATORS)
+        names = None if layers is None else check_layer_names(owner, layers)
         for name, value, least in (("num_bins", num_bins, 2), ("num_components", num_components, 1), ("k", k, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be an int of at least {least}, got {value!r}.")
+            check_int(owner, name, value, low=least)
         for name, value in (("sigma", sigma), ("noise_ratio", noise_ratio)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}.")
-        if isinstance(subsamples, bool) or not isinstance(subsamples, int) or subsamples < 0 or subsamples == 1:
-            raise ValueError(f"subsamples must be 0 (no errors) or at least 2 (a spread), got {subsamples!r}.")
+            check_number(owner, name, value, low=0, low_open=True)
+        check_int(owner, "subsamples", subsamples, low=0)
+        if subsamples == 1:
+            raise ValueError(f"{owner}: subsamples must be 0 (no errors) or at least 2 (a spread), got {subsamples!r}.")
         self.estimator: Estimator = estimator
         self.layers = names
         self.num_bins, self.sigma, self.noise_ratio = num_bins, float(sigma), float(noise_ratio)

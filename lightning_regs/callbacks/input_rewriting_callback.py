@@ -22,6 +22,7 @@ from lightning_regs.batch import (
     TARGET,
 )
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback
+from lightning_regs.functional._checks import check_number
 from lightning_regs.functional.mixing import mix_targets
 from lightning_regs.functional.soft_targets import target_distribution
 
@@ -102,8 +103,7 @@ class InputRewritingCallback(SoftTargetCallback):
         super().__init__(num_classes)
         if mode not in ("targets", "loss"):
             raise ValueError(f"mode must be 'targets' (mix the targets) or 'loss' (interpolate the loss); got {mode!r}")
-        if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"prob (the share of training batches rewritten) must lie in [0, 1], got {prob}.")
+        check_number(type(self).__name__, "prob (the share of training batches rewritten)", prob, low=0, high=1)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
         self.mode = mode

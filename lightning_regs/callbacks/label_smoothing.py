@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback
+from lightning_regs.functional._checks import check_number
 from lightning_regs.functional.soft_targets import label_smoothing_targets
 
 __all__ = ["LabelSmoothing"]
@@ -43,8 +44,7 @@ class LabelSmoothing(SoftTargetCallback):
 
     def __init__(self, smoothing: float = 0.1, num_classes: int | None = None) -> None:
         super().__init__(num_classes)
-        if not 0.0 <= smoothing <= 1.0:
-            raise ValueError(f"smoothing must lie in [0, 1] (0.1 is the usual value), got {smoothing}.")
+        check_number(type(self).__name__, "smoothing (0.1 is the usual value)", smoothing, low=0, high=1)
         self.smoothing = float(smoothing)
 
     def refine_targets(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_regs.callbacks._llc_losses import behavioural_loss, task_loss
 from lightning_regs.callbacks.monitor_points import draw_from_dataset
 from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
+from lightning_regs.functional._checks import check_bool, check_int, check_number
 from lightning_regs.functional.llc import default_n_beta, estimate_llc
 from lightning_regs.functional.modes import eval_mode
 
@@ -110,26 +112,27 @@ class LocalLearningCoefficientMonitor(ScheduledMonitor):
             seed=seed,
             wall_clock_overhead=wall_clock_overhead,
         )
-        if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 2:
-            raise ValueError(f"num_chains must be an int of at least 2 (their spread is the error), got {num_chains!r}")
-        if num_draws != "auto" and (isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1):
-            raise ValueError(f"num_draws must be a positive int or 'auto', got {num_draws!r}.")
-        if isinstance(num_burnin, bool) or not isinstance(num_burnin, int) or num_burnin < 0:
-            raise ValueError(f"num_burnin must be an int ≥ 0, got {num_burnin!r}.")
-        for name, value in (("step_size", step_size), ("localization", localization)):
-            if not math.isfinite(value) or value < 0 or (name == "step_size" and value == 0):
-                bound = "> 0" if name == "step_size" else "≥ 0"
-                raise ValueError(f"{name} must be a finite number {bound}, got {value}.")
+        owner = type(self).__name__
+        check_int(owner, "num_chains (their spread is the error)", num_chains, low=2)
+        if num_draws != "auto":
+            check_int(owner, "num_draws (or 'auto')", num_draws, low=1)
+        check_int(owner, "num_burnin", num_burnin, low=0)
+        check_number(owner, "step_size", step_size, low=0, low_open=True)
+        check_number(owner, "localization", localization, low=0)
         if n_beta not in ("dataset", "batch") and (
-            isinstance(n_beta, (bool, str)) or not math.isfinite(n_beta) or n_beta <= 0
-        ):
+            isinstance(n_beta, (bool, str)) or not isinstance(n_beta, numbers.Real) or not math.isfinite(n_beta)
+            or n_beta <= 0
+        ):  # fmt: skip
             raise ValueError(
-                f"n_beta must be 'dataset' (n/log n), 'batch' (B/log B) or a positive number, got {n_beta!r}."
+                f"{owner}: n_beta must be 'dataset' (n/log n), 'batch' (B/log B) or a positive number, got {n_beta!r}."
             )
+        if loss is not None and not callable(loss):
+            raise TypeError(f"{owner}: loss must be a callable loss(output, target) or None, got {loss!r}.")
+        check_bool(owner, "behavioural", behavioural)
         if loss is not None and behavioural:
             raise ValueError("Give loss or behavioural=True, not both: the behavioural LLC samples output distances.")
-        if pool_size is not None and (isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 2):
-            raise ValueError(f"pool_size must be an int of at least 2 or None (the whole split), got {pool_size!r}.")
+        if pool_size is not None:
+            check_int(owner, "pool_size (or None: the whole split)", pool_size, low=2)
         self.num_chains = num_chains
         self.num_draws = num_draws
         self.draws_count: int | None = None if num_draws == "auto" else num_draws

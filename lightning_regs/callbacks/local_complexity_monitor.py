@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -9,7 +10,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_deprecation
 
-from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
+from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor, check_layer_names, check_sets
+from lightning_regs.functional._checks import check_bool, check_int, check_number
 from lightning_regs.functional.local_complexity import local_complexity, orthonormal_directions
 from lightning_regs.functional.sampling_error import mean_and_standard_error
 
@@ -103,27 +105,36 @@ class LocalComplexityMonitor(ScheduledMonitor):
             seed=seed,
             wall_clock_overhead=wall_clock_overhead,
         )
-        radii = [float(radius)] if isinstance(radius, (int, float)) else [float(r) for r in radius]
-        if not radii or any(r <= 0 for r in radii):
-            raise ValueError(f"radius must be positive (or a non-empty list of positive radii), got {radius}.")
+        owner = type(self).__name__
+        if isinstance(radius, (str, bytes)) or not isinstance(radius, (Sequence, numbers.Real)):
+            raise TypeError(f"{owner}: radius must be a positive number or a list of them, got {radius!r}.")
+        given = list(radius) if isinstance(radius, Sequence) else [radius]
+        if not given:
+            raise ValueError(f"{owner}: radius must be a positive number or a non-empty list of them, got {radius!r}.")
+        radii = [check_number(owner, "radius", r, low=0, low_open=True) for r in given]
+        repeated = sorted({r for r in radii if radii.count(r) > 1})
+        if repeated:
+            raise ValueError(f"{owner}: radius lists {repeated} more than once, got {radius!r}; give distinct radii.")
+        if isinstance(sets, str):
+            sets = [sets]
         if "test" in sets:
             rank_zero_deprecation(
                 "LocalComplexityMonitor(sets=[..., 'test']): the held-out set is now called 'heldout' (logged as "
                 "lc/heldout, drawn from heldout_split); 'test' is read as 'heldout'."
             )
             sets = ["heldout" if name == "test" else name for name in sets]
-        unknown = set(sets) - set(_SETS)
-        if unknown or not sets:
-            raise ValueError(f"sets must be a non-empty subset of {_SETS}, got {list(sets)}.")
-        if num_directions != "auto" and (not isinstance(num_directions, int) or num_directions < 1):
-            raise ValueError(f"num_directions must be a positive int or 'auto', got {num_directions!r}.")
+        sets = check_sets(owner, sets, _SETS)
+        if num_directions != "auto":
+            check_int(owner, "num_directions (or 'auto')", num_directions, low=1)
+        layers = check_layer_names(owner, layers) if layers is not None else None
+        check_bool(owner, "log_per_layer", log_per_layer)
         self.radii = radii
         self.num_directions = num_directions
         # P in use: the user's, or resolved from the budget when the plan is made (restored on resume).
         self.directions_count: int | None = None if num_directions == "auto" else num_directions
-        self.sets = tuple(dict.fromkeys(sets))
+        self.sets = sets
         if preset not in ("default", "official", "official_mlp"):
-            raise ValueError(f"preset must be 'default', 'official' or 'official_mlp', got {preset!r}.")
+            raise ValueError(f"{owner}: preset must be 'default', 'official' or 'official_mlp', got {preset!r}.")
         self.layers = list(layers) if layers is not None else None
         self.log_per_layer = log_per_layer
         self.preset = preset

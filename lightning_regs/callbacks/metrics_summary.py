@@ -32,7 +32,7 @@ class MetricsSummary(Callback):
     says at which step.
 
     Args:
-        prefixes: print only metrics whose name starts with one of these (all when empty).
+        prefixes: print only metrics whose name starts with one of these (a str is one prefix; all when empty).
 
     Example::
 
@@ -40,8 +40,19 @@ class MetricsSummary(Callback):
         >>> trainer = Trainer(callbacks=[MetricsSummary(prefixes=("val/",))], logger=False)
     """
 
-    def __init__(self, prefixes: tuple[str, ...] = ()) -> None:
-        self.prefixes = tuple(prefixes)
+    def __init__(self, prefixes: str | tuple[str, ...] = ()) -> None:
+        given = (prefixes,) if isinstance(prefixes, str) else prefixes  # one str is one prefix, not its letters
+        if not isinstance(given, (tuple, list)) or not all(isinstance(prefix, str) for prefix in given):
+            raise TypeError(
+                f"MetricsSummary: prefixes must be a str or a list of strs (metric name prefixes such as 'val/'), "
+                f"got {prefixes!r}."
+            )
+        if any(not prefix for prefix in given):
+            raise ValueError(
+                f"MetricsSummary: prefixes must be non-empty strs (an empty prefix matches every metric: pass () for "
+                f"all), got {prefixes!r}."
+            )
+        self.prefixes = tuple(given)
         self._started: dict[str, float] = {}
 
     def _start(self, stage: str) -> None:

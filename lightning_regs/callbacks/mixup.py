@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lightning_regs.callbacks.input_rewriting_callback import MixMode
 from lightning_regs.callbacks.mixup_cutmix import MixUpCutMix
+from lightning_regs.functional._checks import check_number
 
 __all__ = ["MixUp"]
 
@@ -43,7 +44,6 @@ class MixUp(MixUpCutMix):
         seed: int = 0,
         num_classes: int | None = None,
     ) -> None:
-        if not alpha > 0:
-            raise ValueError(f"alpha must be > 0 (0.2 on ImageNet, 1.0 on CIFAR), got {alpha}.")
+        check_number(type(self).__name__, "alpha (0.2 on ImageNet, 1.0 on CIFAR)", alpha, low=0, low_open=True)
         super().__init__(alpha, 0.0, 0.0, per_sample, mode, prob, seed, num_classes)
         self.alpha = float(alpha)

@@ -11,6 +11,7 @@ import torch
 
 from lightning_regs.batch import IMAGE
 from lightning_regs.callbacks.input_rewriting_callback import InputRewritingCallback, MixMode, Rewrite
+from lightning_regs.functional._checks import check_bool, check_number
 from lightning_regs.functional.mixing import box_masks, cutmix_boxes, draw_mix, mix_inputs
 
 __all__ = ["MixUpCutMix"]
@@ -63,13 +64,13 @@ class MixUpCutMix(InputRewritingCallback):
         seed: int = 0,
         num_classes: int | None = None,
     ) -> None:
+        owner = type(self).__name__
         for name, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
-            if not (value >= 0 and np.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number >= 0 (0 turns it off), got {value}.")
+            check_number(owner, f"{name} (0 turns it off)", value, low=0)
         if mixup_alpha == 0 and cutmix_alpha == 0:
             raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing would be mixed. Set one positive.")
-        if not 0.0 <= switch_prob <= 1.0:
-            raise ValueError(f"switch_prob must lie in [0, 1], got {switch_prob}.")
+        check_number(owner, "switch_prob", switch_prob, low=0, high=1)
+        check_bool(owner, "per_sample", per_sample)
         super().__init__(mode=mode, prob=prob, seed=seed, num_classes=num_classes)
         self.mixup_alpha = float(mixup_alpha)
         self.cutmix_alpha = float(cutmix_alpha)

@@ -12,6 +12,7 @@ from torch import nn
 
 from lightning_regs.callbacks._features import FeatureTap, chunked_features, find_classifier, full_tensor
 from lightning_regs.callbacks._labelled_points import SETS, LabelledPointsMonitor
+from lightning_regs.functional._checks import check_int, check_number
 from lightning_regs.functional.bootstrap import derive_seed
 from lightning_regs.functional.modes import unwrap_compiled
 from lightning_regs.functional.neural_collapse import NeuralCollapseAccumulator
@@ -110,13 +111,13 @@ class NeuralCollapseMonitor(LabelledPointsMonitor):
             seed=seed,
             wall_clock_overhead=wall_clock_overhead,
         )
-        if feature_cache_mb < 0:
+        owner = type(self).__name__
+        check_number(owner, "feature_cache_mb (0: run the forwards again for NC4)", feature_cache_mb, low=0)
+        check_int(owner, "bootstrap", bootstrap, low=0)
+        if bootstrap == 1:
             raise ValueError(
-                f"feature_cache_mb must be >= 0 (0: run the forwards again for NC4), got {feature_cache_mb}."
-            )
-        if bootstrap < 0 or bootstrap == 1:
-            raise ValueError(
-                f"bootstrap must be 0 (no errors) or at least 2 replicates (a standard deviation), got {bootstrap}."
+                f"{owner}: bootstrap must be 0 (no errors) or at least 2 replicates (a standard deviation), got "
+                f"{bootstrap}."
             )
         self.feature_cache_mb = float(feature_cache_mb)
         self.bootstrap = int(bootstrap)

@@ -147,6 +147,13 @@ class ProgressiveSelfKD(SoftTargetCallback):
                     f"The checkpoint's PS-KD table has {self.table.num_samples} rows but the training set has "
                     f"{expected_rows} samples: resume with the data the run was started with."
                 )
+            classes = self.num_classes or num_classes_of(trainer, pl_module)
+            if classes is not None and classes != self.table.num_classes:
+                raise ValueError(
+                    f"The checkpoint's PS-KD table has {self.table.num_classes} classes per row but the model has "
+                    f"{classes}: the checkpoint is from another model or data set. Resume with the model the run was "
+                    "started with, or start a new run (a fresh ProgressiveSelfKD)."
+                )
         elif self.table is None:
             num_classes = self.num_classes or num_classes_of(trainer, pl_module)
             if num_classes is not None:
@@ -286,6 +293,7 @@ class ProgressiveSelfKD(SoftTargetCallback):
         return {"alpha_T": self.alpha_T, "total_epochs": self.total_epochs, "table": table, "fingerprint": fingerprint}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _check_callback_state(state_dict)
         if state_dict.get("table") is not None:
             check_table_state(state_dict["table"])  # before anything is changed: a named error, not a raw one
         self.total_epochs = state_dict["total_epochs"]
@@ -338,6 +346,34 @@ class ProgressiveSelfKD(SoftTargetCallback):
         self.table = PredictionTable(
             self._resolve_num_samples(trainer), num_classes, self.storage, self.top_k, device=device
         )
+
+
+def _check_callback_state(state: Any) -> None:
+    """A named error when ``state`` is not a :meth:`ProgressiveSelfKD.state_dict` (missing key, wrong type)."""
+    fix = (
+        "The checkpoint is not from this version of ProgressiveSelfKD (or another method's state was saved under its "
+        "key, or the file was truncated or edited): resume from a checkpoint this callback wrote, or start a new run."
+    )
+    if not isinstance(state, Mapping):
+        raise ValueError(f"ProgressiveSelfKD's checkpoint state is a {type(state).__name__}, not a dict. {fix}")
+    missing = [key for key in ("alpha_T", "total_epochs", "table") if key not in state]
+    if missing:
+        raise ValueError(f"ProgressiveSelfKD's checkpoint state lacks {missing} (it has {sorted(state)}). {fix}")
+    expected = {
+        "alpha_T": ((int, float), "a number"),
+        "total_epochs": ((int, type(None)), "an int or None"),
+        "table": ((dict, type(None)), "a dict or None"),
+        "fingerprint": ((dict, type(None)), "a dict or None"),
+    }
+    for key, (types, what) in expected.items():
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(
+                f"ProgressiveSelfKD's checkpoint state has {key}={value!r} ({type(value).__name__}); expected {what}. "
+                f"{fix}"
+            )
+    if state["total_epochs"] is not None and state["total_epochs"] < 1:
+        raise ValueError(f"ProgressiveSelfKD's checkpoint state has total_epochs={state['total_epochs']}. {fix}")
 
 
 def _read_index(batch: Any) -> torch.Tensor:

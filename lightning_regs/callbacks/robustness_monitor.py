@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_deprecation
 
 from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
+from lightning_regs.functional._checks import check_bool, check_choice, check_int, check_number, check_range_pair
 from lightning_regs.functional.adversarial import Norm, pgd_attack, predict, random_perturbation
 from lightning_regs.functional.sampling_error import mean_and_standard_error
 
@@ -98,14 +99,19 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
             seed=seed,
             wall_clock_overhead=wall_clock_overhead,
         )
-        if norm not in ("linf", "l2"):
-            raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}.")
-        if epsilon <= 0 or steps < 1:
-            raise ValueError(f"epsilon must be positive and steps at least 1; got epsilon={epsilon}, steps={steps}.")
+        owner = type(self).__name__
+        check_choice(owner, "norm", norm, ("linf", "l2"))
+        check_number(owner, "epsilon", epsilon, low=0, low_open=True)
+        if step_size is not None:
+            check_number(owner, "step_size (or None: from epsilon)", step_size, low=0, low_open=True)
+        check_int(owner, "steps", steps, low=1)
+        check_bool(owner, "random_start", random_start)
         if preset not in ("library", "official"):
-            raise ValueError(f"preset must be 'library' or 'official', got {preset!r}.")
+            raise ValueError(f"{owner}: preset must be 'library' or 'official', got {preset!r}.")
         if isinstance(input_range, str) and input_range != "data":
-            raise ValueError(f"input_range must be (low, high), 'data' or None; got {input_range!r}.")
+            raise ValueError(f"{owner}: input_range must be (low, high), 'data' or None; got {input_range!r}.")
+        if input_range is not None and input_range != "data":
+            check_range_pair(owner, "input_range", input_range)
         official = preset == "official"
         self.preset = preset
         self.epsilon = float(epsilon)

@@ -8,7 +8,9 @@ between ``log_every_n_steps``) and keeps them in the callback state, from which 
 from __future__ import annotations
 
 import inspect
+import math
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +35,7 @@ from lightning_regs.callbacks.monitor_schedule import (
     measurement_steps,
     planned_share,
 )
+from lightning_regs.functional._checks import check_bool, check_int, check_number, check_string
 from lightning_regs.functional.modes import uncompiled, unwrap_compiled
 
 __all__ = ["ScheduledMonitor", "draw_from_dataset", "measurement_epochs", "measurement_steps"]
@@ -135,6 +138,7 @@ class ScheduledMonitor(Callback):
         seed: int = 0,
         wall_clock_overhead: float | None = None,
     ) -> None:
+        owner = type(self).__name__
         schedules = {
             "num_measurements": num_measurements,
             "every_n_steps": every_n_steps,
@@ -144,29 +148,31 @@ class ScheduledMonitor(Callback):
         if len(given) > 1:
             raise ValueError(f"Give one schedule: num_measurements, every_n_steps or every_n_epochs; got {given}.")
         for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive number, got {value}.")
-        if num_measurements is not None and num_measurements < 2:
-            raise ValueError(f"num_measurements must be at least 2 (the start and the end), got {num_measurements}.")
-        if num_points != "auto" and num_points is not None and (not isinstance(num_points, int) or num_points < 1):
-            raise ValueError(
-                f"num_points must be a positive int, 'auto' or None (the whole split), got {num_points!r}."
-            )
+            if value is not None:
+                check_int(owner, name, value, low=1)
+        if num_measurements is not None:
+            check_int(owner, "num_measurements (at least 2: the start and the end)", num_measurements, low=2)
+        if num_points != "auto" and num_points is not None:
+            check_int(owner, "num_points (or 'auto', or None: the whole split)", num_points, low=1)
         if heldout_split not in ("val", "test"):
             raise ValueError(
-                f"heldout_split must be 'val' or 'test' (the split held-out points come from), got {heldout_split!r}."
+                f"{owner}: heldout_split must be 'val' or 'test' (the split held-out points come from), got "
+                f"{heldout_split!r}."
             )
-        if max_overhead is not None and not max_overhead > 0:
-            raise ValueError(
-                f"max_overhead must be a positive share of the training's forward passes or None, got {max_overhead}."
+        if submodule is not None and not isinstance(submodule, str):
+            raise TypeError(
+                f"{owner}: submodule must be a dotted attribute path (str) or None, got {submodule!r} "
+                f"({type(submodule).__name__})."
             )
-        if wall_clock_overhead is not None and not wall_clock_overhead > 0:
-            raise ValueError(
-                f"wall_clock_overhead must be a positive share of the training's seconds or None (off), got "
-                f"{wall_clock_overhead}."
-            )
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be positive or None, got {batch_size}.")
+        check_string(owner, "prefix", prefix)
+        if max_overhead is not None:
+            check_number(owner, "max_overhead (or None: no bound)", max_overhead, low=0, low_open=True)
+        if wall_clock_overhead is not None:
+            check_number(owner, "wall_clock_overhead (or None: off)", wall_clock_overhead, low=0, low_open=True)
+        if batch_size is not None:
+            check_int(owner, "batch_size (or None)", batch_size, low=1)
+        check_bool(owner, "plot", plot)
+        check_int(owner, "seed", seed, low=0)
         self.num_measurements = num_measurements
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
@@ -524,8 +530,12 @@ class ScheduledMonitor(Callback):
             self.skipped_steps.append(step)
             return
         started = time.perf_counter()
+        nonfinite = self._nonfinite(trainer, pl_module)
         with uncompiled(pl_module):  # hooks do not fire in compiled graphs, and extra forwards would recompile
-            values = self.measure(trainer, pl_module)
+            if nonfinite:
+                values = self._nan_measurement(trainer, pl_module, nonfinite)
+            else:
+                values = self.measure(trainer, pl_module)
         self._last_cost = time.perf_counter() - started
         self.measure_seconds += self._last_cost
         self.measured_steps.append(step)
@@ -538,6 +548,59 @@ class ScheduledMonitor(Callback):
         for name, value in values.items():
             trainer.callback_metrics[name] = torch.tensor(value)
 
+    def _nonfinite(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+        """What is not finite: ``"weights"``, ``"points"``, both, or ``""`` (decided alike on every rank)."""
+        model = self.model(pl_module)
+        device = pl_module.device
+        weights = [p.detach() for p in model.parameters() if p.is_floating_point()]
+        points = [t for t in self.points.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        flags = torch.stack([_any_nonfinite(weights, device), _any_nonfinite(points, device)]).cpu()  # one sync
+        if trainer.world_size > 1:  # FSDP2 shards the weights: a NaN on one rank is a NaN on all
+            flags = self.reduce_sum(trainer, flags.to(pl_module.device)).cpu()
+        return " and ".join(what for what, bad in zip(("weights", "points"), flags.tolist(), strict=True) if bad)
+
+    def _nan_measurement(self, trainer: pl.Trainer, pl_module: pl.LightningModule, what: str) -> dict[str, float]:
+        """NaN for every value of a measurement of non-finite weights or points: they have no value to measure."""
+        rank_zero_warn(
+            f"{type(self).__name__}: non-finite (NaN or inf) {what} at step {trainer.global_step}: this measurement "
+            "is logged as NaN, not measured (a diverged run has no value to measure; check the learning rate, or the "
+            "data for NaN inputs)."
+        )
+        names = [name for name in self.history if not name.endswith("/overhead")]
+        if not names:  # the first measurement: its names come from a stand-in measurement, whose values are dropped
+            names = self._names_of_a_measurement(trainer, pl_module)
+        return dict.fromkeys(names, math.nan)
+
+    def _names_of_a_measurement(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str]:
+        """The names one measurement logs, read from a measurement with finite stand-ins for the non-finite values."""
+        generator = torch.Generator().manual_seed(self.seed)
+
+        def stand_in(tensor: torch.Tensor) -> torch.Tensor:
+            noise = torch.randn(tensor.shape, generator=generator).to(tensor.device, tensor.dtype)
+            return torch.where(torch.isfinite(tensor), tensor, noise)
+
+        parameters = [p for p in self.model(pl_module).parameters() if p.is_floating_point()]
+        saved_weights = [p.detach().clone() for p in parameters]
+        saved_points = dict(self.points)
+        try:
+            with torch.no_grad():
+                for parameter in parameters:
+                    parameter.copy_(stand_in(parameter))
+            self.points = {
+                name: stand_in(t) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                for name, t in self.points.items()
+            }
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return list(self.measure(trainer, pl_module))
+        except (ValueError, RuntimeError, ArithmeticError, KeyError):
+            return []
+        finally:
+            self.points = saved_points
+            with torch.no_grad():
+                for parameter, saved in zip(parameters, saved_weights, strict=True):
+                    parameter.copy_(saved)
+
     def _within_wall_clock(self, trainer: pl.Trainer) -> bool:
         # The first measurement of each fit always runs (the same on every rank: no broadcast skipped).
         if self.wall_clock_overhead is None or self._last_cost is None:
@@ -547,6 +610,46 @@ class ScheduledMonitor(Callback):
         if trainer.world_size > 1:  # wall clocks differ across ranks; rank 0 decides for all
             decision = trainer.strategy.broadcast(decision, src=0)
         return bool(decision)
+
+
+def _any_nonfinite(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """1.0 when any element of ``tensors`` (this rank's shards) is NaN or inf, else 0.0, on ``device`` (no sync)."""
+    flags = [(~torch.isfinite(_local(tensor))).any().to(device) for tensor in tensors if tensor.numel()]
+    return torch.stack(flags).any().float() if flags else torch.zeros((), device=device)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP2), the tensor itself otherwise."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def check_sets(owner: str, sets: str | Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
+    """The point sets a monitor measures: one name (a str) or a non-empty sequence of distinct names of ``allowed``."""
+    names = [sets] if isinstance(sets, str) else sets
+    if not isinstance(names, Sequence):
+        raise TypeError(f"{owner}: sets must be a name or a list of names of {list(allowed)}, got {sets!r}.")
+    names = list(names)
+    unknown = [name for name in names if name not in allowed]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if not names or unknown or duplicated:
+        problem = f": {unknown} are not sets" if unknown else f": {duplicated} appear more than once" if names else ""
+        raise ValueError(
+            f"{owner}: sets must be a non-empty list of distinct names of {list(allowed)}, got {names!r}{problem}."
+        )
+    return tuple(names)
+
+
+def check_layer_names(owner: str, layers: str | Sequence[str], name: str = "layers") -> list[str]:
+    """Module names: one (a str) or a non-empty list of distinct non-empty strings."""
+    names = [layers] if isinstance(layers, str) else layers
+    if not isinstance(names, Sequence) or not all(isinstance(layer, str) and layer for layer in names):
+        raise TypeError(f"{owner}: {name} must be module names (non-empty strs), got {layers!r}.")
+    names = list(names)
+    duplicated = sorted({layer for layer in names if names.count(layer) > 1})
+    if not names or duplicated:
+        problem = f": {duplicated} appear more than once" if duplicated else ""
+        raise ValueError(f"{owner}: {name} must be a non-empty list of distinct module names, got {names!r}{problem}.")
+    return names
 
 
 def _plural(items: Sequence[Any]) -> str:

@@ -21,6 +21,7 @@ from lightning_regs.batch import (
     TARGET,
     class_ids,
 )
+from lightning_regs.functional._checks import check_int
 from lightning_regs.functional.mixing import mix_targets
 from lightning_regs.functional.modes import eval_mode
 from lightning_regs.functional.outputs import logits_of
@@ -84,8 +85,8 @@ class SoftTargetCallback(Callback):
         return True
 
     def __init__(self, num_classes: int | None = None) -> None:
-        if num_classes is not None and num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2 (or None to read it from the module), got {num_classes}.")
+        if num_classes is not None:
+            check_int(type(self).__name__, "num_classes (or None to read it from the module)", num_classes, low=2)
         self.num_classes = num_classes
         self._range_checked = False
         self._logits_width: int | None = None

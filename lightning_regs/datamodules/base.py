@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lightning_regs.datamodules.fingerprint import _labels as _dataset_labels
 from lightning_regs.datamodules.fingerprint import data_fingerprint, fingerprint_difference
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
 
@@ -22,7 +25,15 @@ _POSITION_KEY = "training_position"
 # State entry with each split's data fingerprint (size, labels and file digests), checked on restore.
 _FINGERPRINT_KEY = "data_fingerprint"
 
-__all__ = ["NumClassesUnknownError", "SplitDataModule", "hparam"]
+__all__ = [
+    "DataChangedError",
+    "NumClassesUnknownError",
+    "ResumePositionError",
+    "SplitDataModule",
+    "SplitError",
+    "check_class_names",
+    "hparam",
+]
 
 _REQUIRED = object()
 
@@ -33,6 +44,46 @@ class NumClassesUnknownError(AttributeError):
     An ``AttributeError``, so ``getattr(datamodule, "num_classes", None)`` treats the value as not
     known yet; read directly, the message says what to pass.
     """
+
+
+class DataChangedError(ValueError):
+    """The data a checkpoint is resumed on is not the data it was made on (size, labels, file list or content)."""
+
+
+class ResumePositionError(ValueError):
+    """A checkpoint written inside an epoch cannot continue that epoch with this module's settings."""
+
+
+class SplitError(ValueError):
+    """A split that cannot serve its purpose: empty, of one class where a metric needs both, or class names that
+    differ only by case or spaces (the same class counted twice)."""
+
+
+def check_class_names(names: Sequence[Any], where: str) -> None:
+    """Refuse class names that differ only by case or spaces, naming both (``where``: where they were read).
+
+    ``"cat"`` and ``"Cat "`` would become two classes of one; a typo in a CSV or a folder name is the usual cause.
+
+    Example::
+
+        >>> check_class_names(["cat", "dog"], "labels.csv")
+        >>> check_class_names(["cat", "Cat "], "labels.csv")
+        Traceback (most recent call last):
+        ...
+        lightning_regs.datamodules.base.SplitError: labels.csv: the class names 'cat' and 'Cat ' differ only by \
+case or spaces, so one class would be counted as two. Write them the same way (fix the labels or rename the folder).
+    """
+    seen: dict[str, Any] = {}
+    for name in names:
+        if not isinstance(name, str):
+            continue
+        key = " ".join(name.split()).casefold()
+        if key in seen and seen[key] != name:
+            raise SplitError(
+                f"{where}: the class names {seen[key]!r} and {name!r} differ only by case or spaces, so one class "
+                "would be counted as two. Write them the same way (fix the labels or rename the folder)."
+            )
+        seen.setdefault(key, name)
 
 
 class hparam:
@@ -152,7 +203,8 @@ class SplitDataModule(pl.LightningDataModule):
         ...         if not self.split_indices:
         ...             order = torch.randperm(16, generator=torch.Generator().manual_seed(self.seed))
         ...             self.split_indices = {"val": order[:4].sort().values, "train": order[4:].sort().values}
-        ...         data = TensorDictDataset(torch.randn(16, 1, 2, 2), torch.arange(16) % 2)
+        ...         pixels = torch.randn(16, 1, 2, 2, generator=torch.Generator().manual_seed(0))  # the same data
+        ...         data = TensorDictDataset(pixels, torch.arange(16) % 2)
         ...         self.datasets = {s: Subset(data, i.tolist()) for s, i in self.split_indices.items()}
         ...         self.datasets["test"] = self.datasets["val"]
         >>> original = Squares(seed=0)
@@ -178,10 +230,50 @@ class SplitDataModule(pl.LightningDataModule):
     num_workers = hparam(0)
     pin_memory = hparam(False)
 
+    #: Splits whose metric needs both classes of a two-class task (e.g. an AUROC over good and anomalous images):
+    #: ``setup`` refuses one of them whose ``targets``/``labels`` hold one class only.
+    two_class_splits: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self) -> None:
         super().__init__()
         self.split_indices: dict[str, torch.Tensor] = {}
         self.datasets: dict[str, Dataset] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "setup" in cls.__dict__:  # every subclass's setup ends with the split checks (once, at the outermost)
+            cls.setup = _checked_setup(cls.__dict__["setup"])  # type: ignore[method-assign]
+
+    def check_splits(self) -> None:
+        """Refuse, naming the split and the fix, a split that is empty or (see :attr:`two_class_splits`) one-sided.
+
+        Runs at the end of every ``setup``. An empty split is accepted only where its fraction argument is 0 (asked
+        for: ``test_fraction=0``).
+        """
+        name = type(self).__name__
+        for split, dataset in self.datasets.items():
+            try:
+                size = len(dataset)  # type: ignore[arg-type]
+            except TypeError:
+                continue
+            fraction = f"{split}_fraction"
+            if size == 0 and self.hparams.get(fraction) != 0:
+                given = self.hparams.get(fraction)
+                why = (
+                    f" {fraction}={given} of the data rounds to zero samples: raise {fraction}"
+                    if given is not None
+                    else " give it samples"
+                )
+                if split == "train" and given is None:
+                    why = " training needs samples: check the data folder, the split column or the data set given"
+                raise SplitError(f"{name}: the {split} split is empty (0 samples);{why}.")
+            if split in self.two_class_splits and size:
+                labels = _split_labels(dataset)
+                if labels is not None and len(set(labels)) < 2:
+                    raise SplitError(
+                        f"{name}: the {split} split holds {size} samples of class {labels[0]} only; its metric (e.g. "
+                        f"the AUROC) needs both classes. Add samples of the other class to the {split} split."
+                    )
 
     def save_hyperparameters(
         self,
@@ -277,7 +369,36 @@ class SplitDataModule(pl.LightningDataModule):
     def _apply_position(self, sampler: Sampler[int] | None) -> None:
         position = getattr(self, "_resume_position", None)
         if position is not None and isinstance(sampler, EpochShuffleSampler):
-            sampler.resume_at(position["epoch"], position["batches"] * self.batch_size)
+            # by samples: the draws this rank trained on (a checkpoint of before it saved them: batches of this size)
+            skip = position.get("samples", position["batches"] * self.batch_size)
+            sampler.resume_at(position["epoch"], skip)
+
+    def _check_position(self, position: Mapping[str, Any] | None) -> None:
+        """Refuse a mid-epoch position this module cannot continue exactly (another batch size or process count)."""
+        if not position or "batch_size" not in position:  # none, or a checkpoint of before these were saved
+            return
+        epoch_batches = position.get("epoch_batches")
+        if epoch_batches is None or position["batches"] >= epoch_batches or position["batches"] == 0:
+            return  # written at an epoch's end or start: the next epoch starts from its top with any settings
+        then, now = position["batch_size"], self.batch_size
+        world = _world_size(self.trainer)
+        where = (
+            f"the checkpoint was written inside epoch {position['epoch']}, after {position['batches']} of its "
+            f"{epoch_batches} batches of {then} samples"
+        )
+        if position.get("world_size", world) != world:
+            raise ResumePositionError(
+                f"{type(self).__name__}: {where} on {position['world_size']} process(es), and this run has {world}: "
+                "each process's share of the epoch changes with their number, so the rest of the epoch would skip "
+                "or repeat samples. Resume on as many processes, or from a checkpoint written at an epoch's end."
+            )
+        if then != now:
+            raise ResumePositionError(
+                f"{type(self).__name__}: {where}, and this module has batch_size={now}. Lightning counts the epoch's "
+                f"remaining steps in batches of {then}, so with batches of {now} the rest of the epoch would skip or "
+                f"repeat samples and shift the step count. Resume with batch_size={then} (--data.init_args.batch_size="
+                f"{then}), or from a checkpoint written at an epoch's end."
+            )
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if not self.datasets:
@@ -373,8 +494,8 @@ class SplitDataModule(pl.LightningDataModule):
             if split in current and (difference := fingerprint_difference(fingerprint, current[split]))
         }
         if changes:
-            what = "; ".join(f"{split}: {difference}" for split, difference in changes.items())
-            raise ValueError(
+            what = "; ".join(f"the {split} split changed: {difference}" for split, difference in changes.items())
+            raise DataChangedError(
                 f"{type(self).__name__}: the data under {self.hparams.get('root', 'this DataModule')} is not the data "
                 f"the checkpoint was made on ({what}). Its split indices and every per-sample state (e.g. PS-KD's "
                 "table) would point at other samples. Resume with the original data, or start a new run."
@@ -390,10 +511,19 @@ class SplitDataModule(pl.LightningDataModule):
         if trainer is None or not trainer.training:
             return None
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
+        batches = int(progress.processed)
+        position: dict[str, Any] = {"epoch": int(trainer.current_epoch), "batches": batches}
+        size = self.batch_size  # None where batches are whole bags (bags_per_batch): compared as given
+        position.update(batch_size=size, samples=None if size is None else batches * int(size))
+        position["world_size"] = _world_size(trainer)
+        total = trainer.num_training_batches
+        if isinstance(total, int) or (isinstance(total, float) and math.isfinite(total)):
+            position["epoch_batches"] = int(total)
+        return position
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         state_dict = dict(state_dict)
+        self._check_position(state_dict.get(_POSITION_KEY))  # before anything changes
         self._resume_position = state_dict.pop(_POSITION_KEY, None)
         fingerprints = state_dict.pop(_FINGERPRINT_KEY, None)
         # A loader made before the restore (Lightning builds one early when configure_optimizers asks for
@@ -460,6 +590,33 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         pass
+
+
+def _checked_setup(setup: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(setup)
+    def checked(self: SplitDataModule, *args: Any, **kwargs: Any) -> None:
+        outermost = not self.__dict__.get("_in_setup", False)
+        self.__dict__["_in_setup"] = True
+        try:
+            setup(self, *args, **kwargs)
+        finally:
+            if outermost:
+                self.__dict__["_in_setup"] = False
+        if outermost and self.datasets:
+            self.check_splits()
+
+    return checked
+
+
+def _split_labels(dataset: Any) -> list[int] | None:
+    labels = _dataset_labels(dataset)  # targets, labels, TensorDataset's tensors[1], through Subset/IndexedDataset
+    return None if labels is None else [int(v) for v in labels.reshape(-1).tolist()]
+
+
+def _world_size(trainer: Any) -> int:
+    if trainer is not None:
+        return int(trainer.world_size)
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
 def _same_state(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:

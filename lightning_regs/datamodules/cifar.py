@@ -20,7 +20,7 @@ from lightning_regs.batch import IMAGE, INDEX, TARGET
 from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.datamodules.download import download_file, extract_archive, remove_interrupted
 
-__all__ = ["CIFAR10DataModule", "CIFAR100DataModule", "load_cifar_pickle"]
+__all__ = ["CIFAR10DataModule", "CIFAR100DataModule", "SharedReferenceError", "load_cifar_pickle"]
 
 _MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
 _PLAIN_DTYPE = re.compile(r"[biuf][1248]")  # bool, integers and floats: all a CIFAR batch holds
@@ -132,17 +132,58 @@ def _check_opcodes(data: bytes) -> None:
             raise pickle.UnpicklingError(f"the frame at byte {position} announces {argument:,} bytes past the end")
 
 
-def _arrays(value: Any) -> Any:
-    """``value`` with every unpickled array stand-in replaced by its numpy array (in dicts, lists and tuples)."""
-    if isinstance(value, _ArraySpec):
-        if value.array is None:
-            raise pickle.UnpicklingError("an array was created without its data")
-        return value.array
-    if isinstance(value, dict):
-        return {key: _arrays(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_arrays(item) for item in value)
-    return value
+_MAX_DEPTH = 8  # a CIFAR batch nests three deep: the dict, its lists, their strings
+_SIZE_SLACK = 4096  # expanded size allowed beyond the file's length (a few shared short strings)
+
+
+class SharedReferenceError(pickle.UnpicklingError):
+    """A pickle whose result would expand beyond its file: a container reached twice (a shared reference, as a
+    pickle memo makes them) or a cycle, nesting deeper than a CIFAR batch has, or leaves that add up to more than
+    the file holds."""
+
+
+class _Expansion:
+    """Replaces array stand-ins by their arrays while bounding the result's expanded size and walk time.
+
+    A pickle's memo lets one list appear many times, in lists that appear many times: 200 bytes can
+    describe a structure whose walk (or ``np.asarray``) takes minutes and gigabytes. Without shared
+    references every element costs at least a byte of the file, so the walk here visits every
+    container once (a second visit is refused) and counts the expanded size (one per element, the
+    length of each string, the bytes of each array, every time it appears) against the file's length.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.size, self.seen = limit, 0, set()
+
+    def _take(self, count: int) -> None:
+        self.size += count
+        if self.size > self.limit:
+            raise SharedReferenceError(
+                f"the pickle expands to more than {self.limit:,} elements and bytes, more than its file holds: it "
+                "repeats shared objects, which a CIFAR batch never does"
+            )
+
+    def __call__(self, value: Any, depth: int = 0) -> Any:
+        if depth > _MAX_DEPTH:
+            raise SharedReferenceError(f"the pickle nests containers more than {_MAX_DEPTH} deep (a CIFAR batch: 3)")
+        if isinstance(value, _ArraySpec):
+            if value.array is None:
+                raise pickle.UnpicklingError("an array was created without its data")
+            self._take(max(value.array.nbytes, 1))
+            return value.array
+        if isinstance(value, dict | list | tuple | set | frozenset):
+            if value and id(value) in self.seen:  # empty containers cannot expand (and () is one shared object)
+                raise SharedReferenceError(
+                    f"the pickle holds a {type(value).__name__} more than once (a shared reference or a cycle), "
+                    "which a CIFAR batch never does; walking it could expand it exponentially"
+                )
+            self.seen.add(id(value))
+            self._take(1)
+            if isinstance(value, dict):
+                return {self(key, depth + 1): self(item, depth + 1) for key, item in value.items()}
+            return type(value)(self(item, depth + 1) for item in value)
+        self._take(max(len(value), 1) if isinstance(value, str | bytes | bytearray) else 1)
+        return value
 
 
 def load_cifar_pickle(path: str | Path) -> dict[str, Any]:
@@ -150,19 +191,26 @@ def load_cifar_pickle(path: str | Path) -> dict[str, Any]:
 
     Allocations are bounded by the file's size: counted opcodes must fit in the file, and an array
     is built from exactly the bytes the file holds for it (plain bool, integer or float types only).
+    So is what it returns: a container met twice (a shared reference through the pickle memo, or a
+    cycle) is refused, and the expanded size (elements, string lengths, array bytes, counted every time
+    they appear) may not pass the file's length, so no walk of the result can take longer than a
+    read of the file.
 
     Raises:
         pickle.UnpicklingError: naming ``path``: the file is empty, truncated or damaged, references
             any other global (e.g. ``os.system``), or asks for more memory than it holds.
+        SharedReferenceError: (a ``pickle.UnpicklingError``) naming ``path``: the result shares a
+            container, nests deeper than a CIFAR batch, or expands beyond the file's length.
     """
     data = Path(path).read_bytes()
     if not data:
         raise pickle.UnpicklingError(f"{path} is empty (0 bytes), as a copy cut short leaves it. {_MALFORMED}")
     try:
         _check_opcodes(data)
-        content = _arrays(_RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load())
+        loaded = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+        content = _Expansion(len(data) + _SIZE_SLACK)(loaded)
     except pickle.UnpicklingError as error:
-        raise pickle.UnpicklingError(f"{path}: {error}. {_MALFORMED}") from None
+        raise type(error)(f"{path}: {error}. {_MALFORMED}") from None
     except Exception as error:  # whatever else malformed bytes raise (EOFError, ValueError, MemoryError, ...)
         raise pickle.UnpicklingError(
             f"{path} is not a readable CIFAR batch pickle ({type(error).__name__}: {error}). {_MALFORMED}"

@@ -17,7 +17,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
 from lightning_regs.datamodules.base import SplitDataModule, hparam
-from lightning_regs.datamodules.files import RootGuard, read_json
+from lightning_regs.datamodules.files import RootGuard, open_image, read_json
 from lightning_regs.datamodules.views import TwoViews
 
 __all__ = ["CUB200DataModule"]
@@ -122,8 +122,7 @@ class _CUBImages(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         # PIL, as ImageFolder: torchvision.io's decoders are deprecated in favour of TorchCodec (not a dependency)
-        with Image.open(str(self.paths[index])) as opened:
-            image = pil_to_tensor(opened if opened.mode == "RGB" else opened.convert("RGB"))
+        image = pil_to_tensor(open_image(self.paths[index], "RGB"))  # a damaged file is an error naming it
         if self.boxes is not None:  # checked by setup; the file may have changed since
             box, size = tuple(self.boxes[index].tolist()), (image.shape[2], image.shape[1])
             bounds = _crop_bounds(box, *size)

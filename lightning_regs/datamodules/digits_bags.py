@@ -36,6 +36,9 @@ class DigitsBags(Dataset):
         flatten: serve each instance as 64 features instead of a ``(1, 8, 8)`` image.
     """
 
+    #: The data fingerprint's content digest reads the bags themselves (``paths`` names them; it lists no file).
+    content_from = "items"
+
     def __init__(
         self,
         images: torch.Tensor,

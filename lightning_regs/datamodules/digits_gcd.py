@@ -12,6 +12,7 @@ from torchvision.transforms import v2
 
 from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
 from lightning_regs.datamodules.views import TwoViews
+from lightning_regs.functional._checks import check_int, check_int_ids, check_number
 
 __all__ = ["DigitsGCDDataModule"]
 
@@ -85,12 +86,19 @@ class DigitsGCDDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if not 0 < labeled_fraction <= 1 or not 0 < test_fraction < 1:
+        owner = "DigitsGCDDataModule"
+        check_number(owner, "labeled_fraction", labeled_fraction, low=0, high=1, low_open=True)
+        check_number(owner, "test_fraction", test_fraction, low=0, high=1, low_open=True, high_open=True)
+        known_classes = check_int_ids(owner, "known_classes (digits)", known_classes, low=0, high=9)
+        check_int(owner, "batch_size", batch_size, low=1)
+        check_int(owner, "seed", seed, low=0)
+        # About 1797 / 10 images per digit, (1 - test_fraction) of them in training: the fewest a class has is 174.
+        if round(labeled_fraction * round(174 * (1 - test_fraction))) < 1:
             raise ValueError(
-                f"Need labeled_fraction in (0, 1] and test_fraction in (0, 1); got {labeled_fraction}, {test_fraction}."
+                f"{owner}: labeled_fraction={labeled_fraction} labels no training image of a known digit (with "
+                f"test_fraction={test_fraction} a digit has about {round(174 * (1 - test_fraction))} training images): "
+                "raise labeled_fraction."
             )
-        if not set(known_classes) <= set(range(10)):
-            raise ValueError(f"known_classes must be digits 0..9, got {list(known_classes)}.")
         self.save_hyperparameters()
         self.known_classes = [int(c) for c in known_classes]
 
@@ -111,6 +119,11 @@ class DigitsGCDDataModule(pl.LightningDataModule):
         for c in self.known_classes:
             rows = (targets[train] == c).nonzero().flatten()
             chosen = rows[torch.randperm(len(rows), generator=generator)[: round(hp.labeled_fraction * len(rows))]]
+            if not len(chosen):
+                raise ValueError(
+                    f"DigitsGCDDataModule: labeled_fraction={hp.labeled_fraction} labels none of the {len(rows)} "
+                    f"training images of known digit {c}: raise labeled_fraction."
+                )
             labeled[chosen] = True
         self.train_set = _GCDRows(images[train], targets[train], labeled, TwoViews(_Jitter()))
         unlabeled = train[~labeled]

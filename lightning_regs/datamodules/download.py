@@ -42,21 +42,25 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_regs.datamodules.archives import (
     DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MEMBERS,
     DEFAULT_MAX_RATIO,
     STAGING_PREFIX,
     ArchiveSecurityError,
     CorruptArchiveError,
+    EncryptedArchiveError,
     extract_archive,
 )
 from lightning_regs.datamodules.folder_lock import folder_lock, remove_leftovers, umask
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_MEMBERS",
     "DEFAULT_MAX_RATIO",
     "ArchiveSecurityError",
     "ChecksumError",
     "CorruptArchiveError",
     "DownloadError",
+    "EncryptedArchiveError",
     "download_file",
     "extract_archive",
     "remove_interrupted",

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_regs.datamodules.bags import collate_bags
-from lightning_regs.datamodules.base import SplitDataModule
+from lightning_regs.datamodules.base import SplitDataModule, check_class_names
 from lightning_regs.datamodules.files import RootGuard
 from lightning_regs.datamodules.slide_files import SUFFIXES, _file_record, _import_h5py, _SlideBags, load_features
 from lightning_regs.datamodules.slide_tables import (
@@ -391,6 +391,7 @@ class FeatureBagDataModule(SplitDataModule):
             classes: tuple[Any, ...] = tuple(range(max(int(row.label) for row in by_split["train"]) + 1))
             ids = {row.slide_id: int(row.label) for row in rows}
         else:
+            check_class_names(sorted({row.label for row in rows}), f"the labels of {self.csv_path}")
             classes = tuple(order) if order is not None else tuple(sorted({row.label for row in by_split["train"]}))
             position = {name: index for index, name in enumerate(classes)}
             ids = {row.slide_id: position.get(row.label, -1) for row in rows}

@@ -17,17 +17,27 @@ Example::
     >>> inside_root("../../etc/passwd", root, "list.csv, line 3")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: list.csv, line 3: the entry '../../etc/passwd' leads outside the data root ...
+    lightning_regs.datamodules.files.OutsideRootError: list.csv, line 3: the entry '../../etc/passwd' leads outside ...
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RootGuard", "inside_root", "read_json"]
+__all__ = ["OutsideRootError", "RootGuard", "UnreadableImageError", "inside_root", "open_image", "read_json"]
+
+
+class OutsideRootError(ValueError):
+    """A path named by a file list, or found by scanning a folder, resolves (by a symlink) outside the data root."""
+
+
+class UnreadableImageError(OSError):
+    """An image file cannot be decoded (truncated, damaged, not an image); the message names the file."""
 
 
 class RootGuard:
@@ -54,18 +64,40 @@ class RootGuard:
             source: where it was read, for the error (e.g. ``"RadiologyAI_train.csv, line 7"``).
 
         Raises:
-            ValueError: the entry, once symlinks are resolved, lies outside the root.
+            OutsideRootError: (a ``ValueError``) the entry, once symlinks are resolved, lies outside the root.
         """
         path = os.path.join(self.root, entry)  # an absolute entry replaces the root, as it would when opened
         real = self._resolve(path)
-        if real != self.real_root and not real.startswith(self.real_root.rstrip(os.sep) + os.sep):
-            raise ValueError(
+        if not self._inside(real):
+            raise OutsideRootError(
                 f"{source}: the entry {os.fspath(entry)!r} leads outside the data root {self.root} (it resolves to "
                 f"{real}). Entries must name files under the root, relative to it; fix or remove the entry. A "
                 "symlink inside the root that points out of it is refused too: make the root itself the link, or "
                 "copy the files in."
             )
         return Path(real)
+
+    def contain(self, path: str | os.PathLike, what: str) -> Path:
+        """``path`` (found by scanning a folder under the root) resolved, when it stays inside the root.
+
+        Args:
+            path: a path under the root, as a folder scan found it (a symlink is followed).
+            what: what the path is, for the error (e.g. ``"MVTec AD test image"``).
+
+        Raises:
+            OutsideRootError: (a ``ValueError``) the path, once symlinks are resolved, lies outside the root.
+        """
+        real = self._resolve(os.fspath(path))
+        if not self._inside(real):
+            raise OutsideRootError(
+                f"{what} {os.fspath(path)} leads outside the data root {self.root} (it resolves to {real}): a "
+                "symlink inside the root that points out of it is refused, so that no file outside the root is "
+                "read. Make the root itself the link, or copy the files in."
+            )
+        return Path(real)
+
+    def _inside(self, real: str) -> bool:
+        return real == self.real_root or real.startswith(self.real_root.rstrip(os.sep) + os.sep)
 
     def _resolve(self, path: str) -> str:
         folder, name = os.path.split(path)
@@ -84,6 +116,32 @@ def inside_root(path: str | os.PathLike, root: str | os.PathLike, source: str) -
     One-off form of :class:`RootGuard` (use a guard for many entries under the same root).
     """
     return RootGuard(root)(path, source)
+
+
+def open_image(path: str | os.PathLike, mode: str | None = None) -> Any:
+    """The image file at ``path``, fully decoded (a PIL image, converted to ``mode`` when given).
+
+    Raises:
+        UnreadableImageError: (an ``OSError``) the file is truncated, damaged or not an image; names ``path``.
+    """
+    from PIL import Image  # here, so that reading file lists does not import PIL
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert(mode) if mode is not None else image.copy()
+    except Image.DecompressionBombError as error:
+        raise UnreadableImageError(
+            f"{os.fspath(path)} is refused as a possible decompression bomb ({error}). If the image is genuine, "
+            "raise PIL.Image.MAX_IMAGE_PIXELS."
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, zlib.error, struct.error) as error:
+        # PIL raises OSError for truncated data, SyntaxError for broken PNG chunks, and the rest from its decoders
+        raise UnreadableImageError(
+            f"{os.fspath(path)} cannot be decoded as an image ({type(error).__name__}: {error}): the file is "
+            "truncated, damaged or not an image. Replace it with a good copy (extract the data set again), or remove "
+            "it from the data set."
+        ) from error
 
 
 def read_json(path: str | os.PathLike, fix: str) -> Any:

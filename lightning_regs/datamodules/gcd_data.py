@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
 from lightning_regs.datamodules.views import TwoViews
+from lightning_regs.functional._checks import check_int_ids, check_number
 
 __all__ = ["GCDDataset"]
 
@@ -61,9 +62,8 @@ class GCDDataset(Dataset):
                 f"GCDDataset needs one int class id per image: targets of shape ({len(images)},), got dtype "
                 f"{targets.dtype} and shape {tuple(targets.shape)} (use -1 for images whose class is unknown)."
             )
-        if not 0 < labeled_fraction <= 1:
-            raise ValueError(f"labeled_fraction must lie in (0, 1], got {labeled_fraction}.")
-        self.known_classes = [int(c) for c in known_classes]
+        check_number("GCDDataset", "labeled_fraction", labeled_fraction, low=0, high=1, low_open=True)
+        self.known_classes = check_int_ids("GCDDataset", "known_classes", known_classes, low=0)
         present = set(targets[targets >= 0].tolist())
         missing = sorted(set(self.known_classes) - present)
         if not self.known_classes or missing:
@@ -79,6 +79,12 @@ class GCDDataset(Dataset):
             rows = (self.true_targets == c).nonzero().flatten()
             drawn = torch.randperm(len(rows), generator=generator)[: round(labeled_fraction * len(rows))]
             self.labeled[rows[drawn]] = True
+        empty = [c for c in self.known_classes if not bool(self.labeled[self.true_targets == c].any())]
+        if empty:
+            raise ValueError(
+                f"GCDDataset: labeled_fraction={labeled_fraction} labels no image of known classes {empty} (the share "
+                f"of their images rounds to 0): raise labeled_fraction so that every known class has a labelled image."
+            )
         #: the training targets (-1 on unlabelled rows); DatasetDataModule's checkpoint fingerprint reads them
         self.targets = torch.where(self.labeled, self.true_targets, -1)
         self.views = TwoViews(augment if augment is not None else _identity)

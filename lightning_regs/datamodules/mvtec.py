@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from lightning_regs.batch import IMAGE, INDEX, LABEL, MASK, TARGET
 from lightning_regs.datamodules.base import SplitDataModule, hparam
+from lightning_regs.datamodules.files import RootGuard, open_image
 
 __all__ = ["CATEGORIES", "MVTecADDataModule"]
 
@@ -49,32 +49,61 @@ _LAYOUT = (
 
 
 def read_png(path: Path, mode: str) -> torch.Tensor:
-    """Decode an image file to a ``(C, H, W)`` uint8 tensor in PIL ``mode`` ("RGB" or "L")."""
-    with Image.open(path) as image:
-        return v2.functional.pil_to_tensor(image.convert(mode))
+    """Decode an image file to a ``(C, H, W)`` uint8 tensor in PIL ``mode`` ("RGB" or "L").
+
+    Raises:
+        UnreadableImageError: (an ``OSError``) the file is truncated, damaged or not an image; names the file.
+    """
+    return v2.functional.pil_to_tensor(open_image(path, mode))
 
 
-def _pngs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".png")
+def _pngs(folder: Path, guard: RootGuard, what: str) -> list[tuple[Path, Path]]:
+    """``(path, resolved path)`` of the ``.png`` files of ``folder``, sorted by name, held inside the guard's root."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() != ".png":
+            continue
+        real = guard.contain(path, what)  # before is_file(): a symlink out of the root is refused, not skipped
+        if real.is_file():
+            found.append((path, real))
+    return found
 
 
-def scan_category(category_dir: Path) -> tuple[list[Path], list[tuple[Path, Path | None, str]]]:
+def scan_category(
+    category_dir: Path, root: Path | None = None
+) -> tuple[list[Path], list[tuple[Path, Path | None, str]]]:
     """The train images and ``(image, mask or None, defect)`` test triples of one category folder.
 
     Masks are paired with images by file stem (``000.png`` with ``000_mask.png``); every problem found
-    is listed in one ``FileNotFoundError``/``ValueError`` with the expected layout.
+    is listed in one ``FileNotFoundError``/``ValueError`` with the expected layout. Every folder and
+    file is resolved and must stay inside ``root`` (default: the category folder's parent): a symlink
+    that leads out of it (category, split, defect or mask folder, image or mask file) is an
+    :class:`~lightning_regs.datamodules.files.OutsideRootError` naming the path and the root. The
+    returned paths are the resolved ones, so that what is read is what was checked.
     """
+    category_dir = Path(category_dir)
+    guard = RootGuard(category_dir.parent if root is None else root)
+    guard.contain(category_dir, "The MVTec AD category folder")
     problems: list[str] = []
     train_dir, test_dir, truth_dir = (
         category_dir / "train" / "good",
         category_dir / "test",
         category_dir / "ground_truth",
     )
-    train = _pngs(train_dir) if train_dir.is_dir() else []
+    for folder in (category_dir / "train", train_dir, test_dir, truth_dir):
+        if folder.exists() or folder.is_symlink():
+            guard.contain(folder, "The MVTec AD folder")
+    train = [real for _, real in _pngs(train_dir, guard, "The MVTec AD training image")] if train_dir.is_dir() else []
     if not train:
         problems.append(f"no training images: {train_dir} is missing or holds no .png files")
     test: list[tuple[Path, Path | None, str]] = []
-    defects = sorted(d.name for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []
+    defects = []
+    if test_dir.is_dir():
+        for folder in sorted(test_dir.iterdir()):
+            if folder.is_symlink():
+                guard.contain(folder, "The MVTec AD test folder")
+            if folder.is_dir():
+                defects.append(folder.name)
     if not test_dir.is_dir():
         problems.append(f"{test_dir} is missing")
     elif "good" not in defects:
@@ -82,25 +111,27 @@ def scan_category(category_dir: Path) -> tuple[list[Path], list[tuple[Path, Path
     if test_dir.is_dir() and not [d for d in defects if d != "good"]:
         problems.append(f"{test_dir} has no defect folder besides 'good'")
     for defect in defects:
-        images = _pngs(test_dir / defect)
+        images = _pngs(test_dir / defect, guard, "The MVTec AD test image")
         if not images:
             problems.append(f"{test_dir / defect} holds no .png images")
         if defect == "good":
-            test.extend((image, None, defect) for image in images)
+            test.extend((real, None, defect) for _, real in images)
             continue
         mask_dir = truth_dir / defect
+        if mask_dir.is_symlink():
+            guard.contain(mask_dir, "The MVTec AD mask folder")
         if not mask_dir.is_dir():
             problems.append(f"{mask_dir} is missing (the masks of test/{defect})")
             continue
-        masks = {mask.stem: mask for mask in _pngs(mask_dir)}
-        for image in images:
+        masks = {mask.stem: (mask, real) for mask, real in _pngs(mask_dir, guard, "The MVTec AD mask")}
+        for image, real in images:
             mask = masks.pop(f"{image.stem}_mask", None)
             if mask is None:
                 problems.append(f"no mask for {image}: expected {mask_dir / (image.stem + '_mask.png')}")
-            test.append((image, mask, defect))
+            test.append((real, None if mask is None else mask[1], defect))
         problems.extend(
             f"mask {mask} has no test image (expected {test_dir / defect / (stem.removesuffix('_mask') + '.png')})"
-            for stem, mask in sorted(masks.items())
+            for stem, (mask, _) in sorted(masks.items())
         )
     if truth_dir.is_dir():
         problems.extend(
@@ -278,7 +309,7 @@ class MVTecADDataModule(SplitDataModule):
         if self.datasets:
             return
         self._check_root()
-        train, test = scan_category(self.category_dir)
+        train, test = scan_category(self.category_dir, self.root)
         self.defect_types = tuple(sorted({defect for _, _, defect in test} - {"good"}))
         test_items = [(image, mask, int(defect != "good")) for image, mask, defect in test]
         all_test = _MVTecImages(test_items, self.transform)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_regs.datamodules.base import SplitDataModule
+from lightning_regs.datamodules.base import SplitDataModule, check_class_names
 from lightning_regs.datamodules.indexed import IndexedDataset
 
 __all__ = ["DatasetDataModule"]
@@ -19,8 +19,11 @@ class DatasetDataModule(SplitDataModule):
     * **exact resume from any step**: the training order is a function of ``seed`` and the epoch, and a
       checkpoint written in the middle of an epoch (``every_n_train_steps``, time-based, SLURM requeue)
       resumes with the next batch, not the epoch's first;
-    * **the same data, or an error**: the size and a digest of the labels (and file names, where the data
-      set lists them) are saved with every checkpoint; resuming on other data is a named error;
+    * **the same data, or an error**: the size and digests of the labels (where the data set has ``targets``),
+      the file names and the content (the files or arrays the samples are read from, else ``dataset[i]`` itself; see
+      :mod:`~lightning_regs.datamodules.fingerprint`) are saved with every checkpoint; resuming on other data, or on
+      the same data shuffled or relabelled, is a named error;
+    * an empty split, and class names (``classes``) that differ only by case or spaces, are refused at ``setup``;
     * under DDP each rank takes its share of every epoch's order (no sampler to set up).
 
     Args:
@@ -67,6 +70,9 @@ class DatasetDataModule(SplitDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
+            classes = _classes(self.sources["train"])
+            if classes is not None:
+                check_class_names(list(classes), "the training data set's `classes`")
             self.datasets = dict(self.wrapped)
             found = self.num_classes_found()
             if found is not None:
@@ -80,3 +86,13 @@ class DatasetDataModule(SplitDataModule):
 
     def predict_dataloader(self) -> DataLoader | list:
         return self.test_dataloader()
+
+
+def _classes(dataset: object) -> list | None:
+    """``classes`` of a data set or of one it wraps (``Subset``), else ``None``."""
+    while dataset is not None:
+        classes = getattr(dataset, "classes", None)
+        if classes is not None:
+            return list(classes)
+        dataset = getattr(dataset, "dataset", None)
+    return None

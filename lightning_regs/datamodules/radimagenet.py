@@ -11,14 +11,13 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from lightning_regs.batch import IMAGE, INDEX, TARGET
-from lightning_regs.datamodules.base import SplitDataModule
-from lightning_regs.datamodules.files import RootGuard, read_json
+from lightning_regs.datamodules.base import SplitDataModule, check_class_names
+from lightning_regs.datamodules.files import RootGuard, open_image, read_json
 from lightning_regs.datamodules.image_report import REPORT_KINDS, format_report, image_report
 from lightning_regs.datamodules.mvtec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -155,8 +154,7 @@ class _RadImages(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path, target = self.items[index]
-        with Image.open(path) as image:
-            pixels = v2.functional.pil_to_tensor(image.convert(self.mode))
+        pixels = v2.functional.pil_to_tensor(open_image(path, self.mode))  # a damaged file is an error naming it
         return {
             IMAGE: self.transform(tv_tensors.Image(pixels)).as_subclass(torch.Tensor),
             TARGET: torch.tensor(target, dtype=torch.long),
@@ -378,6 +376,8 @@ class RadImageNetDataModule(SplitDataModule):
             dropped = sum(map(len, rows.values())) - sum(map(len, kept.values()))
             rank_zero_warn(f"{summary}\n{dropped} files dropped (bad_images='{self.hparams.bad_images}').")
         rows = kept
+        source = "the CSVs' label column" if self.hparams.mode == "csv" else "the folder names"
+        check_class_names(sorted({label for split_rows in rows.values() for _, label in split_rows}), source)
         self._set_classes(sorted({label for _, label in rows["train"]}))
         self.check_num_classes(len(self.class_names), f"the class index at label_level={level!r}")
         mapping = self.class_to_idx

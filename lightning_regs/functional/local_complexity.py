@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from lightning_regs.functional._checks import check_number
 from lightning_regs.functional.modes import eval_mode
 
 __all__ = [
@@ -53,15 +54,24 @@ class LocalComplexity(NamedTuple):
         counts: ``(N, L)`` int64, the neurons of layer ``l`` whose linear piece changes around point ``n``.
         layer_names: the ``L`` layer names (``name#k`` for the ``k``-th extra call of a reused module).
         num_neurons: neurons per layer (per point), to turn counts into fractions.
+        finite: ``(N,)`` bool, whether every hooked value of the point's vertices was finite. Where it is False
+            (a NaN or inf point, or a network with non-finite weights) the row of ``counts`` is not a count.
     """
 
     counts: torch.Tensor
     layer_names: tuple[str, ...]
     num_neurons: tuple[int, ...]
+    finite: torch.Tensor | None = None
 
     def total(self) -> torch.Tensor:
-        """``(N,)``: the counts summed over layers."""
+        """``(N,)``: the counts summed over layers (not counts where :attr:`finite` is False)."""
         return self.counts.sum(dim=1)
+
+    def mean_total(self) -> torch.Tensor:
+        """The mean over points of :meth:`total`, float64; NaN when any point met a non-finite value."""
+        if self.finite is not None and not bool(self.finite.all()):
+            return torch.tensor(math.nan, dtype=torch.float64)
+        return self.total().to(torch.float64).mean()
 
 
 def orthonormal_directions(
@@ -144,6 +154,7 @@ class _RegionChangeCounter:
     def __init__(self, num_vertices: int) -> None:
         self.num_vertices = num_vertices
         self.calls: list[tuple[str, torch.Tensor, int]] = []
+        self.finite: torch.Tensor | None = None  # per point of the chunk: every hooked value finite
         self._seen: dict[str, int] = {}
         self._buffers: dict[str, torch.Tensor] = {}
 
@@ -151,6 +162,9 @@ class _RegionChangeCounter:
         if not isinstance(values, torch.Tensor):
             raise TypeError(f"Layer {name!r} received a {type(values).__name__}, not a tensor; pass `layers`.")
         flat = values.detach().reshape(-1, math.prod(values.shape[1:]))
+        # A sum over a vertex's neurons is finite iff they all are (inf - inf is NaN): one cheap reduction.
+        finite = torch.isfinite(flat.sum(dim=1)).view(-1, self.num_vertices).all(dim=1)
+        self.finite = finite if self.finite is None else self.finite & finite
         calls = self._seen.get(name, 0)
         self._seen[name] = calls + 1
         key = name if calls == 0 else f"{name}#{calls}"
@@ -276,8 +290,7 @@ def local_complexity(
         >>> lc.counts.shape, lc.layer_names
         (torch.Size([5, 1]), ('1',))
     """
-    if radius < 0:
-        raise ValueError(f"radius must be non-negative, got {radius}.")
+    check_number("local_complexity", "radius", radius, low=0)
     if points.dim() < 2 or points.shape[0] == 0:
         raise ValueError(f"points must be a non-empty batch (N, *shape); got shape {tuple(points.shape)}.")
     if directions is None:
@@ -300,6 +313,7 @@ def local_complexity(
     vertex_buffer: torch.Tensor | None = None
     handles = []
     counts: list[torch.Tensor] = []
+    finite: list[torch.Tensor] = []
     names: tuple[str, ...] = ()
     neurons: tuple[int, ...] = ()
     devices = [points.device] if points.device.type == "cuda" else []
@@ -327,6 +341,7 @@ def local_complexity(
                     vertices = torch.add(chunk.unsqueeze(1), offsets, out=vertex_buffer[: chunk.shape[0]])
                 counter.calls.clear()
                 counter._seen.clear()
+                counter.finite = None
                 model(vertices.reshape(-1, *points.shape[1:]))
                 if not counter.calls:
                     raise ValueError("None of the layers was called by the forward pass; check `layers`.")
@@ -334,7 +349,16 @@ def local_complexity(
                     names = tuple(key for key, _, _ in counter.calls)
                     neurons = tuple(size for _, _, size in counter.calls)
                 counts.append(torch.stack([count for _, count, _ in counter.calls], dim=1))
+                finite.append(counter.finite)
     finally:
         for handle in handles:
             handle.remove()
-    return LocalComplexity(torch.cat(counts).to(torch.long), names, neurons)
+    flags = torch.cat(finite)
+    if not bool(flags.all()):
+        warnings.warn(
+            f"local_complexity: {int((~flags).sum())} of the {len(flags)} points met non-finite values (NaN or inf "
+            "points, or a network with non-finite weights): their rows of `counts` are not counts (see `finite`; "
+            "mean_total() is NaN).",
+            stacklevel=2,
+        )
+    return LocalComplexity(torch.cat(counts).to(torch.long), names, neurons, flags)

@@ -206,10 +206,21 @@ def check_table_state(state: Any) -> None:
         if value.dtype not in dtypes:
             raise ValueError(f"The prediction table's {key!r} has dtype {value.dtype}, expected {dtypes[0]}. {fix}")
     values = state["values"].float()
-    if not bool(torch.isfinite(values).all()) or bool((values < 0).any()) or bool((values > 1 + 1e-3).any()):
-        bad = int((~torch.isfinite(values) | (values < 0) | (values > 1 + 1e-3)).any(dim=1).sum())
+    # Every row written is a distribution (top-k rows are renormalized); rows never written are zeros.
+    tol = 1e-2 if state["storage"] == "float16" else 1e-3
+    sums = values.sum(dim=1)
+    written = state["seen"]
+    bad_rows = ~torch.isfinite(values).all(dim=1) | (values < 0).any(dim=1) | (values > 1 + tol).any(dim=1)
+    bad_rows |= written & ((sums - 1).abs() > tol)
+    bad_rows |= ~written & (values != 0).any(dim=1)
+    if bool(bad_rows.any()):
+        row = int(bad_rows.nonzero()[0, 0])
+        shown = [round(v, 4) for v in values[row, :6].tolist()]
         raise ValueError(
-            f"The prediction table holds {bad} rows that are not probabilities (NaN, inf, < 0, > 1). {fix}"
+            f"The prediction table holds {int(bad_rows.sum())} rows that are not probabilities (NaN, inf, < 0, > 1, or "
+            f"a written row not summing to 1 within {tol:g}; an unwritten row not zero): the first is row {row}, "
+            f"{shown}{' ...' if values.shape[1] > 6 else ''} (sum {float(sums[row]):.6g}, "
+            f"{'written' if bool(written[row]) else 'never written'}). {fix}"
         )
     if k is not None and bool(((state["classes"] < 0) | (state["classes"] >= c)).any()):
         raise ValueError(f"The prediction table's class ids lie outside [0, {c}). {fix}")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_regs.functional._checks import check_bool, check_int, check_number
 from lightning_regs.functional.classification import classification_loss, hard_labels
 from lightning_regs.functional.supcon import SupConAnchors, supervised_contrastive_loss
 
@@ -97,6 +98,23 @@ def unnormalize(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
     return image.detach() * std.view(shape) + mean.view(shape)
 
 
+def _check_shape(owner: str, name: str, shape: Sequence[int]) -> tuple[int, ...]:
+    """A sample shape: positive ints (not bools)."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise TypeError(f"{owner}: {name} must be a sample shape of positive ints, got {shape!r}.")
+    return tuple(check_int(owner, f"{name} (a sample shape {tuple(shape)})", s, low=1) for s in shape)
+
+
+def check_batch_for_norm(head: nn.Module, h: torch.Tensor, norm: bool) -> None:
+    """A head with batch normalization trains on batches of at least 2 (one row has no batch statistics)."""
+    if norm and head.training and h.shape[0] < 2:
+        raise ValueError(
+            f"{type(head).__name__} normalizes over the batch (norm=True, head_norm in setup_local_learning) and got a "
+            f"batch of {h.shape[0]} sample: BatchNorm has no statistics for one row. Train with batch_size >= 2 (and "
+            "drop_last=True when the last batch could hold one sample), or build the heads with head_norm=False."
+        )
+
+
 def _norm2d(channels: int, norm: bool) -> nn.Module:
     return nn.BatchNorm2d(channels) if norm else nn.Identity()
 
@@ -137,7 +155,11 @@ class DGLHead(nn.Module):
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, hidden: int | None = None, norm: bool = True) -> None:
         super().__init__()
-        in_shape = tuple(int(s) for s in in_shape)
+        in_shape = _check_shape("DGLHead", "in_shape", in_shape)
+        check_int("DGLHead", "num_classes", num_classes, low=1)
+        if hidden is not None:
+            check_int("DGLHead", "hidden (or None: the feature width)", hidden, low=1)
+        self.norm = check_bool("DGLHead", "norm", norm)
         if len(in_shape) == 3:
             channels, height, width = in_shape
             pooled = (math.ceil(height / 4), math.ceil(width / 4))
@@ -171,6 +193,7 @@ class DGLHead(nn.Module):
         return self.classifier(self.features(h))
 
     def forward(self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        check_batch_for_norm(self, h, getattr(self, "norm", True))
         return classification_loss(self.logits(h), target)
 
 
@@ -253,8 +276,11 @@ class InfoProHead(nn.Module):
                 f"InfoProHead reconstructs images from (C, H, W) features; got feature shape {in_shape} and image "
                 f"shape {image_shape}. Use head='dgl' for flat or token features (an MLP's, a vision transformer's)."
             )
-        if lambda_recon < 0 or lambda_task < 0:
-            raise ValueError(f"InfoPro lambdas must be non-negative; got {lambda_recon}, {lambda_task}.")
+        for name, value in (("lambda_recon", lambda_recon), ("lambda_task", lambda_task)):
+            check_number("InfoProHead", name, value, low=0)
+        check_number("InfoProHead", "temperature", temperature, low=0, low_open=True)
+        check_int("InfoProHead", "num_classes", num_classes, low=1)
+        check_int("InfoProHead", "feature_dim", feature_dim, low=1)
         channels = in_shape[0]
         if (
             image_mean is not None

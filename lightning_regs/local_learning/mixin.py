@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from lightning_regs.functional._checks import check_choice, check_number
 from lightning_regs.functional.classification import classification_loss
 from lightning_regs.local_learning.builder import HeadName, LocalLearningSpec, Preset, warn_end_to_end
 from lightning_regs.local_learning.heads import TaskLoss
@@ -199,6 +200,10 @@ class LocalLearningMixin(pl.LightningModule):
                 f"setup_local_learning needs the number of classes: {type(backbone).__name__} has no int "
                 "`num_classes`; pass num_classes=C."
             )
+        owner = type(self).__name__
+        if gradient_clip_val is not None:
+            check_number(owner, "gradient_clip_val (or None: no clipping)", gradient_clip_val, low=0, low_open=True)
+        check_choice(owner, "gradient_clip_algorithm", gradient_clip_algorithm, ("norm", "value"))
         spec = LocalLearningSpec.check(
             view, K, split, head, man, d, pyramid_coeff, lambdas, task_loss, head_norm,
             preset=preset, image_mean=image_mean, image_std=image_std,

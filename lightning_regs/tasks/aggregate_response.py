@@ -9,12 +9,21 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lightning_regs.batch import BAG_ID, INDEX, read_inputs, unpack_batch
 from lightning_regs.functional.aggregate import BagWeights, aggregate_response_terms
 from lightning_regs.functional.distributed import gather_unique_by_index
 from lightning_regs.functional.outputs import logits_of
+from lightning_regs.tasks.input_checks import (
+    NONFINITE_FIX,
+    NonFinite,
+    check_nonfinite_option,
+    describe_nonfinite,
+    label_problem,
+    target_flags,
+)
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, recipe_optimizers
 from lightning_regs.tasks.settings import own_settings
 from lightning_regs.tasks.sharding import shard_under_model_parallel
@@ -38,6 +47,13 @@ class AggregateResponseTask(pl.LightningModule):
     the whole split from every rank's predictions with ``DistributedSampler``'s padded duplicates removed by
     ``index``, so a DDP run logs the single-process value.
 
+    Nothing silent (:mod:`lightning_regs.tasks.input_checks`): a NaN or inf in a training batch's inputs or bag
+    responses (``"ce"``: proportions must be finite, non-negative and sum to one), or in the loss, is a named error,
+    or with ``nonfinite="skip"`` the step is skipped, counted in ``train/skipped_nonfinite`` and warned about. In
+    validation and test, rows whose input is not finite are left out of the metric (counted in
+    ``<stage>/nonfinite_inputs``, one warning per stage); a non-finite float label (``"mse"``) or a class id outside
+    ``[0, C)`` (``"ce"``) is a named error.
+
     Under DDP each rank computes the loss over its own batch of whole bags and gradients are averaged: with the
     same number of bags on every rank (``BagBatchSampler``) the ``"uniform"`` bag loss is the one over the global
     batch, and the instance terms are when the ranks hold equally many rows (bags of one size).
@@ -54,6 +70,7 @@ class AggregateResponseTask(pl.LightningModule):
         optimizer, lr, momentum, nesterov, weight_decay, scheduler, warmup_epochs, milestones, gamma, min_lr_ratio:
             as :class:`~lightning_regs.tasks.ImageClassifier`'s (:func:`~lightning_regs.tasks.build_optimizer`,
             :class:`~lightning_regs.tasks.WarmupSchedule`), with AdamW at a constant rate by default.
+        nonfinite: ``"raise"`` (default) or ``"skip"`` (see above).
 
     Example::
 
@@ -82,8 +99,10 @@ class AggregateResponseTask(pl.LightningModule):
         milestones: Sequence[int] = (),
         gamma: float = 0.1,
         min_lr_ratio: float = 0.0,
+        nonfinite: NonFinite = "raise",
     ) -> None:
         super().__init__()
+        check_nonfinite_option("AggregateResponseTask", nonfinite)
         if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not math.isfinite(rho) or not 0 <= rho <= 1:
             raise ValueError(
                 f"rho must be a number in [0, 1] (0: the bag-level loss, 1: the instance-level loss), got {rho!r}."
@@ -105,6 +124,8 @@ class AggregateResponseTask(pl.LightningModule):
         self.task_settings = own_settings(AggregateResponseTask.__init__, locals(), exclude=("model",))
         self.model = model
         self._eval_rows: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        self._skipped_warnings = 0
+        self._warned_stages: set[str] = set()
 
     @property
     def metric_name(self) -> str:
@@ -144,7 +165,7 @@ class AggregateResponseTask(pl.LightningModule):
                 f"num_classes={given}. Give the task (and the model) {data_classes} classes."
             )
 
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
         if not isinstance(batch, Mapping) or BAG_ID not in batch:
             keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
             raise TypeError(
@@ -155,9 +176,22 @@ class AggregateResponseTask(pl.LightningModule):
                 "your tensors as dicts with 'image', 'target' and 'bag_id'."
             )
         image, target = unpack_batch(batch)
-        preds = self(image)
         hp = self.task_settings
+        if not self._training_batch_ok(image, target, batch_idx):
+            return None
+        preds = self(image)
         terms = aggregate_response_terms(preds, batch[BAG_ID], target, hp.rho, hp.loss, hp.bag_weights)
+        if not self._finite(terms.loss.detach()):
+            if hp.nonfinite == "raise":
+                raise ValueError(
+                    f"AggregateResponseTask: training step {self.global_step} (batch {batch_idx}) has a non-finite "
+                    f"loss ({describe_nonfinite(terms.loss.detach())}) although its inputs are finite: the model "
+                    f"diverged. Lower the learning rate or clip gradients; {NONFINITE_FIX}."
+                )
+            self._skip(batch_idx, "the loss is not finite")
+            return None
+        if hp.nonfinite == "skip":
+            self.log("train/skipped_nonfinite", 0.0, on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1)
         rows = int(preds.shape[0])
         self.log("train/loss", terms.loss.detach(), prog_bar=True, batch_size=rows)
         self.log("train/bag_loss", terms.bag.detach(), batch_size=rows)
@@ -165,7 +199,59 @@ class AggregateResponseTask(pl.LightningModule):
         self.log("train/regularizer", terms.regularizer.detach(), batch_size=rows)
         return {"loss": terms.loss, "logits": preds.detach()}
 
-    def _collect(self, batch: Any, stage: str) -> None:
+    def _finite(self, flag_of: torch.Tensor, *more: torch.Tensor) -> bool:
+        finite = torch.stack([torch.isfinite(flag_of).all(), *more]).all()
+        if self.task_settings.nonfinite == "skip" and self._trainer is not None and self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce((~finite).float(), reduce_op="sum") == 0  # every rank skips
+        return bool(finite)
+
+    def _training_batch_ok(self, image: torch.Tensor, target: torch.Tensor, batch_idx: int) -> bool:
+        # One host read: the inputs and the bag responses, before the forward.
+        where = f"train batch {batch_idx}"
+        if self.task_settings.loss == "ce":
+            if not (target.is_floating_point() and target.dim() == 2):
+                raise ValueError(
+                    f"AggregateResponseTask: {where} holds a target of dtype {target.dtype} and shape "
+                    f"{tuple(target.shape)}; loss='ce' trains on each row's bag class proportions, float (B, C)."
+                )
+            valid = target_flags("AggregateResponseTask", where, target, target, target.shape[1], None, None)
+            read = torch.stack([*valid, torch.isfinite(image).all()]).tolist()
+            if not read[0]:
+                raise ValueError(
+                    label_problem("AggregateResponseTask", where, target, target, target.shape[1], None).replace(
+                        "soft targets", "bag proportions"
+                    )
+                )
+            if read[1]:
+                return True
+            bad = f"batch['image'] ({describe_nonfinite(image)})"
+        else:
+            read = torch.stack([torch.isfinite(target).all(), torch.isfinite(image).all()]).tolist()
+            if read[0] and read[1]:
+                return True
+            bad = (
+                f"batch['image'] ({describe_nonfinite(image)})"
+                if not read[1]
+                else f"batch['target'], the bag responses ({describe_nonfinite(target)})"
+            )
+        if self.task_settings.nonfinite == "raise":
+            raise ValueError(
+                f"AggregateResponseTask: training step {self.global_step} (batch {batch_idx}) has non-finite values "
+                f"in {bad}. Fix: {NONFINITE_FIX}."
+            )
+        self._skip(batch_idx, f"non-finite values in {bad}")
+        return False
+
+    def _skip(self, batch_idx: int, reason: str) -> None:
+        self.log("train/skipped_nonfinite", 1.0, on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1)
+        self._skipped_warnings += 1
+        if self._skipped_warnings <= 5:
+            rank_zero_warn(
+                f"AggregateResponseTask(nonfinite='skip'): skipped training step {self.global_step} (batch "
+                f"{batch_idx}): {reason}. Skipped steps are counted in train/skipped_nonfinite."
+            )
+
+    def _collect(self, batch: Any, stage: str, batch_idx: int | None = None) -> None:
         if isinstance(batch, Mapping) and BAG_ID in batch:
             raise ValueError(
                 f"{stage} batches carry '{BAG_ID}': these are bag rows whose target is their bag's response, but "
@@ -173,6 +259,32 @@ class AggregateResponseTask(pl.LightningModule):
                 "instance-level data (the aggregate DataModules' val and test splits are)."
             )
         image, truth = unpack_batch(batch)
+        finite_rows = torch.isfinite(image.flatten(1)).all(1) if image.is_floating_point() else None
+        if finite_rows is not None and truth.dim() == 1 and truth.is_floating_point():
+            read = torch.stack([finite_rows.all(), torch.isfinite(truth).all()]).tolist()
+            if not read[1]:
+                raise ValueError(
+                    f"AggregateResponseTask: {stage} batch {batch_idx} holds non-finite labels in 'target' "
+                    f"({describe_nonfinite(truth)}); every instance needs a finite response. Fix the data's labels."
+                )
+        else:
+            read = [bool(finite_rows.all())] if finite_rows is not None else [True]
+        dropped = 0
+        if not read[0]:  # rows with non-finite inputs count in no metric
+            dropped = int((~finite_rows).sum())
+            if stage not in self._warned_stages:
+                self._warned_stages.add(stage)
+                rank_zero_warn(
+                    f"AggregateResponseTask: {stage} batch {batch_idx} has {dropped} of {len(finite_rows)} rows with "
+                    f"non-finite inputs (NaN or inf); they are left out of {stage}/{self.metric_name}, and "
+                    f"{stage}/nonfinite_inputs counts them (warned once per stage). Check the data."
+                )
+            image, truth = image[finite_rows], truth[finite_rows]
+            if isinstance(batch, Mapping) and INDEX in batch:
+                batch = {**batch, INDEX: batch[INDEX][finite_rows]}
+        self.log(
+            f"{stage}/nonfinite_inputs", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1
+        )
         preds = self(image)
         if self.task_settings.loss == "mse":
             if truth.dim() != 1 or not truth.is_floating_point():
@@ -186,6 +298,11 @@ class AggregateResponseTask(pl.LightningModule):
                 raise ValueError(
                     f"{stage} batches hold single instances with their own class id in 'target' (int64 (B,)), got "
                     f"{truth.dtype} {tuple(truth.shape)}: validate and test on instance-level labels, not proportions."
+                )
+            classes = preds.shape[1]
+            if len(truth) and not bool(((truth >= 0) & (truth < classes)).all()):
+                raise ValueError(
+                    label_problem("AggregateResponseTask", f"{stage} batch {batch_idx}", truth, truth, classes, None)
                 )
             predicted = preds.detach().argmax(dim=1)
         index = batch.get(INDEX) if isinstance(batch, Mapping) else None
@@ -215,10 +332,10 @@ class AggregateResponseTask(pl.LightningModule):
         self.log(f"{stage}/{self.metric_name}", value, prog_bar=stage == "val", sync_dist=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._collect(batch, "val")
+        self._collect(batch, "val", batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._collect(batch, "test")
+        self._collect(batch, "test", batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._score("val")

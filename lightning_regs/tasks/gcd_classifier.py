@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
+from lightning_regs.functional._checks import check_int, check_int_ids, check_number
 from lightning_regs.functional.distributed import gather_unique_by_index
 from lightning_regs.functional.gcd import gcd_accuracy, gcd_accuracy_balanced, gcd_accuracy_v1
 from lightning_regs.functional.lego_gcd import (
@@ -58,6 +59,21 @@ def _training_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
             f"{_FROM_YOUR_DATA}."
         )
     return image, target, labelled
+
+
+def _check_labelled_rows(labels: torch.Tensor, known_classes: Sequence[int]) -> None:
+    """A labelled row must be of a known class: a labelled novel class would be trained on as if it were known."""
+    if not labels.numel():
+        return
+    known = torch.as_tensor(list(known_classes), device=labels.device)
+    stray = labels[~torch.isin(labels, known)]
+    if stray.numel():
+        raise ValueError(
+            f"GCDClassifier: a training batch has labelled rows of classes {sorted(set(stray.tolist()))}, not "
+            f"in known_classes={list(known_classes)}: GCD labels only known classes (novel ones are discovered). "
+            f"Mark those rows unlabelled (target -1, labeled False), or add the classes to known_classes. "
+            f"{_FROM_YOUR_DATA}."
+        )
 
 
 def _evaluation_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -187,12 +203,33 @@ class GCDClassifier(LegoGCDMixin):
         weight_decay: float = 5e-5,
     ) -> None:
         super().__init__()
-        if num_known < 1 or num_novel < 0:
-            raise ValueError(f"Need num_known >= 1 and num_novel >= 0; got {num_known} and {num_novel}.")
+        owner = "GCDClassifier"
+        check_int(owner, "feature_dim", feature_dim, low=1)
+        check_int(owner, "num_known", num_known, low=1)
+        check_int(owner, "num_novel", num_novel, low=0)
         num_classes = num_known + num_novel
-        known = list(range(num_known)) if known_classes is None else [int(c) for c in known_classes]
-        if len(known) != num_known:  # distinct ids in range: checked by setup_lego_gcd
-            raise ValueError(f"known_classes must hold num_known={num_known} ids; got {known_classes}.")
+        known = (
+            list(range(num_known))
+            if known_classes is None
+            else check_int_ids(owner, "known_classes", known_classes, low=0, high=num_classes - 1)
+        )
+        if len(known) != num_known:
+            raise ValueError(f"{owner}: known_classes must hold num_known={num_known} ids; got {known_classes!r}.")
+        check_number(owner, "sup_weight (λ)", sup_weight, low=0, high=1)
+        for name, value in (
+            ("student_temp", student_temp), ("teacher_temp_start", teacher_temp_start),
+            ("teacher_temp", teacher_temp), ("supcon_temperature", supcon_temperature),
+            ("infonce_temperature", infonce_temperature),
+        ):  # fmt: skip
+            check_number(owner, name, value, low=0, low_open=True)
+        for name, value in (
+            ("memax_weight", memax_weight), ("ler_lambda", ler_lambda), ("weight_decay", weight_decay), ("lr", lr),
+        ):  # fmt: skip
+            check_number(owner, name, value, low=0)
+        check_number(owner, "momentum", momentum, low=0, high=1, high_open=True)
+        check_int(owner, "teacher_warmup_epochs", teacher_warmup_epochs, low=0)
+        for name, value in (("proj_hidden", proj_hidden), ("proj_dim", proj_dim), ("proj_layers", proj_layers)):
+            check_int(owner, name, value, low=1)
         self.save_hyperparameters(ignore=["backbone"])
         if "_instantiator" in self.hparams:
             self.save_hyperparameters()
@@ -247,6 +284,7 @@ class GCDClassifier(LegoGCDMixin):
         image, target, labelled = _training_batch(batch)
         logits, embedding = self(torch.cat([image[:, 0], image[:, 1]]), embed=True)
         labelled2, target2 = labelled.repeat(2), target.repeat(2)
+        _check_labelled_rows(target[labelled], self.known_classes)
         zero = logits.sum() * 0.0
         terms: dict[str, torch.Tensor] = {
             "distill": self_distillation_loss(logits, logits, self.current_teacher_temperature(), hp.student_temp),

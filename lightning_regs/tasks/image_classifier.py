@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
@@ -27,6 +29,17 @@ from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback
 from lightning_regs.functional.classification import classification_loss
 from lightning_regs.functional.mixing import combine_interpolated, mixed_accuracy
 from lightning_regs.functional.outputs import model_outputs
+from lightning_regs.tasks.input_checks import (
+    NONFINITE_FIX,
+    NonFinite,
+    check_ignore_index,
+    check_nonfinite_option,
+    describe_nonfinite,
+    label_problem,
+    row_count,
+    select_rows,
+    target_flags,
+)
 from lightning_regs.tasks.loss_terms import LossTerm
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, recipe_optimizers
 from lightning_regs.tasks.settings import own_settings
@@ -44,6 +57,15 @@ class ImageClassifier(pl.LightningModule):
     arg-max of soft targets, or ``batch["hard_target"]`` when a callback put the labels there.
     Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
     ``val/ece`` and ``test/*`` alike.
+
+    Nothing silent (:mod:`lightning_regs.tasks.input_checks`): every batch of every stage has its labels checked
+    (class ids in ``[0, num_classes)`` or ``ignore_index``; soft targets finite, non-negative, rows summing to one),
+    and its inputs checked for NaN and inf. A non-finite input or loss in a training step is a named error, or with
+    ``nonfinite="skip"`` the step is skipped (``training_step`` returns ``None``: no parameter, optimizer or
+    BatchNorm statistic changes), counted in ``train/skipped_nonfinite`` and warned about. In validation and test,
+    rows whose input is not finite are left out of every metric (loss, accuracy, calibration), their number logged
+    as ``<stage>/nonfinite_inputs`` with one warning per stage and run: no metric is computed from a NaN input. Two
+    small host reads per training step (before the forward, and of the loss), one per evaluation step.
 
     The backbone may return the logits, a dict with ``"logits"`` and more (``"features"``, ``"attention"``), or an
     object with ``.logits`` (a Hugging Face ``ModelOutput``, a dataclass): :func:`~lightning_regs.tasks.model_outputs`
@@ -73,6 +95,11 @@ class ImageClassifier(pl.LightningModule):
         loss_terms: :class:`~lightning_regs.tasks.LossTerm` modules added to the training loss, distinct names
             (also :meth:`add_loss_term`). Saved with the weights, not in ``hparams`` (under LightningCLI their
             ``class_path``/``init_args`` config is kept, as the backbone's).
+        nonfinite: ``"raise"`` (default): a NaN or inf in a training step's inputs or loss is a named error;
+            ``"skip"``: such steps are skipped, counted (``train/skipped_nonfinite``) and warned about. Under DDP
+            the decision is all-reduced, so every rank skips the same steps.
+        ignore_index: a label value (such as -100) whose rows are left out of the loss and the metrics; ``None``
+            (default): every label must be a class id in ``[0, num_classes)``.
 
     Example::
 
@@ -109,8 +136,12 @@ class ImageClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         ece_bins: int = 15,
         loss_terms: Sequence[LossTerm] | None = None,
+        nonfinite: NonFinite = "raise",
+        ignore_index: int | None = None,
     ) -> None:
         super().__init__()
+        check_nonfinite_option(type(self).__name__, nonfinite)
+        check_ignore_index(type(self).__name__, ignore_index, num_classes)
         backbone_classes = getattr(backbone, "num_classes", None)
         if isinstance(backbone_classes, int) and backbone_classes != num_classes:
             raise ValueError(
@@ -141,7 +172,9 @@ class ImageClassifier(pl.LightningModule):
                 "test_ece": MulticlassCalibrationError(num_classes, n_bins=ece_bins, norm="l1"),
             }
         )
-        self._targets_checked = False
+        self._skipped_warnings = 0
+        self._dropped_rows = 0
+        self._warned_nonfinite_stages: set[str] = set()
         self.loss_terms = nn.ModuleDict()
         for term in loss_terms or ():
             self.add_loss_term(term)
@@ -233,8 +266,13 @@ class ImageClassifier(pl.LightningModule):
         return read_step(batch).labels
 
     def logits_and_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward ``batch["image"]``, check the logits' shape and (once) the target range, and compute the loss."""
+        """Check the batch (labels, finite inputs), forward ``batch["image"]``, check the logits and compute the loss.
+
+        A non-finite input is a named error here whatever ``nonfinite`` says (a custom ``training_step`` that wants
+        to skip such steps calls :meth:`check_training_batch` itself and returns ``None``).
+        """
         step = read_step(batch)
+        self.check_batch(step, "train", None, "raise")
         return self._forward_step(step)
 
     def _forward_step(self, step: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,9 +289,20 @@ class ImageClassifier(pl.LightningModule):
             )
         outputs = model_outputs(self(step.image))
         self.check_logits(outputs["logits"])
-        if not self._targets_checked:
-            self._check_target_range(step.labels)
-        return outputs, self.objective(outputs["logits"], step)
+        return outputs, self._loss_over_labelled_rows(outputs["logits"], step)
+
+    def _loss_over_labelled_rows(self, logits: torch.Tensor, step: StepBatch) -> torch.Tensor:
+        # With ignore_index, the rows holding it are left out of the loss (the forward saw them all, as BatchNorm
+        # sees the rows F.cross_entropy(ignore_index=...) ignores). One host read, only when ignore_index is set.
+        ignore = self.task_settings.ignore_index
+        if ignore is None or step.target.is_floating_point():
+            return self.objective(logits, step)
+        keep = step.labels != ignore
+        if bool(keep.all()):
+            return self.objective(logits, step)
+        if not bool(keep.any()):
+            return logits.sum() * 0.0  # every row ignored: no loss, the graph kept
+        return self.objective(logits[keep], select_rows(step, keep))
 
     def term_losses(
         self, outputs: Mapping[str, torch.Tensor], batch: Any
@@ -286,14 +335,114 @@ class ImageClassifier(pl.LightningModule):
                 "Build the backbone with the same num_classes as the task."
             )
 
-    def _check_target_range(self, labels: torch.Tensor) -> None:
-        # Once per run: an out-of-range class id is a device-side assert on CUDA, far from its cause.
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+    def check_batch(
+        self, step: StepBatch, stage: str, batch_idx: int | None, nonfinite: NonFinite | None = None
+    ) -> torch.Tensor | None:
+        """Check ``step``'s labels and inputs with one host read; what to do with rows whose input is not finite.
+
+        Labels out of range (and soft targets that are not distributions) are a named error in every stage. In
+        training, a non-finite input is a named error (``nonfinite="raise"``) or returns a 0-d ``False`` tensor
+        (``"skip"``: the caller skips the step); in evaluation it returns the bool ``(B,)`` mask of the rows to keep
+        (finite inputs, labels other than ``ignore_index``). ``None``: keep everything.
+        """
+        owner, rows = type(self).__name__, row_count(step.image)
+        where = f"{stage} batch {batch_idx}" if batch_idx is not None else f"a {stage} batch"
+        ignore = self.task_settings.ignore_index
+        flags = target_flags(owner, where, step.target, step.labels, self.num_classes, ignore, rows)
+        image = step.image
+        if stage == "train":
+            finite = torch.isfinite(image).all() if image.is_floating_point() else image.new_ones((), dtype=torch.bool)
+            if (nonfinite or self.task_settings.nonfinite) == "skip":
+                finite = self._agree_across_ranks(finite)
+            read = torch.stack([*flags, finite]).tolist()
+        else:
+            finite_rows = torch.isfinite(image.flatten(1)).all(1) if image.is_floating_point() else None
+            keep = finite_rows
+            if ignore is not None and not step.target.is_floating_point():
+                labelled = step.labels != ignore
+                keep = labelled if keep is None else keep & labelled
+            read = torch.stack([*flags, keep.all() if keep is not None else flags[0]]).tolist()
+        if not all(read[: len(flags)]):
+            raise ValueError(label_problem(owner, where, step.target, step.labels, self.num_classes, ignore))
+        if stage == "train":
+            if read[-1]:
+                return None
+            if (nonfinite or self.task_settings.nonfinite) == "raise":
+                raise ValueError(
+                    f"{owner}: training step {self.global_step} (batch {batch_idx}) has non-finite values in "
+                    f"batch['image'] ({describe_nonfinite(image)}); the step would turn every weight into NaN. Fix: "
+                    f"{NONFINITE_FIX}."
+                )
+            return image.new_zeros((), dtype=torch.bool)
+        self._dropped_rows = 0
+        if read[-1]:
+            return None
+        if finite_rows is not None:
+            self._dropped_rows = int((~finite_rows).sum())
+            if self._dropped_rows:
+                self._warn_nonfinite_rows(stage, batch_idx, self._dropped_rows, int(finite_rows.numel()))
+        return keep
+
+    def _agree_across_ranks(self, finite: torch.Tensor) -> torch.Tensor:
+        # Under DDP a rank that skips alone would leave the others waiting in the gradient all-reduce.
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return finite
+        bad = trainer.strategy.reduce((~finite).float(), reduce_op="sum")
+        return bad == 0
+
+    def _warn_nonfinite_rows(self, stage: str, batch_idx: int | None, dropped: int, rows: int) -> None:
+        if stage in self._warned_nonfinite_stages:
+            return
+        self._warned_nonfinite_stages.add(stage)
+        warnings.warn(  # on whichever rank saw them, not only rank 0
+            f"{type(self).__name__}: {stage} batch {batch_idx} has {dropped} of {rows} rows with non-finite inputs "
+            f"(NaN or inf); they are left out of every {stage} metric, and {stage}/nonfinite_inputs counts such rows "
+            "(this warning is given once per stage). Check the data: a normalization dividing by a zero std, a "
+            "corrupt file, a transform that overflows.",
+            stacklevel=2,
+        )
+
+    def check_loss(self, loss: torch.Tensor, batch_idx: int | None, names: Sequence[str] = ()) -> bool:
+        """``True`` when ``loss`` is finite; else a named error (``nonfinite="raise"``), or ``False`` (``"skip"``).
+
+        ``loss`` may stack several losses, ``names`` naming each for the message. One host read (all-reduced under
+        DDP with ``"skip"``, so every rank skips together).
+        """
+        loss = loss.detach()
+        finite = torch.isfinite(loss).all()
+        skip = self.task_settings.nonfinite == "skip"
+        if skip:
+            finite = self._agree_across_ranks(finite)
+        if bool(finite):
+            return True
+        if not skip:
+            what = "loss"
+            if names:
+                bad = [name for name, ok in zip(names, torch.isfinite(loss).flatten().tolist(), strict=True) if not ok]
+                what = f"loss ({', '.join(bad)})"
             raise ValueError(
-                f"Targets hold class ids in [{int(labels.min())}, {int(labels.max())}] but num_classes="
-                f"{self.num_classes}: the data has more classes than the model, or labels are not 0-based."
+                f"{type(self).__name__}: training step {self.global_step} (batch {batch_idx}) has a non-finite "
+                f"{what}: {describe_nonfinite(loss)}, although its inputs are finite: the model diverged "
+                "or a loss term overflowed. Lower the learning rate, clip gradients (Trainer(gradient_clip_val=1.0)) "
+                f"or find it with Trainer(detect_anomaly=True); {NONFINITE_FIX}."
             )
-        self._targets_checked = True
+        return False
+
+    def skip_step(self, batch_idx: int | None, reason: str) -> None:
+        """Count (``train/skipped_nonfinite``) and warn about a training step skipped under ``nonfinite="skip"``."""
+        self._log_skipped(1.0)
+        self._skipped_warnings += 1
+        if self._skipped_warnings <= 5:
+            rank_zero_warn(
+                f"{type(self).__name__}(nonfinite='skip'): skipped training step {self.global_step} (batch "
+                f"{batch_idx}): {reason}. Skipped steps are counted in train/skipped_nonfinite"
+                + (" (no further warnings)." if self._skipped_warnings == 5 else ".")
+            )
+
+    def _log_skipped(self, value: float) -> None:
+        if self.task_settings.nonfinite == "skip" and self._trainer is not None:
+            self.log("train/skipped_nonfinite", value, on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1)
 
     def log_training(self, loss: torch.Tensor, logits: torch.Tensor, batch: Any | StepBatch) -> dict[str, torch.Tensor]:
         """Log ``train/loss`` and ``train/acc`` and return ``{"loss", "logits"}`` (logits detached) for callbacks.
@@ -305,19 +454,32 @@ class ImageClassifier(pl.LightningModule):
         step = batch if isinstance(batch, StepBatch) else read_step(batch)
         mixing = step.batch if isinstance(step.batch, Mapping) and MIX_PARTNER in step.batch else {}
         credit = mixed_accuracy(logits, step.labels, mixing.get(MIX_PARTNER), mixing.get(MIX_LAMBDA))
-        self.metrics["train_acc"](credit)
+        ignore = self.task_settings.ignore_index
+        if ignore is not None and not step.target.is_floating_point():
+            self.metrics["train_acc"](credit, (step.labels != ignore).to(credit.dtype))  # ignored rows weigh 0
+        else:
+            self.metrics["train_acc"](credit)
         self.log("train/loss", loss.detach(), prog_bar=True)
         self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
         return {"loss": loss, "logits": logits}
 
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
         step = read_step(batch)
+        if self.check_batch(step, "train", batch_idx) is not None:  # nonfinite="skip" and a non-finite input
+            self._loss_terms_applied = True
+            self.skip_step(batch_idx, f"batch['image'] holds {describe_nonfinite(step.image)}")
+            return None
         outputs, loss = self._forward_outputs(step)
+        values: dict[str, torch.Tensor] = {}
         if len(self.loss_terms):
             extra, values = self.term_losses(outputs, step.batch)
             loss = loss + extra
-            for name, value in values.items():
-                self.log(f"train/{name}", value.detach())
+        if not self.check_loss(loss, batch_idx):
+            self.skip_step(batch_idx, f"the loss is {describe_nonfinite(loss.detach())}")
+            return None
+        self._log_skipped(0.0)
+        for name, value in values.items():
+            self.log(f"train/{name}", value.detach())
         result = self.log_training(loss, outputs["logits"], step)
         self.update_loss_terms(outputs, step.batch)
         return result
@@ -330,21 +492,63 @@ class ImageClassifier(pl.LightningModule):
                 "as ImageClassifier.training_step does, or build the task without loss_terms."
             )
 
-    def _evaluate(self, batch: Any, stage: str) -> None:
+    def evaluation_rows(self, batch: Any, stage: str, batch_idx: int | None) -> StepBatch | None:
+        """The batch's rows that count in ``stage``'s metrics (see the class docstring); ``None`` when there are none.
+
+        Checks the labels (a named error), leaves out rows with non-finite inputs or an ``ignore_index`` label, and
+        logs ``<stage>/nonfinite_inputs`` (on every step: under DDP every rank logs the same metrics).
+        """
         step = read_step(batch)
-        logits, loss = self._forward_step(step)
-        probabilities = logits.float().softmax(dim=-1)
-        self.metrics[f"{stage}_acc"](probabilities, step.labels)
-        self.metrics[f"{stage}_ece"](probabilities, step.labels)
-        self.log(f"{stage}/loss", loss, sync_dist=True)
+        keep = self.check_batch(step, stage, batch_idx)
+        dropped = float(self._dropped_rows)
+        # summed over the ranks too: a NaN on another rank than 0 must show (loggers write rank 0's values)
+        self.log(
+            f"{stage}/nonfinite_inputs",
+            dropped,
+            on_step=False,
+            on_epoch=True,
+            reduce_fx="sum",
+            batch_size=1,
+            sync_dist=True,
+        )
+        if keep is None:
+            return step
+        return select_rows(step, keep) if bool(keep.any()) else None
+
+    def _evaluate(self, batch: Any, stage: str, batch_idx: int | None = None) -> None:
+        step = self.evaluation_rows(batch, stage, batch_idx)
+        if step is not None:
+            logits, loss = self._forward_step(step)
+            probabilities = logits.float().softmax(dim=-1)
+            self.metrics[f"{stage}_acc"](probabilities, step.labels)
+            self.metrics[f"{stage}_ece"](probabilities, step.labels)
+            rows = len(step.labels)
+        else:  # no row counts: nothing is added, but every metric is still logged (DDP)
+            loss, rows = torch.zeros((), device=self.device), 0
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=rows)
         self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], prog_bar=stage == "val")
         self.log(f"{stage}/ece", self.metrics[f"{stage}_ece"])
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        self._evaluate(batch, "val", batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self._evaluate(batch, "test", batch_idx)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, with a named error, a checkpoint without weights (truncated, or not a Lightning checkpoint)."""
+        super().on_load_checkpoint(checkpoint)
+        trainer = self._trainer
+        if trainer is not None and not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+            return  # sharded strategies (FSDP2's ModelParallelStrategy) load the weights themselves, before this hook
+        weights = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
+        if not isinstance(weights, Mapping):
+            keys = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+            raise ValueError(
+                f"{type(self).__name__}: the checkpoint has no 'state_dict' (the weights) but {keys}: it is "
+                "truncated, or not a Lightning checkpoint of this task and version. Resume from a checkpoint "
+                "written by Trainer.fit (ModelCheckpoint) of this task."
+            )
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return model_outputs(self(read_inputs(batch)))["logits"].softmax(dim=-1)

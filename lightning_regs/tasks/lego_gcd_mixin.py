@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from lightning_regs.batch import LABELED, unpack_batch
+from lightning_regs.functional._checks import check_bool, check_int, check_int_ids, check_number
 from lightning_regs.functional.lego_gcd import LogitPriorEMA, dual_view_kl, local_entropy_regularization
 from lightning_regs.tasks.loss_terms import LossTerm
 
@@ -91,9 +92,7 @@ class LocalEntropyTerm(LossTerm):
         name: str = "ler",
     ) -> None:
         super().__init__(name, weight)
-        known = tuple(int(c) for c in known_classes)
-        if not known or len(set(known)) != len(known) or not all(0 <= c < num_classes for c in known):
-            raise ValueError(f"known_classes must be distinct ids in [0, {num_classes}); got {known_classes}.")
+        known = tuple(check_int_ids("LocalEntropyTerm", "known_classes", known_classes, low=0, high=num_classes - 1))
         if not 0 <= threshold <= 1:
             raise ValueError(f"LER's threshold δ must lie in [0, 1], got {threshold}.")
         self.known_classes = known
@@ -227,9 +226,14 @@ class LegoGCDMixin(pl.LightningModule):
             preset: ``"library"`` (default): DKL is the KL of the paper's Eq. 12; ``"official"``: DKL is what the
                 released code computes (``dual_view_kl(form="official")``, a log-softmax of the probabilities).
         """
-        known = tuple(int(c) for c in known_classes)
-        if not known or len(set(known)) != len(known) or not all(0 <= c < num_classes for c in known):
-            raise ValueError(f"known_classes must be distinct ids in [0, {num_classes}); got {known_classes}.")
+        owner = type(self).__name__
+        check_int(owner, "num_classes", num_classes, low=1)
+        known = tuple(check_int_ids(owner, "known_classes", known_classes, low=0, high=num_classes - 1))
+        for name, value in (("ler_weight", ler_weight), ("dkl_weight", dkl_weight), ("ler_lambda", ler_lambda)):
+            check_number(owner, name, value, low=0)
+        check_number(owner, "ler_threshold (δ)", ler_threshold, low=0, high=1)
+        check_number(owner, "prior_momentum", prior_momentum, low=0, high=1, high_open=True)
+        check_bool(owner, "ler_prior", ler_prior)
         if preset not in ("library", "official"):
             raise ValueError(f"preset must be 'library' or 'official', got {preset!r}.")
         if ler_weight < 0 or dkl_weight < 0 or not 0 <= ler_threshold <= 1:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -13,6 +13,7 @@ from lightning_regs.local_learning.builder import HeadName, Preset
 from lightning_regs.local_learning.heads import TaskLoss
 from lightning_regs.local_learning.mixin import LocalLearningMixin
 from lightning_regs.tasks.image_classifier import ImageClassifier
+from lightning_regs.tasks.input_checks import describe_nonfinite
 
 __all__ = ["LocalLearningClassifier"]
 
@@ -27,6 +28,12 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
     :class:`~lightning_regs.local_learning.auglocal.AugLocalHead` of pyramidally decaying depth. Metrics,
     logging and optimizer/scheduler arguments are those of ``ImageClassifier``; each local loss is logged
     as ``local/loss{j}``. Evaluation and prediction use the backbone alone.
+
+    Non-finite inputs and losses follow :class:`~lightning_regs.tasks.ImageClassifier`'s rule: every batch's labels
+    and inputs are checked before the forward, and every local loss and the final loss after the backward passes and
+    before the optimizer step (one host read). With ``nonfinite="skip"`` a bad step makes no parameter change (the
+    gradients are dropped before ``optimizer.step()``; the learning-rate schedule still advances one step).
+    ``ignore_index`` is refused: the auxiliary heads train on every row.
 
     Args:
         backbone: a model with ``layers`` and ``head`` (see :mod:`lightning_regs.models.layered`), or one that
@@ -61,7 +68,7 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         image_mean, image_std: the per-channel ``Normalize`` of the inputs (``preset="official"`` with InfoPro).
         **kwargs: the :class:`~lightning_regs.tasks.ImageClassifier` arguments (optimizer, lr, momentum,
             nesterov, weight_decay, scheduler, warmup_epochs, milestones, gamma, min_lr_ratio,
-            label_smoothing, ece_bins), with its defaults.
+            label_smoothing, ece_bins, nonfinite), with its defaults.
 
     Example::
 
@@ -92,7 +99,14 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         image_std: Sequence[float] | None = None,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("ignore_index") is not None:
+            raise ValueError(
+                f"LocalLearningClassifier: ignore_index={kwargs['ignore_index']} is not supported: the auxiliary heads "
+                "train on every row's label. Drop the rows without a label from the training data instead."
+            )
         super().__init__(backbone, num_classes, **kwargs)
+        self._step_skipped = False
+        self._batch_idx: int | None = None
         self.setup_local_learning(
             backbone,
             num_classes,
@@ -116,11 +130,41 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
     #: The local heads train on each row's own target: MixUp(mode="loss") would be ignored by them, so it is refused.
     interpolates_mixed_loss = False
 
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
         step = read_step(batch)
-        if not self._targets_checked:
-            self._check_target_range(step.labels)
+        if self.check_batch(step, "train", batch_idx) is not None:  # nonfinite="skip" and a non-finite input
+            self.skip_step(batch_idx, f"batch['image'] holds {describe_nonfinite(step.image)}")
+            return None
+        self._step_skipped, self._batch_idx = False, batch_idx
         loss, logits, _ = self.local_training_step(
             step.image, step.target, final_loss=lambda z: self.compute_loss(z, batch)
         )
+        if self._step_skipped:
+            return None
+        self._log_skipped(0.0)
         return self.log_training(loss, logits, step)
+
+    def local_backward(
+        self,
+        image: torch.Tensor,
+        target: torch.Tensor,
+        label_smoothing: float = 0.0,
+        backward: Callable[[torch.Tensor], None] | None = None,
+        final_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The mixin's forward and backward, then every loss checked for NaN and inf before the optimizer step.
+
+        A non-finite loss is a named error naming it (``local/loss{j}`` or the final loss), or, with
+        ``nonfinite="skip"``, drops the gradients so that the optimizer step that follows changes nothing.
+        """
+        loss, logits, local_losses = super().local_backward(image, target, label_smoothing, backward, final_loss)
+        if backward is not None or self._trainer is None:  # outside a training step (memory measurements)
+            return loss, logits, local_losses
+        losses = torch.stack([*(value.float() for value in local_losses), loss.float()])
+        names = [*(f"local/loss{j}" for j in range(len(local_losses))), "the final loss"]
+        if not self.check_loss(losses, self._batch_idx, names):
+            names = [name for name, ok in zip(names, torch.isfinite(losses).tolist(), strict=True) if not ok]
+            self.optimizers().zero_grad(set_to_none=True)  # optimizer.step() then changes no parameter
+            self._step_skipped = True
+            self.skip_step(self._batch_idx, f"{', '.join(names)} not finite")
+        return loss, logits, local_losses

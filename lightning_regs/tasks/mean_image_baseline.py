@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lightning_regs.batch import IMAGE, INDEX, LABEL, MASK
 from lightning_regs.functional.anomaly import image_auroc, pixel_auroc
 from lightning_regs.functional.distributed import gather_unique_by_index
+from lightning_regs.tasks.input_checks import describe_nonfinite
 
 __all__ = ["MeanImageAnomalyBaseline"]
 
@@ -28,7 +29,9 @@ class MeanImageAnomalyBaseline(pl.LightningModule):
     equals the single-process one, whatever ``limit_train_batches`` says. It has no optimizer; the
     ``fit`` loop then runs its epoch without doing anything (``max_epochs=1``, and
     ``limit_train_batches=1`` spares the second read of the training set). Validation and test log
-    ``<stage>/image_auroc``, ``<stage>/pixel_auroc`` and ``<stage>/num_images``, computed on raw
+    ``<stage>/image_auroc``, ``<stage>/pixel_auroc`` and ``<stage>/num_images`` (images with a NaN or inf pixel left
+    out, counted in ``<stage>/nonfinite_inputs`` with one warning per stage; such training images are a named error),
+    computed on raw
     scores after gathering all ranks and removing the duplicates ``DistributedSampler`` pads in (by
     ``index``), so they equal the single-process values. Without a fit the mean image is zero (the
     score is the mean absolute normalized pixel), as in the sanity-check validation, which runs before
@@ -60,6 +63,7 @@ class MeanImageAnomalyBaseline(pl.LightningModule):
         self.ddp_anchor = nn.Parameter(torch.zeros(()))
         self.register_load_state_dict_pre_hook(self._adopt_saved_shape)
         self._outputs: dict[str, list[torch.Tensor]] = {}
+        self._warned_stages: set[str] = set()
 
     def configure_optimizers(self) -> None:
         return None
@@ -121,6 +125,12 @@ class MeanImageAnomalyBaseline(pl.LightningModule):
         if distributed:
             total = self.trainer.strategy.reduce(total, reduce_op="sum")
             count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        if not bool(torch.isfinite(total).all()):  # one read per fit: a NaN pixel would make every score NaN
+            raise ValueError(
+                "MeanImageAnomalyBaseline: the training images hold non-finite pixels (NaN or inf), so the mean image "
+                f"would be {describe_nonfinite(total)} and every anomaly score NaN. Check the training data (a corrupt "
+                "file, a normalization dividing by a zero std) and remove or repair those images."
+            )
         self.mean_image = (total / count).float()
 
     def on_train_start(self) -> None:
@@ -136,6 +146,20 @@ class MeanImageAnomalyBaseline(pl.LightningModule):
         return None  # the mean was computed in on_train_start
 
     def _collect(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        finite = torch.isfinite(batch[IMAGE].flatten(1)).all(1)
+        dropped = int((~finite).sum())  # one read per step: images with NaN or inf count in no metric
+        self.log(
+            f"{stage}/nonfinite_inputs", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1
+        )
+        if dropped:
+            if stage not in self._warned_stages:
+                self._warned_stages.add(stage)
+                rank_zero_warn(
+                    f"MeanImageAnomalyBaseline: a {stage} batch has {dropped} of {len(finite)} images with non-finite "
+                    f"pixels (NaN or inf); they are left out of {stage}/image_auroc, {stage}/pixel_auroc and "
+                    f"{stage}/num_images, and {stage}/nonfinite_inputs counts them (warned once per stage)."
+                )
+            batch = {key: value[finite] for key, value in batch.items()}
         maps = self.anomaly_map(batch[IMAGE])
         outputs = self._outputs.setdefault(stage, [])
         outputs.append(

@@ -34,6 +34,10 @@ class MILClassifier(ImageClassifier):
     returning ``{"logits": ..., "attention": ...}`` or an object with those fields. Add AEM with
     ``loss_terms=[AttentionEntropyTerm(weight=0.1)]``.
 
+    Non-finite inputs and labels follow :class:`ImageClassifier`'s rule (``nonfinite``, ``ignore_index``): a bag with a
+    NaN or inf instance feature (padding included) is a non-finite input; in evaluation it is left out of every
+    metric, the attention's included.
+
     Logs what :class:`ImageClassifier` logs (bag ``loss``, ``acc``, ``ece``), plus ``val/auroc`` and ``test/auroc``
     (class 1's probability for two classes, macro one-vs-rest otherwise), ``<stage>/attention_entropy`` (``H / log N``
     per bag, averaged: 1 uniform, 0 on one instance) and, where the batch has ``instance_target``,
@@ -134,10 +138,8 @@ class MILClassifier(ImageClassifier):
         mask = batch.get(INSTANCE_MASK)
         outputs = self._outputs(self(step.image, mask))
         self.check_logits(outputs["logits"])
-        if not self._targets_checked:
-            self._check_target_range(step.labels)
         self._log_bag_metrics(outputs, step, mask, batch.get(INSTANCE_TARGET))
-        return outputs, self.objective(outputs["logits"], step)
+        return outputs, self._loss_over_labelled_rows(outputs["logits"], step)
 
     def _stage(self) -> str | None:
         if self._trainer is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -34,7 +35,9 @@ def assert_same_state(expected: Any, actual: Any, atol: float, path: str = "stat
         for i, (a, b) in enumerate(zip(expected, actual, strict=True)):
             assert_same_state(a, b, atol, f"{path}[{i}]")
     elif isinstance(expected, float):
-        assert isinstance(actual, (int, float)) and abs(expected - actual) <= atol, f"{path}: {expected} vs {actual}"
+        assert isinstance(actual, (int, float)), f"{path}: {expected} vs {actual}"
+        both_nan = math.isnan(expected) and math.isnan(actual)  # NaN: no value to compare (an undefined statistic)
+        assert both_nan or abs(expected - actual) <= atol, f"{path}: {expected} vs {actual}"
     else:
         assert expected == actual, f"{path}: {expected!r} vs {actual!r}"
 
