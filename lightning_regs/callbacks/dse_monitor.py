@@ -156,6 +156,12 @@ class DiffusionSpectralEntropyMonitor(LabelledPointsMonitor):
             if self.inputs and f"{name}_clusters" not in self.points:  # clustered once: the inputs do not change
                 # Non-finite points are never measured (logged as NaN): their clusters only need to exist.
                 points = torch.nan_to_num(self.points[name], nan=0.0, posinf=0.0, neginf=0.0)
+                if points.shape[0] <= self.num_clusters:  # each point its own cluster: dsmi_x would read log N
+                    raise ValueError(
+                        f"{type(self).__name__}: the {name} probe has {points.shape[0]} points, not more than "
+                        f"num_clusters={self.num_clusters}, so clustering the inputs for dsmi_x would put each point "
+                        "in a cluster of its own. Raise num_points, lower num_clusters, or pass inputs=False."
+                    )
                 self.points[f"{name}_clusters"] = discretize(points, num_clusters=self.num_clusters, seed=self.seed)
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
