@@ -275,11 +275,16 @@ def _files_content(files: Sequence[tuple[str, ...]]) -> dict[str, Any]:
                                  _chunks(chosen, 64))  # fmt: skip
         for digests in (digests for chunk in digest_chunks for digests in chunk):
             hasher.update("|".join(digests).encode())
+    return _content_result(hasher, sample, "files: every byte", "files: every size, the bytes of {} sampled")
+
+
+def _content_result(hasher: Any, sample: list[int] | None, whole: str, sampled: str) -> dict[str, Any]:
+    """The content digest and how it was read (``sampled`` formats the sample's size); the sample when there is one."""
     result: dict[str, Any] = {"content": hasher.hexdigest()[:16]}
     if sample is None:
-        result["content_read"] = "files: every byte"
+        result["content_read"] = whole
     else:
-        result["content_read"] = f"files: every size, the bytes of {len(sample)} sampled (seed {SAMPLE_SEED})"
+        result["content_read"] = f"{sampled.format(len(sample))} (seed {SAMPLE_SEED})"
         result["content_sample"] = {"seed": SAMPLE_SEED, "indices": sample}
     return result
 
@@ -308,13 +313,7 @@ def _items_content(dataset: Any, size: int) -> dict[str, Any]:
     with _fixed_seeds():
         for index in range(size) if sample is None else sample:
             _update_item(hasher, dataset[index])
-    result: dict[str, Any] = {"content": hasher.hexdigest()[:16]}
-    if sample is None:
-        result["content_read"] = "items: every dataset[i]"
-    else:
-        result["content_read"] = f"items: dataset[i] of {len(sample)} sampled (seed {SAMPLE_SEED})"
-        result["content_sample"] = {"seed": SAMPLE_SEED, "indices": sample}
-    return result
+    return _content_result(hasher, sample, "items: every dataset[i]", "items: dataset[i] of {} sampled")
 
 
 def _update_item(hasher: Any, item: Any) -> None:

@@ -22,6 +22,7 @@ from lightning_regs.tasks.input_checks import (
     check_nonfinite_option,
     describe_nonfinite,
     label_problem,
+    report_nonfinite_inputs,
     target_flags,
 )
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, recipe_optimizers
@@ -269,22 +270,15 @@ class AggregateResponseTask(pl.LightningModule):
                 )
         else:
             read = [bool(finite_rows.all())] if finite_rows is not None else [True]
-        dropped = 0
-        if not read[0]:  # rows with non-finite inputs count in no metric
-            dropped = int((~finite_rows).sum())
-            if stage not in self._warned_stages:
-                self._warned_stages.add(stage)
-                rank_zero_warn(
-                    f"AggregateResponseTask: {stage} batch {batch_idx} has {dropped} of {len(finite_rows)} rows with "
-                    f"non-finite inputs (NaN or inf); they are left out of {stage}/{self.metric_name}, and "
-                    f"{stage}/nonfinite_inputs counts them (warned once per stage). Check the data."
-                )
+        dropped = 0 if read[0] else int((~finite_rows).sum())
+        rows = len(finite_rows) if finite_rows is not None else 0
+        report_nonfinite_inputs(
+            self, self._warned_stages, stage, dropped, rows, f"{stage} batch {batch_idx}", f"{stage}/{self.metric_name}"
+        )
+        if dropped:  # rows with non-finite inputs count in no metric
             image, truth = image[finite_rows], truth[finite_rows]
             if isinstance(batch, Mapping) and INDEX in batch:
                 batch = {**batch, INDEX: batch[INDEX][finite_rows]}
-        self.log(
-            f"{stage}/nonfinite_inputs", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1
-        )
         preds = self(image)
         if self.task_settings.loss == "mse":
             if truth.dim() != 1 or not truth.is_floating_point():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +35,7 @@ from lightning_regs.tasks.input_checks import (
     check_nonfinite_option,
     describe_nonfinite,
     label_problem,
+    report_nonfinite_inputs,
     row_count,
     select_rows,
     target_flags,
@@ -379,8 +379,6 @@ class ImageClassifier(pl.LightningModule):
             return None
         if finite_rows is not None:
             self._dropped_rows = int((~finite_rows).sum())
-            if self._dropped_rows:
-                self._warn_nonfinite_rows(stage, batch_idx, self._dropped_rows, int(finite_rows.numel()))
         return keep
 
     def _agree_across_ranks(self, finite: torch.Tensor) -> torch.Tensor:
@@ -390,18 +388,6 @@ class ImageClassifier(pl.LightningModule):
             return finite
         bad = trainer.strategy.reduce((~finite).float(), reduce_op="sum")
         return bad == 0
-
-    def _warn_nonfinite_rows(self, stage: str, batch_idx: int | None, dropped: int, rows: int) -> None:
-        if stage in self._warned_nonfinite_stages:
-            return
-        self._warned_nonfinite_stages.add(stage)
-        warnings.warn(  # on whichever rank saw them, not only rank 0
-            f"{type(self).__name__}: {stage} batch {batch_idx} has {dropped} of {rows} rows with non-finite inputs "
-            f"(NaN or inf); they are left out of every {stage} metric, and {stage}/nonfinite_inputs counts such rows "
-            "(this warning is given once per stage). Check the data: a normalization dividing by a zero std, a "
-            "corrupt file, a transform that overflows.",
-            stacklevel=2,
-        )
 
     def check_loss(self, loss: torch.Tensor, batch_idx: int | None, names: Sequence[str] = ()) -> bool:
         """``True`` when ``loss`` is finite; else a named error (``nonfinite="raise"``), or ``False`` (``"skip"``).
@@ -500,17 +486,10 @@ class ImageClassifier(pl.LightningModule):
         """
         step = read_step(batch)
         keep = self.check_batch(step, stage, batch_idx)
-        dropped = float(self._dropped_rows)
-        # summed over the ranks too: a NaN on another rank than 0 must show (loggers write rank 0's values)
-        self.log(
-            f"{stage}/nonfinite_inputs",
-            dropped,
-            on_step=False,
-            on_epoch=True,
-            reduce_fx="sum",
-            batch_size=1,
-            sync_dist=True,
-        )
+        report_nonfinite_inputs(
+            self, self._warned_nonfinite_stages, stage, self._dropped_rows, row_count(step.image) or 0,
+            f"{stage} batch {batch_idx}", f"every {stage} metric",
+        )  # fmt: skip
         if keep is None:
             return step
         return select_rows(step, keep) if bool(keep.any()) else None

@@ -22,6 +22,7 @@ a device-side assert; the loss after it), an evaluation step once.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -209,3 +210,26 @@ def select_rows(step: StepBatch, keep: torch.Tensor) -> StepBatch:
         batch = type(batch)(take(value) for value in batch)
     index = take(step.index) if step.index is not None else None
     return StepBatch(take(step.image), take(step.target), take(step.labels), index, batch)
+
+
+def report_nonfinite_inputs(
+    module: Any, warned: set[str], stage: str, dropped: int, rows: int, where: str, left_out: str
+) -> None:
+    """Log ``<stage>/nonfinite_inputs`` and warn once per stage about rows left out for non-finite inputs.
+
+    Logged on every step, summed over the epoch and over the ranks (a NaN on a rank other than 0 must show: loggers
+    write rank 0's values); the warning comes from whichever rank saw the rows. ``warned`` holds the stages warned.
+    """
+    module.log(
+        f"{stage}/nonfinite_inputs", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1,
+        sync_dist=True,
+    )  # fmt: skip
+    if not dropped or stage in warned:
+        return
+    warned.add(stage)
+    warnings.warn(
+        f"{type(module).__name__}: {where} has {dropped} of {rows} rows with non-finite inputs (NaN or inf); they are "
+        f"left out of {left_out}, and {stage}/nonfinite_inputs counts such rows (this warning is given once per "
+        "stage). Check the data: a normalization dividing by a zero std, a corrupt file, a transform that overflows.",
+        stacklevel=3,
+    )

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lightning_regs.batch import IMAGE, INDEX, LABEL, MASK
 from lightning_regs.functional.anomaly import image_auroc, pixel_auroc
 from lightning_regs.functional.distributed import gather_unique_by_index
-from lightning_regs.tasks.input_checks import describe_nonfinite
+from lightning_regs.tasks.input_checks import describe_nonfinite, report_nonfinite_inputs
 
 __all__ = ["MeanImageAnomalyBaseline"]
 
@@ -148,17 +148,9 @@ class MeanImageAnomalyBaseline(pl.LightningModule):
     def _collect(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         finite = torch.isfinite(batch[IMAGE].flatten(1)).all(1)
         dropped = int((~finite).sum())  # one read per step: images with NaN or inf count in no metric
-        self.log(
-            f"{stage}/nonfinite_inputs", float(dropped), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1
-        )
+        left_out = f"{stage}/image_auroc, {stage}/pixel_auroc and {stage}/num_images"
+        report_nonfinite_inputs(self, self._warned_stages, stage, dropped, len(finite), f"a {stage} batch", left_out)
         if dropped:
-            if stage not in self._warned_stages:
-                self._warned_stages.add(stage)
-                rank_zero_warn(
-                    f"MeanImageAnomalyBaseline: a {stage} batch has {dropped} of {len(finite)} images with non-finite "
-                    f"pixels (NaN or inf); they are left out of {stage}/image_auroc, {stage}/pixel_auroc and "
-                    f"{stage}/num_images, and {stage}/nonfinite_inputs counts them (warned once per stage)."
-                )
             batch = {key: value[finite] for key, value in batch.items()}
         maps = self.anomaly_map(batch[IMAGE])
         outputs = self._outputs.setdefault(stage, [])
