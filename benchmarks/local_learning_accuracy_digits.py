@@ -8,7 +8,7 @@ Every run appends one JSON line to ``--out`` as soon as it ends; runs already th
 interrupted sweep continues where it stopped. The splits are the papers' (InfoPro's ``configs.py`` for
 ResNet-32), the InfoPro weights the reference's per-K presets; ``infopro`` uses CE as the task loss and
 ``infopro_contrast`` the supervised contrastive loss (the paper's best setting, for which the presets were
-tuned). MAN sits in front of the DGL or InfoPro (CE) head with the callback's momentum 0.995, and AugLocal
+tuned). MAN sits in front of the DGL or InfoPro (CE) head with the task's man_momentum 0.995, and AugLocal
 uses its own split (every layer, K = L - d = 14 for d = 2). All methods share one recipe (the
 ``*_digits.yaml`` examples: SGD-Nesterov, lr 0.05, wd 5e-4, cosine with a 1-epoch warm-up, batch 64); each
 seed sets initialization, data split and order. Accuracy on the held-out test split after the last epoch,
@@ -27,7 +27,6 @@ from typing import Any
 from _timing import fit_and_test
 from lightning.pytorch import seed_everything
 
-from lightning_regs.callbacks import MomentumAuxiliaryNetworks
 from lightning_regs.datamodules import DigitsDataModule
 from lightning_regs.models import CifarResNet
 from lightning_regs.tasks import ImageClassifier
@@ -66,7 +65,7 @@ def run_one(method: str, K: int | None, seed: int, epochs: int, d: int, preset: 
     data.setup("fit")  # its Normalize constants: InfoPro's official target un-normalizes
     seed_everything(seed, verbose=False)
     backbone = CifarResNet(depth=32, num_classes=10, in_channels=3)
-    callbacks = []
+    callbacks: list = []
     if method == "e2e":
         task: ImageClassifier = ImageClassifier(backbone, 10, **RECIPE)
     elif method == "auglocal":
@@ -81,8 +80,6 @@ def run_one(method: str, K: int | None, seed: int, epochs: int, d: int, preset: 
             backbone, 10, K=K, split="paper", head=head, man=bool(man), task_loss=task_loss, preset=preset,
             **normalize, **RECIPE,
         )  # fmt: skip
-        if man:
-            callbacks.append(MomentumAuxiliaryNetworks(momentum=0.995, preset=preset))
     metrics, seconds = fit_and_test(task, data, epochs, callbacks)
     K_used = getattr(task, "num_local_modules", 1)
     return {

@@ -72,7 +72,7 @@ def _local_learning(trainer, messages) -> None:
 def _man(trainer, messages) -> None:
     module = trainer.lightning_module
     assert module.num_local_modules == 4 and module.split_points == (2, 4, 6)  # K from torchvision block names
-    assert [c for c in trainer.callbacks if isinstance(c, MomentumAuxiliaryNetworks)]
+    assert not [c for c in trainer.callbacks if isinstance(c, MomentumAuxiliaryNetworks)]  # man=True is the method
     ema = [p for head in module.aux_heads.values() for p in head.ema.parameters()]
     assert len(module.aux_heads) == 3 and ema and not any(p.requires_grad for p in ema)
     assert trainer.global_step == 2

@@ -29,7 +29,6 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from lightning_regs.callbacks import AdversarialRobustnessMonitor, LocalComplexityMonitor
-from lightning_regs.callbacks.momentum_auxiliary_networks import MomentumAuxiliaryNetworks
 from lightning_regs.callbacks.pskd import ProgressiveSelfKD
 from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
 from lightning_regs.functional.classification import classification_loss
@@ -94,10 +93,10 @@ def local_learning(root: Path, batch: int, **trainer_kwargs: Any) -> dict[str, A
     seed_everything(0)
     # Clipped to a norm far below the gradients' (the norm must be that of the whole gradient, not of a shard).
     task = LocalLearningClassifier(
-        mlp(), 10, K=3, split=[0, 1], head="dgl", man=True, input_shape=(1, 8, 8), head_norm=False,
+        mlp(), 10, K=3, split=[0, 1], head="dgl", man=True, man_momentum=0.5, input_shape=(1, 8, 8), head_norm=False,
         lr=0.1, scheduler="constant", gradient_clip_val=0.05,
     )  # fmt: skip
-    callbacks = [MomentumAuxiliaryNetworks(momentum=0.5)]
+    callbacks: list = []
     # Validation after the local steps runs the whole model through the root: FSDP2 must accept that order.
     fit(task, root, batch, callbacks, max_epochs=1, limit_train_batches=5, limit_val_batches=1, **trainer_kwargs)
     return {"state": full_state(task)}

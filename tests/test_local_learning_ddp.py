@@ -8,7 +8,6 @@ import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from lightning_regs.callbacks.momentum_auxiliary_networks import MomentumAuxiliaryNetworks
 from lightning_regs.models import MLP
 from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
 from tests.helpers.ddp import spawn_ddp
@@ -45,7 +44,7 @@ def fit(per_rank_batch: int, out_dir: Path, **trainer_kwargs) -> None:
     backbone = MLP(in_features=64, num_classes=10, width=32, depth=4)
     # No BatchNorm in the heads: per-rank batch statistics would differ from the global batch's.
     task = LocalLearningClassifier(
-        backbone, 10, K=3, split=[0, 1], head="dgl", man=True, input_shape=(1, 8, 8), head_norm=False,
+        backbone, 10, K=3, split=[0, 1], head="dgl", man=True, man_momentum=0.5, input_shape=(1, 8, 8), head_norm=False,
         lr=0.1, scheduler="constant",
     )  # fmt: skip
     trainer = Trainer(
@@ -54,7 +53,7 @@ def fit(per_rank_batch: int, out_dir: Path, **trainer_kwargs) -> None:
         limit_val_batches=0,
         use_distributed_sampler=False,
         default_root_dir=out_dir,
-        callbacks=[MomentumAuxiliaryNetworks(0.5), SaveState(str(out_dir))],
+        callbacks=[SaveState(str(out_dir))],
         **QUIET,
         **trainer_kwargs,
     )

@@ -52,10 +52,11 @@ def test_cifar10_example_has_the_papers_recipe(name, tmp_path):
     hp = task.hparams
     assert (hp.optimizer, hp.lr, hp.momentum, hp.nesterov, hp.weight_decay) == ("sgd", 0.8, 0.9, True, 1e-4)
     assert (hp.scheduler, hp.warmup_epochs) == ("cosine", 10)
-    man = [c for c in cli.trainer.callbacks if isinstance(c, MomentumAuxiliaryNetworks)]
-    assert bool(man) == with_man and all(c.momentum == 0.995 for c in man)  # the yaml's value
+    assert not [c for c in cli.trainer.callbacks if isinstance(c, MomentumAuxiliaryNetworks)]  # deprecated
+    heads = [m for m in task.modules() if isinstance(m, MomentumAuxiliaryHead)]
+    assert bool(heads) == with_man and all(head.momentum == 0.995 for head in heads)  # the yaml's value
     if with_man:
-        assert "momentum: 0.995" in (EXAMPLES / f"{name}_cifar10.yaml").read_text()
+        assert "man_momentum: 0.995" in (EXAMPLES / f"{name}_cifar10.yaml").read_text()
     if name == "infopro":
         assert task.aux_heads["0"].task_loss == "contrast"  # the paper's best setting
     if name == "man":
@@ -84,16 +85,15 @@ def test_cifar10_example_trains_a_step(name, tmp_path):
 
 
 def test_the_man_card_digits_command_runs(tmp_path):
-    # docs/methods/man.md's command (dgl_digits.yaml + man=true + the callback by its short name), with a
-    # non-default momentum so that the override is seen to apply.
+    # docs/methods/man.md's command (dgl_digits.yaml + man=true), with a non-default momentum so that the override
+    # is seen to apply.
     cli = LightningRegsCLI(
         args=[
             "fit",
             "--config",
             str(EXAMPLES / "dgl_digits.yaml"),
             "--model.init_args.man=true",
-            "--trainer.callbacks+=MomentumAuxiliaryNetworks",
-            "--trainer.callbacks.momentum=0.99",
+            "--model.init_args.man_momentum=0.99",
             "--trainer.max_epochs=1",
             "--trainer.limit_train_batches=3",
             "--trainer.limit_val_batches=1",
@@ -101,9 +101,8 @@ def test_the_man_card_digits_command_runs(tmp_path):
             "--trainer.enable_progress_bar=false",
         ]
     )
-    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, MomentumAuxiliaryNetworks)]
     heads = [m for m in cli.model.modules() if isinstance(m, MomentumAuxiliaryHead)]
-    assert callback.momentum == 0.99 and callback._last_step == 3 and len(heads) == 3
+    assert cli.trainer.global_step == 3 and len(heads) == 3 and all(head.momentum == 0.99 for head in heads)
     # The checkpoint rebuilds the task from its saved arguments, forwarded ImageClassifier ones included.
     (checkpoint,) = tmp_path.rglob("*.ckpt")
     loaded = LocalLearningClassifier.load_from_checkpoint(checkpoint, weights_only=True)

@@ -187,32 +187,73 @@ class RecordTracked(Callback):
         self.history.append([p.detach().clone() for p in head.tracked.parameters()])
 
 
-def test_callback_updates_once_per_optimizer_step_with_the_stepped_weights(tmp_path):
+def _man_task(**kwargs) -> LocalLearningClassifier:
     seed_everything(0)
-    task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b1"], man=True, input_shape=(3, 8, 8))
-    head = task.aux_heads["0"]
-    assert head.tracked is task.backbone.layers.s1b2
-    ema = [p.detach().clone() for p in head.ema.parameters()]
+    return LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b1"], man=True, input_shape=(3, 8, 8), **kwargs)
+
+
+def _fit_recording(task, tmp_path, callbacks=()) -> RecordTracked:
     recorder = RecordTracked()
-    trainer = Trainer(
-        max_steps=3, default_root_dir=tmp_path, callbacks=[recorder, MomentumAuxiliaryNetworks(0.8)], **QUIET
-    )
+    trainer = Trainer(max_steps=3, default_root_dir=tmp_path, callbacks=[recorder, *callbacks], **QUIET)
     trainer.fit(task, DigitsDataModule(batch_size=32, channels=3))
-    for tracked in recorder.history:
-        ema = [0.8 * e + 0.2 * p for e, p in zip(ema, tracked, strict=True)]
-    assert len(recorder.history) == 3
+    return recorder
+
+
+def _assert_ema_recursion(head, start, history, momentum: float) -> None:
+    ema = start
+    for tracked in history:
+        ema = [momentum * e + (1 - momentum) * p for e, p in zip(ema, tracked, strict=True)]
     for e, expected in zip(head.ema.parameters(), ema, strict=True):
         torch.testing.assert_close(e, expected, rtol=0, atol=1e-6)
 
 
+def test_man_true_alone_moves_the_ema_once_per_optimizer_step_with_the_stepped_weights(tmp_path):
+    task = _man_task(man_momentum=0.8)
+    head = task.aux_heads["0"]
+    assert head.tracked is task.backbone.layers.s1b2 and head.momentum == 0.8
+    start = [p.detach().clone() for p in head.ema.parameters()]
+    recorder = _fit_recording(task, tmp_path)
+    assert len(recorder.history) == 3
+    _assert_ema_recursion(head, start, recorder.history, 0.8)
+
+
+def test_the_deprecated_callback_warns_updates_nothing_and_refuses_a_mismatch(tmp_path):
+    task = _man_task(man_momentum=0.8)
+    head = task.aux_heads["0"]
+    start = [p.detach().clone() for p in head.ema.parameters()]
+    with pytest.warns(FutureWarning, match=r"man_momentum=0.8 and drop the callback"):
+        alias = MomentumAuxiliaryNetworks(0.8)
+    recorder = _fit_recording(task, tmp_path, [alias])
+    _assert_ema_recursion(head, start, recorder.history, 0.8)  # one update per step, not two
+    with pytest.warns(FutureWarning):
+        other = MomentumAuxiliaryNetworks(0.5)
+    with pytest.raises(ValueError, match=r"momentum=0.5.*disagrees.*momentum=0.995.*man_momentum=0.5"):
+        _fit_recording(_man_task(), tmp_path, [other])
+
+
 def test_callback_without_man_heads_and_bad_momentum_are_named(tmp_path):
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        MomentumAuxiliaryNetworks(1.5)
+    for bad in (1.5, -0.1, float("nan"), "0.9", True):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            MomentumAuxiliaryNetworks(bad)
     task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b1"], input_shape=(3, 8, 8))
-    trainer = Trainer(max_steps=1, default_root_dir=tmp_path, callbacks=[MomentumAuxiliaryNetworks()], **QUIET)
+    with pytest.warns(FutureWarning):
+        alias = MomentumAuxiliaryNetworks()
+    trainer = Trainer(max_steps=1, default_root_dir=tmp_path, callbacks=[alias], **QUIET)
     with pytest.raises(ValueError, match="man=True"):
         trainer.fit(task, DigitsDataModule(batch_size=32, channels=3))
-    assert copy.deepcopy(MomentumAuxiliaryNetworks(0.9)).state_key != MomentumAuxiliaryNetworks(0.5).state_key
+    with pytest.warns(FutureWarning):
+        assert copy.deepcopy(MomentumAuxiliaryNetworks(0.9)).state_key != MomentumAuxiliaryNetworks(0.5).state_key
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, float("nan"), float("inf")])
+def test_a_man_momentum_outside_zero_one_is_named(bad):
+    with pytest.raises(ValueError, match=r"MAN momentum must be a number in \[0, 1\].*0.995"):
+        _man_task(man_momentum=bad)
+
+
+def test_man_momentum_without_man_is_refused():
+    with pytest.raises(ValueError, match=r"man_momentum=0.9 .* man=False builds none: set man=True"):
+        LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b1"], man_momentum=0.9, input_shape=(3, 8, 8))
 
 
 @pytest.mark.parametrize("channels", [16, 32, 64])
@@ -221,3 +262,38 @@ def test_the_infopro_decoder_has_the_official_parameters(channels):
     # conv3x3(C→12) with bias, BN(12), ReLU, conv3x3(12→3) with bias (InfoPro's CIFAR decoder)
     official = (channels * 12 * 9 + 12) + 2 * 12 + (12 * 3 * 9 + 3)
     assert sum(p.numel() for p in head.decoder.parameters()) == official
+
+
+def test_a_step_skipped_for_a_non_finite_loss_moves_no_ema(tmp_path):
+    task = _man_task(man_momentum=0.5, nonfinite="skip")
+    task.compute_loss = lambda logits, batch: logits.sum() * float("nan")  # every final loss is NaN
+    head = task.aux_heads["0"]
+    start = [p.detach().clone() for p in head.ema.parameters()]
+    with pytest.warns(UserWarning, match="not finite"):
+        _fit_recording(task, tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(start, head.ema.parameters(), strict=True))
+
+
+def test_heads_of_ones_own_configure_local_learning_move_too(tmp_path):
+    from lightning_regs.local_learning import LocalLearningMixin
+    from lightning_regs.models import MLP
+
+    class Own(LocalLearningMixin):
+        def __init__(self):
+            super().__init__()
+            self.net = MLP(in_features=3 * 8 * 8, num_classes=10, width=16, depth=3)
+            man = MomentumAuxiliaryHead(DGLHead((16,), 10, norm=False), self.net.layers[1], momentum=0.5)
+            self.configure_local_learning(self.net.layers, self.net.head, (0,), [man])
+
+        def training_step(self, batch, batch_idx):
+            return self.local_training_step(batch["image"].flatten(1), batch["target"])[0]
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    seed_everything(0)
+    task = Own()
+    head = task.aux_heads["0"]
+    start = [p.detach().clone() for p in head.ema.parameters()]
+    recorder = _fit_recording(task, tmp_path)
+    _assert_ema_recursion(head, start, recorder.history, 0.5)

@@ -110,11 +110,12 @@ class RecordTracked(Callback):
 
 def _ema_run(tmp_path, preset: str) -> tuple[list[torch.Tensor], RecordTracked, list[torch.Tensor]]:
     seed_everything(0)
-    task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b1"], man=True, input_shape=(3, 8, 8))
+    task = LocalLearningClassifier(
+        resnet20(), 10, K=2, split=["s1b1"], man=True, man_momentum=0.8, input_shape=(3, 8, 8), preset=preset
+    )
     start = [p.detach().clone() for p in task.aux_heads["0"].ema.parameters()]
     recorder = RecordTracked()
-    callbacks = [recorder, MomentumAuxiliaryNetworks(0.8, preset=preset)]
-    Trainer(max_steps=3, default_root_dir=tmp_path, callbacks=callbacks, **QUIET).fit(
+    Trainer(max_steps=3, default_root_dir=tmp_path, callbacks=[recorder], **QUIET).fit(
         task, DigitsDataModule(batch_size=32, channels=3)
     )
     return start, recorder, list(task.aux_heads["0"].ema.parameters())
@@ -169,10 +170,11 @@ def test_preset_errors_name_the_fix():
         MomentumAuxiliaryNetworks(preset="paper")
 
 
-def test_a_callback_preset_other_than_the_tasks_is_warned(tmp_path):
+def test_a_deprecated_callback_preset_other_than_the_tasks_is_refused(tmp_path):
     seed_everything(0)
     task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b1"], man=True, input_shape=(3, 8, 8))
-    trainer = Trainer(max_steps=1, default_root_dir=tmp_path, **QUIET,
-                      callbacks=[MomentumAuxiliaryNetworks(preset="official")])  # fmt: skip
-    with pytest.warns(UserWarning, match="Give both the same preset"):
+    with pytest.warns(FutureWarning, match="preset='official' and drop the callback"):
+        alias = MomentumAuxiliaryNetworks(preset="official")
+    trainer = Trainer(max_steps=1, default_root_dir=tmp_path, **QUIET, callbacks=[alias])
+    with pytest.raises(ValueError, match=r"preset='official'\) disagrees .* update='after_step'"):
         trainer.fit(task, DigitsDataModule(batch_size=8, channels=3))

@@ -9,7 +9,6 @@ from lightning.pytorch import LightningModule, Trainer, seed_everything
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_regs.callbacks import MomentumAuxiliaryNetworks
 from lightning_regs.datamodules import DigitsDataModule, IndexedDataset
 from lightning_regs.local_learning import LocalLearningMixin
 from lightning_regs.local_learning.builder import LocalLearningSpec
@@ -74,7 +73,7 @@ def test_man_trains_when_the_block_after_a_cut_has_no_parameters() -> None:
     task = LocalLearningClassifier(net, 10, split=["lin"], man=True, input_shape=(1, 8, 8), lr=0.05)
     assert list(task.aux_heads["0"].ema.parameters()) == []
     before = [p.detach().clone() for p in net.parameters()]
-    Trainer(max_steps=3, callbacks=[MomentumAuxiliaryNetworks()], **QUIET).fit(task, _digits_loader())
+    Trainer(max_steps=3, **QUIET).fit(task, _digits_loader())
     assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
 
 

@@ -19,7 +19,6 @@ from lightning_regs.callbacks import (
     AdversarialRobustnessMonitor,
     LabelSmoothing,
     LocalComplexityMonitor,
-    MomentumAuxiliaryNetworks,
     ProgressiveSelfKD,
 )
 from lightning_regs.datamodules import IndexedDataset, class_ids
@@ -131,7 +130,7 @@ def test_monitors_on_own_module_and_loaders_given_to_fit(monitor: str) -> None:
         ({"head": "dgl", "K": 4}, 4),
         ({"head": "infopro", "K": 3}, 3),
         ({"head": "auglocal", "d": 2}, 9 - 2),  # stem + 8 residual blocks, every layer its own module
-        ({"head": "dgl", "K": 3, "man": True}, 3),
+        ({"head": "dgl", "K": 3, "man": True, "man_momentum": 0.5}, 3),
         ({"head": "dgl", "split": ["layer2.1", "layer3.1"]}, 3),  # torchvision's block names
     ],
     ids=["dgl", "infopro", "auglocal", "man", "explicit-split"],
@@ -139,15 +138,18 @@ def test_monitors_on_own_module_and_loaders_given_to_fit(monitor: str) -> None:
 def test_local_learning_on_own_module_with_torchvision_resnet18(local: dict, K: int) -> None:
     seed_everything(0)
     module = OwnLocalClassifier(**local)
-    callbacks = [MomentumAuxiliaryNetworks(momentum=0.5)] if local.get("man") else []
     before = _weights(module)
-    Trainer(max_steps=2, callbacks=callbacks, **QUIET).fit(module, DataLoader(own_data(), batch_size=16))
+    Trainer(max_steps=2, **QUIET).fit(module, DataLoader(own_data(), batch_size=16))
     assert module.num_local_modules == K
     trained = [k for k in before if k.endswith("weight") and "bn" not in k and "downsample.1" not in k]
     assert set(trained) <= set(_changed(before, module))  # every conv and the classifier moved
     if local.get("man"):
         ema = [p for head in module.aux_heads.values() for p in head.ema.parameters()]
         assert ema and all(p.requires_grad is False for p in ema)
+        # man=True alone moves them: each EMA started as a copy of the block it tracks, and has left that start.
+        name_of = {id(p): name for name, p in module.net.named_parameters()}
+        start = [before[name_of[id(p)]] for head in module.aux_heads.values() for p in head.tracked.parameters()]
+        assert all(not torch.equal(a, b) for a, b in zip(start, ema, strict=True))
 
 
 class CompiledOwnClassifier(OwnClassifier):

@@ -1,97 +1,86 @@
-"""The EMA half of momentum auxiliary networks (MAN, Su et al., ECCV 2024), as a callback."""
+"""Deprecated: the task moves MAN's EMA itself (``LocalLearningClassifier(man=True, man_momentum=...)``)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_regs.local_learning.man import MomentumAuxiliaryHead
+from lightning_regs.local_learning.man import MomentumAuxiliaryHead, check_momentum
 
 __all__ = ["MomentumAuxiliaryNetworks"]
 
+_UPDATE_OF_PRESET = {"library": "after_step", "official": "before_step"}
+
 
 class MomentumAuxiliaryNetworks(Callback):
-    """Update every momentum auxiliary network's EMA once per optimizer step.
+    """Deprecated alias that does nothing but check and warn: ``man=True`` on the task is the whole method.
 
-    After each optimizer step, each :class:`~lightning_regs.local_learning.man.MomentumAuxiliaryHead` of the
-    LightningModule moves its EMA copy towards the block it tracks:
-    ``theta_ema <- momentum · theta_ema + (1 - momentum) · theta_block``, over weights only (BatchNorm running
-    statistics are left alone). The update is guarded by ``trainer.global_step``, so it happens once per
-    optimizer step whatever the number of batches per step. The EMA weights are part of the module's
-    state dict; the callback's own state (the last updated step) is in the checkpoint under
-    :attr:`state_key`. The official code defaults to ``momentum=1.0``, which never updates the EMA; the
-    paper's 0.995 is the default here.
-
-    ``preset="official"`` updates where the official code does: after the backward, *before* the optimizer
-    step (``on_before_optimizer_step``), so the EMA follows the weights the step starts from, one step behind
-    the default. Build the task with ``preset="official"`` too for the official (random) initialization.
+    Momentum auxiliary networks (MAN, Su et al., ECCV 2024) are configured in one place: the task (or
+    :class:`~lightning_regs.local_learning.LocalLearningMixin`) that builds the EMA heads moves them once per
+    optimizer step, with ``man_momentum`` (default 0.995) and the timing of its ``preset``. This callback updates
+    nothing. It warns (``FutureWarning``) when built, and at fit start refuses a ``momentum`` or ``preset`` that
+    differs from what the task's heads do (a silent mismatch otherwise) or a task without momentum heads.
+    Checkpoints that hold its state still load.
 
     Args:
-        momentum: EMA momentum in [0, 1]; 0 copies the block every step, 1 freezes the EMA.
-        preset: ``"library"`` (update after each optimizer step) or ``"official"`` (before it).
+        momentum: must equal the task's ``man_momentum``.
+        preset: must equal the task's ``preset``.
 
     Example::
 
-        >>> from lightning_regs.models import resnet20
-        >>> from lightning_regs.tasks.local_learning_classifier import LocalLearningClassifier
-        >>> task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b2"], man=True)
-        >>> callback = MomentumAuxiliaryNetworks(momentum=0.995)
-        >>> trainer = pl.Trainer(callbacks=[callback], max_steps=1, logger=False)  # doctest: +SKIP
+        >>> import pytest
+        >>> with pytest.warns(FutureWarning, match="drop the callback"):
+        ...     MomentumAuxiliaryNetworks(momentum=0.995)
+        MomentumAuxiliaryNetworks(momentum=0.995, preset='library')
     """
 
     def __init__(self, momentum: float = 0.995, preset: Literal["library", "official"] = "library") -> None:
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1] (the paper uses 0.995); got {momentum}.")
-        if preset not in ("library", "official"):
+        check_momentum("MomentumAuxiliaryNetworks", momentum)
+        if preset not in _UPDATE_OF_PRESET:
             raise ValueError(f"preset must be 'library' or 'official'; got {preset!r}.")
         self.momentum = float(momentum)
         self.preset = preset
-        self._last_step = 0
+        official = ", preset='official'" if preset == "official" else ""
+        warnings.warn(
+            "MomentumAuxiliaryNetworks is deprecated and updates nothing: the task moves MAN's EMA itself. Build the "
+            f"task with man=True, man_momentum={self.momentum}{official} and drop the callback.",
+            FutureWarning,
+            stacklevel=2,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(momentum={self.momentum}, preset={self.preset!r})"
 
     @property
     def state_key(self) -> str:
-        if self.preset == "library":  # unchanged key: checkpoints written before the preset existed still load
+        if self.preset == "library":  # the key checkpoints written with this callback hold
             return self._generate_state_key(momentum=self.momentum)
         return self._generate_state_key(momentum=self.momentum, preset=self.preset)
 
-    @staticmethod
-    def _heads(pl_module: pl.LightningModule) -> list[MomentumAuxiliaryHead]:
-        return [m for m in pl_module.modules() if isinstance(m, MomentumAuxiliaryHead)]
-
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._heads(pl_module):
+        heads = [m for m in pl_module.modules() if isinstance(m, MomentumAuxiliaryHead)]
+        task = type(pl_module).__name__
+        if not heads:
             raise ValueError(
-                f"MomentumAuxiliaryNetworks found no momentum auxiliary network in {type(pl_module).__name__}: "
-                "build the task with man=True (LocalLearningClassifier(..., man=True)) or drop the callback."
+                f"MomentumAuxiliaryNetworks found no momentum auxiliary network in {task}: build the task with "
+                "man=True (LocalLearningClassifier(..., man=True)), which is the whole method, and drop the callback."
             )
-        spec = getattr(pl_module, "local_spec", None)
-        task_preset = getattr(spec, "preset", self.preset)
-        if task_preset != self.preset:
-            rank_zero_warn(
-                f"MomentumAuxiliaryNetworks(preset={self.preset!r}) on a task built with preset={task_preset!r}: "
-                "the EMA's initialization follows the task's preset and its update timing the callback's. Give "
-                "both the same preset for the official (or the library's) MAN."
-            )
-
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        if self.preset == "official" and trainer.global_step + 1 > self._last_step:
-            for head in self._heads(pl_module):
-                head.update_ema(self.momentum)
-            self._last_step = trainer.global_step + 1  # the step about to be taken
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if self.preset == "library" and trainer.global_step > self._last_step:
-            for head in self._heads(pl_module):
-                head.update_ema(self.momentum)
-            self._last_step = trainer.global_step
+        update = _UPDATE_OF_PRESET[self.preset]
+        for head in heads:
+            if head.momentum != self.momentum or head.update != update:
+                raise ValueError(
+                    f"MomentumAuxiliaryNetworks(momentum={self.momentum}, preset={self.preset!r}) disagrees with "
+                    f"{task}'s momentum heads (momentum={head.momentum}, update={head.update!r}), which move "
+                    f"themselves: the callback updates nothing. Build the task with man_momentum={self.momentum}"
+                    + (", preset='official'" if self.preset == "official" else "")
+                    + " and drop the callback."
+                )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"momentum": self.momentum, "preset": self.preset, "last_step": self._last_step}
+        return {"momentum": self.momentum, "preset": self.preset}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._last_step = int(state_dict["last_step"])
+        """Accept the state of checkpoints written when the callback moved the EMA (its last step is not needed)."""

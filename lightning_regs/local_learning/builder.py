@@ -14,7 +14,7 @@ from lightning_regs.functional.classification import classification_loss
 from lightning_regs.functional.modes import eval_mode
 from lightning_regs.local_learning.auglocal import AugLocalHead, auglocal_depths
 from lightning_regs.local_learning.heads import INFOPRO_LAMBDAS, DGLHead, InfoProHead, TaskLoss, infopro_lambdas
-from lightning_regs.local_learning.man import MomentumAuxiliaryHead
+from lightning_regs.local_learning.man import MomentumAuxiliaryHead, check_momentum
 from lightning_regs.local_learning.splits import every_layer_split, resolve_split
 from lightning_regs.models.layered import layer_sequence
 
@@ -83,6 +83,7 @@ class LocalLearningSpec:
     preset: Preset = "library"
     image_mean: tuple[float, ...] | None = None
     image_std: tuple[float, ...] | None = None
+    man_momentum: float = 0.995
 
     @classmethod
     def check(
@@ -101,10 +102,17 @@ class LocalLearningSpec:
         preset: Preset = "library",
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
+        man_momentum: float = 0.995,
     ) -> LocalLearningSpec:
         """Validate the choices against ``model`` (a layered model) and infer ``K``."""
         if head not in _HEADS:
             raise ValueError(f"Unknown head {head!r}: use one of {_HEADS}.")
+        check_momentum("LocalLearningSpec (man_momentum)", man_momentum)
+        if not man and man_momentum != 0.995:
+            raise ValueError(
+                f"man_momentum={man_momentum} sets the momentum auxiliary networks' EMA, and man=False builds none: "
+                "set man=True, or leave man_momentum at its default."
+            )
         if preset not in ("library", "official"):
             raise ValueError(f"preset must be 'library' or 'official'; got {preset!r}.")
         if (image_mean is None) != (image_std is None):
@@ -149,8 +157,9 @@ class LocalLearningSpec:
         mean = tuple(float(x) for x in image_mean) if image_mean is not None else None
         std = tuple(float(x) for x in image_std) if image_std is not None else None
         return cls(
-            K, split, head, bool(man), d, float(pyramid_coeff), lambdas, task_loss, bool(head_norm), preset, mean, std
-        )
+            K, split, head, bool(man), d, float(pyramid_coeff), lambdas, task_loss, bool(head_norm), preset, mean, std,
+            float(man_momentum),
+        )  # fmt: skip
 
     def build(
         self, model: nn.Module, num_classes: int, input_shape: Sequence[int]
@@ -200,7 +209,13 @@ class LocalLearningSpec:
             )  # fmt: skip
         if not self.man:
             return aux
-        return MomentumAuxiliaryHead(aux, layers[end + 1], init="random" if official else "copy")
+        return MomentumAuxiliaryHead(
+            aux,
+            layers[end + 1],
+            init="random" if official else "copy",
+            momentum=self.man_momentum,
+            update="before_step" if official else "after_step",
+        )
 
 
 def layer_output_shapes(layers: nn.Sequential, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:

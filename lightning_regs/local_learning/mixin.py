@@ -20,6 +20,7 @@ from lightning_regs.functional._checks import check_choice, check_number
 from lightning_regs.functional.classification import classification_loss
 from lightning_regs.local_learning.builder import HeadName, LocalLearningSpec, Preset, warn_end_to_end
 from lightning_regs.local_learning.heads import TaskLoss
+from lightning_regs.local_learning.man import ManUpdate, MomentumAuxiliaryHead
 from lightning_regs.local_learning.sample_shape import training_input_shape
 from lightning_regs.local_learning.splits import module_ranges
 
@@ -149,6 +150,7 @@ class LocalLearningMixin(pl.LightningModule):
         preset: Preset = "library",
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
+        man_momentum: float = 0.995,
     ) -> None:
         r"""Set up local learning on ``backbone`` in one call (in ``__init__``, after registering the backbone).
 
@@ -164,14 +166,16 @@ class LocalLearningMixin(pl.LightningModule):
             num_classes: classes of the auxiliary heads; by default the backbone's ``num_classes``.
             K: number of modules; inferred from explicit ``split`` points, from ``d`` for AugLocal, else 4.
             split: ``"auto"``, ``"paper"``, ``"infopro_star"`` or the layer names/indices after which a module ends.
-            head: ``"dgl"``, ``"infopro"`` or ``"auglocal"``; man: a momentum auxiliary network in front of each head
-                (add the :class:`~lightning_regs.callbacks.MomentumAuxiliaryNetworks` callback).
+            head: ``"dgl"``, ``"infopro"`` or ``"auglocal"``; man: a momentum auxiliary network in front of each head,
+                its EMA moved once per optimizer step by :meth:`local_training_step`; man_momentum: that EMA's
+                momentum (the paper's 0.995).
             d, pyramid_coeff: AugLocal's depth and decay; lambdas, task_loss: InfoPro's weights and task term;
                 head_norm: batch normalization in the heads (see ``LocalLearningClassifier``).
             input_shape: one sample's shape; ``None`` takes it from the training data.
             gradient_clip_val, gradient_clip_algorithm: clipping (the Trainer's needs automatic optimization).
             preset: ``"library"`` or ``"official"`` (InfoPro's un-normalized reconstruction target and SupCon mean
-                over all anchors, MAN's randomly initialized copies; see ``LocalLearningClassifier``);
+                over all anchors, MAN's randomly initialized copies and EMA update before the optimizer step; see
+                ``LocalLearningClassifier``);
                 image_mean, image_std: the inputs' ``Normalize``, which ``preset="official"`` needs for InfoPro.
 
         Example::
@@ -206,7 +210,7 @@ class LocalLearningMixin(pl.LightningModule):
         check_choice(owner, "gradient_clip_algorithm", gradient_clip_algorithm, ("norm", "value"))
         spec = LocalLearningSpec.check(
             view, K, split, head, man, d, pyramid_coeff, lambdas, task_loss, head_norm,
-            preset=preset, image_mean=image_mean, image_std=image_std,
+            preset=preset, image_mean=image_mean, image_std=image_std, man_momentum=man_momentum,
         )  # fmt: skip
         self.automatic_optimization = False
         self._local_pending = (view, spec, classes, gradient_clip_val, gradient_clip_algorithm)
@@ -260,6 +264,8 @@ class LocalLearningMixin(pl.LightningModule):
         # Tuples: views on layers registered elsewhere, not new submodules.
         self._local_modules = tuple(layers[a:b] for a, b in module_ranges(points, len(layers)))
         self._local_head = (head,)
+        self._local_momentum_heads = tuple(m for m in self.aux_heads.modules() if isinstance(m, MomentumAuxiliaryHead))
+        self._local_step_dropped = False
         self._local_clip = (gradient_clip_val, gradient_clip_algorithm)
         self._local_stepped = False
         self._local_epoch_finished = False
@@ -335,15 +341,23 @@ class LocalLearningMixin(pl.LightningModule):
         label_smoothing: float = 0.0,
         final_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """One optimizer step of local learning; returns the detached final loss, logits and local losses."""
+        """One optimizer step of local learning; returns the detached final loss, logits and local losses.
+
+        The momentum auxiliary networks' EMAs (``man=True``) move here, once per step, at the point their
+        ``update`` names (:meth:`update_momentum_heads`); a step whose gradients were dropped (a host's
+        non-finite skip sets ``_local_step_dropped``) moves none of them.
+        """
         self._check_can_train_locally()
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
+        self._local_step_dropped = False
         loss, logits, local_losses = self.local_backward(image, target, label_smoothing, final_loss=final_loss)
         clip_val, clip_algorithm = self._local_clip
         if clip_val is not None:
             self.clip_gradients(optimizer, gradient_clip_val=clip_val, gradient_clip_algorithm=clip_algorithm)
+        self.update_momentum_heads("before_step")
         optimizer.step()
+        self.update_momentum_heads("after_step")
         self._local_stepped = True
         self._step_lr_schedulers("step", plateau=False)
         self._local_epoch_finished = self._is_last_training_batch()
@@ -353,6 +367,19 @@ class LocalLearningMixin(pl.LightningModule):
         for j, loss_j in enumerate(local_losses):
             self.log(f"local/loss{j}", loss_j)
         return loss, logits, local_losses
+
+    def update_momentum_heads(self, when: ManUpdate) -> None:
+        """Move the EMA of every momentum auxiliary network whose ``update`` is ``when`` (``"before_step"``: after
+        the backward, before ``optimizer.step()``; ``"after_step"``: after it); nothing on a dropped step.
+
+        :meth:`local_training_step` calls it at both points; a host that writes its own optimizer step calls it
+        the same way.
+        """
+        if self._local_step_dropped:
+            return
+        for head in self._local_momentum_heads:
+            if head.update == when:
+                head.update_ema()
 
     def _is_last_training_batch(self) -> bool:
         # The test of Lightning's own epoch-end scheduler update: the data ran out, or the epoch's batch limit

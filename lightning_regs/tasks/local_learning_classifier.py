@@ -23,7 +23,7 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
 
     The backbone (any model with a layer sequence) is cut into ``K`` modules by ``split``; each module but
     the last gets a ``dgl`` or ``infopro`` auxiliary head (with ``man=True``, behind a momentum auxiliary
-    network: add the :class:`~lightning_regs.callbacks.MomentumAuxiliaryNetworks` callback). With
+    network whose EMA the task moves once per optimizer step; ``man_momentum`` sets it). With
     ``head="auglocal"`` every layer is its own module (AugLocal's split, ``K = L - d``) and each gets an
     :class:`~lightning_regs.local_learning.auglocal.AugLocalHead` of pyramidally decaying depth. Metrics,
     logging and optimizer/scheduler arguments are those of ``ImageClassifier``; each local loss is logged
@@ -32,7 +32,8 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
     Non-finite inputs and losses follow :class:`~lightning_regs.tasks.ImageClassifier`'s rule: every batch's labels
     and inputs are checked before the forward, and every local loss and the final loss after the backward passes and
     before the optimizer step (one host read). With ``nonfinite="skip"`` a bad step makes no parameter change (the
-    gradients are dropped before ``optimizer.step()``; the learning-rate schedule still advances one step).
+    gradients are dropped before ``optimizer.step()`` and no MAN EMA moves; the learning-rate schedule still advances
+    one step).
     ``ignore_index`` is refused: the auxiliary heads train on every row.
 
     Args:
@@ -45,7 +46,10 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
             layer names/indices after which a module ends. ``auglocal`` always splits every layer
             (leave ``auto`` or write ``every_layer``).
         head: ``dgl``, ``infopro`` or ``auglocal``.
-        man: put a momentum auxiliary network (MAN) in front of each auxiliary head (DGL/InfoPro only).
+        man: put a momentum auxiliary network (MAN) in front of each auxiliary head (DGL/InfoPro only); the task
+            updates its EMA after each optimizer step (before it with ``preset="official"``). This is the whole method:
+            no callback is needed.
+        man_momentum: the EMA momentum of the MAN copies, in [0, 1] (the paper's 0.995); ``man=True`` only.
         d: AugLocal's aux depth: the first layer's aux net copies ``d`` later layers, and the last ``d``
             layers train with the classifier (paper: 2 for ResNet-32, 3 for ResNet-110).
         pyramid_coeff: AugLocal's linear depth decay ``tau`` (0.5 in the paper; 0 keeps depth ``d``).
@@ -63,8 +67,8 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
             (needs ``image_mean``/``image_std``; default: each sample min-max scaled to [0, 1]) and averages
             SupCon over every anchor (an anchor without a positive counts 0; default: over anchors with one);
             MAN's EMA and correction copies start from fresh random weights (default: copies of the tracked
-            block). Pair it with ``MomentumAuxiliaryNetworks(preset="official")`` for MAN's update timing. DGL
-            and AugLocal heads follow the official code under both presets. See ``docs/methods/local_learning.md``.
+            block) and their EMA moves after the backward, before the optimizer step (default: after it). DGL and
+            AugLocal heads follow the official code under both presets. See ``docs/methods/local_learning.md``.
         image_mean, image_std: the per-channel ``Normalize`` of the inputs (``preset="official"`` with InfoPro).
         **kwargs: the :class:`~lightning_regs.tasks.ImageClassifier` arguments (optimizer, lr, momentum,
             nesterov, weight_decay, scheduler, warmup_epochs, milestones, gamma, min_lr_ratio,
@@ -97,6 +101,7 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         preset: Preset = "library",
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
+        man_momentum: float = 0.995,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("ignore_index") is not None:
@@ -125,6 +130,7 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
             preset=preset,
             image_mean=image_mean,
             image_std=image_std,
+            man_momentum=man_momentum,
         )
 
     #: The local heads train on each row's own target: MixUp(mode="loss") would be ignored by them, so it is refused.
@@ -165,6 +171,6 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         if not self.check_loss(losses, self._batch_idx, names):
             names = [name for name, ok in zip(names, torch.isfinite(losses).tolist(), strict=True) if not ok]
             self.optimizers().zero_grad(set_to_none=True)  # optimizer.step() then changes no parameter
-            self._step_skipped = True
+            self._step_skipped = self._local_step_dropped = True  # and no MAN EMA moves
             self.skip_step(self._batch_idx, f"{', '.join(names)} not finite")
         return loss, logits, local_losses
