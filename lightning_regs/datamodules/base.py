@@ -270,10 +270,16 @@ class SplitDataModule(pl.LightningDataModule):
             if split in self.two_class_splits and size:
                 labels = _split_labels(dataset)
                 if labels is not None and len(set(labels)) < 2:
+                    names = getattr(self, "class_names", None) or ()
+                    shown = f"{labels[0]} ({names[labels[0]]!r})" if 0 <= labels[0] < len(names) else f"{labels[0]}"
                     raise SplitError(
-                        f"{name}: the {split} split holds {size} samples of class {labels[0]} only; its metric (e.g. "
-                        f"the AUROC) needs both classes. Add samples of the other class to the {split} split."
+                        f"{name}: the {split} split holds {size} samples of class {shown} only; its metric (e.g. "
+                        f"the AUROC) needs both classes. {self.one_sided_split_fix(split)}"
                     )
+
+    def one_sided_split_fix(self, split: str) -> str:
+        """How to give a one-sided ``split`` both classes (the last sentence of its :class:`SplitError`)."""
+        return f"Add samples of the other class to the {split} split."
 
     def save_hyperparameters(
         self,

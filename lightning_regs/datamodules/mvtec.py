@@ -167,6 +167,12 @@ class _MVTecImages(Dataset):
                     f"Mask {mask_path} is {tuple(mask.shape[1:])} but image {image_path} is {tuple(image.shape[1:])}; "
                     "re-extract the MVTec AD archive (masks have the size of their images)."
                 )
+            if not mask.any():  # a pixel AUROC would count every pixel of this anomalous image as good
+                raise ValueError(
+                    f"Mask {mask_path} of the anomalous image {image_path} marks no pixel (all zeros), so every pixel "
+                    "would be scored as good. MVTec AD masks mark the defect with 255: re-extract the archive, or move "
+                    "the image to test/good if it holds no defect."
+                )
         image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
         return {
             IMAGE: image.as_subclass(torch.Tensor),
@@ -204,7 +210,10 @@ class MVTecADDataModule(SplitDataModule):
     With ``val_split="from_test"`` a seeded, per-label share ``val_fraction`` of the test images
     is held out for validation and the test set is the rest (indices kept in :meth:`state_dict`).
     ``predict`` uses the test set. A resumed run adopts the checkpoint's ``val_split``, split and seed
-    (with a warning if they differ from this module's), so it continues on the same data.
+    (with a warning if they differ from this module's), so it continues on the same data. The validation and test
+    sets must hold good and anomalous images (their AUROC needs both): ``setup`` refuses a one-sided one
+    (:class:`~lightning_regs.datamodules.base.SplitError`), and loading an anomalous image whose mask marks no
+    pixel is a named error.
 
     Args:
         root: the folder holding the category folders (``<root>/<category>/train/good/...``).
@@ -240,6 +249,7 @@ class MVTecADDataModule(SplitDataModule):
     num_classes: int = 2
     class_names: tuple[str, ...] = ("good", "anomalous")
     split_arguments = ("val_split", "val_fraction")
+    two_class_splits = ("val", "test")
 
     category = hparam()
     val_split = hparam()
@@ -329,6 +339,16 @@ class MVTecADDataModule(SplitDataModule):
             self.datasets[split] = _MVTecImages(
                 [test_items[i] for i in self.split_indices[split].tolist()], self.transform
             )
+
+    def one_sided_split_fix(self, split: str) -> str:
+        where = self.category_dir / "test"
+        if self.val_split == "from_test":
+            return (
+                f"With val_split='from_test' each of {where}'s two kinds (good, defect folders) needs at least 2 "
+                f"images, one for val and one for test (val_fraction={self.val_fraction}); add images, or use "
+                "val_split='test'."
+            )
+        return f"Add images to {where}: test/good and at least one defect folder."
 
     def extra_state(self) -> dict[str, Any]:
         return {"num_test_files": self.num_test_files}

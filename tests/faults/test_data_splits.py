@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 
 import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
+from torchvision.io import write_png
 
 from lightning_regs.datamodules import (
     DatasetDataModule,
@@ -15,10 +17,11 @@ from lightning_regs.datamodules import (
     DigitsDataModule,
     DigitsSubsetDataModule,
     FeatureBagDataModule,
+    MVTecADDataModule,
     RadImageNetDataModule,
 )
 from lightning_regs.datamodules.base import SplitError
-from tests.helpers.fake_datasets_medical import make_radimagenet, write_radimagenet_csv
+from tests.helpers.fake_datasets_medical import MVTEC_SIZE, make_mvtec, make_radimagenet, write_radimagenet_csv
 
 REFUSED = pytest.mark.fault(area="data", outcome="refused")
 HANDLED = pytest.mark.fault(area="data", outcome="handled")
@@ -147,3 +150,71 @@ def test_digits_bags_splits_pass_the_checks() -> None:
     module = DigitsBagsDataModule(num_train_bags=10, num_val_bags=4, num_test_bags=4)
     module.setup("fit")
     assert all(len(data) > 0 for data in module.datasets.values())
+
+
+def _only_one_anomalous_image(root) -> None:
+    base = root / "bottle"
+    for folder in ("test", "ground_truth"):
+        shutil.rmtree(base / folder / "contamination")
+    (base / "test" / "broken_large" / "001.png").unlink()
+    (base / "ground_truth" / "broken_large" / "001_mask.png").unlink()
+
+
+def _empty_folder(root, kind: str) -> None:
+    base = root / "bottle"
+    folders = (
+        [base / "test" / "good"] if kind == "good" else [base / "test" / d for d in ("broken_large", "contamination")]
+    )
+    for folder in folders:
+        for image in folder.iterdir():
+            image.unlink()
+    if kind != "good":
+        for mask in (base / "ground_truth").rglob("*.png"):
+            mask.unlink()
+
+
+@REFUSED
+@pytest.mark.parametrize("empty", ["good", "defects"])
+def test_an_mvtec_test_set_of_one_kind_is_refused(tmp_path, empty) -> None:
+    root = make_mvtec(tmp_path)
+    _empty_folder(root, empty)
+    module = MVTecADDataModule(root, "bottle", image_size=16, batch_size=2)
+    folder = "good" if empty == "good" else "broken_large"
+    with pytest.raises(ValueError, match=rf"bottle is malformed:\n- .*bottle/test/{folder} holds no \.png images"):
+        module.setup("fit")
+
+
+@REFUSED
+def test_an_mvtec_from_test_split_without_an_anomaly_for_validation_is_refused(tmp_path) -> None:
+    root = make_mvtec(tmp_path)
+    _only_one_anomalous_image(root)
+    module = MVTecADDataModule(root, "bottle", image_size=16, batch_size=2, val_split="from_test")
+    with pytest.raises(
+        SplitError,
+        match=r"the val split holds 1 samples of class 0 \('good'\) only.*at least 2 images.*val_split='test'",
+    ):
+        module.setup("fit")
+
+
+@HANDLED
+@pytest.mark.parametrize("val_split", ["test", "from_test"])
+def test_an_mvtec_test_set_of_both_kinds_is_accepted(tmp_path, val_split) -> None:
+    module = MVTecADDataModule(make_mvtec(tmp_path), "bottle", image_size=16, batch_size=2, val_split=val_split)
+    module.setup("fit")
+    for split in ("val", "test"):
+        assert set(module.datasets[split].labels.tolist()) == {0, 1}
+
+
+@REFUSED
+def test_an_all_zero_mask_of_an_anomalous_image_is_a_named_error(tmp_path) -> None:
+    root = make_mvtec(tmp_path)
+    mask = root / "bottle" / "ground_truth" / "contamination" / "001_mask.png"
+    write_png(torch.zeros(1, *MVTEC_SIZE, dtype=torch.uint8), str(mask))
+    module = MVTecADDataModule(root, "bottle", image_size=16, batch_size=2)
+    module.setup("test")
+    test = module.datasets["test"]
+    (position,) = [i for i, (_, m, _) in enumerate(test.items) if m is not None and m.name == mask.name and
+                   m.parent.name == "contamination"]  # fmt: skip
+    with pytest.raises(ValueError, match=rf"Mask {re.escape(str(mask))} of the anomalous image .* marks no pixel"):
+        test[position]
+    assert test[0]["image"].shape == (3, 16, 16)  # the other images still load
