@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lightning_regs.datamodules.fingerprint import _labels as _dataset_labels
 from lightning_regs.datamodules.fingerprint import data_fingerprint, fingerprint_difference
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
+from lightning_regs.trusted_loading import TrustedCheckpointLoading
 
 # State entry with the training position (epoch, batches trained in it) of a checkpoint written mid-epoch.
 _POSITION_KEY = "training_position"
@@ -150,7 +151,7 @@ def get_option(obj: Any, name: str, default: Any = None) -> Any:
     return overrides[name] if name in overrides else obj.hparams.get(name, default)
 
 
-class SplitDataModule(pl.LightningDataModule):
+class SplitDataModule(TrustedCheckpointLoading, pl.LightningDataModule):
     """The base of every lightning_regs DataModule: one way to split, load, count classes and resume.
 
     A subclass calls ``super().__init__()``, checks its arguments, calls ``self.save_hyperparameters()``

@@ -23,6 +23,7 @@ from lightning_regs.local_learning.heads import TaskLoss
 from lightning_regs.local_learning.man import ManUpdate, MomentumAuxiliaryHead
 from lightning_regs.local_learning.sample_shape import training_input_shape
 from lightning_regs.local_learning.splits import module_ranges
+from lightning_regs.trusted_loading import TrustedCheckpointLoading
 
 __all__ = ["LocalLearningMixin"]
 
@@ -81,7 +82,7 @@ def _keeping_plateau_keys(configure: Callable[..., Any]) -> Callable[..., Any]:
     return configure_optimizers
 
 
-class LocalLearningMixin(pl.LightningModule):
+class LocalLearningMixin(TrustedCheckpointLoading, pl.LightningModule):
     """Train a layered network as K gradient-isolated modules, each by its own auxiliary loss.
 
     Per training batch, for each of the first ``K - 1`` modules in turn: forward, local loss through its

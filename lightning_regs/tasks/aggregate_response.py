@@ -28,11 +28,12 @@ from lightning_regs.tasks.input_checks import (
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, recipe_optimizers
 from lightning_regs.tasks.settings import own_settings
 from lightning_regs.tasks.sharding import shard_under_model_parallel
+from lightning_regs.trusted_loading import TrustedCheckpointLoading
 
 __all__ = ["AggregateResponseTask"]
 
 
-class AggregateResponseTask(pl.LightningModule):
+class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
     """Fit ``model`` on bags of instances labelled only by their aggregate response; score it on single instances.
 
     Training batches are instance rows with ``bag_id`` and, as ``target``, each row's bag response (a mean for

@@ -44,11 +44,12 @@ from lightning_regs.tasks.loss_terms import LossTerm
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, recipe_optimizers
 from lightning_regs.tasks.settings import own_settings
 from lightning_regs.tasks.sharding import shard_under_model_parallel
+from lightning_regs.trusted_loading import TrustedCheckpointLoading
 
 __all__ = ["ImageClassifier"]
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
     """Classify ``batch["image"]`` into ``num_classes`` with cross-entropy on hard or soft targets.
 
     ``training_step`` returns ``{"loss", "logits"}`` (logits detached) so callbacks can read the

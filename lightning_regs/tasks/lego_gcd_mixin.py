@@ -19,6 +19,7 @@ from lightning_regs.batch import LABELED, unpack_batch
 from lightning_regs.functional._checks import check_bool, check_int, check_int_ids, check_number
 from lightning_regs.functional.lego_gcd import LogitPriorEMA, dual_view_kl, local_entropy_regularization
 from lightning_regs.tasks.loss_terms import LossTerm
+from lightning_regs.trusted_loading import TrustedCheckpointLoading
 
 __all__ = ["DualViewKLTerm", "LegoGCDMixin", "LegoGCDSettings", "LocalEntropyTerm"]
 
@@ -168,7 +169,7 @@ class LegoGCDSettings:
     preset: Literal["library", "official"] = "library"
 
 
-class LegoGCDMixin(pl.LightningModule):
+class LegoGCDMixin(TrustedCheckpointLoading, pl.LightningModule):
     """Add LegoGCD to a GCD LightningModule: ``setup_lego_gcd`` in ``__init__``, ``lego_gcd_loss`` in ``training_step``.
 
     ``setup_lego_gcd`` builds LER and DKL as :class:`~lightning_regs.tasks.LossTerm` modules

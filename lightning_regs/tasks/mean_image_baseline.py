@@ -15,11 +15,12 @@ from lightning_regs.batch import IMAGE, INDEX, LABEL, MASK
 from lightning_regs.functional.anomaly import image_auroc, pixel_auroc
 from lightning_regs.functional.distributed import gather_unique_by_index
 from lightning_regs.tasks.input_checks import describe_nonfinite, report_nonfinite_inputs
+from lightning_regs.trusted_loading import TrustedCheckpointLoading
 
 __all__ = ["MeanImageAnomalyBaseline"]
 
 
-class MeanImageAnomalyBaseline(pl.LightningModule):
+class MeanImageAnomalyBaseline(TrustedCheckpointLoading, pl.LightningModule):
     """Anomaly map = channel mean of ``|image - mean training image|``; image score = the map's mean.
 
     Not an anomaly detection method: a floor that checks the data pipeline and the metrics end to
