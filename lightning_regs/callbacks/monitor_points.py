@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_regs._compat import set_up_val_loaders
 from lightning_regs.batch import unpack_batch
 
 __all__ = ["draw_from_dataset", "trainer_loaders"]
@@ -51,7 +52,7 @@ def trainer_loaders(trainer: pl.Trainer, split: str) -> list[DataLoader]:
             raise ValueError(f"heldout_split must be 'val' or 'test' when fit has no DataModule, got {split!r}.")
         if split == "val" and trainer.val_dataloaders is None:
             try:  # Lightning sets the val loaders up lazily, at the first validation
-                trainer.fit_loop.epoch_loop.val_loop.setup_data()
+                set_up_val_loaders(trainer)
             except MisconfigurationException:  # fit was given no val_dataloaders
                 return []
         loaders = getattr(trainer, attribute)

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset
 from typing_extensions import override
 
+from lightning_regs._compat import COMPILED_WRAPPER_ATTRIBUTE, set_callback_metric
 from lightning_regs.callbacks._plots import MISSING_MATPLOTLIB, can_plot, plot_curves, plot_directory, publish_figure
 from lightning_regs.callbacks.monitor_points import draw_from_dataset, trainer_loaders
 from lightning_regs.callbacks.monitor_schedule import (
@@ -243,7 +244,9 @@ class ScheduledMonitor(Callback):
         """The module measured: ``pl_module`` or its ``submodule``, unwrapped if compiled."""
         if not self.submodule:
             return unwrap_compiled(pl_module)
-        path = ".".join(part for part in self.submodule.split(".") if part != "_orig_mod")  # older configs name it
+        path = ".".join(
+            part for part in self.submodule.split(".") if part != COMPILED_WRAPPER_ATTRIBUTE
+        )  # a path through the wrapper
         try:
             return unwrap_compiled(pl_module.get_submodule(path))
         except AttributeError:
@@ -546,7 +549,7 @@ class ScheduledMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(logged, step=step)
         for name, value in values.items():
-            trainer.callback_metrics[name] = torch.tensor(value)
+            set_callback_metric(trainer, name, value)
 
     def _nonfinite(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
         """What is not finite: ``"weights"``, ``"points"``, both, or ``""`` (decided alike on every rank)."""

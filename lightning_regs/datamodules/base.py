@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lightning_regs._compat import batches_processed_in_epoch
 from lightning_regs.datamodules.fingerprint import _labels as _dataset_labels
 from lightning_regs.datamodules.fingerprint import data_fingerprint, fingerprint_difference
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
@@ -517,8 +518,7 @@ class SplitDataModule(TrustedCheckpointLoading, pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or not trainer.training:
             return None
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        batches = int(progress.processed)
+        batches = batches_processed_in_epoch(trainer)
         position: dict[str, Any] = {"epoch": int(trainer.current_epoch), "batches": batches}
         size = self.batch_size  # None where batches are whole bags (bags_per_batch): compared as given
         position.update(batch_size=size, samples=None if size is None else batches * int(size))

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-_ORIGINAL = "_orig_mod"  # where torch.compile's OptimizedModule keeps the module it wraps
+from lightning_regs._compat import compiled_original, is_compiled, lightning_original_forward
 
 __all__ = ["eval_mode", "side_effect_free", "uncompiled", "unwrap_compiled"]
 
@@ -77,7 +77,7 @@ def side_effect_free(module: nn.Module) -> Iterator[nn.Module]:
 
 
 def unwrap_compiled(module: nn.Module) -> nn.Module:
-    """The module ``torch.compile`` wrapped (``module._orig_mod``), or ``module`` itself when it is not compiled.
+    """The module ``torch.compile`` wrapped (through every level), or ``module`` itself when it is not compiled.
 
     Example::
 
@@ -85,8 +85,8 @@ def unwrap_compiled(module: nn.Module) -> nn.Module:
         >>> unwrap_compiled(net) is net
         True
     """
-    while isinstance(getattr(module, _ORIGINAL, None), nn.Module):
-        module = getattr(module, _ORIGINAL)
+    while is_compiled(module):
+        module = compiled_original(module)
     return module
 
 
@@ -115,18 +115,18 @@ def uncompiled(module: nn.Module) -> Iterator[nn.Module]:
     root = unwrap_compiled(module)
     swapped = []
     for parent in list(root.modules()):
-        for name, child in list(parent._modules.items()):
-            if child is not None and unwrap_compiled(child) is not child:
+        for name, child in list(parent.named_children()):
+            if unwrap_compiled(child) is not child:
                 swapped.append((parent, name, child))
-                parent._modules[name] = unwrap_compiled(child)
-    compiler_ctx = getattr(root, "_compiler_ctx", None)  # set by Lightning's from_compiled
+                setattr(parent, name, unwrap_compiled(child))
+    original_forward = lightning_original_forward(root)
     forward = root.__dict__.get("forward")
-    if isinstance(compiler_ctx, dict) and "original_forward" in compiler_ctx:
-        root.forward = compiler_ctx["original_forward"]
+    if original_forward is not None:
+        root.forward = original_forward
     try:
         yield root
     finally:
         for parent, name, child in swapped:
-            parent._modules[name] = child
+            setattr(parent, name, child)
         if forward is not None:
             root.forward = forward

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_regs._compat import fit_train_loaders
 from lightning_regs.batch import IMAGE
 
 __all__ = ["sample_input_shape", "training_input_shape"]
@@ -45,8 +46,8 @@ def training_input_shape(trainer: pl.Trainer) -> tuple[int, ...] | None:
             else _dataset_of(datamodule.train_dataloader())
         )
     else:
-        source = trainer.fit_loop._data_source  # the loaders given to fit, or the module's train_dataloader
-        dataset = _dataset_of(source.dataloader()) if source.is_defined() else None
+        loaders = fit_train_loaders(trainer)  # the loaders given to fit, or the module's train_dataloader
+        dataset = _dataset_of(loaders) if loaders is not None else None
     if dataset is None:
         return None
     try:

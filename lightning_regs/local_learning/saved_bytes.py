@@ -8,6 +8,8 @@ from types import TracebackType
 import torch
 from torch import nn
 
+from lightning_regs._compat import storage_base
+
 __all__ = ["SavedTensorMeter"]
 
 
@@ -61,7 +63,7 @@ class SavedTensorMeter:
         self._hooks: torch.autograd.graph.saved_tensors_hooks | None = None
 
     def _pack(self, tensor: torch.Tensor) -> _Packed | torch.Tensor:
-        base = tensor._base if tensor._base is not None else tensor
+        base = storage_base(tensor)
         storage = tensor.untyped_storage()
         key = storage.data_ptr()
         if key in self._excluded or isinstance(base, nn.Parameter):

@@ -24,11 +24,11 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd
 from torchvision.models import VGG, ConvNeXt, ResNet, VisionTransformer
 from torchvision.models.convnext import CNBlock
 
+from lightning_regs._compat import NormBase, compiled_original
 from lightning_regs.models.layered import SUPPORTED_FAMILIES, LayeredModel
 from lightning_regs.models.timm_adapters import is_timm_model, timm_adapter  # imports timm only when called
 
@@ -37,7 +37,7 @@ __all__ = ["layered"]
 Entries = list[tuple[str, nn.Module]]
 
 # BatchNorm*, SyncBatchNorm and InstanceNorm* derive from _NormBase.
-_NORMS = (_NormBase, nn.LayerNorm, nn.GroupNorm)
+_NORMS = (NormBase, nn.LayerNorm, nn.GroupNorm)
 # What a Sequential's classifier may start with in front of its final Linear.
 _HEAD_PREFIX = (nn.Flatten, _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd)
 
@@ -190,7 +190,7 @@ def layered(model: nn.Module, num_classes: int | None = None) -> nn.Module:
         >>> torch.equal(view(x), net(x))
         True
     """
-    model = getattr(model, "_orig_mod", model) if isinstance(model, torch._dynamo.OptimizedModule) else model
+    model = compiled_original(model)
     if isinstance(getattr(model, "layers", None), nn.Sequential) and isinstance(
         getattr(model, "head", None), nn.Module
     ):

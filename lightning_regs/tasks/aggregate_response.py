@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import BAG_ID, INDEX, read_inputs, unpack_batch
 from lightning_regs.functional.aggregate import BagWeights, aggregate_response_terms
 from lightning_regs.functional.distributed import gather_unique_by_index
@@ -158,7 +159,7 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
         shard_under_model_parallel(self)
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self.trainer, "datamodule", None) if attached_trainer(self) is not None else None
         data_classes = getattr(datamodule, "num_classes", None)
         given = self.task_settings.num_classes
         if isinstance(data_classes, int) and given is not None and data_classes != given:
@@ -203,7 +204,11 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
 
     def _finite(self, flag_of: torch.Tensor, *more: torch.Tensor) -> bool:
         finite = torch.stack([torch.isfinite(flag_of).all(), *more]).all()
-        if self.task_settings.nonfinite == "skip" and self._trainer is not None and self.trainer.world_size > 1:
+        if (
+            self.task_settings.nonfinite == "skip"
+            and attached_trainer(self) is not None
+            and self.trainer.world_size > 1
+        ):
             finite = self.trainer.strategy.reduce((~finite).float(), reduce_op="sum") == 0  # every rank skips
         return bool(finite)
 
@@ -304,7 +309,7 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
         rows = self._eval_rows.setdefault(stage, [])
         if index is None:  # positions unique over the batches and ranks, so that no row is dropped as a duplicate
             seen = sum(part[0].shape[0] for part in rows)
-            world_size = getattr(self._trainer, "world_size", 1) if self._trainer is not None else 1
+            world_size = getattr(attached_trainer(self), "world_size", 1) if attached_trainer(self) is not None else 1
             index = (seen + torch.arange(len(truth), device=truth.device)) * world_size + self.global_rank
         rows.append((index.to(predicted.device), predicted, truth.to(predicted.device)))
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
 from lightning_regs.functional._checks import check_int, check_int_ids, check_number
 from lightning_regs.functional.distributed import gather_unique_by_index
@@ -322,7 +323,7 @@ class GCDClassifier(LegoGCDMixin):
         rows = self._eval_rows.setdefault(stage, [])
         if index is None:  # positions unique over the batches and ranks, so that no row is dropped as a duplicate
             seen = sum(part.shape[1] for part in rows)
-            world_size, rank = getattr(self._trainer, "world_size", 1), self.global_rank
+            world_size, rank = getattr(attached_trainer(self), "world_size", 1), self.global_rank
             index = (seen + torch.arange(len(truth), device=truth.device)) * world_size + rank
         rows.append(torch.stack([index, predictions, truth]))
 

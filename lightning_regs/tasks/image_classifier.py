@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
+from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import (
     HARD_TARGET,
     INSTANCE_MASK,
@@ -224,7 +225,7 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
         return self.backbone(image)
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self.trainer, "datamodule", None) if attached_trainer(self) is not None else None
         data_classes = getattr(datamodule, "num_classes", None)
         if isinstance(data_classes, int) and data_classes != self.num_classes:
             raise ValueError(
@@ -384,7 +385,7 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
 
     def _agree_across_ranks(self, finite: torch.Tensor) -> torch.Tensor:
         # Under DDP a rank that skips alone would leave the others waiting in the gradient all-reduce.
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if trainer is None or trainer.world_size == 1:
             return finite
         bad = trainer.strategy.reduce((~finite).float(), reduce_op="sum")
@@ -428,7 +429,7 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
             )
 
     def _log_skipped(self, value: float) -> None:
-        if self.task_settings.nonfinite == "skip" and self._trainer is not None:
+        if self.task_settings.nonfinite == "skip" and attached_trainer(self) is not None:
             self.log("train/skipped_nonfinite", value, on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1)
 
     def log_training(self, loss: torch.Tensor, logits: torch.Tensor, batch: Any | StepBatch) -> dict[str, torch.Tensor]:
@@ -518,7 +519,7 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse, with a named error, a checkpoint without weights (truncated, or not a Lightning checkpoint)."""
         super().on_load_checkpoint(checkpoint)
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if trainer is not None and not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
             return  # sharded strategies (FSDP2's ModelParallelStrategy) load the weights themselves, before this hook
         weights = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import read_step
 from lightning_regs.local_learning.builder import HeadName, Preset
 from lightning_regs.local_learning.heads import TaskLoss
@@ -164,7 +165,7 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         ``nonfinite="skip"``, drops the gradients so that the optimizer step that follows changes nothing.
         """
         loss, logits, local_losses = super().local_backward(image, target, label_smoothing, backward, final_loss)
-        if backward is not None or self._trainer is None:  # outside a training step (memory measurements)
+        if backward is not None or attached_trainer(self) is None:  # outside a training step (memory measurements)
             return loss, logits, local_losses
         losses = torch.stack([*(value.float() for value in local_losses), loss.float()])
         names = [*(f"local/loss{j}" for j in range(len(local_losses))), "the final loss"]

@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC, MulticlassAUROC
 
+from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import INDEX, INSTANCE_MASK, INSTANCE_TARGET, StepBatch, read_inputs
 from lightning_regs.callbacks.input_rewriting_callback import InputRewritingCallback
 from lightning_regs.functional.mil import masked_attention, normalized_attention_entropy
@@ -110,7 +111,7 @@ class MILClassifier(ImageClassifier):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self.trainer, "datamodule", None) if attached_trainer(self) is not None else None
         width = getattr(datamodule, "feature_dim", None)
         expected = getattr(self.backbone, "in_features", None)
         encoded = getattr(self.backbone, "encoder", None) is not None  # then in_features is the encoder's width
@@ -142,7 +143,7 @@ class MILClassifier(ImageClassifier):
         return outputs, self._loss_over_labelled_rows(outputs["logits"], step)
 
     def _stage(self) -> str | None:
-        if self._trainer is None:
+        if attached_trainer(self) is None:
             return None
         if self.trainer.training:
             return "train"

@@ -50,6 +50,8 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
+from lightning_regs._compat import attached_trainer, fsdp_lazy_init
+
 __all__ = ["fully_shard_task", "shard_under_model_parallel", "sharding_units"]
 
 
@@ -149,11 +151,10 @@ def _root_first(root: nn.Module, units: list[nn.Module]) -> None:
     become a root of its own and the LightningModule's next forward would fail. The lazy initialization
     cannot run in ``configure_model``: the parameters may still be on the meta device there.
     """
-    state = fully_shard.state(root)
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def init_root(module: nn.Module, args: Any) -> None:
-        state._lazy_init()  # private, and a no-op once done; FSDP2 has no public equivalent
+        fsdp_lazy_init(root)
         for handle in handles:
             handle.remove()
 
@@ -172,7 +173,7 @@ def shard_under_model_parallel(pl_module: pl.LightningModule) -> None:
     """
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    if pl_module._trainer is None or not isinstance(pl_module.trainer.strategy, ModelParallelStrategy):
+    if attached_trainer(pl_module) is None or not isinstance(pl_module.trainer.strategy, ModelParallelStrategy):
         return
     mesh = pl_module.device_mesh
     if mesh is None or "data_parallel" not in (mesh.mesh_dim_names or ()):
