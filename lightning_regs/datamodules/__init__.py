@@ -35,6 +35,7 @@ from lightning_regs.datamodules.feature_bags import FeatureBagDataModule
 from lightning_regs.datamodules.gcd_data import GCDDataset
 from lightning_regs.datamodules.indexed import IndexedDataset
 from lightning_regs.datamodules.mvtec import MVTecADDataModule
+from lightning_regs.datamodules.mvtec_toy import MVTecToyDataModule, write_mvtec_toy
 from lightning_regs.datamodules.own_data import DatasetDataModule
 from lightning_regs.datamodules.radimagenet import RadImageNetDataModule
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
@@ -69,6 +70,7 @@ __all__ = [
     "GCDDataset",
     "IndexedDataset",
     "MVTecADDataModule",
+    "MVTecToyDataModule",
     "NumClassesUnknownError",
     "RadImageNetDataModule",
     "SplitDataModule",
@@ -78,4 +80,5 @@ __all__ = [
     "extract_archive",
     "hparam",
     "unpack_batch",
+    "write_mvtec_toy",
 ]

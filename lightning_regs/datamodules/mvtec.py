@@ -248,6 +248,7 @@ class MVTecADDataModule(SplitDataModule):
 
     num_classes: int = 2
     class_names: tuple[str, ...] = ("good", "anomalous")
+    categories: tuple[str, ...] = CATEGORIES  # the category names __init__ accepts (the toy's subclass: its own)
     split_arguments = ("val_split", "val_fraction")
     two_class_splits = ("val", "test")
 
@@ -273,7 +274,7 @@ class MVTecADDataModule(SplitDataModule):
         persistent_workers: bool = False,
     ) -> None:
         super().__init__()
-        if category not in CATEGORIES:
+        if category not in self.categories:
             raise ValueError(f"Unknown MVTec AD category {category!r}; choose one of {', '.join(CATEGORIES)}.")
         if val_split not in ("test", "from_test"):
             raise ValueError(f"val_split must be 'test' or 'from_test', got {val_split!r}.")
