@@ -19,6 +19,15 @@ from lightning_regs.functional.anomaly import (
     pixel_auroc,
     rank_auroc,
 )
+from lightning_regs.functional.anomaly_metrics import (
+    F1Max,
+    aupro,
+    average_precision,
+    f1_max,
+    pixel_average_precision,
+    pixel_f1_max,
+    pro_curve,
+)
 from lightning_regs.functional.bootstrap import half_sample_errors, poisson_weights, replicate_standard_error
 from lightning_regs.functional.classification import classification_loss, hard_labels, is_soft_target
 from lightning_regs.functional.diffusion_entropy import (
@@ -86,7 +95,9 @@ __all__ = [
     "all_gather_variable",
     "attention_entropy",
     "attention_entropy_loss",
+    "aupro",
     "auroc_from_counts",
+    "average_precision",
     "bag_dispersion",
     "bag_level_loss",
     "bag_mean",
@@ -103,6 +114,8 @@ __all__ = [
     "draw_mix",
     "dual_view_kl",
     "estimate_llc",
+    "F1Max",
+    "f1_max",
     "eval_mode",
     "find_piecewise_linear_layers",
     "gather_unique_by_index",
@@ -142,8 +155,11 @@ __all__ = [
     "poisson_weights",
     "pgd_attack",
     "pixel_auroc",
+    "pixel_average_precision",
+    "pixel_f1_max",
     "predict",
     "PredictionTable",
+    "pro_curve",
     "pskd_alpha",
     "pskd_targets",
     "replicate_standard_error",

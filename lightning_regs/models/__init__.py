@@ -18,6 +18,8 @@ from lightning_regs.models.cifar_resnet import (
     resnet56,
     resnet110,
 )
+from lightning_regs.models.encoder_weights import EncoderDownloadError, EncoderWeightsError
+from lightning_regs.models.frozen_encoder import EncoderFeatures, FrozenEncoder
 from lightning_regs.models.layered import LayeredModel, layer_sequence
 from lightning_regs.models.mlp import MLP
 from lightning_regs.models.preact_resnet import PreActBlock, PreActResNet18
@@ -42,4 +44,8 @@ __all__ = [
     "SmallCNN",
     "CRReLU",
     "replace_activations",
+    "FrozenEncoder",
+    "EncoderFeatures",
+    "EncoderWeightsError",
+    "EncoderDownloadError",
 ]

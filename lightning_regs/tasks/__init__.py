@@ -1,6 +1,7 @@
 """Ready LightningModules that honour the dict batch contract."""
 
 from lightning_regs.tasks.aggregate_response import AggregateResponseTask
+from lightning_regs.tasks.anomaly_evaluation import AnomalyEvaluation
 from lightning_regs.tasks.attention_entropy_term import AttentionEntropyTerm
 from lightning_regs.tasks.gcd_classifier import GCDClassifier
 from lightning_regs.tasks.grokking_classifier import GrokkingClassifier
@@ -14,6 +15,7 @@ from lightning_regs.tasks.optim import WarmupSchedule, build_optimizer
 
 __all__ = [
     "AggregateResponseTask",
+    "AnomalyEvaluation",
     "AttentionEntropyTerm",
     "DualViewKLTerm",
     "GCDClassifier",

@@ -11,9 +11,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import IMAGE, INDEX, LABEL, MASK
-from lightning_regs.functional.anomaly import image_auroc, pixel_auroc
-from lightning_regs.functional.distributed import gather_unique_by_index
+from lightning_regs.tasks.anomaly_evaluation import METRICS, AnomalyEvaluation
 from lightning_regs.tasks.input_checks import describe_nonfinite, report_nonfinite_inputs
 from lightning_regs.trusted_loading import TrustedCheckpointLoading
 
@@ -30,20 +30,23 @@ class MeanImageAnomalyBaseline(TrustedCheckpointLoading, pl.LightningModule):
     equals the single-process one, whatever ``limit_train_batches`` says. It has no optimizer; the
     ``fit`` loop then runs its epoch without doing anything (``max_epochs=1``, and
     ``limit_train_batches=1`` spares the second read of the training set). Validation and test log
-    ``<stage>/image_auroc``, ``<stage>/pixel_auroc`` and ``<stage>/num_images`` (images with a NaN or inf pixel left
-    out, counted in ``<stage>/nonfinite_inputs`` with one warning per stage; such training images are a named error),
-    computed on raw
-    scores after gathering all ranks and removing the duplicates ``DistributedSampler`` pads in (by
-    ``index``), so they equal the single-process values. Without a fit the mean image is zero (the
-    score is the mean absolute normalized pixel), as in the sanity-check validation, which runs before
-    ``on_train_start`` (Lightning discards its metrics). The module holds one scalar parameter,
-    ``ddp_anchor``, never used: ``DistributedDataParallel`` refuses to wrap a module without one.
+    ``<stage>/num_images`` and, through :class:`~lightning_regs.tasks.AnomalyEvaluation`, ``<stage>/image_auroc``,
+    ``image_ap``, ``image_f1_max``, ``pixel_auroc``, ``pixel_ap``, ``pixel_f1_max`` and ``pixel_aupro`` (images with
+    a NaN or inf pixel left out, counted in ``<stage>/nonfinite_inputs`` with one warning per stage; such training
+    images are a named error), computed on raw scores after gathering all ranks and removing the duplicates
+    ``DistributedSampler`` pads in (by ``index``), so they equal the single-process values. A stage whose images
+    hold one label only logs none of them (one warning); a pixel metric undefined on the stage's masks is not
+    logged. Validation, test and predict without a mean image (no ``fit``, no checkpoint loaded) are a named error;
+    only the sanity-check validation, which runs before ``on_train_start`` (Lightning discards its metrics), scores
+    against a zero mean image. The module
+    holds one scalar parameter, ``ddp_anchor``, never used: ``DistributedDataParallel`` refuses to wrap a module
+    without one.
 
     Args:
         pixel_bins: ``None`` for the exact pixel AUROC (sorts every pixel of the stage), or a number of
-            bins for the binned AUROC over the observed score range (a histogram instead of a sort).
-            Either way every anomaly map of the stage is kept and gathered to every rank: memory is
-            ``O(num_images * H * W)``, not bounded by the bins.
+            bins for the binned AUROC over the observed score range (a histogram instead of a sort); the
+            other pixel metrics are exact either way. Every anomaly map of the stage is kept (float32, on CPU)
+            and gathered to every rank: memory is ``O(num_images * H * W)`` (see ``AnomalyEvaluation``).
 
     Example::
 
@@ -63,7 +66,7 @@ class MeanImageAnomalyBaseline(TrustedCheckpointLoading, pl.LightningModule):
         self.register_buffer("mean_image", torch.zeros(0))
         self.ddp_anchor = nn.Parameter(torch.zeros(()))
         self.register_load_state_dict_pre_hook(self._adopt_saved_shape)
-        self._outputs: dict[str, list[torch.Tensor]] = {}
+        self._evaluations: dict[str, AnomalyEvaluation] = {}  # by stage; not submodules: no state, CPU states
         self._warned_stages: set[str] = set()
 
     def configure_optimizers(self) -> None:
@@ -72,7 +75,7 @@ class MeanImageAnomalyBaseline(TrustedCheckpointLoading, pl.LightningModule):
     def configure_model(self) -> None:
         from lightning.pytorch.strategies import ModelParallelStrategy
 
-        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
+        if attached_trainer(self) is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
             raise TypeError(
                 "MeanImageAnomalyBaseline holds one mean image and trains nothing: there is nothing to shard under "
                 "ModelParallelStrategy (FSDP2). Run it on one device or with DDP (strategy='ddp'), which it supports."
@@ -112,7 +115,7 @@ class MeanImageAnomalyBaseline(TrustedCheckpointLoading, pl.LightningModule):
             )
         if len(dataset) == 0:
             raise ValueError("MeanImageAnomalyBaseline: the training data set is empty; there is no mean image.")
-        distributed = self._trainer is not None and self.trainer.world_size > 1
+        distributed = attached_trainer(self) is not None and self.trainer.world_size > 1
         rank, world_size = (self.global_rank, self.trainer.world_size) if distributed else (0, 1)
         shard = Subset(dataset, range(rank, len(dataset), world_size))
         loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn)
@@ -149,40 +152,45 @@ class MeanImageAnomalyBaseline(TrustedCheckpointLoading, pl.LightningModule):
     def _collect(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         finite = torch.isfinite(batch[IMAGE].flatten(1)).all(1)
         dropped = int((~finite).sum())  # one read per step: images with NaN or inf count in no metric
-        left_out = f"{stage}/image_auroc, {stage}/pixel_auroc and {stage}/num_images"
+        left_out = f"every {stage} metric ({stage}/image_auroc, {stage}/pixel_auroc, ...) and {stage}/num_images"
         report_nonfinite_inputs(self, self._warned_stages, stage, dropped, len(finite), f"a {stage} batch", left_out)
         if dropped:
             batch = {key: value[finite] for key, value in batch.items()}
         maps = self.anomaly_map(batch[IMAGE])
-        outputs = self._outputs.setdefault(stage, [])
-        outputs.append(
-            torch.cat(
-                [batch[INDEX].double()[:, None], batch[LABEL].double()[:, None], maps.flatten(1).mean(1)[:, None]],
-                dim=1,
-            ).cpu()
-        )
-        self._outputs.setdefault(f"{stage}_maps", []).append(maps.cpu())
-        self._outputs.setdefault(f"{stage}_masks", []).append(batch[MASK].to(torch.bool).cpu())
+        if stage not in self._evaluations:
+            self._evaluations[stage] = AnomalyEvaluation(pixel_auroc_bins=self.hparams.pixel_bins, warn_undefined=False)
+        self._evaluations[stage].update(maps.flatten(1).mean(1), batch[LABEL], maps, batch[MASK], batch[INDEX])
 
     def _report(self, stage: str) -> None:
-        rows = self._outputs.pop(stage, [])
-        maps = self._outputs.pop(f"{stage}_maps", [])
-        masks = self._outputs.pop(f"{stage}_masks", [])
-        if not rows:
+        evaluation = self._evaluations.get(stage)
+        if evaluation is None or evaluation.update_count == 0:
             return
-        table, maps, masks = torch.cat(rows), torch.cat(maps), torch.cat(masks)
-        device = self.device  # the process group's backend decides where tensors must be (gloo: CPU, NCCL: CUDA)
-        index, table, maps, masks = gather_unique_by_index(
-            table[:, 0].long().to(device), table.to(device), maps.to(device), masks.to(device)
-        )
-        labels, scores = table[:, 1].long(), table[:, 2]
-        self.log(f"{stage}/num_images", float(index.numel()))
-        if labels.min() == labels.max():
+        results = evaluation.compute()  # all ranks gathered, each index once
+        evaluation.reset()
+        self.log(f"{stage}/num_images", float(results["num_images"]))
+        if results["image_auroc"].isnan():
             rank_zero_warn(f"MeanImageAnomalyBaseline: the {stage} set holds one label only; no AUROC is logged.")
             return
-        self.log(f"{stage}/image_auroc", image_auroc(scores, labels).float())
-        if masks.any() and not masks.all():
-            self.log(f"{stage}/pixel_auroc", pixel_auroc(maps, masks, num_bins=self.hparams.pixel_bins).float())
+        for name in METRICS:
+            if not results[name].isnan():  # pixel metrics need anomalous (AUROC, AUPRO: and normal) pixels
+                self.log(f"{stage}/{name}", results[name].float().to(self.device))
+
+    def _require_mean_image(self, stage: str) -> None:
+        if self.mean_image.numel() == 0 and not self.trainer.sanity_checking:
+            raise ValueError(
+                f"MeanImageAnomalyBaseline has no mean image to {stage} against: nothing was fitted. Run fit first "
+                "(lightning-regs fit logs val/* on the held-out set), or load a checkpoint written by fit "
+                "(--ckpt_path, or MeanImageAnomalyBaseline.load_from_checkpoint)."
+            )
+
+    def on_validation_start(self) -> None:
+        self._require_mean_image("validate")
+
+    def on_test_start(self) -> None:
+        self._require_mean_image("test")
+
+    def on_predict_start(self) -> None:
+        self._require_mean_image("predict")
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._collect(batch, "val")
