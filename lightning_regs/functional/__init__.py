@@ -44,6 +44,7 @@ from lightning_regs.functional.information_plane import (
     kde_upper,
 )
 from lightning_regs.functional.information_plane_knn import knn_entropy, lossy_knn
+from lightning_regs.functional.inp_former import coherence_loss, soft_mining_cosine_loss, soft_mining_factor
 from lightning_regs.functional.lego_gcd import (
     LogitPriorEMA,
     dual_view_kl,
@@ -77,6 +78,7 @@ from lightning_regs.functional.mixing import (
     mixed_accuracy,
 )
 from lightning_regs.functional.modes import eval_mode
+from lightning_regs.functional.musc import interval_average, lnamd_features, musc_anomaly_maps, mutual_scores, rscin
 from lightning_regs.functional.neural_collapse import NeuralCollapseAccumulator, neural_collapse
 from lightning_regs.functional.neural_collapse_bootstrap import NeuralCollapseBootstrap
 from lightning_regs.functional.outputs import logits_of, model_outputs
@@ -105,6 +107,7 @@ __all__ = [
     "binned_auroc_error_bound",
     "box_masks",
     "classification_loss",
+    "coherence_loss",
     "cross_polytope_vertices",
     "crrelu",
     "cutmix_boxes",
@@ -145,6 +148,11 @@ __all__ = [
     "mean_entropy_maximization",
     "mix_inputs",
     "mix_targets",
+    "musc_anomaly_maps",
+    "mutual_scores",
+    "lnamd_features",
+    "interval_average",
+    "rscin",
     "mixed_accuracy",
     "model_outputs",
     "neural_collapse",
@@ -167,6 +175,8 @@ __all__ = [
     "rank_auroc",
     "robust_accuracy",
     "self_distillation_loss",
+    "soft_mining_cosine_loss",
+    "soft_mining_factor",
     "supervised_contrastive_loss",
     "target_distribution",
     "teacher_temperature",

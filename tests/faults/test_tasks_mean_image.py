@@ -29,4 +29,6 @@ def test_a_fit_then_test_scores_against_the_fitted_mean(tmp_path) -> None:
     trainer = Trainer(default_root_dir=tmp_path, max_epochs=1, **QUIET)
     trainer.fit(task, datamodule)
     trainer.test(task, datamodule, verbose=False)
-    assert task.mean_image.numel() > 0 and trainer.callback_metrics["test/num_images"] == 2 + 2 * 2  # good + 2 defect types
+    assert (
+        task.mean_image.numel() > 0 and trainer.callback_metrics["test/num_images"] == 2 + 2 * 2
+    )  # good + 2 defect types

@@ -355,6 +355,19 @@ _LLC_NEEDS_WHOLE_TENSORS = Error(
     why="the chains need whole tensors",
     fix="Measure the LLC under DDP or on one process; the other monitors run under FSDP2.",
 )
+_INP_FORMER_CLIPS = Error(
+    MisconfigurationException,
+    r"You have set `Trainer\(gradient_clip_val=.*\)` and have passed `clip_gradients\(gradient_clip_val=0\.1\)`",
+    why="the task clips",
+    fix="INPFormer clips to the official norm 0.1 itself: set `grad_clip_norm` on the task (None hands clipping back "
+    "to the Trainer's `gradient_clip_val`).",
+)
+_INP_FORMER_NOT_SHARDED = Error(
+    TypeError,
+    r"When using the ModelParallelStrategy, you are required to override the `configure_model\(\)` hook",
+    why="not sharded yet",
+    fix="Run INPFormer on one device or with DDP; its frozen encoder and small decoder fit one device.",
+)
 _RESUME_BY_HAND = Proven(0.0, route="a checkpoint saved by hand after epoch 0")
 _GCD_ACCUMULATES_DIFFERENTLY = (
     "Two accumulated batches of 16 images sum two 16-image batch losses (SupCon, InfoNCE, the mean-entropy term, the "
@@ -424,6 +437,14 @@ DECLARED: dict[str, dict[str, Cell]] = {
     "local_learning_auglocal": _row(**_LOCAL),
     "local_learning_man": _row(**_LOCAL),
     "local_learning_man_official": _row(**_LOCAL),
+    # AdamW with the official eps=1e-10 amplifies float32 sums in another order (see the registry entry)
+    "inp_former": _row(
+        ddp=replace(DDP, tol=1e-4),
+        nodes=Proven(1e-4),
+        accumulate=replace(ACCUMULATE, tol=1e-4),
+        clip=_INP_FORMER_CLIPS,
+        fsdp2=_INP_FORMER_NOT_SHARDED,
+    ),
     "mean_image_anomaly_baseline": _row(
         accumulate=_NO_OPTIMIZER_ACCUMULATION,
         clip=_NO_OPTIMIZER_CLIPPING,

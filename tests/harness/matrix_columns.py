@@ -44,14 +44,17 @@ def bf16_attempt(entry: MethodSetting, root: Path, probe: Callback | None = None
 
 
 class LogitDtypes(Callback):
-    """The dtypes of the ``logits`` that ``training_step`` returned (bf16 shows autocast was on)."""
+    """The dtypes of the ``logits`` (or, for a task without, ``features``) that ``training_step`` returned (bf16
+    shows autocast was on)."""
 
     def __init__(self) -> None:
         self.dtypes: set[torch.dtype] = set()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
-        if isinstance(outputs, Mapping) and isinstance(outputs.get("logits"), torch.Tensor):
-            self.dtypes.add(outputs["logits"].dtype)
+        if isinstance(outputs, Mapping):
+            produced = outputs.get("logits", outputs.get("features"))
+            if isinstance(produced, torch.Tensor):
+                self.dtypes.add(produced.dtype)
 
 
 def bf16_prove(entry: MethodSetting, declared: Proven, session: MatrixSession) -> None:

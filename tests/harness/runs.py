@@ -34,17 +34,23 @@ SINGLE_BATCH = 2 * DDP_BATCH  # the same global batch on one process
 
 
 def final_state(trainer: Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-    """The module's weights and buffers and the package's callbacks' states, detached on the CPU."""
+    """The module's weights and buffers, its extra states and the package's callbacks' states, detached on the CPU.
+
+    Extra states (``get_extra_state``, e.g. a frozen encoder's source and weights digest) are compared as they are.
+    """
     ours = [c for c in trainer.callbacks if type(c).__module__.startswith("lightning_regs")]
     callbacks = {c.state_key: _to_cpu(c.state_dict()) for c in ours}
-    weights = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-    return {"weights": weights, "callbacks": callbacks}
+    state = pl_module.state_dict()
+    weights = {k: v.detach().cpu().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    extra = {k: _to_cpu(v) for k, v in state.items() if not isinstance(v, torch.Tensor)}
+    return {"weights": weights, "callbacks": callbacks, **({"extra": extra} if extra else {})}
 
 
 def initial_state(entry: MethodSetting) -> dict[str, torch.Tensor]:
     """The entry's task state before training (seed 0, as every run builds it)."""
     seed_everything(0)
-    return {k: v.detach().clone() for k, v in entry.make_task().state_dict().items()}
+    state = entry.make_task().state_dict()
+    return {k: v.detach().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 class SaveFinalState(Callback):
