@@ -201,7 +201,8 @@ class ProgressiveSelfKD(SoftTargetCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         index, self._pending_index = self._pending_index, None
-        if outputs is None or index is None:  # training_step returned None: the batch was skipped
+        skipped = isinstance(outputs, Mapping) and outputs.get("skipped_nonfinite") is True  # a task's DDP skip
+        if outputs is None or index is None or skipped:  # training_step returned None: the batch was skipped
             return
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
         if logits is None:

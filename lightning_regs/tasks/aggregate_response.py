@@ -22,8 +22,10 @@ from lightning_regs.tasks.input_checks import (
     NonFinite,
     check_nonfinite_option,
     describe_nonfinite,
+    drop_skipped_gradients,
     label_problem,
     report_nonfinite_inputs,
+    skipped_step_output,
     target_flags,
 )
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, recipe_optimizers
@@ -181,7 +183,7 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
         image, target = unpack_batch(batch)
         hp = self.task_settings
         if not self._training_batch_ok(image, target, batch_idx):
-            return None
+            return skipped_step_output(self)
         preds = self(image)
         terms = aggregate_response_terms(preds, batch[BAG_ID], target, hp.rho, hp.loss, hp.bag_weights)
         if not self._finite(terms.loss.detach()):
@@ -192,7 +194,7 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
                     f"diverged. Lower the learning rate or clip gradients; {NONFINITE_FIX}."
                 )
             self._skip(batch_idx, "the loss is not finite")
-            return None
+            return skipped_step_output(self)
         if hp.nonfinite == "skip":
             self.log("train/skipped_nonfinite", 0.0, on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1)
         rows = int(preds.shape[0])
@@ -212,7 +214,21 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
             finite = self.trainer.strategy.reduce((~finite).float(), reduce_op="sum") == 0  # every rank skips
         return bool(finite)
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        super().on_before_optimizer_step(optimizer)
+        drop_skipped_gradients(self, optimizer)
+
     def _training_batch_ok(self, image: torch.Tensor, target: torch.Tensor, batch_idx: int) -> bool:
+        """Whether to train on the batch: a named error on bad labels (and on non-finite values with
+        ``nonfinite="raise"``); with ``"skip"`` the decision is all-reduced, so every rank skips together."""
+        bad = self._nonfinite_training_values(image, target, batch_idx)
+        if not self._finite(torch.full((), 0.0 if bad is None else float("nan"), device=self.device)):
+            self._skip(batch_idx, f"non-finite values in {bad}" if bad else "another process's batch held non-finite "
+                       "values (every rank skips the step together)")  # fmt: skip
+            return False
+        return True
+
+    def _nonfinite_training_values(self, image: torch.Tensor, target: torch.Tensor, batch_idx: int) -> str | None:
         # One host read: the inputs and the bag responses, before the forward.
         where = f"train batch {batch_idx}"
         if self.task_settings.loss == "ce":
@@ -230,12 +246,12 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
                     )
                 )
             if read[1]:
-                return True
+                return None
             bad = f"batch['image'] ({describe_nonfinite(image)})"
         else:
             read = torch.stack([torch.isfinite(target).all(), torch.isfinite(image).all()]).tolist()
             if read[0] and read[1]:
-                return True
+                return None
             bad = (
                 f"batch['image'] ({describe_nonfinite(image)})"
                 if not read[1]
@@ -246,8 +262,7 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
                 f"AggregateResponseTask: training step {self.global_step} (batch {batch_idx}) has non-finite values "
                 f"in {bad}. Fix: {NONFINITE_FIX}."
             )
-        self._skip(batch_idx, f"non-finite values in {bad}")
-        return False
+        return bad
 
     def _skip(self, batch_idx: int, reason: str) -> None:
         self.log("train/skipped_nonfinite", 1.0, on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1)

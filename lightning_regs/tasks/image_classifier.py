@@ -35,10 +35,12 @@ from lightning_regs.tasks.input_checks import (
     check_ignore_index,
     check_nonfinite_option,
     describe_nonfinite,
+    drop_skipped_gradients,
     label_problem,
     report_nonfinite_inputs,
     row_count,
     select_rows,
+    skipped_step_output,
     target_flags,
 )
 from lightning_regs.tasks.loss_terms import LossTerm
@@ -63,8 +65,10 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
     Nothing silent (:mod:`lightning_regs.tasks.input_checks`): every batch of every stage has its labels checked
     (class ids in ``[0, num_classes)`` or ``ignore_index``; soft targets finite, non-negative, rows summing to one),
     and its inputs checked for NaN and inf. A non-finite input or loss in a training step is a named error, or with
-    ``nonfinite="skip"`` the step is skipped (``training_step`` returns ``None``: no parameter, optimizer or
-    BatchNorm statistic changes), counted in ``train/skipped_nonfinite`` and warned about. In validation and test,
+    ``nonfinite="skip"`` the step is skipped (no parameter or optimizer state changes; ``training_step`` returns
+    ``None`` on one process, and under DDP, where Lightning refuses ``None``, a zero loss over the trainable
+    parameters whose gradients are dropped before ``optimizer.step()``, marked ``{"skipped_nonfinite": True}``),
+    counted in ``train/skipped_nonfinite`` and warned about. In validation and test,
     rows whose input is not finite are left out of every metric (loss, accuracy, calibration), their number logged
     as ``<stage>/nonfinite_inputs`` with one warning per stage and run: no metric is computed from a NaN input. Two
     small host reads per training step (before the forward, and of the loss), one per evaluation step.
@@ -428,6 +432,20 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
                 + (" (no further warnings)." if self._skipped_warnings == 5 else ".")
             )
 
+    def _nonfinite_reason(self, what: str, value: torch.Tensor) -> str:
+        found = describe_nonfinite(value)
+        if found:
+            return f"{what} holds {found}" if what.startswith("batch") else f"{what} is {found}"
+        return f"{what} of another process held NaN or inf (every rank skips the step together)"
+
+    def skipped_step_output(self) -> dict[str, Any] | None:
+        """What ``training_step`` returns for a skipped step (see :func:`~.input_checks.skipped_step_output`)."""
+        return skipped_step_output(self)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        super().on_before_optimizer_step(optimizer)
+        drop_skipped_gradients(self, optimizer)
+
     def _log_skipped(self, value: float) -> None:
         if self.task_settings.nonfinite == "skip" and attached_trainer(self) is not None:
             self.log("train/skipped_nonfinite", value, on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1)
@@ -455,16 +473,16 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
         step = read_step(batch)
         if self.check_batch(step, "train", batch_idx) is not None:  # nonfinite="skip" and a non-finite input
             self._loss_terms_applied = True
-            self.skip_step(batch_idx, f"batch['image'] holds {describe_nonfinite(step.image)}")
-            return None
+            self.skip_step(batch_idx, self._nonfinite_reason("batch['image']", step.image))
+            return self.skipped_step_output()
         outputs, loss = self._forward_outputs(step)
         values: dict[str, torch.Tensor] = {}
         if len(self.loss_terms):
             extra, values = self.term_losses(outputs, step.batch)
             loss = loss + extra
         if not self.check_loss(loss, batch_idx):
-            self.skip_step(batch_idx, f"the loss is {describe_nonfinite(loss.detach())}")
-            return None
+            self.skip_step(batch_idx, self._nonfinite_reason("the loss", loss.detach()))
+            return self.skipped_step_output()
         self._log_skipped(0.0)
         for name, value in values.items():
             self.log(f"train/{name}", value.detach())

@@ -28,9 +28,13 @@ from typing import Any, Literal
 
 import torch
 
+from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import MIX_PARTNER, StepBatch
 
 __all__ = [
+    "SKIPPED_OUTPUT",
+    "drop_skipped_gradients",
+    "skipped_step_output",
     "NonFinite",
     "check_ignore_index",
     "check_nonfinite_option",
@@ -233,3 +237,47 @@ def report_nonfinite_inputs(
         "stage). Check the data: a normalization dividing by a zero std, a corrupt file, a transform that overflows.",
         stacklevel=3,
     )
+
+
+#: The key of a skipped step's ``training_step`` output under DDP (callbacks reading the output skip it too).
+SKIPPED_OUTPUT = "skipped_nonfinite"
+
+
+def skipped_step_output(module: Any) -> dict[str, Any] | None:
+    """What a task's ``training_step`` returns for a step skipped under ``nonfinite="skip"``.
+
+    ``None`` on one process. Under DDP Lightning refuses ``None``, and every rank must join the gradient all-reduce:
+    a zero loss over the trainable parameters, marked ``{SKIPPED_OUTPUT: True}``, whose gradients
+    :func:`drop_skipped_gradients` (called from the task's ``on_before_optimizer_step``) drops, so
+    ``optimizer.step()`` changes no parameter and no optimizer state.
+
+    Example::
+
+        >>> skipped_step_output(torch.nn.Linear(2, 2)) is None  # not attached to a Trainer
+        True
+    """
+    trainer = attached_trainer(module)
+    if trainer is None or trainer.world_size == 1 or not module.automatic_optimization:
+        return None
+    module._drop_step_gradients = True
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    zero = sum((p.sum() * 0.0 for p in trainable), torch.zeros((), device=module.device))
+    return {"loss": zero, SKIPPED_OUTPUT: True}
+
+
+def drop_skipped_gradients(module: Any, optimizer: torch.optim.Optimizer) -> None:
+    """After a skipped step's backward: set every gradient to ``None``, so the optimizer leaves every parameter alone.
+
+    Example::
+
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> layer._drop_step_gradients = True
+        >>> layer(torch.ones(1, 2)).sum().backward()
+        >>> optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+        >>> drop_skipped_gradients(layer, optimizer)
+        >>> layer.weight.grad is None
+        True
+    """
+    if getattr(module, "_drop_step_gradients", False):
+        optimizer.zero_grad(set_to_none=True)
+        module._drop_step_gradients = False

@@ -14,7 +14,6 @@ from lightning_regs.local_learning.builder import HeadName, Preset
 from lightning_regs.local_learning.heads import TaskLoss
 from lightning_regs.local_learning.mixin import LocalLearningMixin
 from lightning_regs.tasks.image_classifier import ImageClassifier
-from lightning_regs.tasks.input_checks import describe_nonfinite
 
 __all__ = ["LocalLearningClassifier"]
 
@@ -140,7 +139,7 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
         step = read_step(batch)
         if self.check_batch(step, "train", batch_idx) is not None:  # nonfinite="skip" and a non-finite input
-            self.skip_step(batch_idx, f"batch['image'] holds {describe_nonfinite(step.image)}")
+            self.skip_step(batch_idx, self._nonfinite_reason("batch['image']", step.image))
             return None
         self._step_skipped, self._batch_idx = False, batch_idx
         loss, logits, _ = self.local_training_step(

@@ -52,39 +52,19 @@ from tests.helpers.trainers import QUIET
 HANDLED = pytest.mark.fault(area="ddp", outcome="handled")
 REFUSED = pytest.mark.fault(area="ddp", outcome="refused")
 BAD_RANK = 1
-SKIP_KINDS = ("image", "grokking", "mil")  # ImageClassifier.training_step returns None to skip
+SKIP_KINDS = ("image", "grokking", "mil")  # ImageClassifier.training_step: a zero loss, gradients dropped
 BATCH_CASES = [("image", 0), ("image", 2), ("aggregate", 0), ("mil", 2)]  # (task, val batch whose rows all are NaN)
 WEIGHT_MONITORS = ("lc", "nc", "pgd", "dse", "ip", "llc")
 POINT_MONITORS = ("lc", "nc", "pgd")
 PSKD_FAULTS = ("sum-3", "nan", "negative")
 
 # Library faults these cases found (strict xfails: each turns into a failure once the library is fixed).
-SKIP_RETURNS_NONE = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="nonfinite='skip' returns None from training_step, which Lightning refuses under DDP on every rank: "
-    "'Skipping the `training_step` by returning None in distributed training is not supported' "
-    "(lightning/pytorch/loops/optimization/automatic.py)",
-)
-UNCLEAR_SKIP_WARNING = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="rank 0 skips because rank 1 saw a NaN, and warns (rank_zero_warn) \"batch['image'] holds .\": it describes "
-    "its own, finite, batch",
-)
 MIL_LOG_ORDER_HANG = pytest.mark.xfail(
     strict=True,
     raises=RuntimeError,
     reason="hang: MILClassifier logs val/auroc and val/attention_entropy only for batches with rows, so a rank whose "
     "first val batch is all non-finite logs its metrics in another order and the epoch-end syncs pair up wrongly "
     "(gloo's 5 s timeout ends it here)",
-)
-AGGREGATE_SKIPS_ALONE = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="AggregateResponseTask(nonfinite='skip') decides on a non-finite input per rank (_training_batch_ok has no "
-    "all-reduce): rank 1 skips alone while rank 0 trains on into the loss's all-reduce (and the skip returns None, "
-    "which Lightning refuses under DDP)",
 )
 
 
@@ -262,7 +242,7 @@ def _shared_run(rank: int, world: int, folder: str, single_process_checkpoint: s
     # every rank stops with Lightning's error in its second step
     train = rank_batches("local", "train", rank)
     out["local-without-find-unused"] = caught(lambda: fit(make_task("local"), train, find_unused=False))
-    # last of all: rank 1 fails alone (AGGREGATE_SKIPS_ALONE) and leaves; rank 0's all-reduce then fails too
+    # last of all: before the fix rank 1 skipped alone and left rank 0 in the loss's all-reduce
     out["skip-input", "aggregate"] = _skip_case(rank, "aggregate")
     return out
 
@@ -331,7 +311,6 @@ def test_local_learning_skip_mode_skips_a_step_with_a_nan_on_one_rank_on_every_r
 
 
 @HANDLED
-@UNCLEAR_SKIP_WARNING
 def test_the_skip_warning_names_what_was_not_finite_when_another_rank_saw_it(ranks) -> None:
     (message,) = ranks[0]["skip", "local"]["warnings"]  # only rank 0 warns; rank 1 had the NaN
     reason = message.split("skipped training step 1 (batch 1): ", 1)[1]
@@ -339,7 +318,6 @@ def test_the_skip_warning_names_what_was_not_finite_when_another_rank_saw_it(ran
 
 
 @HANDLED
-@SKIP_RETURNS_NONE
 @pytest.mark.parametrize("kind", [*SKIP_KINDS, "aggregate"])
 def test_skip_mode_skips_a_step_with_a_non_finite_input_or_loss_on_one_rank_on_every_rank(ranks, kind) -> None:
     results = [rank["skip", kind] for rank in ranks]
@@ -350,7 +328,6 @@ def test_skip_mode_skips_a_step_with_a_non_finite_input_or_loss_on_one_rank_on_e
 
 
 @HANDLED
-@AGGREGATE_SKIPS_ALONE
 def test_aggregate_skip_mode_skips_a_step_with_a_nan_input_on_one_rank_on_every_rank(ranks) -> None:
     results = [rank["skip-input", "aggregate"] for rank in ranks]
     reraise(results[BAD_RANK].get("error"))
