@@ -91,6 +91,7 @@ class MILClassifier(ImageClassifier):
             **kwargs,
         )
         self._takes_mask = _takes_second_argument(backbone)
+        self._bag_metrics_seen: dict[str, set[str]] = {"val": set(), "test": set()}
         for stage in STAGES:
             self.metrics[f"{stage}_attention_entropy"] = MeanMetric()
             self.metrics[f"{stage}_instance_auroc"] = BinaryAUROC()
@@ -166,12 +167,12 @@ class MILClassifier(ImageClassifier):
             probabilities = outputs["logits"].float().softmax(dim=-1)
             scores = probabilities[:, 1] if self.num_classes == 2 else probabilities
             self.metrics[f"{stage}_auroc"].update(scores, step.labels)
-            self.log(f"{stage}/auroc", self.metrics[f"{stage}_auroc"])
+            self._log_bag_metric(stage, "auroc")
         attention = outputs.get("attention")
         if attention is None:
             return
         self.metrics[f"{stage}_attention_entropy"].update(normalized_attention_entropy(attention.detach(), mask))
-        self.log(f"{stage}/attention_entropy", self.metrics[f"{stage}_attention_entropy"], on_step=False, on_epoch=True)
+        self._log_bag_metric(stage, "attention_entropy")
         if instance_target is None:
             return
         # Each instance's attention weight relative to uniform (weight × N, mean over heads): unlike the raw scores it
@@ -181,10 +182,37 @@ class MILClassifier(ImageClassifier):
         real = mask if mask is not None else torch.ones_like(instance_target, dtype=torch.bool)
         relative = masked_attention(heads, real).mean(dim=1) * real.sum(dim=1, keepdim=True)
         known = (instance_target >= 0) & (step.labels != 0)[:, None] & real
-        # updated and logged on every step, even with nothing to add: under DDP every rank must log the same metrics
-        # in the same order, or their epoch-end syncs pair up wrongly and hang
         self.metrics[f"{stage}_instance_auroc"].update(relative[known], (instance_target[known] > 0).long())
-        self.log(f"{stage}/instance_auroc", self.metrics[f"{stage}_instance_auroc"], on_step=False, on_epoch=True)
+        self._log_bag_metric(stage, "instance_auroc")
+
+    def _log_bag_metric(self, stage: str, name: str) -> None:
+        # Training logs at every step (a skipped step is skipped on every rank). Evaluation logs at the epoch's end
+        # (:meth:`_log_evaluated_bag_metrics`): a rank whose batch had no finite bag adds nothing to the metric, and
+        # logging per step would then register the metrics in another order on that rank, which pairs the epoch-end
+        # syncs up wrongly and hangs.
+        if stage == "train":
+            self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], on_step=False, on_epoch=True)
+        else:
+            self._bag_metrics_seen[stage].add(name)
+
+    def _log_evaluated_bag_metrics(self, stage: str) -> None:
+        names = ("auroc", "attention_entropy", "instance_auroc")
+        seen = torch.tensor([float(name in self._bag_metrics_seen[stage]) for name in names], device=self.device)
+        trainer = attached_trainer(self)
+        if trainer is not None and trainer.world_size > 1:
+            seen = trainer.strategy.reduce(seen, reduce_op="sum")  # what any rank updated, every rank logs
+        self._bag_metrics_seen[stage] = set()
+        for name, count in zip(names, seen.tolist(), strict=True):
+            if count > 0:
+                self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"])
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._log_evaluated_bag_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._log_evaluated_bag_metrics("test")
 
     def _outputs(self, output: Any) -> dict[str, torch.Tensor]:
         try:

@@ -58,15 +58,6 @@ WEIGHT_MONITORS = ("lc", "nc", "pgd", "dse", "ip", "llc")
 POINT_MONITORS = ("lc", "nc", "pgd")
 PSKD_FAULTS = ("sum-3", "nan", "negative")
 
-# Library faults these cases found (strict xfails: each turns into a failure once the library is fixed).
-MIL_LOG_ORDER_HANG = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="hang: MILClassifier logs val/auroc and val/attention_entropy only for batches with rows, so a rank whose "
-    "first val batch is all non-finite logs its metrics in another order and the epoch-end syncs pair up wrongly "
-    "(gloo's 5 s timeout ends it here)",
-)
-
 
 def _overflow(batch: dict) -> dict:
     """``batch`` with finite inputs so large that the loss overflows."""
@@ -495,7 +486,6 @@ def _mil_first_val_batch(rank: int, world: int) -> tuple[dict, dict]:
 
 
 @HANDLED
-@MIL_LOG_ORDER_HANG
 def test_a_first_validation_batch_of_only_non_finite_bags_on_one_rank_does_not_hang_mil() -> None:
     results = spawn(_mil_first_val_batch, timeout_s=5)
     logged = _same_on_every_rank([r[0] for r in results])
