@@ -231,16 +231,23 @@ class RecordingBaseline(MeanImageAnomalyBaseline):
         super().on_test_epoch_end()
 
 
+def _zero_mean(task: MeanImageAnomalyBaseline) -> MeanImageAnomalyBaseline:
+    task.mean_image = torch.zeros(3, 12, 12)  # a fitted mean (zero): the floor refuses to test without one
+    return task
+
+
 @pytest.mark.slow
 def test_ddp_auroc_after_dedupe_equals_single_process(tmp_path):
     root = make_mvtec(tmp_path / "data", num_good=3, num_defect=2)  # 7 test images: DistributedSampler pads one
     dm = MVTecADDataModule(root, "bottle", batch_size=2, image_size=12)
     single = Trainer(default_root_dir=tmp_path, **QUIET)
-    single.test(RecordingBaseline(str(tmp_path)), dm, verbose=False)
+    single.test(_zero_mean(RecordingBaseline(str(tmp_path))), dm, verbose=False)
     expected = {key: float(value) for key, value in single.callback_metrics.items()}
     (tmp_path / "rank0.pt").unlink()
     ddp = Trainer(default_root_dir=tmp_path, **{**QUIET, **DDP_SPAWN_CPU})
-    ddp.test(RecordingBaseline(str(tmp_path)), MVTecADDataModule(root, "bottle", batch_size=2, image_size=12))
+    ddp.test(
+        _zero_mean(RecordingBaseline(str(tmp_path))), MVTecADDataModule(root, "bottle", batch_size=2, image_size=12)
+    )
     seen = torch.cat([torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)])
     assert len(seen) == 8 and sorted(set(seen.tolist())) == list(range(7))  # 7 samples + 1 padded duplicate
     assert expected["test/num_images"] == float(ddp.callback_metrics["test/num_images"]) == 7

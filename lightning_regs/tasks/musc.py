@@ -225,7 +225,7 @@ class MuScZeroShot(TrustedCheckpointLoading, pl.LightningModule):
             raise KeyError(f"MuScZeroShot: the {stage} batches need `label` and `mask` (MVTec AD's batch keys).")
         masks = result[MASK]
         maps = self._resize(result["grid"], tuple(masks.shape[-2:])) if len(masks) else masks[:, 0]
-        evaluation.update(result["score"], result[LABEL], maps, masks, result["index"])
+        evaluation.update(result["score"], result[LABEL], maps, masks, result[INDEX])
         results = evaluation.compute()
         self.log(f"{stage}/num_images", float(results["num_images"]))
         if results["image_auroc"].isnan():
