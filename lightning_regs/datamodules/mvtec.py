@@ -275,7 +275,7 @@ class MVTecADDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         if category not in self.categories:
-            raise ValueError(f"Unknown MVTec AD category {category!r}; choose one of {', '.join(CATEGORIES)}.")
+            raise ValueError(f"Unknown MVTec AD category {category!r}; choose one of {', '.join(self.categories)}.")
         if val_split not in ("test", "from_test"):
             raise ValueError(f"val_split must be 'test' or 'from_test', got {val_split!r}.")
         if val_split == "from_test" and not 0 < val_fraction < 1:

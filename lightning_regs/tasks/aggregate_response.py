@@ -222,7 +222,7 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
         """Whether to train on the batch: a named error on bad labels (and on non-finite values with
         ``nonfinite="raise"``); with ``"skip"`` the decision is all-reduced, so every rank skips together."""
         bad = self._nonfinite_training_values(image, target, batch_idx)
-        if not self._finite(torch.full((), 0.0 if bad is None else float("nan"), device=self.device)):
+        if not self._finite(torch.zeros((), device=self.device), torch.tensor(bad is None, device=self.device)):
             self._skip(batch_idx, f"non-finite values in {bad}" if bad else "another process's batch held non-finite "
                        "values (every rank skips the step together)")  # fmt: skip
             return False

@@ -432,15 +432,12 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
                 + (" (no further warnings)." if self._skipped_warnings == 5 else ".")
             )
 
-    def _nonfinite_reason(self, what: str, value: torch.Tensor) -> str:
+    def _nonfinite_reason(self, what: str, verb: str, value: torch.Tensor) -> str:
+        """``"<what> <verb> <the non-finite values>"``, or, where this rank's are finite, that another rank's were."""
         found = describe_nonfinite(value)
         if found:
-            return f"{what} holds {found}" if what.startswith("batch") else f"{what} is {found}"
+            return f"{what} {verb} {found}"
         return f"{what} of another process held NaN or inf (every rank skips the step together)"
-
-    def skipped_step_output(self) -> dict[str, Any] | None:
-        """What ``training_step`` returns for a skipped step (see :func:`~.input_checks.skipped_step_output`)."""
-        return skipped_step_output(self)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         super().on_before_optimizer_step(optimizer)
@@ -473,16 +470,16 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
         step = read_step(batch)
         if self.check_batch(step, "train", batch_idx) is not None:  # nonfinite="skip" and a non-finite input
             self._loss_terms_applied = True
-            self.skip_step(batch_idx, self._nonfinite_reason("batch['image']", step.image))
-            return self.skipped_step_output()
+            self.skip_step(batch_idx, self._nonfinite_reason("batch['image']", "holds", step.image))
+            return skipped_step_output(self)
         outputs, loss = self._forward_outputs(step)
         values: dict[str, torch.Tensor] = {}
         if len(self.loss_terms):
             extra, values = self.term_losses(outputs, step.batch)
             loss = loss + extra
         if not self.check_loss(loss, batch_idx):
-            self.skip_step(batch_idx, self._nonfinite_reason("the loss", loss.detach()))
-            return self.skipped_step_output()
+            self.skip_step(batch_idx, self._nonfinite_reason("the loss", "is", loss.detach()))
+            return skipped_step_output(self)
         self._log_skipped(0.0)
         for name, value in values.items():
             self.log(f"train/{name}", value.detach())

@@ -16,17 +16,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim.lr_scheduler import LambdaLR
 
-from lightning_regs.batch import IMAGE, INDEX, LABEL, MASK
+from lightning_regs.batch import IMAGE, LABEL
 from lightning_regs.datamodules.mvtec import IMAGENET_MEAN, IMAGENET_STD
 from lightning_regs.functional._checks import check_bool, check_int, check_number, check_optional_number
 from lightning_regs.functional.inp_former import anomaly_map, coherence_loss, image_score, soft_mining_cosine_loss
 from lightning_regs.models.frozen_encoder import FrozenEncoder
-from lightning_regs.tasks.anomaly_evaluation import METRICS, AnomalyEvaluation
+from lightning_regs.tasks.anomaly_steps import AnomalyEvaluationSteps
 from lightning_regs.tasks.inp_former_model import INPFormerNetwork
-from lightning_regs.tasks.input_checks import report_nonfinite_inputs
 from lightning_regs.trusted_loading import TrustedCheckpointLoading
 
 __all__ = ["INPFormer", "WarmCosine"]
@@ -61,7 +59,7 @@ class WarmCosine:
         return value / self.base
 
 
-class INPFormer(TrustedCheckpointLoading, pl.LightningModule):
+class INPFormer(AnomalyEvaluationSteps, TrustedCheckpointLoading, pl.LightningModule):
     """INP-Former: a frozen encoder, intrinsic normal prototypes and an INP-guided decoder that reconstructs the
     encoder's features; the anomaly map is where the reconstruction fails.
 
@@ -156,8 +154,7 @@ class INPFormer(TrustedCheckpointLoading, pl.LightningModule):
         self.net = INPFormerNetwork(frozen, num_prototypes, num_groups, num_decoder_blocks, num_heads)
         self.register_buffer("input_mean", torch.tensor(list(input_mean), dtype=torch.float32).view(1, 3, 1, 1), False)
         self.register_buffer("input_std", torch.tensor(list(input_std), dtype=torch.float32).view(1, 3, 1, 1), False)
-        self._evaluations: dict[str, AnomalyEvaluation] = {}  # by stage; not submodules: no state, CPU states
-        self._warned_stages: set[str] = set()
+        self.setup_anomaly_evaluation(self.pixel_bins)
 
     # The model.
     def forward(self, image: torch.Tensor) -> Any:
@@ -225,47 +222,6 @@ class INPFormer(TrustedCheckpointLoading, pl.LightningModule):
             self.log(f"train/{name}", terms[name].detach(), prog_bar=name == "loss", batch_size=size)
         return {"loss": terms["loss"], "features": terms["features"]}  # the decoder's output, for callbacks
 
-    # Evaluation.
-    def _collect(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        finite = torch.isfinite(batch[IMAGE].flatten(1)).all(1)
-        dropped = int((~finite).sum())
-        left_out = f"every {stage} metric ({stage}/image_auroc, {stage}/pixel_auroc, ...) and {stage}/num_images"
-        report_nonfinite_inputs(self, self._warned_stages, stage, dropped, len(finite), f"a {stage} batch", left_out)
-        if dropped:
-            batch = {key: value[finite] for key, value in batch.items()}
-        if not len(batch[IMAGE]):
-            return
-        maps, scores = self.score(batch[IMAGE])
-        if stage not in self._evaluations:
-            self._evaluations[stage] = AnomalyEvaluation(pixel_auroc_bins=self.pixel_bins, warn_undefined=False)
-        self._evaluations[stage].update(scores, batch[LABEL], maps, batch[MASK], batch[INDEX])
-
-    def _report(self, stage: str) -> None:
-        evaluation = self._evaluations.get(stage)
-        if evaluation is None or evaluation.update_count == 0:
-            return
-        results = evaluation.compute()
-        evaluation.reset()
-        self.log(f"{stage}/num_images", float(results["num_images"]))
-        if results["image_auroc"].isnan():
-            rank_zero_warn(f"INPFormer: the {stage} set holds one label only; no AUROC is logged.")
-            return
-        for name in METRICS:
-            if not results[name].isnan():
-                self.log(f"{stage}/{name}", results[name].float().to(self.device))
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._collect(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._report("val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._collect(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._report("test")
-
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        maps, scores = self.score(batch[IMAGE])
-        return {"anomaly_map": maps, "score": scores, INDEX: batch[INDEX]}
+    def anomaly_scores(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps and scores of :meth:`score`, for the shared evaluation steps."""
+        return self.score(image)

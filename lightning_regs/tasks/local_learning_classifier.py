@@ -110,7 +110,6 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
                 "train on every row's label. Drop the rows without a label from the training data instead."
             )
         super().__init__(backbone, num_classes, **kwargs)
-        self._step_skipped = False
         self._batch_idx: int | None = None
         self.setup_local_learning(
             backbone,
@@ -139,13 +138,13 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
         step = read_step(batch)
         if self.check_batch(step, "train", batch_idx) is not None:  # nonfinite="skip" and a non-finite input
-            self.skip_step(batch_idx, self._nonfinite_reason("batch['image']", step.image))
+            self.skip_step(batch_idx, self._nonfinite_reason("batch['image']", "holds", step.image))
             return None
-        self._step_skipped, self._batch_idx = False, batch_idx
+        self._batch_idx = batch_idx
         loss, logits, _ = self.local_training_step(
             step.image, step.target, final_loss=lambda z: self.compute_loss(z, batch)
         )
-        if self._step_skipped:
+        if self._local_step_dropped:  # the mixin resets it at each step
             return None
         self._log_skipped(0.0)
         return self.log_training(loss, logits, step)
@@ -171,6 +170,6 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         if not self.check_loss(losses, self._batch_idx, names):
             names = [name for name, ok in zip(names, torch.isfinite(losses).tolist(), strict=True) if not ok]
             self.optimizers().zero_grad(set_to_none=True)  # optimizer.step() then changes no parameter
-            self._step_skipped = self._local_step_dropped = True  # and no MAN EMA moves
+            self._local_step_dropped = True  # and no MAN EMA moves
             self.skip_step(self._batch_idx, f"{', '.join(names)} not finite")
         return loss, logits, local_losses

@@ -7,20 +7,19 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_regs._compat import attached_trainer
-from lightning_regs.batch import IMAGE, INDEX, LABEL, MASK
-from lightning_regs.tasks.anomaly_evaluation import METRICS, AnomalyEvaluation
-from lightning_regs.tasks.input_checks import describe_nonfinite, report_nonfinite_inputs
+from lightning_regs.batch import IMAGE
+from lightning_regs.tasks.anomaly_steps import AnomalyEvaluationSteps
+from lightning_regs.tasks.input_checks import describe_nonfinite
 from lightning_regs.trusted_loading import TrustedCheckpointLoading
 
 __all__ = ["MeanImageAnomalyBaseline"]
 
 
-class MeanImageAnomalyBaseline(TrustedCheckpointLoading, pl.LightningModule):
+class MeanImageAnomalyBaseline(AnomalyEvaluationSteps, TrustedCheckpointLoading, pl.LightningModule):
     """Anomaly map = channel mean of ``|image - mean training image|``; image score = the map's mean.
 
     Not an anomaly detection method: a floor that checks the data pipeline and the metrics end to
@@ -66,8 +65,7 @@ class MeanImageAnomalyBaseline(TrustedCheckpointLoading, pl.LightningModule):
         self.register_buffer("mean_image", torch.zeros(0))
         self.ddp_anchor = nn.Parameter(torch.zeros(()))
         self.register_load_state_dict_pre_hook(self._adopt_saved_shape)
-        self._evaluations: dict[str, AnomalyEvaluation] = {}  # by stage; not submodules: no state, CPU states
-        self._warned_stages: set[str] = set()
+        self.setup_anomaly_evaluation(pixel_bins)
 
     def configure_optimizers(self) -> None:
         return None
@@ -149,32 +147,6 @@ class MeanImageAnomalyBaseline(TrustedCheckpointLoading, pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         return None  # the mean was computed in on_train_start
 
-    def _collect(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        finite = torch.isfinite(batch[IMAGE].flatten(1)).all(1)
-        dropped = int((~finite).sum())  # one read per step: images with NaN or inf count in no metric
-        left_out = f"every {stage} metric ({stage}/image_auroc, {stage}/pixel_auroc, ...) and {stage}/num_images"
-        report_nonfinite_inputs(self, self._warned_stages, stage, dropped, len(finite), f"a {stage} batch", left_out)
-        if dropped:
-            batch = {key: value[finite] for key, value in batch.items()}
-        maps = self.anomaly_map(batch[IMAGE])
-        if stage not in self._evaluations:
-            self._evaluations[stage] = AnomalyEvaluation(pixel_auroc_bins=self.hparams.pixel_bins, warn_undefined=False)
-        self._evaluations[stage].update(maps.flatten(1).mean(1), batch[LABEL], maps, batch[MASK], batch[INDEX])
-
-    def _report(self, stage: str) -> None:
-        evaluation = self._evaluations.get(stage)
-        if evaluation is None or evaluation.update_count == 0:
-            return
-        results = evaluation.compute()  # all ranks gathered, each index once
-        evaluation.reset()
-        self.log(f"{stage}/num_images", float(results["num_images"]))
-        if results["image_auroc"].isnan():
-            rank_zero_warn(f"MeanImageAnomalyBaseline: the {stage} set holds one label only; no AUROC is logged.")
-            return
-        for name in METRICS:
-            if not results[name].isnan():  # pixel metrics need anomalous (AUROC, AUPRO: and normal) pixels
-                self.log(f"{stage}/{name}", results[name].float().to(self.device))
-
     def _require_mean_image(self, stage: str) -> None:
         if self.mean_image.numel() == 0 and not self.trainer.sanity_checking:
             raise ValueError(
@@ -192,18 +164,7 @@ class MeanImageAnomalyBaseline(TrustedCheckpointLoading, pl.LightningModule):
     def on_predict_start(self) -> None:
         self._require_mean_image("predict")
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._collect(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._report("val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._collect(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._report("test")
-
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        maps = self.anomaly_map(batch[IMAGE])
-        return {"anomaly_map": maps, "score": maps.flatten(1).mean(1), INDEX: batch[INDEX]}
+    def anomaly_scores(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The maps of :meth:`anomaly_map` and their means, the image scores."""
+        maps = self.anomaly_map(image)
+        return maps, maps.flatten(1).mean(1)
