@@ -3,7 +3,7 @@
     python benchmarks/anomaly_mvtec.py --toy --out runs/anomaly_toy                     # 3 toy categories, seeds 0 1 2
     python benchmarks/anomaly_mvtec.py --root /data/mvtec_ad --out runs/anomaly_mvtec   # all 15 categories
     python benchmarks/anomaly_mvtec.py --root /data/mvtec_ad --out runs/anomaly_mvtec --setting multi-class \\
-        --methods inp_former --image-size 256 --args "inp_former=--model.init_args.encoder=timm:vit_base_patch14_reg4_dinov2"
+        --methods inp_former --args "inp_former=--model.init_args.encoder=timm:vit_base_patch14_reg4_dinov2"
 
 Each method runs from its example config (``examples/{mean_image,inp_former,musc}_mvtec_toy.yaml``) through the
 project's CLI, so a row is what ``lightning-regs fit``/``test`` gives with those settings: the floor and
@@ -156,8 +156,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="INP-Former fitted per category or once on all of them")  # fmt: skip
     parser.add_argument("--image-size", type=int, default=256, help="real data only: the side images are resized to")
     parser.add_argument("--batch-size", type=int, default=8, help="real data only")
+    example = "--args 'musc=--model.init_args.layers=[2,3]'"
     parser.add_argument("--args", action="append", metavar="METHOD=CLI_ARGS", default=[],
-                        help="extra CLI arguments of one method, e.g. --args 'musc=--model.init_args.layers=[2,3]'")  # fmt: skip
+                        help=f"extra CLI arguments of one method, e.g. {example}")  # fmt: skip
     args = parser.parse_args(argv)
     pairs = [text.partition("=") for text in args.args]
     if any(method not in CONFIGS or not sep for method, sep, _ in pairs):
