@@ -134,8 +134,9 @@ def build(
 ]:
     """The task, the data (``train_size`` digits to train on, the rest held out), the LC and PGD monitors.
 
-    The first LC monitor is the library's default count on every set; one more per ``--extra-lc-presets`` counts on
-    the training points only (prefix ``lc_<preset>``), at the same steps and with the same points and directions.
+    The first LC monitor is the library's count (``preset="library"``) on every set; one more per
+    ``--extra-lc-presets`` counts on the training points only (prefix ``lc_<preset>``), at the same steps and with
+    the same points and directions.
     """
     task, data = build_task(args), build_data(args, seed)
     monitors = [
@@ -143,15 +144,15 @@ def build(
             radius=args.radius,
             num_directions=args.directions,
             num_points=args.points,
-            sets=SETS if preset == "default" else ("train",),
+            sets=SETS if preset == "library" else ("train",),
             num_measurements=args.measurements,
             preset=preset,
-            prefix="lc" if preset == "default" else f"lc_{preset}",
+            prefix="lc" if preset == "library" else f"lc_{preset}",
             max_overhead=None,
             plot=False,
             seed=seed,
         )
-        for preset in ("default", *args.extra_lc_presets)
+        for preset in ("library", *args.extra_lc_presets)
     ]
     robustness = [
         AdversarialRobustnessMonitor(
@@ -411,7 +412,7 @@ def parse_args() -> argparse.Namespace:
         nargs="*",
         default=["official_mlp"],
         choices=["official", "official_mlp"],
-        help="more LC counts on the training points (the default preset is always measured)",
+        help="more LC counts on the training points (preset 'library' is always measured)",
     )
     parser.add_argument("--llc-chains", type=int, default=4, help="LLC chains; 0: no LLC monitor")
     parser.add_argument("--llc-draws", type=int, default=200, help="SGLD draws per chain")

@@ -5,7 +5,7 @@ float64; :func:`~lightning_regs.functional.local_complexity.local_complexity` me
 (float32 for a float32 model). Here the same network is measured twice, once as it is (float32) and
 once as a float64 copy with the points and the directions cast to float64 (the same float32 directions,
 upcast, so that both measurements use the same cross-polytopes up to rounding). Printed per network, layer
-set (``default``: ReLU inputs with the centre; ``official_mlp``: every Linear output, logits included, no
+set (``library``: ReLU inputs with the centre; ``official_mlp``: every Linear output, logits included, no
 centre) and radius: the per-point difference of the count summed over layers (float64 minus float32): its
 largest absolute value, its mean, the share of points where it is not zero, and the relative change of the
 mean LC. ``zeros`` counts pre-activations that are exactly 0.0 at some vertex in float32 (the official code
@@ -51,7 +51,7 @@ NUM_POINTS = 1000
 
 def layer_sets(net: nn.Module) -> dict[str, tuple[list[str] | None, bool]]:
     linear = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
-    return {"default": (None, True), "official_mlp": (linear, False)}
+    return {"library": (None, True), "official_mlp": (linear, False)}
 
 
 def exact_zeros(net: nn.Module, layers: list[str] | None, vertices: torch.Tensor) -> int:

@@ -27,6 +27,7 @@ __all__ = [
     "IMAGE",
     "INDEX",
     "BAG_ID",
+    "CATEGORY",
     "INSTANCE_MASK",
     "INSTANCE_TARGET",
     "LABEL",
@@ -56,6 +57,7 @@ TRUE_TARGET = "true_target"
 # Anomaly detection (MVTecADDataModule).
 MASK = "mask"
 LABEL = "label"
+CATEGORY = "category"
 # Input-rewriting callbacks (MixUp, CutMix): what was mixed into each row, and the rows before mixing.
 MIX_PARTNER = "mix_partner"
 MIX_LAMBDA = "mix_lambda"
@@ -78,6 +80,7 @@ CONTRACT: dict[str, tuple[str, str, str]] = {
     TRUE_TARGET: ("int64 (B,)", "CUB200DataModule(gcd=True), GCD digits", "every row's real class (evaluation)"),
     MASK: ("float (B, 1, H, W) in {0, 1}", "MVTecADDataModule", "the defect mask (zeros for good images)"),
     LABEL: ("int64 (B,)", "MVTecADDataModule", "0 good, 1 anomalous"),
+    CATEGORY: ("int64 (B,)", "MVTecADDataModule", "position of the image's category in its category_names"),
     MIX_PARTNER: ("int64 (B,)", "input-rewriting callbacks", "the batch row whose sample was mixed into this row"),
     MIX_LAMBDA: ("float (B,)", "input-rewriting callbacks", "the weight of the row's own sample (1: unmixed)"),
     SAMPLE_TARGET: ("float (B, C)", "input-rewriting callbacks", "each row's own target distribution, unmixed"),

@@ -38,6 +38,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import ArgsType, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf.errors import InterpolationResolutionError
+from typing_extensions import override
 
 import lightning_regs.callbacks
 import lightning_regs.datamodules
@@ -78,6 +79,7 @@ class LightningRegsCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", RunConfigCallback)
         super().__init__(args=args, parser_kwargs=parser_kwargs, **kwargs)
 
+    @override
     def parse_arguments(self, parser: Any, args: ArgsType) -> None:
         """LightningCLI's parsing, with config files checked as UTF-8 first, ``${...}`` errors named and
         ``--ckpt_path`` checked to be a checkpoint."""
@@ -94,6 +96,7 @@ class LightningRegsCLI(LightningCLI):
         if ckpt_path is not None:  # before LightningCLI reads its hyper-parameters
             check_checkpoint_file(str(ckpt_path))
 
+    @override
     def before_instantiate_classes(self) -> None:
         """Move a ``WandbLogger`` left at ``save_dir="."`` under ``trainer.default_root_dir``."""
         config = self.config.get(str(self.subcommand), self.config)

@@ -15,6 +15,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
 
 __all__ = ["RunConfigCallback", "run_dir", "wandb_under_root_dir"]
 
@@ -47,6 +48,7 @@ class RunConfigCallback(SaveConfigCallback):
 
     config_path: str | None = None
 
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Write the config on rank zero, once per callback, before the run starts."""
         if self.already_saved:

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import torch
 import yaml
+from typing_extensions import override
 
 __all__ = ["TrustedCheckpointLoading", "UntrustedClassPathError", "check_class_paths", "class_paths"]
 
@@ -115,6 +116,7 @@ class TrustedCheckpointLoading:
     """
 
     @classmethod
+    @override
     def load_from_checkpoint(
         cls, checkpoint_path: str | os.PathLike | IO[bytes], *args: Any, **kwargs: Any
     ) -> Any:  # the LightningModule or LightningDataModule ``cls`` builds

@@ -1,12 +1,10 @@
 """Learning from aggregate responses: the losses against their equations and closed forms, the whole-bag sampler,
-the toys, the task (fit, resume mid-epoch, DDP), the card's example and the example config."""
+the toys, the task (fit, resume mid-epoch, DDP) and the card's example (the example config runs in
+tests/test_example_configs.py)."""
 
 from __future__ import annotations
 
-import re
-import sys
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -37,9 +35,8 @@ from tests.harness.compare import assert_same_state
 from tests.harness.registry import aggregate_regression, aggregate_response_task
 from tests.harness.runs import SaveFinalState
 from tests.helpers.ddp import DDP_SPAWN_CPU
+from tests.helpers.doc_blocks import block, run_python
 from tests.helpers.trainers import QUIET
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def unequal_bags(rows: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -516,32 +513,17 @@ def test_two_ddp_ranks_agree_and_validate_without_the_padded_duplicate(tmp_path)
     assert abs(runs["ddp"][0] - runs["single"][0]) < 1e-5
 
 
-# --- the card and the example config -------------------------------------------------------------------------------
+# --- the card ---------------------------------------------------------------------------------------------------------
 
 
 def test_the_cards_own_code_example_runs_as_written(tmp_path, monkeypatch):
-    card = (ROOT / "docs" / "methods" / "aggregate_responses.md").read_text()
-    (code,) = re.findall(r"<!-- tested-example -->\s*```python\n(.*?)```", card, re.S)
+    code = block("docs/methods/aggregate_responses.md")
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "aggregate_responses_example"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        exec(compile(code, "docs/methods/aggregate_responses.md", "exec"), namespace)
+        namespace = run_python(code, "docs/methods/aggregate_responses.md", "aggregate_responses_example")
     trainer = namespace["trainer"]
     assert trainer.global_step == 30 * 6 and namespace["test_mse"] < 0.5  # ‖θ‖² ≈ 20 for a zero predictor
-
-
-def test_the_example_config_runs(tmp_path, monkeypatch):
-    from lightning_regs.cli import LightningRegsCLI
-
-    monkeypatch.setattr(sys, "argv", ["lightning-regs"])
-    example = ROOT / "examples" / "aggregate_response_regression.yaml"
-    cli = LightningRegsCLI(
-        args=["fit", "--config", str(example), "--trainer.max_epochs=10", "--trainer.check_val_every_n_epoch=5",
-              f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"],
-    )  # fmt: skip
-    assert isinstance(cli.model, AggregateResponseTask) and cli.model.task_settings.rho == 0.0
-    assert cli.trainer.global_step == 60 and "val/mse" in cli.trainer.callback_metrics
 
 
 def test_validating_on_bag_rows_is_refused():

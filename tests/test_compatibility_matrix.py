@@ -9,6 +9,7 @@ declarations render.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ import tests.test_method_harness as harness_tests
 from tests.harness import matrix
 from tests.harness.matrix import COLUMNS, DECLARED, Error, MatrixSession, Proven
 from tests.harness.matrix_page import DOC, render
-from tests.harness.registry import REGISTRY
+from tests.harness.registry import EVALUATION_ONLY, EVALUATION_ONLY_COLUMNS, REGISTRY
 
 CELLS = [
     pytest.param(entry, col, id=f"{col.key}-{entry.name}")
@@ -70,3 +71,14 @@ def test_cells_proven_by_the_method_harness_name_a_test_that_runs_for_the_entry(
 
 def test_the_compatibility_page_is_what_the_declarations_render():
     assert DOC.read_text() == render(), "docs/compatibility.md is stale: run python -m tests.harness.matrix"
+
+
+def test_evaluation_only_tasks_declare_every_column_and_cite_tests_that_exist():
+    assert set(EVALUATION_ONLY_COLUMNS) == set(EVALUATION_ONLY)
+    for task, columns in EVALUATION_ONLY_COLUMNS.items():
+        assert set(columns) == {col.key for col in COLUMNS}, task
+        for text in columns.values():
+            assert text.startswith(("✓", "does not apply:", "applies, not run yet")), text
+            for path, name in re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", text):
+                assert re.search(rf"^def {name}\(", Path(path).read_text(), re.MULTILINE), (task, name)
+            assert not text.startswith("✓") or "::" in text, text

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import math
 import pickle
-import re
 import sys
 from pathlib import Path
 
@@ -23,10 +22,10 @@ from lightning_regs.datamodules import DigitsDataModule
 from lightning_regs.functional import crrelu
 from lightning_regs.models import MLP, CRReLU, SmallCNN, layered, replace_activations
 from lightning_regs.tasks import ImageClassifier
+from tests.helpers.doc_blocks import block, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 HALF = math.exp(-0.5)  # x·exp(−x²/2) at x = 1
-TESTED = re.compile(r"<!-- tested-example -->\s*```python\n(.*?)```", re.S)
 
 
 def f32(value: float) -> float:
@@ -363,22 +362,6 @@ def test_image_classifier_fit_on_digits_trains_eps():
     assert all(abs(m.eps.item() - 0.01) > 1e-6 for m in eps_of(task))
 
 
-def test_the_example_config_runs_with_crrelu_in_the_mlp(tmp_path, monkeypatch):
-    from lightning_regs.cli import LightningRegsCLI
-
-    monkeypatch.setattr(sys, "argv", ["lightning-regs"])
-    cli = LightningRegsCLI(
-        args=[
-            "fit", "--config", str(ROOT / "examples" / "crrelu_digits.yaml"), "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
-            f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
-        ]
-    )  # fmt: skip
-    acts = eps_of(cli.model)
-    assert cli.trainer.global_step == 3 and len(acts) == 2
-    assert all(isinstance(a.eps, nn.Parameter) and a.eps.item() != f32(0.01) for a in acts)
-
-
 def test_the_cards_cli_line_gives_the_relu_baseline(monkeypatch):
     from lightning_regs.cli import LightningRegsCLI
 
@@ -389,11 +372,10 @@ def test_the_cards_cli_line_gives_the_relu_baseline(monkeypatch):
 
 
 def test_the_card_block_runs_as_written(tmp_path, monkeypatch):
-    (code,) = TESTED.findall((ROOT / "docs" / "methods" / "crrelu.md").read_text())
+    code = block("docs/methods/crrelu.md")
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    namespace: dict = {"__name__": "crrelu_example"}
-    exec(compile(code, "docs/methods/crrelu.md", "exec"), namespace)
+    namespace = run_python(code, "docs/methods/crrelu.md", "crrelu_example")
     trainer = namespace["trainer"]
     acts = eps_of(trainer.lightning_module)
     assert trainer.global_step == 2 and len(acts) == 9

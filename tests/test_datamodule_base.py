@@ -20,7 +20,6 @@ from lightning_regs.datamodules import (
     MVTecADDataModule,
     NumClassesUnknownError,
     RadImageNetDataModule,
-    RepeatedShuffleSampler,
     SplitDataModule,
 )
 from lightning_regs.models import SmallCNN
@@ -242,22 +241,11 @@ def test_one_sampler_gives_the_orders_of_both_old_ones(num_samples, length, seed
     one_pass = EpochShuffleSampler(num_samples, seed)
     one_pass.set_epoch(epoch)
     assert list(one_pass) == _old_repeated_shuffle(num_samples, num_samples, seed, epoch)
-    with pytest.warns(DeprecationWarning, match=r"EpochShuffleSampler\(num_samples, seed, length=length\)"):
-        old = RepeatedShuffleSampler(num_samples, length, seed=seed)
-    old.set_epoch(epoch)
-    assert isinstance(old, EpochShuffleSampler) and list(old) == list(sampler)
 
 
 def test_digits_subset_trains_in_the_old_repeated_order():
     dm = DigitsSubsetDataModule(steps_per_epoch=3, batch_size=500, val_fraction=0.4435, test_fraction=0.0, seed=2)
     assert _training_order(dm, epoch=1) == _old_repeated_shuffle(1000, 1500, seed=2, epoch=1)
-
-
-def test_the_old_mixin_name_is_the_base_with_a_deprecation_warning():
-    from lightning_regs.datamodules import split_loaders
-
-    with pytest.warns(DeprecationWarning, match="SplitDataModule"):
-        assert split_loaders.SplitDataLoaders is SplitDataModule
 
 
 def test_options_init_did_not_take_stay_out_of_the_checkpoint_hyperparameters():

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -14,9 +11,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_regs.datamodules import DatasetDataModule, GCDDataset
 from lightning_regs.functional import unique_by_index
 from lightning_regs.tasks import GCDClassifier
+from tests.helpers.doc_blocks import block, run_python
 
-CARD = Path(__file__).resolve().parents[1] / "docs" / "methods" / "lego_gcd.md"
-OWN_DATA = re.compile(r"<!-- tested-own-data-example -->\s*```python\n(.*?)```", re.S)
+CARD = "docs/methods/lego_gcd.md"
 FIT = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
 
 
@@ -60,11 +57,10 @@ def test_gcd_dataset_names_bad_arguments(targets, known, match):
 
 
 def test_the_cards_own_data_example_runs_as_written_and_scores_the_unlabelled_images(tmp_path, monkeypatch):
-    (code,) = OWN_DATA.findall(CARD.read_text())
+    code = block(CARD, "tested-own-data-example")
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    namespace: dict = {"__name__": "lego_gcd_own_data_example"}
-    exec(compile(code, str(CARD), "exec"), namespace)
+    namespace = run_python(code, CARD, "lego_gcd_own_data_example")
     trainer, train = namespace["trainer"], namespace["train"]
     assert trainer.global_step == 6  # 2 epochs of 96 // 32 batches
     assert {"gcd/all", "gcd/old", "gcd/new"} <= set(trainer.callback_metrics)

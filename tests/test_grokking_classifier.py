@@ -1,19 +1,14 @@
-"""GrokkingClassifier's loss, the long-epoch digits subset, and the grokking example config."""
+"""GrokkingClassifier's loss and the long-epoch digits subset (the grokking example runs in test_example_configs.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from lightning_regs.cli import LightningRegsCLI
 from lightning_regs.datamodules import EpochShuffleSampler
 from lightning_regs.datamodules.digits_subset import DigitsSubsetDataModule
 from lightning_regs.models import MLP
 from lightning_regs.tasks.grokking_classifier import GrokkingClassifier
-
-CONFIG = Path(__file__).resolve().parents[1] / "examples" / "grokking_digits.yaml"
 
 
 def test_mse_on_one_hot_targets_is_the_closed_form():
@@ -41,19 +36,3 @@ def test_digits_subset_has_1000_training_digits_and_long_reproducible_epochs():
     assert sorted(first[:1000]) == list(range(1000)) and first == list(sampler)
     sampler.set_epoch(1)
     assert list(sampler) != first
-
-
-def test_the_example_config_runs_as_written(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    cli = LightningRegsCLI(
-        args=[
-            "fit",
-            f"--config={CONFIG}",
-            "--trainer.max_steps=2",
-            f"--trainer.default_root_dir={tmp_path}",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
-        ]
-    )
-    assert cli.trainer.global_step == 2
-    assert {"lc/train", "lc/heldout", "lc/random", "robust/acc"} <= set(cli.trainer.callback_metrics)
-    assert list(tmp_path.rglob("lc.png")) and list(tmp_path.rglob("robust.png"))

@@ -4,9 +4,7 @@ official attention, and a real fit, test and mid-epoch resume on the MVTec-forma
 from __future__ import annotations
 
 import math
-import re
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +24,7 @@ from lightning_regs.functional.inp_former import (
 from lightning_regs.tasks.anomaly_evaluation import METRICS
 from lightning_regs.tasks.inp_former import INPFormer, WarmCosine
 from lightning_regs.tasks.inp_former_model import AggregationBlock, DecoderBlock
+from tests.helpers.doc_blocks import block, run_python
 from tests.helpers.trainers import QUIET, CrashAtStep
 
 TINY = {"encoder": "efficientnet_lite0", "encoder_weights": None, "encoder_layers": [1, 2], "num_decoder_blocks": 2}
@@ -273,10 +272,8 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path) -> None:
 
 
 def test_the_cards_own_code_block_runs_as_written(tmp_path, monkeypatch) -> None:
-    card = Path(__file__).resolve().parents[1] / "docs" / "methods" / "inp_former.md"
-    (code,) = re.findall(r"<!-- tested-example -->\s*```python\n(.*?)```", card.read_text(), re.S)
+    code = block("docs/methods/inp_former.md")
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    namespace: dict = {"__name__": "inp_former_card"}
-    exec(compile(code, str(card), "exec"), namespace)
+    namespace = run_python(code, "docs/methods/inp_former.md", "inp_former_card")
     assert namespace["trainer"].global_step == 2 and namespace["maps"].shape == (2, 1, 32, 32)

@@ -47,7 +47,7 @@ class MLPTask(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.parametrize("preset", ["official_mlp", "default"])
+@pytest.mark.parametrize("preset", ["official_mlp", "library"])
 def test_the_monitor_counts_what_the_official_mlp_script_counts(preset: str) -> None:
     seed_everything(0)
     task = MLPTask()
@@ -66,6 +66,13 @@ def test_the_monitor_counts_what_the_official_mlp_script_counts(preset: str) -> 
         assert measured == pytest.approx(official, abs=1e-9)
     else:  # ReLU inputs only (no logits) and the centre among the vertices: a different, smaller count
         assert measured < official
+
+
+@pytest.mark.parametrize("preset", ["default", "paper", None])
+def test_a_preset_outside_the_vocabulary_is_refused(preset) -> None:
+    with pytest.raises(ValueError, match=rf"preset must be 'library', 'official' or 'official_mlp', got {preset!r}"):
+        LocalComplexityMonitor(preset=preset)
+    assert LocalComplexityMonitor().preset == "library"
 
 
 def official_resnet_lc(net: nn.Sequential, points: torch.Tensor, radius: float, directions: torch.Tensor) -> float:
@@ -96,7 +103,7 @@ def test_the_official_preset_counts_what_the_official_resnet_script_counts() -> 
     initial = copy.deepcopy(task.net)
     data = IndexedDataset(TensorDataset(torch.randn(64, 1, 4, 4), torch.arange(64) % 10))
     measured = {}
-    for preset in ("official", "default"):
+    for preset in ("official", "library"):
         seed_everything(0)
         monitor = LocalComplexityMonitor(
             radius=0.8, num_directions=6, num_points=16, sets=["train"], num_measurements=2, max_overhead=None,
@@ -109,4 +116,4 @@ def test_the_official_preset_counts_what_the_official_resnet_script_counts() -> 
     official = official_resnet_lc(initial, monitor.points["train"], 0.8, monitor.points["directions"])
     assert measured["official"] == pytest.approx(official, abs=1e-9)
     # The centre can only add a neuron (one whose sign at x differs from all 2P vertices): never below the official.
-    assert measured["default"] >= official
+    assert measured["library"] >= official

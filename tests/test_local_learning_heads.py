@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torch import nn
 
-from lightning_regs.callbacks.momentum_auxiliary_networks import MomentumAuxiliaryNetworks
 from lightning_regs.datamodules import DigitsDataModule
 from lightning_regs.functional.supcon import supervised_contrastive_loss
 from lightning_regs.local_learning.heads import DGLHead, InfoProHead, infopro_lambdas, unit_range
@@ -215,34 +212,6 @@ def test_man_true_alone_moves_the_ema_once_per_optimizer_step_with_the_stepped_w
     recorder = _fit_recording(task, tmp_path)
     assert len(recorder.history) == 3
     _assert_ema_recursion(head, start, recorder.history, 0.8)
-
-
-def test_the_deprecated_callback_warns_updates_nothing_and_refuses_a_mismatch(tmp_path):
-    task = _man_task(man_momentum=0.8)
-    head = task.aux_heads["0"]
-    start = [p.detach().clone() for p in head.ema.parameters()]
-    with pytest.warns(FutureWarning, match=r"man_momentum=0.8 and drop the callback"):
-        alias = MomentumAuxiliaryNetworks(0.8)
-    recorder = _fit_recording(task, tmp_path, [alias])
-    _assert_ema_recursion(head, start, recorder.history, 0.8)  # one update per step, not two
-    with pytest.warns(FutureWarning):
-        other = MomentumAuxiliaryNetworks(0.5)
-    with pytest.raises(ValueError, match=r"momentum=0.5.*disagrees.*momentum=0.995.*man_momentum=0.5"):
-        _fit_recording(_man_task(), tmp_path, [other])
-
-
-def test_callback_without_man_heads_and_bad_momentum_are_named(tmp_path):
-    for bad in (1.5, -0.1, float("nan"), "0.9", True):
-        with pytest.raises(ValueError, match=r"\[0, 1\]"):
-            MomentumAuxiliaryNetworks(bad)
-    task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b1"], input_shape=(3, 8, 8))
-    with pytest.warns(FutureWarning):
-        alias = MomentumAuxiliaryNetworks()
-    trainer = Trainer(max_steps=1, default_root_dir=tmp_path, callbacks=[alias], **QUIET)
-    with pytest.raises(ValueError, match="man=True"):
-        trainer.fit(task, DigitsDataModule(batch_size=32, channels=3))
-    with pytest.warns(FutureWarning):
-        assert copy.deepcopy(MomentumAuxiliaryNetworks(0.9)).state_key != MomentumAuxiliaryNetworks(0.5).state_key
 
 
 @pytest.mark.parametrize("bad", [1.5, -0.1, float("nan"), float("inf")])

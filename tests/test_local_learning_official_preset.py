@@ -14,7 +14,6 @@ import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torch import nn
 
-from lightning_regs.callbacks import MomentumAuxiliaryNetworks
 from lightning_regs.datamodules import DigitsDataModule
 from lightning_regs.functional.supcon import supervised_contrastive_loss
 from lightning_regs.local_learning.heads import InfoProHead
@@ -166,15 +165,3 @@ def test_preset_errors_name_the_fix():
                                 input_shape=(3, 8, 8))  # fmt: skip
     with pytest.raises(ValueError, match="'library' or 'official'"):
         LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b1"], preset="paper", input_shape=(3, 8, 8))
-    with pytest.raises(ValueError, match="'library' or 'official'"):
-        MomentumAuxiliaryNetworks(preset="paper")
-
-
-def test_a_deprecated_callback_preset_other_than_the_tasks_is_refused(tmp_path):
-    seed_everything(0)
-    task = LocalLearningClassifier(resnet20(), 10, K=2, split=["s1b1"], man=True, input_shape=(3, 8, 8))
-    with pytest.warns(FutureWarning, match="preset='official' and drop the callback"):
-        alias = MomentumAuxiliaryNetworks(preset="official")
-    trainer = Trainer(max_steps=1, default_root_dir=tmp_path, **QUIET, callbacks=[alias])
-    with pytest.raises(ValueError, match=r"preset='official'\) disagrees .* update='after_step'"):
-        trainer.fit(task, DigitsDataModule(batch_size=8, channels=3))

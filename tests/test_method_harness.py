@@ -20,7 +20,7 @@ import lightning_regs.callbacks
 import lightning_regs.local_learning
 import lightning_regs.tasks
 from tests.harness.compare import assert_same_state, assert_trained
-from tests.harness.registry import DEPRECATED_ALIASES, EVALUATION_ONLY, REGISTRY, MethodSetting
+from tests.harness.registry import EVALUATION_ONLY, REGISTRY, MethodSetting
 from tests.harness.runs import (
     DDP_BATCH,
     fit_setting,
@@ -150,7 +150,7 @@ def test_every_public_callback_mixin_and_task_is_in_the_registry():
     public = set().union(*(_public_classes(m) for m in (lightning_regs.callbacks, lightning_regs.local_learning,
                                                          lightning_regs.tasks)))  # fmt: skip
     covered = {cls for entry in REGISTRY for cls in entry.covers}
-    missing = {cls for cls in public - covered - set(DEPRECATED_ALIASES) if cls.__name__ not in EVALUATION_ONLY}
+    missing = {cls for cls in public - covered if cls.__name__ not in EVALUATION_ONLY}
     assert missing == set(), "add a setting to tests/harness/registry.py for each of these"
 
 

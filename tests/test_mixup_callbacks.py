@@ -25,6 +25,7 @@ from lightning_regs.callbacks import (
 from lightning_regs.datamodules import DigitsDataModule, IndexedDataset
 from lightning_regs.models import MLP
 from lightning_regs.tasks import ImageClassifier
+from tests.helpers.doc_blocks import block, run_python
 
 C = 5
 
@@ -276,31 +277,9 @@ def test_own_module_trains_with_mixup_pskd_and_label_smoothing_in_one_trainer():
     assert bool(callbacks[1].table.seen.all())
 
 
-def test_the_example_config_runs_as_written(tmp_path, capsys, monkeypatch):
-    import sys
-    from pathlib import Path
-
-    from lightning_regs.cli import LightningRegsCLI
-
-    monkeypatch.setattr(sys, "argv", ["lightning-regs"])
-    example = Path(__file__).resolve().parents[1] / "examples" / "mixup_digits.yaml"
-    cli = LightningRegsCLI(
-        args=["fit", "--config", str(example), "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}",
-              "--trainer.enable_progress_bar=false"],
-    )  # fmt: skip
-    (mixer,) = [c for c in cli.trainer.callbacks if isinstance(c, MixUp)]
-    assert mixer.alpha == 0.2 and cli.trainer.global_step > 0
-    assert "val/acc" in capsys.readouterr().out
-
-
 def test_contributings_rewriting_example_runs_as_written():
-    import re
-    from pathlib import Path
-
-    page = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text()
-    (code,) = re.findall(r"<!-- tested-rewriting-example -->\s*```python\n(.*?)```", page, re.S)
-    namespace: dict = {"__name__": "contributing_rewriting_example"}
-    exec(compile(code, "CONTRIBUTING.md", "exec"), namespace)
+    code = block("CONTRIBUTING.md", "tested-rewriting-example")
+    namespace = run_python(code, "CONTRIBUTING.md", "contributing_rewriting_example")
     assert namespace["batch"]["image"].shape == (2, 1, 1, 4)
 
 

@@ -149,12 +149,6 @@ def test_a_resumed_run_of_another_length_is_planned_again_and_says_so(tmp_path, 
     assert same.history == first.history  # resumed at the same length: the uninterrupted run's values
 
 
-def test_a_plan_restored_from_before_run_lengths_were_kept_is_judged_by_its_last_step():
-    monitor = LocalComplexityMonitor(plot=False)
-    monitor.load_state_dict({"steps": [0, 1, 10, 100], "measured_steps": [0, 1], "history": {}, "points": {}})
-    assert monitor.total_steps is None and monitor.steps[-1] == 100  # _run_length_changed compares 100
-
-
 def test_auto_directions_are_the_papers_25_when_the_budget_allows_and_kept_in_the_checkpoint(tmp_path):
     rich = LocalComplexityMonitor(plot=False, sets=("train",), max_overhead=None)
     fit(tmp_path, [rich], max_steps=3)

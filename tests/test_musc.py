@@ -1,10 +1,10 @@
 """MuSc: mutual scoring against a loop written from the official code, order invariance, chunking, LNAMD, RsCIN, and
-``MuScZeroShot`` in a real ``Trainer.test`` (one process, two DDP processes, the CLI without fit)."""
+``MuScZeroShot`` in a real ``Trainer.test`` (one process, two DDP processes; the example config's
+`test` without fit runs in test_example_configs.py)."""
 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
-from lightning_regs.cli import LightningRegsCLI
 from lightning_regs.datamodules.mvtec_toy import MVTecToyDataModule
 from lightning_regs.functional.musc import interval_average, lnamd_features, musc_anomaly_maps, mutual_scores, rscin
 from lightning_regs.tasks.anomaly_evaluation import METRICS
@@ -20,7 +19,6 @@ from lightning_regs.tasks.musc import MuScZeroShot
 from tests.helpers.ddp import DDP_SPAWN_CPU
 from tests.helpers.trainers import QUIET
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL_TOY = {"num_train": 1, "num_test_good": 4, "num_test_defect": 1, "batch_size": 3}  # 7 test images
 
 
@@ -148,24 +146,12 @@ def test_two_ddp_processes_give_the_one_process_values(tmp_path):
         assert float(ddp.callback_metrics[f"test/{name}"]) == pytest.approx(expected[f"test/{name}"], abs=1e-6), name
 
 
-def test_the_example_config_runs_test_without_a_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lightning-regs"])
-    args = ["test", "--config", str(ROOT / "examples" / "musc_mvtec_toy.yaml")]
-    args += [f"--data.init_args.root={tmp_path / 'data'}", f"--trainer.default_root_dir={tmp_path}"]
-    args += ["--model.init_args.layers=[2,3]", "--model.init_args.image_size=64", "--data.init_args.num_test_good=4"]
-    args += ["--data.init_args.num_test_defect=1", "--trainer.enable_progress_bar=false"]
-    cli = LightningRegsCLI(args=args)
-    assert isinstance(cli.model, MuScZeroShot)
-    assert float(cli.trainer.callback_metrics["test/num_images"]) == 7
-    assert {f"test/{name}" for name in METRICS} <= set(cli.trainer.callback_metrics)
-
-
 def test_predict_leaves_scores_and_maps(tmp_path):
     trainer = Trainer(default_root_dir=tmp_path, accelerator="cpu", **QUIET)
     task = _task()
     trainer.predict(task, datamodule=_toy(tmp_path / "data"), return_predictions=False)
     assert task.predictions["index"].tolist() == list(range(7))
-    assert task.predictions["score"].shape == (7,) and task.predictions["anomaly_map"].shape == (7, 64, 64)
+    assert task.predictions["score"].shape == (7,) and task.predictions["anomaly_map"].shape == (7, 1, 64, 64)
 
 
 def test_fit_is_a_named_error(tmp_path):
@@ -218,3 +204,53 @@ def test_functional_bad_inputs_are_named_errors():
     with pytest.raises(ValueError, match="interval"):
         interval_average(torch.zeros(3), (0.5, 0.5))
     assert math.isfinite(float(interval_average(torch.zeros(1), (0.0, 0.3))))
+
+
+def test_bf16_mixed_encodes_in_bf16_and_scores_near_the_fp32_values(tmp_path):
+    """The matrix's bf16-mixed column for this evaluation-only task (docs/compatibility.md)."""
+    full = Trainer(default_root_dir=tmp_path, accelerator="cpu", **QUIET)
+    full.test(_task(), _toy(tmp_path / "data"), verbose=False)
+    task, dtypes = _task(), set()
+    task.encoder.register_forward_hook(lambda module, args, out: dtypes.add(out.maps()[0].dtype))
+    half = Trainer(default_root_dir=tmp_path, accelerator="cpu", precision="bf16-mixed", **QUIET)
+    half.test(task, _toy(tmp_path / "data"), verbose=False)
+    assert dtypes == {torch.bfloat16}
+    for name in ("image_auroc", "pixel_auroc", "pixel_aupro"):
+        assert float(half.callback_metrics[f"test/{name}"]) == pytest.approx(
+            float(full.callback_metrics[f"test/{name}"]), abs=0.05
+        )
+
+
+class _NaNOnOddIndices(torch.utils.data.Dataset):
+    """The toy's test set with every odd index's image NaN: under 2 DDP ranks, rank 1 gets only NaN images."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        sample = dict(self.dataset[index])
+        if index % 2:
+            sample["image"] = torch.full_like(sample["image"], math.nan)
+        return sample
+
+
+def _nan_loader(root: Path) -> torch.utils.data.DataLoader:
+    dm = MVTecToyDataModule(root, "stripes", **{**SMALL_TOY, "num_test_good": 5})  # 8 test images, 4 per rank
+    return torch.utils.data.DataLoader(_NaNOnOddIndices(_prepared(dm)), batch_size=2)
+
+
+@pytest.mark.slow
+def test_a_ddp_rank_whose_images_are_all_nan_still_gathers_and_scores_the_rest(tmp_path):
+    single = Trainer(default_root_dir=tmp_path, accelerator="cpu", **QUIET)
+    with pytest.warns(UserWarning, match="NaN"):
+        single.test(_task(), _nan_loader(tmp_path / "data"), verbose=False)
+    expected = {key: float(value) for key, value in single.callback_metrics.items()}
+    assert expected["test/num_images"] == 4
+    ddp = Trainer(default_root_dir=tmp_path, **{**QUIET, **DDP_SPAWN_CPU})
+    ddp.test(_task(), _nan_loader(tmp_path / "data"), verbose=False)
+    assert float(ddp.callback_metrics["test/num_images"]) == 4
+    for name in METRICS:
+        assert float(ddp.callback_metrics[f"test/{name}"]) == pytest.approx(expected[f"test/{name}"], abs=1e-6), name

@@ -14,7 +14,7 @@ from lightning.pytorch import Trainer
 from PIL import Image
 
 from lightning_regs.cli import LightningRegsCLI
-from lightning_regs.datamodules import mvtec_toy
+from lightning_regs.datamodules import mvtec_toy_render
 from lightning_regs.datamodules.mvtec import MVTecADDataModule, scan_category
 from lightning_regs.datamodules.mvtec_toy import (
     MANIFEST,
@@ -96,7 +96,7 @@ def test_good_images_are_their_renderings_and_vary_like_photographs(toy):
 
 
 def test_a_defect_that_changes_nothing_is_refused(monkeypatch):
-    monkeypatch.setattr(mvtec_toy, "_paste", lambda defect, clean, *args: clean.astype(np.int16))
+    monkeypatch.setattr(mvtec_toy_render, "_paste", lambda defect, clean, *args: clean.astype(np.int16))
     with pytest.raises(RuntimeError, match="changed no pixel"):
         render_toy_sample("stripes", "spot")
 

@@ -19,6 +19,7 @@ from lightning_regs.callbacks import LocalComplexityMonitor
 from lightning_regs.datamodules import DigitsDataModule
 from lightning_regs.models import MLP
 from lightning_regs.tasks import ImageClassifier
+from tests.helpers.doc_blocks import block
 from tests.helpers.plain_install import plain_install_env
 from tests.helpers.trainers import QUIET
 
@@ -99,9 +100,7 @@ def test_every_cards_first_example_runs_without_the_optional_extras(tmp_path):
 
 
 def _quoted_quickstart_output() -> dict[str, float]:
-    match = re.search(r"<!-- quickstart-output -->\s*```text\n(.*?)```", README, re.S)
-    assert match, "README.md lacks the <!-- quickstart-output --> block"
-    return _metrics(match.group(1))
+    return _metrics(block("README.md", "quickstart-output", "text"))
 
 
 def _metrics(text: str) -> dict[str, float]:
@@ -110,7 +109,7 @@ def _metrics(text: str) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_the_quickstart_prints_what_the_readme_quotes_without_the_optional_extras(tmp_path):
-    command = re.search(r"<!-- quickstart-command -->\s*```bash\n(.*?)```", README, re.S).group(1).strip()
+    command = block("README.md", "quickstart-command", "bash").strip()
     install, run = command.split(" && ")
     assert install == "pip install ." and run.startswith("lightning-regs fit --config examples/")
     (tmp_path / "examples").mkdir()

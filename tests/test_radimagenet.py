@@ -237,25 +237,6 @@ def test_example_config_parses_on_a_fake_root(clean, monkeypatch):
     assert isinstance(cli.datamodule, RadImageNetDataModule) and cli.datamodule.root == clean["root"]
 
 
-@pytest.mark.slow
-def test_example_config_trains_an_epoch_on_a_fake_root(clean, tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lightning-regs"])
-    config = str(ROOT / "examples" / "radimagenet_resnet50.yaml")
-    small = ["--model.init_args.num_classes=4", "--model.init_args.backbone.init_args.num_classes=4"]
-    small += ["--model.init_args.backbone.class_path=torchvision.models.resnet18"]  # resnet50 is slow on 2 cores
-    small += ["--data.init_args.image_size=32", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0"]
-    small += ["--data.init_args.pin_memory=false", "--data.init_args.persistent_workers=false"]
-    small += ["--trainer.accelerator=cpu", "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}"]
-    small += ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-    cli = LightningRegsCLI(args=["fit", "--config", config, "--data.init_args.root", str(clean["root"]), *small])
-    assert cli.trainer.global_step == 3 and "val/acc" in cli.trainer.callback_metrics  # 12 images, batch 4
-    (checkpoint,) = tmp_path.rglob("*.ckpt")
-    state = torch.load(checkpoint, weights_only=True)["RadImageNetDataModule"]
-    assert state["class_names"] == clean["classes"] and state["label_level"] == "label"
-    (classes,) = tmp_path.rglob("radimagenet_classes.json")
-    assert json.loads(classes.read_text())["class_names"] == clean["classes"]
-
-
 class CountingRadImageNet(RadImageNetDataModule):
     """Records whether this process read the files itself."""
 

@@ -1,38 +1,30 @@
 """The README's Python example runs as written, and its two commands are the ones CI and users run."""
 
-import re
-from pathlib import Path
-
 import pytest
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+from tests.helpers.doc_blocks import block, fenced_blocks, read_page, run_python
 
-
-def fenced_block_after(marker: str) -> str:
-    match = re.search(rf"<!-- {marker} -->\s*```bash\n(.*?)```", README, re.S)
-    assert match, f"README.md lacks the <!-- {marker} --> block"
-    return match.group(1).strip()
+README = read_page("README.md")
 
 
 def test_the_two_commands_are_there():
-    assert fenced_block_after("quickstart-command") == (
+    assert block("README.md", "quickstart-command", "bash").strip() == (
         "pip install . && lightning-regs fit --config examples/quickstart.yaml"
     )
-    assert "pytest" in fenced_block_after("test-command")
+    assert "pytest" in block("README.md", "test-command", "bash")
 
 
 def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README, re.S)
+    return fenced_blocks(README, "python")
 
 
 @pytest.mark.slow
 def test_the_own_module_example_runs(tmp_path, monkeypatch):
     code = _python_blocks()[0]
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
     short = code.replace("Trainer(max_epochs=20,", "Trainer(max_epochs=2, enable_progress_bar=False, logger=False,")
     assert short != code
-    exec(compile(short, "README.md", "exec"), namespace)
+    namespace = run_python(short, "README.md")
     trainer, callback = namespace["trainer"], namespace["trainer"].callbacks[0]
     assert trainer.current_epoch == 2 and bool(callback.table.seen.all())
     assert float(trainer.callback_metrics["train/acc"]) > 0.5
@@ -42,9 +34,8 @@ def test_the_own_module_example_runs(tmp_path, monkeypatch):
 def test_the_own_model_local_learning_example_runs(tmp_path, monkeypatch):
     code = _python_blocks()[1]
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
     short = code.replace("Trainer(max_epochs=5)", "Trainer(max_epochs=1, limit_train_batches=2, logger=False)")
     assert short != code
-    exec(compile(short, "README.md", "exec"), namespace)
+    namespace = run_python(short, "README.md")
     module = namespace["trainer"].lightning_module
     assert module.num_local_modules == 4 and module.local_input_shape == (3, 32, 32)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
-import warnings
 from pathlib import Path
 
 import pytest
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-DIFF = re.search(r"<!-- own-module-diff -->\s*```diff\n(.*?)```", README, re.S).group(1)
+from tests.helpers.doc_blocks import block, run_python_with_warnings
+
+DIFF = block("README.md", "own-module-diff", "diff")
 METHODS = {"pskd": "ProgressiveSelfKD(alpha_T=0.8)", "label_smoothing": "LabelSmoothing(0.1)", "mixup": "MixUp(0.2)"}
 
 
@@ -22,12 +21,8 @@ BEFORE, AFTER = _side("-"), _side("+")
 
 def _run(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, list[str]]:
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "readme_diff"}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        exec(compile(code.replace("Trainer(max_epochs=2", "Trainer(max_epochs=2, enable_progress_bar=False"),
-                     "README.md", "exec"), namespace)  # fmt: skip
-    return namespace, [str(w.message) for w in caught]
+    quiet = code.replace("Trainer(max_epochs=2", "Trainer(max_epochs=2, enable_progress_bar=False")
+    return run_python_with_warnings(quiet, "README.md", "readme_diff")
 
 
 def test_the_diff_has_the_three_edits_and_the_original_runs(tmp_path, monkeypatch):

@@ -1,8 +1,7 @@
-"""The neural collapse and DSE cards' own-code blocks and CLI lines run as written; the examples run two epochs."""
+"""The neural collapse and DSE cards' own-code blocks and CLI lines run as written (examples: test_example_configs)."""
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -11,9 +10,9 @@ import torch
 
 from lightning_regs.callbacks import DiffusionSpectralEntropyMonitor, NeuralCollapseMonitor
 from lightning_regs.cli import LightningRegsCLI
+from tests.helpers.doc_blocks import block, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTED = re.compile(r"<!-- tested-example -->\s*```python\n(.*?)```", re.S)
 MONITORS = {"neural_collapse": NeuralCollapseMonitor, "dse": DiffusionSpectralEntropyMonitor}
 
 
@@ -31,10 +30,9 @@ def monitor_of(trainer, name: str):
 
 
 def test_the_neural_collapse_card_block_runs_and_nc1_falls(tmp_path, monkeypatch):
-    (code,) = TESTED.findall((ROOT / "docs/methods/neural_collapse.md").read_text())
+    code = block("docs/methods/neural_collapse.md")
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "neural_collapse_example"}
-    exec(compile(code, "docs/methods/neural_collapse.md", "exec"), namespace)
+    namespace = run_python(code, "docs/methods/neural_collapse.md", "neural_collapse_example")
     monitor = monitor_of(namespace["trainer"], "neural_collapse")
     assert monitor.classifier(namespace["trainer"].lightning_module)[0] == "classifier"  # found, not named
     assert monitor.points["train"].shape[0] == 1500 and monitor.points["heldout"].shape[0] == 297  # whole splits
@@ -43,10 +41,9 @@ def test_the_neural_collapse_card_block_runs_and_nc1_falls(tmp_path, monkeypatch
 
 
 def test_the_dse_card_block_runs_and_dsmi_with_the_labels_rises(tmp_path, monkeypatch):
-    (code,) = TESTED.findall((ROOT / "docs/methods/dse.md").read_text())
+    code = block("docs/methods/dse.md")
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "dse_example"}
-    exec(compile(code, "docs/methods/dse.md", "exec"), namespace)
+    namespace = run_python(code, "docs/methods/dse.md", "dse_example")
     monitor = monitor_of(namespace["trainer"], "dse")
     assert set(monitor.history) == {
         f"{k}/{layer}{error}"
@@ -56,30 +53,6 @@ def test_the_dse_card_block_runs_and_dsmi_with_the_labels_rises(tmp_path, monkey
     }
     assert len(monitor.history["dse/penultimate"]) == 4 and monitor.points["train"].shape[0] == 500
     assert monitor.history["dsmi_y/penultimate"][-1] > monitor.history["dsmi_y/penultimate"][0] + 0.3
-
-
-@pytest.mark.parametrize("name", ["neural_collapse", "dse"])
-def test_the_digits_example_runs_two_epochs(name, tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lightning-regs"])
-    cli = LightningRegsCLI(
-        args=[
-            "fit", "--config", str(ROOT / "examples" / f"{name}_digits.yaml"), "--trainer.max_epochs=2",
-            f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--trainer.enable_progress_bar=false",
-        ]
-    )  # fmt: skip
-    monitor = monitor_of(cli.trainer, name)
-    assert len(monitor.measured_steps) + len(monitor.skipped_steps) == 3  # before training and after each epoch
-    assert monitor.max_overhead == 0.05 and monitor.every_n_epochs == 1  # the default budget; the example's schedule
-    (metrics,) = tmp_path.rglob("metrics.csv")
-    header = metrics.read_text().splitlines()[0]
-    expected = (
-        ("nc/train/nc1", "nc/heldout/nc4")
-        if name == "neural_collapse"
-        else ("dse/penultimate", "dsmi_x/backbone.layers.block2")
-    )
-    assert all(column in header for column in (*expected, f"{monitor.prefix}/overhead"))
-    assert list(tmp_path.rglob(f"{'nc' if name == 'neural_collapse' else 'dse'}.png"))  # the plot at the end
 
 
 @pytest.mark.parametrize(

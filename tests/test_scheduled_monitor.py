@@ -225,20 +225,17 @@ def test_submodule_is_measured_and_a_wrong_one_is_named(tmp_path):
         fit(tmp_path, wrong, max_epochs=1)
 
 
-def test_old_names_keep_working_with_a_deprecation_warning():
-    with pytest.deprecated_call(match="heldout"):
-        monitor = LocalComplexityMonitor(num_directions=2, sets=("train", "test"))
-    assert monitor.sets == ("train", "heldout")
-    with pytest.deprecated_call(match="heldout"):
-        monitor.set_points(train=torch.zeros(2, 1, 2, 2), test=torch.ones(2, 1, 2, 2))
+def test_the_held_out_set_has_one_name():
+    with pytest.raises(ValueError, match=r"\['test'\] are not sets"):
+        LocalComplexityMonitor(num_directions=2, sets=("train", "test"))
+    monitor = LocalComplexityMonitor(num_directions=2, sets=("train", "heldout"))
+    monitor.set_points(train=torch.zeros(2, 1, 2, 2), heldout=torch.ones(2, 1, 2, 2))
     assert torch.equal(monitor.points["heldout"], torch.ones(2, 1, 2, 2))
     robust = AdversarialRobustnessMonitor()
-    with pytest.deprecated_call(match="heldout"):
-        robust.set_points(torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 2]))
+    with pytest.raises(TypeError):
+        robust.set_points(torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 2]))  # keyword only: heldout=(images, targets)
+    robust.set_points(heldout=(torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 2])))
     assert robust.points["targets"].tolist() == [0, 1, 2]
-    fresh = LocalComplexityMonitor()
-    fresh.load_state_dict({"points": {"test": torch.ones(1)}, "history": {}})  # a checkpoint from before the rename
-    assert "heldout" in fresh.points and "test" not in fresh.points
 
 
 def test_bad_schedules_are_named():

@@ -5,6 +5,7 @@ Extension points: :class:`ScheduledMonitor` (the base of every monitor),
 :class:`InputRewritingCallback` (the base of every callback that rewrites ``batch["image"]``: MixUp, CutMix).
 """
 
+from lightning_regs.callbacks.anomaly_prediction_writer import AnomalyPredictionWriter
 from lightning_regs.callbacks.cutmix import CutMix
 from lightning_regs.callbacks.dse_monitor import DiffusionSpectralEntropyMonitor
 from lightning_regs.callbacks.information_plane_monitor import InformationPlaneMonitor
@@ -15,7 +16,6 @@ from lightning_regs.callbacks.local_complexity_monitor import LocalComplexityMon
 from lightning_regs.callbacks.metrics_summary import MetricsSummary
 from lightning_regs.callbacks.mixup import MixUp
 from lightning_regs.callbacks.mixup_cutmix import MixUpCutMix
-from lightning_regs.callbacks.momentum_auxiliary_networks import MomentumAuxiliaryNetworks
 from lightning_regs.callbacks.neural_collapse_monitor import NeuralCollapseMonitor
 from lightning_regs.callbacks.pskd import ProgressiveSelfKD
 from lightning_regs.callbacks.robustness_monitor import AdversarialRobustnessMonitor
@@ -24,6 +24,7 @@ from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback
 
 __all__ = [
     "AdversarialRobustnessMonitor",
+    "AnomalyPredictionWriter",
     "CutMix",
     "DiffusionSpectralEntropyMonitor",
     "InformationPlaneMonitor",
@@ -34,7 +35,6 @@ __all__ = [
     "MetricsSummary",
     "MixUp",
     "MixUpCutMix",
-    "MomentumAuxiliaryNetworks",
     "NeuralCollapseMonitor",
     "ProgressiveSelfKD",
     "Rewrite",

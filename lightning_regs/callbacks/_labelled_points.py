@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from typing_extensions import override
 
 from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor, check_sets
 
@@ -51,11 +52,13 @@ class LabelledPointsMonitor(ScheduledMonitor):
         """The images and class ids of set ``name``."""
         return self.points[name], self.points[f"{name}_targets"]
 
+    @override
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for name in self.sets:
             if name not in self.points:
                 split = "train" if name == "train" else self.heldout_split
                 self.set_points(**{name: self.draw_points(trainer, split, offset=_OFFSETS[name])})
 
+    @override
     def cost_per_point(self) -> float:
         return float(len(self.sets))  # one eval forward per point and set

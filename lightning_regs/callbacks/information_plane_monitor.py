@@ -147,10 +147,12 @@ class InformationPlaneMonitor(LabelledPointsMonitor):
         self._found_layers: list[str] | None = None  # the layers measured, read when training starts
         self.layer_widths: list[int] | None = None  # their units (features per image), read with them
 
+    @override
     def state_key_fields(self) -> dict[str, Any]:
         layers = self.layers if self.layers is not None else "activations"
         return {**super().state_key_fields(), "estimator": self.estimator, "layers": layers, "sets": self.sets}
 
+    @override
     def cost_per_point(self) -> float:
         # One eval forward per point and set, and each layer's estimate with its half-samples (COST: in forwards of
         # the quickstart SmallCNN; a model whose forward is cheaper, such as a small MLP, spends more of its seconds
@@ -159,6 +161,7 @@ class InformationPlaneMonitor(LabelledPointsMonitor):
         compute = sum(a + b * width for width in self.layer_widths or ASSUMED_WIDTHS) * (1.0 + h * self.subsamples)
         return len(self.sets) * (1.0 + compute)
 
+    @override
     def plan_details(self) -> str:
         widths = dict(zip(self._found_layers or [], self.layer_widths or [], strict=True))
         return f" ({self.estimator}; layers and their units: {widths})"
@@ -172,6 +175,7 @@ class InformationPlaneMonitor(LabelledPointsMonitor):
         for set_name in self.sets:  # after the broadcast: every rank checks rank 0's points, the same answer
             self._check_probe(set_name, self.points[f"{set_name}_targets"])
 
+    @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         model = self.model(pl_module)
         if self._found_layers is None:
@@ -187,6 +191,7 @@ class InformationPlaneMonitor(LabelledPointsMonitor):
             values = trainer.strategy.broadcast(values, src=0)
         return values
 
+    @override
     def figure_spec(self) -> tuple[str, dict[str, list[float]], str, str]:
         """Every logged value against the step (the base's plot; :meth:`plot` draws the information plane)."""
         curves = {name: values for name, values in self.history.items() if not name.endswith("/overhead")}

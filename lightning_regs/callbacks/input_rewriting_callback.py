@@ -112,6 +112,7 @@ class InputRewritingCallback(SoftTargetCallback):
         self.batches_seen = 0
 
     @property
+    @override
     def softens_targets(self) -> bool:
         return self.mode == "targets" and self.mixes_targets
 
@@ -128,16 +129,20 @@ class InputRewritingCallback(SoftTargetCallback):
         """The rewritten inputs of ``batch`` (and the mixing of its rows), drawn from ``rng``; ``None``: unchanged."""
         raise NotImplementedError(f"{type(self).__name__} must implement rewrite().")
 
+    @override
     def refine_targets(self, *args: Any) -> None:  # the targets follow from rewrite()'s mixing
         return None
 
     @property
+    @override
     def state_key(self) -> str:
         return type(self).__name__
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "batches_seen": self.batches_seen}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict["seed"] != self.seed:
             rank_zero_warn(

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from typing_extensions import override
 
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback
 from lightning_regs.functional._checks import check_number
@@ -47,6 +48,7 @@ class LabelSmoothing(SoftTargetCallback):
         check_number(type(self).__name__, "smoothing (0.1 is the usual value)", smoothing, low=0, high=1)
         self.smoothing = float(smoothing)
 
+    @override
     def refine_targets(
         self,
         trainer: pl.Trainer,

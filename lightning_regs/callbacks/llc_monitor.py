@@ -10,6 +10,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lightning_regs.callbacks._llc_losses import behavioural_loss, task_loss
 from lightning_regs.callbacks.monitor_points import draw_from_dataset
@@ -146,12 +147,14 @@ class LocalLearningCoefficientMonitor(ScheduledMonitor):
         self.train_size: int | None = None
 
     # -- plan ----------------------------------------------------------------------------------------
+    @override
     def cost_per_point(self) -> float:
         draws = self.draws_count or MAX_AUTO_DRAWS
         steps = self.num_burnin + draws
         reference = steps if self.behavioural else draws  # forwards at w*: outputs (behavioural) or losses
         return float(3 * self.num_chains * steps + reference)
 
+    @override
     def fit_cost_to(self, forwards_per_point: float) -> None:
         """``num_draws="auto"``: the most draws in [10, 100] whose chain steps fit the allowance."""
         if self.draws_count is not None:
@@ -160,10 +163,12 @@ class LocalLearningCoefficientMonitor(ScheduledMonitor):
         affordable = (forwards_per_point - 3 * self.num_chains * self.num_burnin) // per_draw
         self.draws_count = int(min(max(affordable, MIN_AUTO_DRAWS), MAX_AUTO_DRAWS))
 
+    @override
     def plan_details(self) -> str:
         return f" ({self.num_chains} chains × {self.draws_count} draws, the points are each step's minibatch)"
 
     # -- points --------------------------------------------------------------------------------------
+    @override
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.draws_count is None:  # no budget to fit (max_overhead=None)
             self.draws_count = MAX_AUTO_DRAWS
@@ -187,6 +192,7 @@ class LocalLearningCoefficientMonitor(ScheduledMonitor):
         return float(self.n_beta)
 
     # -- measurement ---------------------------------------------------------------------------------
+    @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         model = self.model(pl_module)
         if any(type(p).__name__ == "DTensor" for p in model.parameters()):
@@ -249,17 +255,21 @@ class LocalLearningCoefficientMonitor(ScheduledMonitor):
         return batches
 
     # -- plot and state --------------------------------------------------------------------------------
+    @override
     def figure_spec(self) -> tuple[str, dict[str, list[float]], str, str]:
         """λ̂ against the step with its band of ±1 standard error over chains, saved as ``llc.png``."""
         name = f"{self.prefix}/mean"
         return "llc", {name: self.history.get(name, [])}, "λ̂ (local learning coefficient)", "LLC"
 
+    @override
     def state_key_fields(self) -> dict[str, Any]:
         return {**super().state_key_fields(), "behavioural": self.behavioural}
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "train_size": self.train_size, "num_draws": self.draws_count}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.train_size = state_dict.get("train_size")

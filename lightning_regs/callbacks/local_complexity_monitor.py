@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_deprecation
+from typing_extensions import override
 
 from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor, check_layer_names, check_sets
 from lightning_regs.functional._checks import check_bool, check_int, check_number
@@ -48,16 +48,16 @@ class LocalComplexityMonitor(ScheduledMonitor):
         radius: the cross-polytope radius ``r`` (or a list of radii) in the units the model sees.
         num_directions: ``P`` (``2P`` vertices per point); 25 for the MNIST MLP of the paper, 20 for CIFAR.
             ``"auto"``: 25, or fewer (down to 4) when the budget cannot afford 8 measurements of 64 points.
-        sets: which of ``train``, ``heldout``, ``random`` to measure (``test``: deprecated name of ``heldout``).
+        sets: which of ``train``, ``heldout``, ``random`` to measure.
         layers: names of the modules to count (see :func:`~lightning_regs.functional.local_complexity`);
             default: the inputs of every ReLU-family activation.
         log_per_layer: also log each layer's LC (one metric per layer and set).
-        preset: ``"default"`` counts at the inputs of the ReLU-family activations (the official ResNet
-            script's layers) with the centre among the vertices; ``"official"`` is the official ResNet
+        preset: ``"library"`` (the default) counts at the inputs of the ReLU-family activations (the official
+            ResNet script's layers) with the centre among the vertices; ``"official"`` is the official ResNet
             script's count: the same layers, the ``2P`` vertices only (the centre can only add neurons, so
-            the default is never below it); ``"official_mlp"`` counts at the output of every ``nn.Linear``,
+            ``"library"`` is never below it); ``"official_mlp"`` counts at the output of every ``nn.Linear``,
             the logits included, without the centre, as the official MLP script does (on random 16-32-32-10
-            MLPs the default is 3-12% below it). ``layers`` overrides the layer choice of any preset.
+            MLPs ``"library"`` is 3-12% below it). ``layers`` overrides the layer choice of any preset.
         num_measurements, every_n_steps, every_n_epochs, num_points, heldout_split, submodule, prefix,
             max_overhead, wall_clock_overhead, batch_size, plot, seed: see
             :class:`~lightning_regs.callbacks.ScheduledMonitor`
@@ -83,7 +83,7 @@ class LocalComplexityMonitor(ScheduledMonitor):
         layers: Sequence[str] | None = None,
         submodule: str | None = None,
         log_per_layer: bool = False,
-        preset: Literal["default", "official", "official_mlp"] = "default",
+        preset: Literal["library", "official", "official_mlp"] = "library",
         batch_size: int | None = None,
         prefix: str = "lc",
         max_overhead: float | None = 0.1,
@@ -117,12 +117,6 @@ class LocalComplexityMonitor(ScheduledMonitor):
             raise ValueError(f"{owner}: radius lists {repeated} more than once, got {radius!r}; give distinct radii.")
         if isinstance(sets, str):
             sets = [sets]
-        if "test" in sets:
-            rank_zero_deprecation(
-                "LocalComplexityMonitor(sets=[..., 'test']): the held-out set is now called 'heldout' (logged as "
-                "lc/heldout, drawn from heldout_split); 'test' is read as 'heldout'."
-            )
-            sets = ["heldout" if name == "test" else name for name in sets]
         sets = check_sets(owner, sets, _SETS)
         if num_directions != "auto":
             check_int(owner, "num_directions (or 'auto')", num_directions, low=1)
@@ -133,39 +127,36 @@ class LocalComplexityMonitor(ScheduledMonitor):
         # P in use: the user's, or resolved from the budget when the plan is made (restored on resume).
         self.directions_count: int | None = None if num_directions == "auto" else num_directions
         self.sets = sets
-        if preset not in ("default", "official", "official_mlp"):
-            raise ValueError(f"{owner}: preset must be 'default', 'official' or 'official_mlp', got {preset!r}.")
+        if preset not in ("library", "official", "official_mlp"):
+            raise ValueError(f"{owner}: preset must be 'library', 'official' or 'official_mlp', got {preset!r}.")
         self.layers = list(layers) if layers is not None else None
         self.log_per_layer = log_per_layer
         self.preset = preset
 
     @property
+    @override
     def state_key(self) -> str:
-        # The held-out set was called "test": keys keep that name, so older checkpoints restore.
+        # The key spells the held-out set "test" and keys "auto" as 25: the key format is fixed.
         sets = tuple("test" if name == "heldout" else name for name in self.sets)
-        # "auto" keys as 25, the default P before "auto" existed, so those checkpoints restore.
         directions = MAX_AUTO_DIRECTIONS if self.num_directions == "auto" else self.num_directions
         return self._generate_state_key(
             radii=self.radii, num_directions=directions, sets=sets, **self.state_key_fields()
         )
 
-    def set_points(
-        self, train: torch.Tensor | None = None, heldout: torch.Tensor | None = None, test: torch.Tensor | None = None
-    ) -> None:
+    def set_points(self, train: torch.Tensor | None = None, heldout: torch.Tensor | None = None) -> None:
         """Measure these points instead of drawing them from the data (random points span ``train``)."""
-        if test is not None:
-            rank_zero_deprecation("LocalComplexityMonitor.set_points(test=...) is now set_points(heldout=...).")
-            heldout = test if heldout is None else heldout
         if train is not None:
             self.points["train"] = train.detach().float().cpu()
         if heldout is not None:
             self.points["heldout"] = heldout.detach().float().cpu()
         self._complete_points()
 
+    @override
     def cost_per_point(self) -> float:
         directions = self.directions_count or MAX_AUTO_DIRECTIONS
         return float((2 * directions + 1) * len(self.radii) * len(self.sets))
 
+    @override
     def fit_cost_to(self, forwards_per_point: float) -> None:
         """``num_directions="auto"``: the largest ``P`` in [4, 25] whose ``2P + 1`` forwards fit the allowance."""
         if self.directions_count is not None:
@@ -173,6 +164,7 @@ class LocalComplexityMonitor(ScheduledMonitor):
         per_set = forwards_per_point / (len(self.radii) * len(self.sets))
         self.directions_count = int(min(max((per_set - 1) // 2, MIN_AUTO_DIRECTIONS), MAX_AUTO_DIRECTIONS))
 
+    @override
     def plan_details(self) -> str:
         return f" (P = {self.directions_count} directions)"
 
@@ -188,6 +180,7 @@ class LocalComplexityMonitor(ScheduledMonitor):
         if "directions" not in self.points and self.directions_count is not None:  # "auto": drawn once resolved
             self.points["directions"] = orthonormal_directions(reference.shape[1:], self.directions_count, generator)
 
+    @override
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.directions_count is None:  # no budget to fit (max_overhead=None): the paper's P
             self.directions_count = MAX_AUTO_DIRECTIONS
@@ -197,6 +190,7 @@ class LocalComplexityMonitor(ScheduledMonitor):
             self.points["heldout"] = self.draw_points(trainer, self.heldout_split, offset=3)[0]
         self._complete_points()
 
+    @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         model = self.model(pl_module)
         device = pl_module.device
@@ -215,7 +209,7 @@ class LocalComplexityMonitor(ScheduledMonitor):
                     directions=directions,
                     layers=self._layers(model),
                     batch_size=self.batch_size,
-                    include_center=self.preset == "default",
+                    include_center=self.preset == "library",
                 )
                 # Per point: each layer's count and their total; sums and sums of squares add up over ranks.
                 counts = result.counts[:real].to(torch.float64)
@@ -241,17 +235,18 @@ class LocalComplexityMonitor(ScheduledMonitor):
             )
         return linear
 
+    @override
     def figure_spec(self) -> tuple[str, dict[str, list[float]], str, str]:
         """LC per point set (not per layer) against the step, saved as ``lc.png``."""
         curves = {name: values for name, values in self.history.items() if name.count("/") == 1}
         return "lc", curves, "local complexity (neurons)", "LC"
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "radii": list(self.radii), "num_directions": self.directions_count}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         if state_dict.get("num_directions") is not None:
             self.directions_count = int(state_dict["num_directions"])
-        if "test" in self.points:  # a checkpoint from before the set was renamed
-            self.points["heldout"] = self.points.pop("test")

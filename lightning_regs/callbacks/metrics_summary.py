@@ -7,6 +7,7 @@ import time
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
 
 from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
 
@@ -83,22 +84,28 @@ class MetricsSummary(Callback):
     def report(self, trainer: pl.Trainer, stage: str) -> None:
         print(self.format_summary(trainer, stage), flush=True)
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start("fit")
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.report(trainer, "fit")
 
+    @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "validate":
             self._start("validate")
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "validate":
             self.report(trainer, "validate")
 
+    @override
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start("test")
 
+    @override
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.report(trainer, "test")

@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from typing_extensions import override
 
 from lightning_regs.batch import IMAGE
 from lightning_regs.callbacks.input_rewriting_callback import InputRewritingCallback, MixMode, Rewrite
@@ -77,6 +78,7 @@ class MixUpCutMix(InputRewritingCallback):
         self.switch_prob = float(switch_prob)
         self.per_sample = bool(per_sample)
 
+    @override
     def rewrite(
         self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, batch: Mapping[str, Any],
         rng: np.random.Generator,

@@ -122,6 +122,7 @@ class ProgressiveSelfKD(SoftTargetCallback):
         self._warned_skipped = 0
 
     @property
+    @override
     def state_key(self) -> str:
         return "ProgressiveSelfKD"
 
@@ -161,6 +162,7 @@ class ProgressiveSelfKD(SoftTargetCallback):
         elif self.table.device != device:
             self.table.to(device)
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module.log("pskd/alpha", self.effective_alpha(trainer.current_epoch), on_step=False, on_epoch=True)
 
@@ -179,6 +181,7 @@ class ProgressiveSelfKD(SoftTargetCallback):
         if trainer.current_epoch > 0 and self.table is not None:
             self.soften(trainer, pl_module, batch)
 
+    @override
     def refine_targets(
         self,
         trainer: pl.Trainer,
@@ -194,9 +197,11 @@ class ProgressiveSelfKD(SoftTargetCallback):
         seen = self.table.seen[table_index].to(labels.device)
         return pskd_targets(targets.to(labels.device), previous, self.alpha(trainer.current_epoch), seen)
 
+    @override
     def resolve_num_classes(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None) -> int:
         return self.table.num_classes if self.table is not None else super().resolve_num_classes(trainer, pl_module)
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -256,6 +261,7 @@ class ProgressiveSelfKD(SoftTargetCallback):
             )
         return logits
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After one epoch every index of the data set has been range-checked; later checks would only cost syncs.
         self._check_indices = self.table is None
@@ -288,18 +294,20 @@ class ProgressiveSelfKD(SoftTargetCallback):
                 "with the data the run was started with, or start a new run (a fresh ProgressiveSelfKD)."
             )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         table = self.table.state_dict() if self.table is not None else self._restored_table
         fingerprint = self._fingerprint if self.table is not None else self._restored_fingerprint
         return {"alpha_T": self.alpha_T, "total_epochs": self.total_epochs, "table": table, "fingerprint": fingerprint}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         _check_callback_state(state_dict)
         if state_dict.get("table") is not None:
             check_table_state(state_dict["table"])  # before anything is changed: a named error, not a raw one
         self.total_epochs = state_dict["total_epochs"]
         self._restored_table = state_dict["table"]
-        self._restored_fingerprint = state_dict.get("fingerprint")  # absent in checkpoints of earlier versions
+        self._restored_fingerprint = state_dict["fingerprint"]
         self.table = None
         if state_dict["alpha_T"] != self.alpha_T:
             rank_zero_warn(
@@ -357,7 +365,7 @@ def _check_callback_state(state: Any) -> None:
     )
     if not isinstance(state, Mapping):
         raise ValueError(f"ProgressiveSelfKD's checkpoint state is a {type(state).__name__}, not a dict. {fix}")
-    missing = [key for key in ("alpha_T", "total_epochs", "table") if key not in state]
+    missing = [key for key in ("alpha_T", "total_epochs", "table", "fingerprint") if key not in state]
     if missing:
         raise ValueError(f"ProgressiveSelfKD's checkpoint state lacks {missing} (it has {sorted(state)}). {fix}")
     expected = {

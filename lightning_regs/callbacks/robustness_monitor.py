@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_deprecation
+from typing_extensions import override
 
 from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
 from lightning_regs.functional._checks import check_bool, check_choice, check_int, check_number, check_range_pair
@@ -125,28 +125,15 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
         self.input_range = input_range if input_range is None or input_range == "data" else tuple(input_range)
 
     @property
+    @override
     def state_key(self) -> str:
         official = {"preset": "official"} if self.preset == "official" else {}  # library keys stay as they were
         return self._generate_state_key(
             epsilon=self.epsilon, norm=self.norm, steps=self.steps_per_attack, **official, **self.state_key_fields()
         )
 
-    def set_points(
-        self,
-        images: torch.Tensor | None = None,
-        targets: torch.Tensor | None = None,
-        *,
-        heldout: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> None:
-        """Attack ``heldout=(images, targets)`` instead of points drawn from the data.
-
-        ``set_points(images, targets)`` (the old positional form) still works, with a deprecation warning.
-        """
-        if images is not None or targets is not None:
-            rank_zero_deprecation(
-                "AdversarialRobustnessMonitor.set_points(images, targets) is now set_points(heldout=(images, targets))."
-            )
-            heldout = (images, targets)  # type: ignore[assignment]
+    def set_points(self, *, heldout: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Attack ``heldout=(images, targets)`` instead of points drawn from the data."""
         if heldout is None or heldout[0] is None or heldout[1] is None:
             raise ValueError("set_points needs heldout=(images, targets): the attack needs the labels.")
         images, targets = heldout
@@ -154,13 +141,16 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
             raise ValueError("The held-out targets must be int64 class ids (N,) to measure accuracy.")
         self.points = {"images": images.detach().float().cpu(), "targets": targets.detach().long().cpu()}
 
+    @override
     def cost_per_point(self) -> float:
         return 3.0 * self.steps_per_attack + 2.0
 
+    @override
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if "images" not in self.points:
             self.set_points(heldout=self.draw_points(trainer, self.heldout_split))
 
+    @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         device = pl_module.device
         model = self.model(pl_module)
@@ -205,9 +195,11 @@ class AdversarialRobustnessMonitor(ScheduledMonitor):
             f"{self.prefix}/clean_acc_se": float(error[1]),
         }
 
+    @override
     def figure_spec(self) -> tuple[str, dict[str, list[float]], str, str]:
         """Robust and clean accuracy against the step, saved as ``robust.png``."""
         return "robust", self.history, "accuracy", f"PGD-{self.norm}"
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "epsilon": self.epsilon, "norm": self.norm}

@@ -282,14 +282,15 @@ class ScheduledMonitor(Callback):
         return draw_from_dataset(self.dataset(trainer, split), self.points_per_set, self.generator(offset))
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(**self.state_key_fields())
 
     def state_key_fields(self) -> dict[str, Any]:
         """What tells two monitors of one class apart in a checkpoint; extend it in subclasses.
 
-        ``prefix`` and ``heldout_split`` count only when not at their defaults, so that keys of
-        checkpoints written before they existed still match.
+        ``prefix`` and ``heldout_split`` count only when not at their defaults: a monitor at its defaults keeps
+        the shortest key.
         """
         fields: dict[str, Any] = {}
         if self.prefix != type(self)._default("prefix"):
@@ -371,7 +372,7 @@ class ScheduledMonitor(Callback):
             self._plan(trainer)
             self._announce_plan()
         elif self._run_length_changed(trainer):
-            before = self.total_steps if self.total_steps is not None else (self.steps or [None])[-1]
+            before = self.total_steps
             self._plan(trainer, resumed=True)
             rank_zero_info(
                 f"{type(self).__name__}: the resumed run has {self.total_steps} optimizer steps, not the {before} its "
@@ -498,11 +499,10 @@ class ScheduledMonitor(Callback):
             self.steps = measurement_steps(total_steps, measurements, self.every_n_steps)
 
     def _run_length_changed(self, trainer: pl.Trainer) -> bool:
-        """Whether a restored plan was made for another run length (older checkpoints: its last step or epoch)."""
+        """Whether a restored plan was made for another run length (its last epoch, or ``total_steps``)."""
         if self.every_n_epochs is not None:
             return bool(self.epochs) and self.epochs[-1] != _total_epochs(trainer)
-        planned_for = self.total_steps if self.total_steps is not None else self.steps[-1]
-        return planned_for != _total_steps(trainer, type(self).__name__)
+        return self.total_steps != _total_steps(trainer, type(self).__name__)
 
     def _announce_plan(self) -> None:
         if self.every_n_epochs is not None:

@@ -22,7 +22,7 @@ from lightning_regs.datamodules.cifar import CIFAR10DataModule, CIFAR100DataModu
 from lightning_regs.datamodules.cub import CUB200DataModule
 from lightning_regs.datamodules.digits import DigitsDataModule
 from lightning_regs.datamodules.digits_bags import DigitsBagsDataModule
-from lightning_regs.datamodules.digits_subset import DigitsSubsetDataModule, RepeatedShuffleSampler
+from lightning_regs.datamodules.digits_subset import DigitsSubsetDataModule
 from lightning_regs.datamodules.download import (
     ArchiveSecurityError,
     CorruptArchiveError,
@@ -65,7 +65,6 @@ __all__ = [
     "DatasetDataModule",
     "DigitsDataModule",
     "DigitsSubsetDataModule",
-    "RepeatedShuffleSampler",
     "EpochShuffleSampler",
     "GCDDataset",
     "IndexedDataset",

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from typing_extensions import override
 
-from lightning_regs.batch import BAG_ID, IMAGE, INDEX, TARGET
+from lightning_regs.batch import BAG_ID
 from lightning_regs.datamodules.bag_sampler import BagBatchSampler, bag_dataloader
 from lightning_regs.datamodules.base import ResumableDataLoader, SplitDataModule, hparam
 from lightning_regs.datamodules.digits import fraction_split
+from lightning_regs.datamodules.indexed import indexed_sample
 
 __all__ = ["AggregateDataset", "AggregateRegressionDataModule", "LabelProportionsDataModule", "random_bags"]
 
@@ -58,14 +60,8 @@ class AggregateDataset(Dataset):
         return len(self.features)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        sample = {
-            IMAGE: self.features[index],
-            TARGET: self.responses[index],
-            INDEX: torch.tensor(index, dtype=torch.long),
-        }
-        if self.bag_ids is not None:
-            sample[BAG_ID] = self.bag_ids[index]
-        return sample
+        extra = {BAG_ID: self.bag_ids[index]} if self.bag_ids is not None else None
+        return indexed_sample(self.features[index], self.responses[index], index, extra)
 
 
 def random_bags(num_rows: int, bag_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -100,10 +96,12 @@ class _AggregateDataModule(SplitDataModule):
     bags_per_batch = hparam()
     bag_size = hparam()
 
+    @override
     def train_sampler(self, dataset: Dataset) -> Sampler:
         """The training batches: ``bags_per_batch`` whole bags in an order drawn from ``seed`` and the epoch."""
         return BagBatchSampler(dataset.bag_ids, self.bags_per_batch, seed=self.seed)  # type: ignore[attr-defined]
 
+    @override
     def _apply_position(self, sampler: Sampler | None) -> None:
         position = getattr(self, "_resume_position", None)
         if position is not None and isinstance(sampler, BagBatchSampler):
@@ -111,6 +109,7 @@ class _AggregateDataModule(SplitDataModule):
         else:
             super()._apply_position(sampler)
 
+    @override
     def train_dataloader(self) -> DataLoader:
         if not self.datasets:
             self.setup()
@@ -202,6 +201,7 @@ class AggregateRegressionDataModule(_AggregateDataModule):
         self.save_hyperparameters()
         self.theta: torch.Tensor | None = None  # (d,), set by setup
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
@@ -287,6 +287,7 @@ class LabelProportionsDataModule(_AggregateDataModule):
         """The seeded split of ``range(num_samples)`` into train, validation and test indices (as the digits')."""
         return fraction_split(num_samples, self.seed, self.val_fraction, self.test_fraction)
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return

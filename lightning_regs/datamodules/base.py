@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -13,31 +12,33 @@ from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
+from typing_extensions import override
 
-from lightning_regs._compat import batches_processed_in_epoch
 from lightning_regs.datamodules.fingerprint import _labels as _dataset_labels
-from lightning_regs.datamodules.fingerprint import data_fingerprint, fingerprint_difference
+from lightning_regs.datamodules.options import get_option, hparam, set_option
+from lightning_regs.datamodules.resume import (
+    DataChangedError,
+    ResumableDataLoader,
+    ResumePositionError,
+    SplitResumeState,
+)
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
 from lightning_regs.trusted_loading import TrustedCheckpointLoading
 
-# State entry with the training position (epoch, batches trained in it) of a checkpoint written mid-epoch.
-_POSITION_KEY = "training_position"
-# State entry with each split's data fingerprint (size, labels and file digests), checked on restore.
-_FINGERPRINT_KEY = "data_fingerprint"
-
+# hparam, set_option and get_option live in options.py, the resume state in resume.py; importable from here too
 __all__ = [
     "DataChangedError",
     "NumClassesUnknownError",
+    "ResumableDataLoader",
     "ResumePositionError",
     "SplitDataModule",
     "SplitError",
     "check_class_names",
+    "get_option",
     "hparam",
+    "set_option",
 ]
-
-_REQUIRED = object()
 
 
 class NumClassesUnknownError(AttributeError):
@@ -46,14 +47,6 @@ class NumClassesUnknownError(AttributeError):
     An ``AttributeError``, so ``getattr(datamodule, "num_classes", None)`` treats the value as not
     known yet; read directly, the message says what to pass.
     """
-
-
-class DataChangedError(ValueError):
-    """The data a checkpoint is resumed on is not the data it was made on (size, labels, file list or content)."""
-
-
-class ResumePositionError(ValueError):
-    """A checkpoint written inside an epoch cannot continue that epoch with this module's settings."""
 
 
 class SplitError(ValueError):
@@ -88,71 +81,7 @@ case or spaces, so one class would be counted as two. Write them the same way (f
         seen.setdefault(key, name)
 
 
-class hparam:
-    """A DataModule attribute stored once, in ``self.hparams[name]``: reads and writes go there.
-
-    So ``dm.batch_size = 32`` (e.g. by Lightning's batch-size finder) is also what the checkpoint's
-    hyper-parameters record. ``default`` is returned when the key is absent; without one a clear
-    error says to save the argument.
-
-    Example::
-
-        >>> class Data(SplitDataModule):
-        ...     image_size = hparam()
-        ...     def __init__(self, image_size: int = 8, batch_size: int = 4, seed: int = 0) -> None:
-        ...         super().__init__()
-        ...         self.save_hyperparameters()
-        >>> data = Data()
-        >>> data.image_size = 16
-        >>> data.image_size, data.hparams.image_size, data.num_workers
-        (16, 16, 0)
-    """
-
-    def __init__(self, default: Any = _REQUIRED) -> None:
-        self.default = default
-        self.name = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: Any, owner: type | None = None) -> Any:
-        if obj is None:
-            return self
-        overrides = obj.__dict__.get("_hparam_overrides", {})
-        if self.name in overrides:
-            return overrides[self.name]
-        if self.name in obj.hparams:
-            return obj.hparams[self.name]
-        if self.default is not _REQUIRED:
-            return self.default
-        raise AttributeError(
-            f"{type(obj).__name__}.{self.name} reads self.hparams['{self.name}'], which is not set: give __init__ "
-            f"a `{self.name}` argument and call self.save_hyperparameters() there."
-        )
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        set_option(obj, self.name, value)
-
-
-def set_option(obj: Any, name: str, value: Any) -> None:
-    """Write ``name`` to ``obj.hparams`` when ``__init__`` took it; else keep it on the instance.
-
-    A key ``__init__`` does not take must not reach the checkpoint's hyper-parameters:
-    ``load_from_checkpoint`` would pass it back as an unexpected argument.
-    """
-    if name in obj.hparams:
-        obj.hparams[name] = value
-    else:
-        obj.__dict__.setdefault("_hparam_overrides", {})[name] = value
-
-
-def get_option(obj: Any, name: str, default: Any = None) -> Any:
-    """The value :func:`set_option` wrote, else ``obj.hparams[name]``, else ``default``."""
-    overrides = obj.__dict__.get("_hparam_overrides", {})
-    return overrides[name] if name in overrides else obj.hparams.get(name, default)
-
-
-class SplitDataModule(TrustedCheckpointLoading, pl.LightningDataModule):
+class SplitDataModule(SplitResumeState, TrustedCheckpointLoading, pl.LightningDataModule):
     """The base of every lightning_regs DataModule: one way to split, load, count classes and resume.
 
     A subclass calls ``super().__init__()``, checks its arguments, calls ``self.save_hyperparameters()``
@@ -283,6 +212,7 @@ class SplitDataModule(TrustedCheckpointLoading, pl.LightningDataModule):
         """How to give a one-sided ``split`` both classes (the last sentence of its :class:`SplitError`)."""
         return f"Add samples of the other class to the {split} split."
 
+    @override
     def save_hyperparameters(
         self,
         *args: Any,
@@ -345,7 +275,7 @@ class SplitDataModule(TrustedCheckpointLoading, pl.LightningDataModule):
         )
 
     @num_classes.setter
-    def num_classes(self, value: int) -> None:  # hosts of the deprecated SplitDataLoaders set it
+    def num_classes(self, value: int) -> None:
         set_option(self, "num_classes", value)
 
     def num_classes_found(self) -> int | None:
@@ -367,47 +297,6 @@ class SplitDataModule(TrustedCheckpointLoading, pl.LightningDataModule):
         """The training order: a function of ``seed`` and the epoch, so a resumed run sees the same batches."""
         return EpochShuffleSampler(len(dataset), self.seed)  # type: ignore[arg-type]
 
-    def _training_sampler(self, dataset: Dataset) -> Sampler[int]:
-        sampler = self.train_sampler(dataset)
-        self._last_train_sampler = sampler
-        self._apply_position(sampler)
-        self._resume_position = None  # once: a later fit of this DataModule starts its epochs from the top
-        return sampler
-
-    def _apply_position(self, sampler: Sampler[int] | None) -> None:
-        position = getattr(self, "_resume_position", None)
-        if position is not None and isinstance(sampler, EpochShuffleSampler):
-            # by samples: the draws this rank trained on (a checkpoint of before it saved them: batches of this size)
-            skip = position.get("samples", position["batches"] * self.batch_size)
-            sampler.resume_at(position["epoch"], skip)
-
-    def _check_position(self, position: Mapping[str, Any] | None) -> None:
-        """Refuse a mid-epoch position this module cannot continue exactly (another batch size or process count)."""
-        if not position or "batch_size" not in position:  # none, or a checkpoint of before these were saved
-            return
-        epoch_batches = position.get("epoch_batches")
-        if epoch_batches is None or position["batches"] >= epoch_batches or position["batches"] == 0:
-            return  # written at an epoch's end or start: the next epoch starts from its top with any settings
-        then, now = position["batch_size"], self.batch_size
-        world = _world_size(self.trainer)
-        where = (
-            f"the checkpoint was written inside epoch {position['epoch']}, after {position['batches']} of its "
-            f"{epoch_batches} batches of {then} samples"
-        )
-        if position.get("world_size", world) != world:
-            raise ResumePositionError(
-                f"{type(self).__name__}: {where} on {position['world_size']} process(es), and this run has {world}: "
-                "each process's share of the epoch changes with their number, so the rest of the epoch would skip "
-                "or repeat samples. Resume on as many processes, or from a checkpoint written at an epoch's end."
-            )
-        if then != now:
-            raise ResumePositionError(
-                f"{type(self).__name__}: {where}, and this module has batch_size={now}. Lightning counts the epoch's "
-                f"remaining steps in batches of {then}, so with batches of {now} the rest of the epoch would skip or "
-                f"repeat samples and shift the step count. Resume with batch_size={then} (--data.init_args.batch_size="
-                f"{then}), or from a checkpoint written at an epoch's end."
-            )
-
     def _loader(self, split: str, train: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
@@ -420,7 +309,12 @@ class SplitDataModule(TrustedCheckpointLoading, pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             collate_fn=type(self).collate_fn,  # read off the class: a function attribute would bind to self
+            **(self.train_loader_options() if train else {}),
         )
+
+    def train_loader_options(self) -> dict[str, Any]:
+        """Further ``DataLoader`` arguments of the training loader (e.g. ``drop_last``); none by default."""
+        return {}
 
     def evaluation_dataset(self, split: str) -> Dataset:
         """``split``'s data set as evaluation sees it: for ``train``, the same samples with the evaluation transform.
@@ -451,15 +345,19 @@ class SplitDataModule(TrustedCheckpointLoading, pl.LightningDataModule):
         """The transform of the evaluation splits (``eval_transform`` where the subclass has one)."""
         return getattr(self, "eval_transform", None)
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
 
+    @override
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
 
@@ -471,132 +369,6 @@ class SplitDataModule(TrustedCheckpointLoading, pl.LightningDataModule):
 
     def load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         """Check and restore :meth:`extra_state`; raise, before changing anything, on a state this module cannot use."""
-
-    def state_dict(self) -> dict[str, Any]:
-        state = {name: self.hparams.get(name) for name in ("seed", *self.split_arguments, *self.task_arguments)}
-        state.update({f"{name}_indices": indices for name, indices in self.split_indices.items()})
-        state.update(self.extra_state())
-        position = self._training_position()
-        if position is not None:
-            state[_POSITION_KEY] = position
-        if self.datasets:
-            state[_FINGERPRINT_KEY] = self._fingerprints()
-        return state
-
-    def _fingerprints(self) -> dict[str, dict[str, Any]]:
-        """Each split's :func:`~lightning_regs.datamodules.fingerprint.data_fingerprint`, computed once per setup."""
-        key = tuple(self.datasets.values())  # the objects themselves: an id could be reused by a rebuilt set
-        cached = getattr(self, "_fingerprint_cache", None)
-        if cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0], key, strict=True)):
-            cached = (key, {split: data_fingerprint(dataset) for split, dataset in self.datasets.items()})
-            self._fingerprint_cache = cached
-        return cached[1]
-
-    def _check_fingerprints(self, saved: Mapping[str, Mapping[str, Any]] | None) -> None:
-        if not saved:  # a checkpoint from before fingerprints were saved
-            return
-        current = self._fingerprints()
-        changes = {
-            split: difference
-            for split, fingerprint in saved.items()
-            if split in current and (difference := fingerprint_difference(fingerprint, current[split]))
-        }
-        if changes:
-            what = "; ".join(f"the {split} split changed: {difference}" for split, difference in changes.items())
-            raise DataChangedError(
-                f"{type(self).__name__}: the data under {self.hparams.get('root', 'this DataModule')} is not the data "
-                f"the checkpoint was made on ({what}). Its split indices and every per-sample state (e.g. PS-KD's "
-                "table) would point at other samples. Resume with the original data, or start a new run."
-            )
-
-    def _training_position(self) -> dict[str, int] | None:
-        """Where training is in its epoch: the epoch and the batches this rank trained on in it (``None``: not fitting).
-
-        Read from Lightning's own progress counters when a checkpoint is written, so batches the loader fetched
-        ahead (Lightning prefetches one) are not counted as trained.
-        """
-        trainer = self.trainer
-        if trainer is None or not trainer.training:
-            return None
-        batches = batches_processed_in_epoch(trainer)
-        position: dict[str, Any] = {"epoch": int(trainer.current_epoch), "batches": batches}
-        size = self.batch_size  # None where batches are whole bags (bags_per_batch): compared as given
-        position.update(batch_size=size, samples=None if size is None else batches * int(size))
-        position["world_size"] = _world_size(trainer)
-        total = trainer.num_training_batches
-        if isinstance(total, int) or (isinstance(total, float) and math.isfinite(total)):
-            position["epoch_batches"] = int(total)
-        return position
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        self._check_position(state_dict.get(_POSITION_KEY))  # before anything changes
-        self._resume_position = state_dict.pop(_POSITION_KEY, None)
-        fingerprints = state_dict.pop(_FINGERPRINT_KEY, None)
-        # A loader made before the restore (Lightning builds one early when configure_optimizers asks for
-        # estimated_stepping_batches) gets the position too.
-        self._apply_position(getattr(self, "_last_train_sampler", None))
-        name = type(self).__name__
-        for argument in self.task_arguments:
-            if argument in state_dict and state_dict[argument] != self.hparams.get(argument):
-                raise ValueError(
-                    f"{name}: the checkpoint was made with {argument}={state_dict[argument]!r} but this module has "
-                    f"{argument}={self.hparams.get(argument)!r}, which changes what the targets mean. Build the "
-                    f"DataModule with {argument}={state_dict[argument]!r} to resume from this checkpoint."
-                )
-        if self.datasets and _same_state(self.state_dict(), state_dict):
-            self._check_fingerprints(fingerprints)
-            return  # already set up with this state: do not read the data again
-        self.load_extra_state(state_dict)
-        adopted = {key: state_dict[key] for key in ("seed", *self.split_arguments) if key in state_dict}
-        differ = [key for key, value in adopted.items() if value != self.hparams.get(key)]
-        if differ:
-            theirs = ", ".join(f"{key} {adopted[key]!r}" for key in differ)
-            ours = ", ".join(f"{key} {self.hparams.get(key)!r}" for key in differ)
-            rank_zero_warn(
-                f"{name}: the checkpoint's split was made with {theirs}; this module has {ours}. The checkpoint's "
-                "split is used, and its seed orders the training samples, so the run continues as the uninterrupted "
-                "one would."
-            )
-        self.hparams.update(adopted)
-        self.split_indices = {
-            key.removesuffix("_indices"): torch.as_tensor(value, dtype=torch.long)
-            for key, value in state_dict.items()
-            if key.endswith("_indices")
-        }
-        missing = [key for key in self.split_arguments if key not in state_dict]
-        if missing and any(key.endswith("_indices") for key in state_dict):
-            rank_zero_warn(
-                f"{name}: the checkpoint's split indices are used, but it does not record {missing} (it predates "
-                f"them); this module's {', '.join(f'{key}={self.hparams.get(key)!r}' for key in missing)} may not "
-                "describe that split."
-            )
-        self.datasets = {}
-        try:
-            self.setup()
-        except IndexError as error:
-            raise ValueError(
-                f"{name}: the checkpoint's split indices do not fit the data under "
-                f"{self.hparams.get('root', 'this DataModule')} ({error}): the checkpoint was made on other data. "
-                "Resume with the original data, or start a new run."
-            ) from error
-        self._check_fingerprints(fingerprints)
-
-
-class ResumableDataLoader(DataLoader):
-    """The training loader of a :class:`SplitDataModule`: its position lives in the DataModule's state.
-
-    The DataModule saves the epoch and the batches trained in it with every checkpoint and hands them to its
-    :class:`~lightning_regs.datamodules.EpochShuffleSampler` on restore, so a run resumed from a mid-epoch
-    checkpoint continues with the next batch. These methods only tell Lightning that the loader resumes (it
-    otherwise warns that a mid-epoch resume is unreliable); the state is the DataModule's.
-    """
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": "in the DataModule's state"}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        pass
 
 
 def _checked_setup(setup: Callable[..., None]) -> Callable[..., None]:
@@ -618,24 +390,3 @@ def _checked_setup(setup: Callable[..., None]) -> Callable[..., None]:
 def _split_labels(dataset: Any) -> list[int] | None:
     labels = _dataset_labels(dataset)  # targets, labels, TensorDataset's tensors[1], through Subset/IndexedDataset
     return None if labels is None else [int(v) for v in labels.reshape(-1).tolist()]
-
-
-def _world_size(trainer: Any) -> int:
-    if trainer is not None:
-        return int(trainer.world_size)
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-
-
-def _same_state(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:
-    ours = {key: value for key, value in ours.items() if key not in (_POSITION_KEY, _FINGERPRINT_KEY)}
-    if ours.keys() != theirs.keys():
-        return False
-    for key, value in ours.items():
-        other = theirs[key]
-        if isinstance(value, torch.Tensor) or isinstance(other, torch.Tensor):
-            value, other = torch.as_tensor(value), torch.as_tensor(other)
-            if value.dtype != other.dtype or value.shape != other.shape or not torch.equal(value, other):
-                return False
-        elif value != other:
-            return False
-    return True

@@ -26,6 +26,7 @@ from lightning_regs.batch import (
     class_ids,
     unpack_batch,
 )
+from lightning_regs.datamodules.indexed import indexed_sample
 
 __all__ = [
     "HARD_TARGET",
@@ -64,8 +65,4 @@ class TensorDictDataset(Dataset):
         return len(self.targets)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {
-            IMAGE: self.images[index],
-            TARGET: self.targets[index],
-            INDEX: torch.tensor(index, dtype=torch.long),
-        }
+        return indexed_sample(self.images[index], self.targets[index], index)

@@ -2,165 +2,42 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
-from torch.utils.data import Dataset
 from torchvision.transforms import v2
-from torchvision.transforms.v2.functional import pil_to_tensor
+from typing_extensions import override
 
-from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
+from lightning_regs.batch import LABELED
 from lightning_regs.datamodules.base import SplitDataModule, hparam
-from lightning_regs.datamodules.files import RootGuard, open_image, read_json
+from lightning_regs.datamodules.cub_files import (
+    FILES,
+    SOURCE,
+    CUBImages,
+    check_boxes,
+    check_class_folders,
+    read_table,
+)
+from lightning_regs.datamodules.files import RootGuard
+from lightning_regs.datamodules.gcd_split import (
+    SSB_SPLIT_FILE,
+    check_known_classes,
+    draw_labeled_pooled,
+    hide_unlabeled,
+    known_classes_state,
+    known_first_order,
+    read_split_file,
+    targets_in_order,
+)
+from lightning_regs.datamodules.normalization import IMAGENET_MEAN, IMAGENET_STD
 from lightning_regs.datamodules.views import TwoViews
 
-__all__ = ["CUB200DataModule"]
-
-SSB_SPLIT_FILE = Path(__file__).parent / "data" / "cub_ssb_split.json"  # gcd_split_file="ssb"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt", "bounding_boxes.txt")
-_SOURCE = (
-    "CUB-200-2011 is not downloaded automatically (its old address is dead and no sha256 is established). "
-    "Get CUB_200_2011.tgz from CaltechDATA (https://data.caltech.edu/records/65de6-vp158, md5 "
-    "97eceeb196236b17998738112f37df78) and extract it into {root}, so that {root}/CUB_200_2011/ holds "
-    "images.txt, image_class_labels.txt, train_test_split.txt, classes.txt, bounding_boxes.txt and "
-    "images/<class folder>/<image>.jpg."
-)
-
-
-class _Table(dict[int, tuple]):
-    """``{id: values}`` read from one CUB text file, with the line each id was read from (for error messages)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.path = path
-        self.lines: dict[int, int] = {}
-
-    def where(self, key: int) -> str:
-        """``"<file>, line <n>"`` of ``key``."""
-        return f"{self.path}, line {self.lines[key]}"
-
-
-def _read_table(path: Path, columns: int, kinds: tuple[type, ...]) -> _Table:
-    """``{id: values}`` from a whitespace-separated CUB text file whose first column is a 1-based id."""
-    rows = _Table(path)
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        fields = line.split()
-        try:
-            if len(fields) != columns:
-                raise ValueError
-            key = int(fields[0])
-            values = tuple(kind(field) for kind, field in zip(kinds, fields[1:], strict=True))
-        except ValueError:
-            raise ValueError(
-                f"{path}, line {number}: expected {columns} fields (<id> then {[k.__name__ for k in kinds]}), "
-                f"got {line!r}. The file is malformed: extract CUB_200_2011.tgz again."
-            ) from None
-        if key in rows:
-            raise ValueError(f"{path}, line {number}: the id {key} appears twice; extract CUB_200_2011.tgz again.")
-        rows[key], rows.lines[key] = values, number
-    if not rows:
-        raise ValueError(
-            f"{path} lists nothing (it is empty or blank). The file is malformed: extract CUB_200_2011.tgz again."
-        )
-    return rows
-
-
-def _crop_bounds(box: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int] | None:
-    """``(top, bottom, left, right)`` pixel bounds of ``box`` (x, y, w, h) cut to a ``width``×``height`` image.
-
-    ``None`` when the box is not finite, or less than half of its width or height lies inside the
-    image: a box for another image size (or another image) rather than one cut by the border.
-    """
-    if not all(math.isfinite(value) for value in box):
-        return None
-    x, y, w, h = box
-    left, top = max(0, math.floor(x)), max(0, math.floor(y))
-    right, bottom = min(width, max(left + 1, math.ceil(x + w))), min(height, max(top + 1, math.ceil(y + h)))
-    if 2 * (right - left) < w or 2 * (bottom - top) < h:
-        return None
-    return top, bottom, left, right
-
-
-def _box_error(where: str, image: str, box: tuple[float, ...], size: tuple[int, int]) -> ValueError:
-    x, y, w, h = box
-    return ValueError(
-        f"{where}: the box of {image} is x={x!r}, y={y!r}, w={w!r}, h={h!r} but the image is {size[0]}×{size[1]} "
-        "pixels: less than half of the box lies inside it (or a value is not a number). Boxes are in the pixels of "
-        "the images as distributed: if the images were resized or replaced, extract CUB_200_2011.tgz again; or set "
-        "crop_to_bbox=False."
-    )
-
-
-class _CUBImages(Dataset):
-    """JPEG files decoded with PIL into uint8 tensors, optionally cropped to their box, as dict samples."""
-
-    def __init__(
-        self,
-        paths: np.ndarray,
-        targets: torch.Tensor,
-        transform: nn.Module | None,
-        boxes: torch.Tensor | None = None,
-        labeled: torch.Tensor | None = None,
-        true_targets: torch.Tensor | None = None,
-    ) -> None:
-        # numpy strings, not a list: forked workers would copy a list of Python objects page by page
-        self.paths, self.targets, self.transform, self.boxes, self.labeled = paths, targets, transform, boxes, labeled
-        self.true_targets = true_targets
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        # PIL, as ImageFolder: torchvision.io's decoders are deprecated in favour of TorchCodec (not a dependency)
-        image = pil_to_tensor(open_image(self.paths[index], "RGB"))  # a damaged file is an error naming it
-        if self.boxes is not None:  # checked by setup; the file may have changed since
-            box, size = tuple(self.boxes[index].tolist()), (image.shape[2], image.shape[1])
-            bounds = _crop_bounds(box, *size)
-            if bounds is None:
-                raise _box_error("Loading an image cropped to its box", str(self.paths[index]), box, size)
-            top, bottom, left, right = bounds
-            image = image[:, top:bottom, left:right]
-        image = self.transform(image) if self.transform is not None else image.float().div_(255)
-        sample = {IMAGE: image, TARGET: self.targets[index], INDEX: torch.tensor(index, dtype=torch.long)}
-        if self.labeled is not None:
-            sample[LABELED] = self.labeled[index]
-        if self.true_targets is not None:
-            sample[TRUE_TARGET] = self.true_targets[index]
-        return sample
-
-
-def _check_class_folders(ids: list[int], images: _Table, labels: _Table, class_folders: list[str]) -> None:
-    """Every image lies in the folder of its class (``images.txt`` and ``image_class_labels.txt`` agree)."""
-    for i in ids:
-        folder, expected = PurePosixPath(images[i][0]).parent.as_posix(), class_folders[labels[i][0] - 1]
-        if folder != expected:
-            raise ValueError(
-                f"image {i}: images.txt (line {images.lines[i]}) puts it in {folder!r} but image_class_labels.txt "
-                f"(line {labels.lines[i]}) gives class {labels[i][0]} ({expected!r}). The two files disagree: "
-                "extract CUB_200_2011.tgz again."
-            )
-
-
-def _check_boxes(ids: list[int], images: _Table, boxes: _Table, paths: np.ndarray) -> None:
-    """Every box is positive and lies (at least half) inside its image, whose size is read from the file header."""
-    for i, path in zip(ids, paths, strict=True):
-        box = boxes[i]
-        if box[2] <= 0 or box[3] <= 0:
-            raise ValueError(f"{boxes.where(i)}: the box {box} has a non-positive width or height.")
-        with Image.open(str(path)) as opened:  # reads the header only
-            size = opened.size
-        if _crop_bounds(box, *size) is None:
-            raise _box_error(boxes.where(i), f"image {i} ({images[i][0]})", box, size)
+# SSB_SPLIT_FILE (gcd_split_file="ssb") and IMAGENET_MEAN/STD stay importable from here, where they were defined
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SSB_SPLIT_FILE", "CUB200DataModule"]
 
 
 class CUB200DataModule(SplitDataModule):
@@ -185,7 +62,8 @@ class CUB200DataModule(SplitDataModule):
     or lists under ``Easy``/``Medium``/``Hard`` as in the SSB splits) choose the known classes;
     ``labeled_fraction`` of the known-class training images, drawn with a local generator seeded by
     ``seed``, are labeled (``batch["labeled"]``), every other training image is unlabeled. Class ids
-    are remapped so the known classes come first (``0..num_known_classes-1``, in the order given),
+    are remapped (:mod:`~lightning_regs.datamodules.gcd_split`, the split all GCD data sets share) so the known
+    classes come first (``0..num_known_classes-1``, in the order given),
     then the novel ones; ``class_order[t]`` is the original class of target ``t``. In the *training*
     set, ``batch["target"]`` is ``-1`` for every unlabeled image (the labels a GCD method may learn
     from); the ground truth of every image is ``batch["true_target"]``, for evaluation only. The
@@ -236,6 +114,7 @@ class CUB200DataModule(SplitDataModule):
     """
 
     @property
+    @override
     def split_arguments(self) -> tuple[str, ...]:  # type: ignore[override]
         return ("labeled_fraction",) if self.hparams.get("gcd") else ()
 
@@ -326,21 +205,22 @@ class CUB200DataModule(SplitDataModule):
         )
 
     def _check_files(self) -> None:
-        needed = _FILES if self.crop_to_bbox else _FILES[:4]
+        needed = FILES if self.crop_to_bbox else FILES[:4]
         missing = [name for name in (*needed, "images") if not (self.folder / name).exists()]
         if missing:
-            raise FileNotFoundError(f"{self.folder} lacks {missing}. " + _SOURCE.format(root=self.root))
+            raise FileNotFoundError(f"{self.folder} lacks {missing}. " + SOURCE.format(root=self.root))
 
     def _read_classes(self) -> list[str]:
         if self._class_folders is None:
             self._check_files()
-            classes = _read_table(self.folder / "classes.txt", 2, (str,))
+            classes = read_table(self.folder / "classes.txt", 2, (str,))
             if sorted(classes) != list(range(1, len(classes) + 1)):
                 raise ValueError(f"{self.folder / 'classes.txt'} must number its classes 1..N without gaps.")
             self.check_num_classes(len(classes), str(self.folder / "classes.txt"))
             self._class_folders = [classes[k][0] for k in range(1, len(classes) + 1)]
         return self._class_folders
 
+    @override
     def num_classes_found(self) -> int | None:
         """The number of classes in ``classes.txt`` (200 for CUB-200-2011), once read."""
         return None if self._class_folders is None else len(self._class_folders)
@@ -360,21 +240,7 @@ class CUB200DataModule(SplitDataModule):
     def _resolve_known_classes(self, num_classes: int) -> tuple[list[int], list[int]]:
         if self.gcd_split_file is not None:
             path = SSB_SPLIT_FILE if self.gcd_split_file == "ssb" else self.gcd_split_file
-            spec = read_json(path, "Fix it, or pass known_classes instead.")
-            if not isinstance(spec, dict) or "known_classes" not in spec or "unknown_classes" not in spec:
-                raise ValueError(
-                    f"{self.gcd_split_file} must be a JSON object with 'known_classes' and 'unknown_classes'."
-                )
-            unknown = spec["unknown_classes"]
-            if isinstance(unknown, dict):  # SSB: difficulty -> classes, listed Hard + Medium + Easy as in SimGCD
-                unknown = [c for level in ("Hard", "Medium", "Easy") for c in unknown.get(level, [])]
-            known, novel = [int(c) for c in spec["known_classes"]], [int(c) for c in unknown]
-            if sorted(known + novel) != list(range(num_classes)):
-                raise ValueError(
-                    f"{self.gcd_split_file}: known_classes and unknown_classes must together hold every class id "
-                    f"0..{num_classes - 1} exactly once (0-based)."
-                )
-            return known, novel
+            return read_split_file(path, num_classes, name=str(self.gcd_split_file))
         requested = self.hparams.known_classes
         known = [int(c) for c in requested] if requested is not None else list(range(num_classes // 2))
         if not known or len(set(known)) != len(known) or min(known) < 0 or max(known) >= num_classes:
@@ -384,12 +250,12 @@ class CUB200DataModule(SplitDataModule):
     def _read_records(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         class_folders = self._read_classes()
         num_classes = len(class_folders)
-        images = _read_table(self.folder / "images.txt", 2, (str,))
-        labels = _read_table(self.folder / "image_class_labels.txt", 2, (int,))
-        split = _read_table(self.folder / "train_test_split.txt", 2, (int,))
+        images = read_table(self.folder / "images.txt", 2, (str,))
+        labels = read_table(self.folder / "image_class_labels.txt", 2, (int,))
+        split = read_table(self.folder / "train_test_split.txt", 2, (int,))
         tables = {"image_class_labels.txt": labels, "train_test_split.txt": split}
         if self.crop_to_bbox:
-            tables["bounding_boxes.txt"] = _read_table(self.folder / "bounding_boxes.txt", 5, (float,) * 4)
+            tables["bounding_boxes.txt"] = read_table(self.folder / "bounding_boxes.txt", 5, (float,) * 4)
         for name, table in tables.items():
             if table.keys() != images.keys():
                 odd = sorted(table.keys() ^ images.keys())[:5]
@@ -403,27 +269,26 @@ class CUB200DataModule(SplitDataModule):
             )
         guard = RootGuard(self.folder / "images")
         paths = np.array([str(guard(images[i][0], images.where(i))) for i in ids])
-        _check_class_folders(ids, images, labels, class_folders)
+        check_class_folders(ids, images, labels, class_folders)
         absent = [p for p in paths if not Path(p).is_file()]
         if absent:
             raise FileNotFoundError(
                 f"{len(absent)} image(s) listed in images.txt are missing, e.g. {absent[:3]}. "
-                + _SOURCE.format(root=self.root)
+                + SOURCE.format(root=self.root)
             )
         targets = torch.tensor([labels[i][0] - 1 for i in ids], dtype=torch.long)
         is_train = torch.tensor([split[i][0] == 1 for i in ids])
         boxes = None
         if self.crop_to_bbox:
             boxes = torch.tensor([tables["bounding_boxes.txt"][i] for i in ids], dtype=torch.float64)
-            _check_boxes(ids, images, tables["bounding_boxes.txt"], paths)
+            check_boxes(ids, images, tables["bounding_boxes.txt"], paths)
         return paths, targets, is_train, boxes
 
     def draw_labeled(self, train_targets: torch.Tensor) -> torch.Tensor:
-        """Positions (in the training set) of the labeled images: a seeded share of the known-class ones."""
-        candidates = torch.nonzero(train_targets < len(self.known_classes)).flatten()
-        order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(self.seed))
-        return candidates[order[: int(self.labeled_fraction * len(candidates))]].sort().values
+        """Positions (in the training set) of the labeled images: a seeded share of the known-class ones (pooled)."""
+        return draw_labeled_pooled(train_targets < len(self.known_classes), self.labeled_fraction, self.seed)
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
@@ -432,21 +297,19 @@ class CUB200DataModule(SplitDataModule):
         if self.gcd:
             known, novel = self._resolve_known_classes(num_classes)
             self._known_classes = tuple(known)
-            self.class_order = torch.tensor(known + novel, dtype=torch.long)
+            self.class_order = known_first_order(known, num_classes, novel)
         else:
             self.class_order = torch.arange(num_classes)
-        target_of = torch.empty(num_classes, dtype=torch.long)
-        target_of[self.class_order] = torch.arange(num_classes)
-        targets = target_of[original]
+        targets = targets_in_order(original, self.class_order)
         train, test = torch.nonzero(is_train).flatten(), torch.nonzero(~is_train).flatten()
 
         def subset(
-            rows: torch.Tensor, transform: nn.Module, labeled: torch.Tensor | None = None, hide_unlabeled: bool = False
-        ) -> _CUBImages:
+            rows: torch.Tensor, transform: nn.Module, labeled: torch.Tensor | None = None, hide: bool = False
+        ) -> CUBImages:
             crop, truth = (boxes[rows] if boxes is not None else None), targets[rows]
             # GCD: the truth travels apart, so that an unlabeled training image's label cannot be learned
-            shown = torch.where(labeled, truth, -1) if hide_unlabeled else truth
-            return _CUBImages(paths[rows.numpy()], shown, transform, crop, labeled, None if labeled is None else truth)
+            shown = hide_unlabeled(truth, labeled) if hide else truth
+            return CUBImages(paths[rows.numpy()], shown, transform, crop, labeled, None if labeled is None else truth)
 
         self.datasets = {"test": subset(test, self.eval_transform)}
         if self.gcd:
@@ -460,7 +323,7 @@ class CUB200DataModule(SplitDataModule):
             labeled[self.labeled_indices] = True
             views = self.hparams.gcd_views
             transform = TwoViews(self.train_transform, views) if views > 1 else self.train_transform
-            self.datasets["train"] = subset(train, transform, labeled, hide_unlabeled=True)
+            self.datasets["train"] = subset(train, transform, labeled, hide=True)
             self.datasets["val"] = subset(
                 train[~labeled], self.eval_transform, torch.zeros(int((~labeled).sum()), dtype=torch.bool)
             )
@@ -468,18 +331,15 @@ class CUB200DataModule(SplitDataModule):
             self.datasets["train"] = subset(train, self.train_transform)
             self.datasets["val"] = self.datasets["test"]
 
+    @override
     def extra_state(self) -> dict[str, Any]:
-        return {"known_classes": torch.tensor(self.known_classes, dtype=torch.long)} if self.known_classes else {}
+        return known_classes_state(self.known_classes)
 
+    @override
     def load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         if "labeled_indices" in state_dict and not self.gcd:  # a checkpoint from before `gcd` was saved
             raise ValueError("The checkpoint holds a GCD split but this CUB200DataModule has gcd=False; set gcd=True.")
         if "known_classes" not in state_dict:
             return
-        saved_known = tuple(torch.as_tensor(state_dict["known_classes"]).tolist())
         known, _ = self._resolve_known_classes(len(self._read_classes()))
-        if tuple(known) != saved_known:
-            raise ValueError(
-                f"The checkpoint was trained with known classes {list(saved_known)[:10]}... but this module has "
-                f"{known[:10]}...; the targets would change meaning. Use the same known_classes/gcd_split_file."
-            )
+        check_known_classes(state_dict, known, "Use the same known_classes/gcd_split_file.")

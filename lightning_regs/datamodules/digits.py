@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from typing_extensions import override
 
 from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.datamodules.batch import TensorDictDataset
@@ -112,6 +113,7 @@ class DigitsDataModule(SplitDataModule):
         """The seeded split of ``range(num_samples)`` into train, validation and test indices."""
         return fraction_split(num_samples, self.seed, self.val_fraction, self.test_fraction)
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return

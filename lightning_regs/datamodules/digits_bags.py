@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import Dataset
+from typing_extensions import override
 
-from lightning_regs.batch import IMAGE, INDEX, INSTANCE_TARGET, TARGET
+from lightning_regs.batch import INSTANCE_TARGET
 from lightning_regs.datamodules.bags import collate_bags
 from lightning_regs.datamodules.base import SplitDataModule, hparam
 from lightning_regs.datamodules.digits import DigitsDataModule
+from lightning_regs.datamodules.indexed import indexed_sample
 
 __all__ = ["DigitsBags", "DigitsBagsDataModule"]
 
@@ -68,12 +70,8 @@ class DigitsBags(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         bag = self.members[self.offsets[index] : self.offsets[index + 1]]
-        return {
-            IMAGE: self.images[bag],
-            TARGET: self.targets[index],
-            INDEX: torch.tensor(index, dtype=torch.long),
-            INSTANCE_TARGET: self.instance_targets[bag],
-        }
+        instances = {INSTANCE_TARGET: self.instance_targets[bag]}
+        return indexed_sample(self.images[bag], self.targets[index], index, instances)
 
 
 class DigitsBagsDataModule(SplitDataModule):
@@ -132,7 +130,13 @@ class DigitsBagsDataModule(SplitDataModule):
 
     num_classes: int = 2
     class_names: tuple[str, ...] = ("negative", "positive")
-    collate_fn = collate_bags  # bags differ in length: padded, with instance_mask
+
+    @staticmethod
+    @override
+    def collate_fn(bags: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """:func:`~lightning_regs.datamodules.bags.collate_bags`: bags differ in length: padded, with instance_mask."""
+        return collate_bags(bags)
+
     split_arguments = (
         "val_fraction",
         "test_fraction",
@@ -216,6 +220,7 @@ class DigitsBagsDataModule(SplitDataModule):
         """The shape of one instance: ``(64,)`` for features, ``(1, 8, 8)`` for images."""
         return (64,) if self.instances == "features" else (1, 8, 8)
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return

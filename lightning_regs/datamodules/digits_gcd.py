@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
+from typing_extensions import override
 
-from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
+from lightning_regs.batch import LABELED
+from lightning_regs.datamodules.base import SplitDataModule, hparam
+from lightning_regs.datamodules.gcd_split import (
+    GCDRows,
+    check_known_classes,
+    draw_labeled_per_class,
+    known_classes_state,
+    known_first_order,
+    targets_in_order,
+)
+from lightning_regs.datamodules.samplers import EpochShuffleSampler
 from lightning_regs.datamodules.views import TwoViews
 from lightning_regs.functional._checks import check_int, check_int_ids, check_number
 
-__all__ = ["DigitsGCDDataModule"]
+__all__ = ["DigitsGCDDataModule", "SeededLoaderOrder"]
 
 
 class _Jitter(nn.Module):
@@ -24,31 +35,41 @@ class _Jitter(nn.Module):
         super().__init__()
         self.crop, self.noise = v2.RandomCrop(8, padding=1), noise
 
+    @override
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.crop(image) + self.noise * torch.randn_like(image)
 
 
-class _GCDRows(Dataset):
-    def __init__(
-        self, images: torch.Tensor, truth: torch.Tensor, labeled: torch.Tensor, transform: nn.Module | None
-    ) -> None:
-        self.images, self.truth, self.labeled, self.transform = images, truth, labeled, transform
+class SeededLoaderOrder(EpochShuffleSampler):
+    """The order a Trainer drew from ``DataLoader(shuffle=True, drop_last=True, generator=<seeded>)``, by epoch.
 
-    def __len__(self) -> int:
-        return len(self.truth)
+    That loader draws from one generator, ``torch.Generator().manual_seed(seed)``, over the whole run: per epoch,
+    its base seed and then the epoch's permutation (the Trainer stops after the epoch's last whole batch, before the
+    sampler runs out). That order is replayed here from ``seed`` and the epoch alone, so it resumes like every
+    :class:`~lightning_regs.datamodules.samplers.EpochShuffleSampler` and gives the batches
+    :class:`DigitsGCDDataModule` served before it kept a training position (its published figures).
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image = self.images[index]
-        return {
-            IMAGE: self.transform(image) if self.transform is not None else image,
-            TARGET: self.truth[index] if self.labeled[index] or self.transform is None else torch.tensor(-1),
-            INDEX: torch.tensor(index),
-            LABELED: self.labeled[index],
-            TRUE_TARGET: self.truth[index],
-        }
+    Example::
+
+        >>> sampler = SeededLoaderOrder(10, seed=0)
+        >>> first = list(sampler)
+        >>> sampler.set_epoch(1)
+        >>> sorted(first) == sorted(sampler) == list(range(10)), first != list(sampler)
+        (True, True)
+    """
+
+    @override
+    def epoch_order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed)
+        size = self.num_samples_total
+        for _ in range(self.epoch):  # the earlier epochs' draws
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            torch.randperm(size, generator=generator)
+        torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader's base seed, drawn first
+        return torch.randperm(size, generator=generator).tolist()
 
 
-class DigitsGCDDataModule(pl.LightningDataModule):
+class DigitsGCDDataModule(SplitDataModule):
     """The 1,797 8×8 digits as a GCD problem: ``known_classes`` with ``labeled_fraction`` of their images labelled.
 
     A seeded split holds out ``test_fraction`` of the images. In the training set, ``labeled_fraction``
@@ -57,7 +78,15 @@ class DigitsGCDDataModule(pl.LightningDataModule):
     evaluation only. Training images come as two jittered views, ``image`` ``(2, 1, 8, 8)``
     (:class:`~lightning_regs.datamodules.views.TwoViews`). Validation serves the *unlabelled training
     images* (the transductive protocol), test the held-out images; both unaugmented, with their class
-    as ``target``. Class ids are the digits themselves, so the known classes need not come first.
+    as ``target``. Targets put the known digits first (:mod:`~lightning_regs.datamodules.gcd_split`, as
+    ``CUB200DataModule``): target ``t`` is digit ``class_order[t]``, the known digits ``0..K-1`` in the order given,
+    then the novel ones ascending; with the default known digits 0-4 a target is its digit.
+
+    On the DataModule base (:class:`~lightning_regs.datamodules.base.SplitDataModule`): the split (training,
+    test and labelled positions) and seed are kept in :meth:`state_dict` with the training position and each split's
+    fingerprint, so a run resumed from any step sees the batches an uninterrupted one would; a checkpoint made with
+    other known digits is refused. The training order is :class:`SeededLoaderOrder` (whole batches only: the last
+    partial batch of an epoch is dropped); validation and test come in batches of 256.
 
     Args:
         known_classes: the known ("Old") digits.
@@ -76,6 +105,10 @@ class DigitsGCDDataModule(pl.LightningDataModule):
     """
 
     num_classes = 10
+    split_arguments = ("labeled_fraction", "test_fraction")
+
+    labeled_fraction = hparam()
+    test_fraction = hparam()
 
     def __init__(
         self,
@@ -101,45 +134,83 @@ class DigitsGCDDataModule(pl.LightningDataModule):
             )
         self.save_hyperparameters()
         self.known_classes = [int(c) for c in known_classes]
+        #: target ``t`` is digit ``class_order[t]``: the known digits first
+        self.class_order = known_first_order(self.known_classes, self.num_classes)
+        self.eval_batch_size = 256
 
+    @property
+    def train_set(self) -> Dataset:
+        """The training rows (two views, ``target`` -1 where unlabelled)."""
+        return self._set("train")
+
+    @property
+    def val_set(self) -> Dataset:
+        """The unlabelled training images, unaugmented, with their class."""
+        return self._set("val")
+
+    @property
+    def test_set(self) -> Dataset:
+        """The held-out images, unaugmented, with their class."""
+        return self._set("test")
+
+    def _set(self, split: str) -> Dataset:
+        if not self.datasets:
+            self.setup()
+        return self.datasets[split]
+
+    def draw_split(self, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training and test positions (in the seeded order, not sorted) and the labelled training positions."""
+        generator = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(targets), generator=generator)
+        n_test = round(self.test_fraction * len(targets))
+        test, train = order[:n_test], order[n_test:]
+
+        def refuse(digit: int, images: int) -> None:
+            raise ValueError(
+                f"DigitsGCDDataModule: labeled_fraction={self.labeled_fraction} labels none of the {images} "
+                f"training images of known digit {digit}: raise labeled_fraction."
+            )
+
+        labeled = draw_labeled_per_class(targets[train], self.known_classes, self.labeled_fraction, generator, refuse)
+        return {"train": train, "test": test, LABELED: labeled.nonzero().flatten()}
+
+    @override
     def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
         from sklearn.datasets import load_digits
 
-        hp = self.hparams
         data = load_digits()
         images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16
-        targets = torch.tensor(data.target, dtype=torch.long)
-        generator = torch.Generator().manual_seed(hp.seed)
-        order = torch.randperm(len(targets), generator=generator)
-        n_test = round(hp.test_fraction * len(targets))
-        test, train = order[:n_test], order[n_test:]
+        digits = torch.tensor(data.target, dtype=torch.long)
+        if not self.split_indices:
+            self.split_indices = self.draw_split(digits)
+        train, test = self.split_indices["train"], self.split_indices["test"]
+        targets = targets_in_order(digits, self.class_order)
         mean, std = images[train].mean(), images[train].std()
         images = (images - mean) / std
         labeled = torch.zeros(len(train), dtype=torch.bool)
-        for c in self.known_classes:
-            rows = (targets[train] == c).nonzero().flatten()
-            chosen = rows[torch.randperm(len(rows), generator=generator)[: round(hp.labeled_fraction * len(rows))]]
-            if not len(chosen):
-                raise ValueError(
-                    f"DigitsGCDDataModule: labeled_fraction={hp.labeled_fraction} labels none of the {len(rows)} "
-                    f"training images of known digit {c}: raise labeled_fraction."
-                )
-            labeled[chosen] = True
-        self.train_set = _GCDRows(images[train], targets[train], labeled, TwoViews(_Jitter()))
+        labeled[self.split_indices[LABELED]] = True
         unlabeled = train[~labeled]
-        self.val_set = _GCDRows(
-            images[unlabeled], targets[unlabeled], torch.zeros(len(unlabeled), dtype=torch.bool), None
-        )
-        self.test_set = _GCDRows(images[test], targets[test], torch.zeros(len(test), dtype=torch.bool), None)
+        self.datasets = {
+            "train": GCDRows(images[train], targets[train], labeled, TwoViews(_Jitter()), hide=True),
+            "val": GCDRows(images[unlabeled], targets[unlabeled]),
+            "test": GCDRows(images[test], targets[test]),
+        }
 
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(
-            self.train_set, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True, generator=generator
-        )
+    @override
+    def train_sampler(self, dataset: Dataset) -> SeededLoaderOrder:
+        return SeededLoaderOrder(len(dataset), self.seed)  # type: ignore[arg-type]
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=256)
+    @override
+    def train_loader_options(self) -> dict[str, Any]:
+        # drop_last as before; the loader's own generator keeps its base-seed draws off the global RNG, as before
+        return {"drop_last": True, "generator": torch.Generator().manual_seed(self.seed)}
 
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, batch_size=256)
+    @override
+    def extra_state(self) -> dict[str, Any]:
+        return known_classes_state(self.known_classes)
+
+    @override
+    def load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
+        check_known_classes(state_dict, self.known_classes, "Use the same known_classes.")

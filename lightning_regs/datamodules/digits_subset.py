@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
-
 from torch.utils.data import Dataset
+from typing_extensions import override
 
 from lightning_regs.datamodules.base import hparam
 from lightning_regs.datamodules.digits import DigitsDataModule
 from lightning_regs.datamodules.samplers import EpochShuffleSampler
 
-__all__ = ["DigitsSubsetDataModule", "RepeatedShuffleSampler"]
-
-
-class RepeatedShuffleSampler(EpochShuffleSampler):
-    """Deprecated: use ``EpochShuffleSampler(num_samples, seed, length=length)``, which gives the same order.
-
-    Example::
-
-        >>> import warnings
-        >>> with warnings.catch_warnings():
-        ...     warnings.simplefilter("ignore", DeprecationWarning)
-        ...     old = RepeatedShuffleSampler(3, length=7, seed=0)
-        >>> list(old) == list(EpochShuffleSampler(3, seed=0, length=7))
-        True
-    """
-
-    def __init__(self, num_samples: int, length: int, seed: int = 0) -> None:
-        warnings.warn(
-            "RepeatedShuffleSampler(num_samples, length, seed) is deprecated; use "
-            "EpochShuffleSampler(num_samples, seed, length=length), which gives the same order.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        super().__init__(num_samples, seed, length=length)
+__all__ = ["DigitsSubsetDataModule"]
 
 
 class DigitsSubsetDataModule(DigitsDataModule):
@@ -67,5 +43,6 @@ class DigitsSubsetDataModule(DigitsDataModule):
             raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}.")
         super().__init__(**kwargs)
 
+    @override
     def train_sampler(self, dataset: Dataset) -> EpochShuffleSampler:
         return EpochShuffleSampler(len(dataset), self.seed, length=self.steps_per_epoch * self.batch_size)  # type: ignore[arg-type]

@@ -7,14 +7,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
+from lightning_regs.datamodules.gcd_split import GCDRows, draw_labeled_per_class
+from lightning_regs.datamodules.indexed import indexed_sample
 from lightning_regs.datamodules.views import TwoViews
 from lightning_regs.functional._checks import check_int_ids, check_number
 
 __all__ = ["GCDDataset"]
 
 
-class GCDDataset(Dataset):
+class GCDDataset(GCDRows):
     """Your own ``(images, targets)`` as GCD rows: some images of the known classes labelled, every other one not.
 
     Of each known class, a seeded ``labeled_fraction`` of its images is labelled; the rest of the known classes
@@ -23,8 +24,9 @@ class GCDDataset(Dataset):
     (:class:`~lightning_regs.datamodules.views.TwoViews` of ``augment``), ``target`` the class id or ``-1``,
     ``labeled``, ``true_target`` (the real class, for evaluation only) and ``index``. :meth:`evaluation_set`
     serves the unlabelled images, unaugmented with their class as ``target``: the transductive validation set
-    the GCD papers report. Wrap both in a ``DataLoader``, or hand them to
-    :class:`~lightning_regs.datamodules.DatasetDataModule` for exact resume.
+    the GCD papers report. The split is :mod:`~lightning_regs.datamodules.gcd_split`'s, with your class ids kept
+    as they are (give :class:`~lightning_regs.tasks.GCDClassifier` the same ``known_classes``). Wrap both in a
+    ``DataLoader``, or hand them to :class:`~lightning_regs.datamodules.DatasetDataModule` for exact resume.
 
     Args:
         images: ``(N, ...)`` the images (or any per-sample inputs the backbone takes).
@@ -72,34 +74,18 @@ class GCDDataset(Dataset):
                 f"{list(known_classes)}, of which {missing} have no image. The classes present: {sorted(present)}."
             )
         self.novel_classes = sorted(present - set(self.known_classes))
-        self.images, self.true_targets = images, targets.long()
-        self.labeled = torch.zeros(len(targets), dtype=torch.bool)
         generator = torch.Generator().manual_seed(seed)
-        for c in self.known_classes:
-            rows = (self.true_targets == c).nonzero().flatten()
-            drawn = torch.randperm(len(rows), generator=generator)[: round(labeled_fraction * len(rows))]
-            self.labeled[rows[drawn]] = True
+        labeled = draw_labeled_per_class(targets.long(), self.known_classes, labeled_fraction, generator)
+        # the training targets (-1 on unlabelled rows) are `targets`: DatasetDataModule's fingerprint reads them
+        super().__init__(images, targets, labeled, TwoViews(augment if augment is not None else _identity), hide=True)
+        self.true_targets = self.truth
+        self.views = self.transform
         empty = [c for c in self.known_classes if not bool(self.labeled[self.true_targets == c].any())]
         if empty:
             raise ValueError(
                 f"GCDDataset: labeled_fraction={labeled_fraction} labels no image of known classes {empty} (the share "
                 f"of their images rounds to 0): raise labeled_fraction so that every known class has a labelled image."
             )
-        #: the training targets (-1 on unlabelled rows); DatasetDataModule's checkpoint fingerprint reads them
-        self.targets = torch.where(self.labeled, self.true_targets, -1)
-        self.views = TwoViews(augment if augment is not None else _identity)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {
-            IMAGE: self.views(self.images[index]),
-            TARGET: self.targets[index],
-            LABELED: self.labeled[index],
-            TRUE_TARGET: self.true_targets[index],
-            INDEX: torch.tensor(index),
-        }
 
     def evaluation_set(self) -> Dataset:
         """The unlabelled images whose class is known, unaugmented, ``target`` their class: what GCD scores."""
@@ -119,4 +105,4 @@ class _EvaluationRows(Dataset):
         return len(self.targets)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {IMAGE: self.images[index], TARGET: self.targets[index], INDEX: torch.tensor(index)}
+        return indexed_sample(self.images[index], self.targets[index], index)

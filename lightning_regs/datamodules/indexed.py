@@ -14,12 +14,30 @@ from torch.utils.data import Dataset, IterableDataset
 
 from lightning_regs.batch import IMAGE, INDEX, TARGET
 
-__all__ = ["IndexedDataset"]
+__all__ = ["IndexedDataset", "indexed_sample"]
 
 _EXPECTED = (
     f"an (image, target) tuple or list (extra items are dropped unless `keys` names their position), or a dict "
     f"with '{IMAGE}' and '{TARGET}' (rename other keys with keys={{'img': '{IMAGE}', 'label': '{TARGET}'}})"
 )
+
+
+def indexed_sample(image: Any, target: Any, index: int, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One sample of the batch contract: ``{image, target, index}`` (``index`` an int64 0-d tensor), then ``extra``.
+
+    The one place the library's own data sets build their sample dict; ``extra`` adds contract keys
+    (``labeled``, ``true_target``, ``bag_id``, ...) after the three every sample has.
+
+    Example::
+
+        >>> sample = indexed_sample(torch.zeros(1, 2, 2), torch.tensor(3), 5)
+        >>> sorted(sample), sample["index"].dtype, int(sample["index"])
+        (['image', 'index', 'target'], torch.int64, 5)
+    """
+    sample = {IMAGE: image, TARGET: target, INDEX: torch.tensor(index, dtype=torch.long)}
+    if extra:
+        sample.update(extra)
+    return sample
 
 
 class IndexedDataset(Dataset):

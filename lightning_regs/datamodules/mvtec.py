@@ -1,4 +1,5 @@
-"""MVTec AD (Bergmann et al., CVPR 2019) as a LightningDataModule: one category, image labels and pixel masks."""
+"""MVTec AD (Bergmann et al., CVPR 2019) as a LightningDataModule: one category or several (multi-class), image labels
+and pixel masks."""
 
 from __future__ import annotations
 
@@ -10,147 +11,34 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from typing_extensions import override
 
-from lightning_regs.batch import IMAGE, INDEX, LABEL, MASK, TARGET
+from lightning_regs.batch import CATEGORY, IMAGE, INDEX, LABEL, MASK, TARGET
 from lightning_regs.datamodules.base import SplitDataModule, hparam
-from lightning_regs.datamodules.files import RootGuard, open_image
+from lightning_regs.datamodules.mvtec_folders import CATEGORIES, LAYOUT, category_names, read_png, scan_category
+from lightning_regs.datamodules.normalization import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["CATEGORIES", "MVTecADDataModule"]
-
-CATEGORIES = (
-    "bottle",
-    "cable",
-    "capsule",
-    "carpet",
-    "grid",
-    "hazelnut",
-    "leather",
-    "metal_nut",
-    "pill",
-    "screw",
-    "tile",
-    "toothbrush",
-    "transistor",
-    "wood",
-    "zipper",
-)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_URL = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
-_LAYOUT = (
-    "Expected the MVTec AD layout (one folder per category under root):\n"
-    "  <root>/<category>/train/good/000.png ...\n"
-    "  <root>/<category>/test/good/000.png ...\n"
-    "  <root>/<category>/test/<defect>/000.png ...\n"
-    "  <root>/<category>/ground_truth/<defect>/000_mask.png ...  (one mask per anomalous test image)\n"
-    f"Get the data by hand from {_URL} (licence CC BY-NC-SA 4.0, non-commercial; the download address has "
-    "moved before, so it is not fetched automatically) and extract <category>.tar.xz (or the full archive) into root."
-)
-
-
-def read_png(path: Path, mode: str) -> torch.Tensor:
-    """Decode an image file to a ``(C, H, W)`` uint8 tensor in PIL ``mode`` ("RGB" or "L").
-
-    Raises:
-        UnreadableImageError: (an ``OSError``) the file is truncated, damaged or not an image; names the file.
-    """
-    return v2.functional.pil_to_tensor(open_image(path, mode))
-
-
-def _pngs(folder: Path, guard: RootGuard, what: str) -> list[tuple[Path, Path]]:
-    """``(path, resolved path)`` of the ``.png`` files of ``folder``, sorted by name, held inside the guard's root."""
-    found = []
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() != ".png":
-            continue
-        real = guard.contain(path, what)  # before is_file(): a symlink out of the root is refused, not skipped
-        if real.is_file():
-            found.append((path, real))
-    return found
-
-
-def scan_category(
-    category_dir: Path, root: Path | None = None
-) -> tuple[list[Path], list[tuple[Path, Path | None, str]]]:
-    """The train images and ``(image, mask or None, defect)`` test triples of one category folder.
-
-    Masks are paired with images by file stem (``000.png`` with ``000_mask.png``); every problem found
-    is listed in one ``FileNotFoundError``/``ValueError`` with the expected layout. Every folder and
-    file is resolved and must stay inside ``root`` (default: the category folder's parent): a symlink
-    that leads out of it (category, split, defect or mask folder, image or mask file) is an
-    :class:`~lightning_regs.datamodules.files.OutsideRootError` naming the path and the root. The
-    returned paths are the resolved ones, so that what is read is what was checked.
-    """
-    category_dir = Path(category_dir)
-    guard = RootGuard(category_dir.parent if root is None else root)
-    guard.contain(category_dir, "The MVTec AD category folder")
-    problems: list[str] = []
-    train_dir, test_dir, truth_dir = (
-        category_dir / "train" / "good",
-        category_dir / "test",
-        category_dir / "ground_truth",
-    )
-    for folder in (category_dir / "train", train_dir, test_dir, truth_dir):
-        if folder.exists() or folder.is_symlink():
-            guard.contain(folder, "The MVTec AD folder")
-    train = [real for _, real in _pngs(train_dir, guard, "The MVTec AD training image")] if train_dir.is_dir() else []
-    if not train:
-        problems.append(f"no training images: {train_dir} is missing or holds no .png files")
-    test: list[tuple[Path, Path | None, str]] = []
-    defects = []
-    if test_dir.is_dir():
-        for folder in sorted(test_dir.iterdir()):
-            if folder.is_symlink():
-                guard.contain(folder, "The MVTec AD test folder")
-            if folder.is_dir():
-                defects.append(folder.name)
-    if not test_dir.is_dir():
-        problems.append(f"{test_dir} is missing")
-    elif "good" not in defects:
-        problems.append(f"{test_dir / 'good'} is missing (the normal test images)")
-    if test_dir.is_dir() and not [d for d in defects if d != "good"]:
-        problems.append(f"{test_dir} has no defect folder besides 'good'")
-    for defect in defects:
-        images = _pngs(test_dir / defect, guard, "The MVTec AD test image")
-        if not images:
-            problems.append(f"{test_dir / defect} holds no .png images")
-        if defect == "good":
-            test.extend((real, None, defect) for _, real in images)
-            continue
-        mask_dir = truth_dir / defect
-        if mask_dir.is_symlink():
-            guard.contain(mask_dir, "The MVTec AD mask folder")
-        if not mask_dir.is_dir():
-            problems.append(f"{mask_dir} is missing (the masks of test/{defect})")
-            continue
-        masks = {mask.stem: (mask, real) for mask, real in _pngs(mask_dir, guard, "The MVTec AD mask")}
-        for image, real in images:
-            mask = masks.pop(f"{image.stem}_mask", None)
-            if mask is None:
-                problems.append(f"no mask for {image}: expected {mask_dir / (image.stem + '_mask.png')}")
-            test.append((real, None if mask is None else mask[1], defect))
-        problems.extend(
-            f"mask {mask} has no test image (expected {test_dir / defect / (stem.removesuffix('_mask') + '.png')})"
-            for stem, (mask, _) in sorted(masks.items())
-        )
-    if truth_dir.is_dir():
-        problems.extend(
-            f"{truth_dir / d.name} has no matching test folder {test_dir / d.name}"
-            for d in sorted(truth_dir.iterdir())
-            if d.is_dir() and d.name not in defects
-        )
-    if problems:
-        raise ValueError(f"MVTec AD category {category_dir} is malformed:\n- " + "\n- ".join(problems) + "\n" + _LAYOUT)
-    return train, test
+__all__ = ["CATEGORIES", "MVTecADDataModule", "read_png", "scan_category"]
 
 
 class _MVTecImages(Dataset):
     """Decodes one sample: RGB image and binary mask (zeros for good images) through a joint v2 transform."""
 
-    def __init__(self, items: Sequence[tuple[Path, Path | None, int]], transform: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        items: Sequence[tuple[Path, Path | None, int]],
+        transform: Callable[..., Any],
+        categories: Sequence[int] | None = None,
+    ) -> None:
         self.items = list(items)
         self.labels = torch.tensor([label for _, _, label in self.items], dtype=torch.long)
+        self.categories = torch.zeros_like(self.labels) if categories is None else torch.tensor(list(categories))
         self.transform = transform
+
+    def subset(self, positions: Sequence[int]) -> _MVTecImages:
+        """The images at ``positions`` (their category ids kept), indexed from 0."""
+        chosen = [self.items[i] for i in positions]
+        return _MVTecImages(chosen, self.transform, [int(self.categories[i]) for i in positions])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -180,6 +68,7 @@ class _MVTecImages(Dataset):
             LABEL: torch.tensor(label, dtype=torch.long),
             TARGET: torch.tensor(label, dtype=torch.long),
             INDEX: torch.tensor(index, dtype=torch.long),
+            CATEGORY: self.categories[index].clone(),
         }
 
 
@@ -196,19 +85,26 @@ def default_transform(
 
 
 class MVTecADDataModule(SplitDataModule):
-    """One MVTec AD category: train on ``train/good``, evaluate on ``test/<defect>`` with pixel masks.
+    """MVTec AD categories: train on ``train/good``, evaluate on ``test/<defect>`` with pixel masks.
+
+    ``category`` names one category, or a list of them for the multi-class ("unified") setting: training then runs
+    on every listed category's ``train/good`` together, the validation and test sets hold every listed category's
+    test images, and each batch's ``category`` says whose an image is (its position in :attr:`category_names`).
+    The anomaly tasks compute their metrics per category and log the mean over the categories as
+    ``<stage>/<metric>`` and each category's as ``<stage>/<category>/<metric>``, as the papers report them.
 
     Batches are dicts with ``image`` (normalized float ``(B, 3, H, W)``; grey categories are
     repeated to RGB), ``mask`` (float ``(B, 1, H, W)`` in {0, 1}, resized with nearest neighbour,
-    zeros for good images), ``label`` (0 good, 1 anomalous), ``target`` (= ``label``) and ``index``
-    (position in the stage's set). Masks are paired with test images by file stem; a missing or
+    zeros for good images), ``label`` (0 good, 1 anomalous), ``target`` (= ``label``), ``index``
+    (position in the stage's set) and ``category`` (0 with one category). Masks are paired with test images by file
+    stem; a missing or
     extra mask is an error naming the file. ``setup`` validates the tree and names the expected
     layout; there is no download (licence CC BY-NC-SA 4.0; get the data from the MVTec site).
 
     Validation: MVTec AD has no validation split and its training set holds only good images, so by
     default (``val_split="test"``) validation runs on the test set, as anomalib's ``SAME_AS_TEST``.
-    With ``val_split="from_test"`` a seeded, per-label share ``val_fraction`` of the test images
-    is held out for validation and the test set is the rest (indices kept in :meth:`state_dict`).
+    With ``val_split="from_test"`` a seeded share ``val_fraction`` of each category's good and of its anomalous test
+    images is held out for validation and the test set is the rest (indices kept in :meth:`state_dict`).
     ``predict`` uses the test set. A resumed run adopts the checkpoint's ``val_split``, split and seed
     (with a warning if they differ from this module's), so it continues on the same data. The validation and test
     sets must hold good and anomalous images (their AUROC needs both): ``setup`` refuses a one-sided one
@@ -217,7 +113,8 @@ class MVTecADDataModule(SplitDataModule):
 
     Args:
         root: the folder holding the category folders (``<root>/<category>/train/good/...``).
-        category: one of the 15 categories (:data:`CATEGORIES`).
+        category: one of the 15 categories (:data:`CATEGORIES`), or a list of them (multi-class); a name that is
+            not one of them is accepted when ``<root>/<name>`` is a folder (your own data in the MVTec AD layout).
         image_size: side (or ``(H, W)``) the images and masks are resized to; ``None`` keeps the originals.
         batch_size: training samples per batch on each process.
         eval_batch_size: validation/test/predict batch size (default ``batch_size``).
@@ -249,6 +146,7 @@ class MVTecADDataModule(SplitDataModule):
     num_classes: int = 2
     class_names: tuple[str, ...] = ("good", "anomalous")
     categories: tuple[str, ...] = CATEGORIES  # the category names __init__ accepts (the toy's subclass: its own)
+    own_categories: bool = True  # also accept any folder of root (your own data in the MVTec AD layout)
     split_arguments = ("val_split", "val_fraction")
     two_class_splits = ("val", "test")
 
@@ -259,7 +157,7 @@ class MVTecADDataModule(SplitDataModule):
     def __init__(
         self,
         root: str | Path,
-        category: str,
+        category: str | list[str],
         image_size: int | tuple[int, int] | None = 256,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -274,8 +172,8 @@ class MVTecADDataModule(SplitDataModule):
         persistent_workers: bool = False,
     ) -> None:
         super().__init__()
-        if category not in self.categories:
-            raise ValueError(f"Unknown MVTec AD category {category!r}; choose one of {', '.join(self.categories)}.")
+        own_folders = Path(root) if self.own_categories else None
+        names = category_names(type(self).__name__, category, self.categories, own_folders)
         if val_split not in ("test", "from_test"):
             raise ValueError(f"val_split must be 'test' or 'from_test', got {val_split!r}.")
         if val_split == "from_test" and not 0 < val_fraction < 1:
@@ -286,63 +184,77 @@ class MVTecADDataModule(SplitDataModule):
             raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}.")
         self.save_hyperparameters(ignore=["transform"])
         self.transform = transform if transform is not None else default_transform(image_size, mean, std)
+        self.category_names: tuple[str, ...] = names
         self.defect_types: tuple[str, ...] = ()
         self.num_test_files: int | None = None
 
     @property
     def category_dir(self) -> Path:
-        return self.root / self.category
+        """The folder of the (first) category."""
+        return self.root / self.category_names[0]
 
     def _check_root(self) -> None:
-        if self.category_dir.is_dir():
-            return
+        for name in self.category_names:
+            if not (self.root / name).is_dir():
+                self._missing_category(self.root / name)
+
+    def _missing_category(self, folder: Path) -> None:
         hint = f" {self.root} does not exist."
         if (self.root / "train").is_dir() and (self.root / "test").is_dir():
             hint = f" root looks like a category folder itself; pass its parent {self.root.parent} as root."
         elif self.root.is_dir():
             found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name in CATEGORIES)
             hint = f" root holds the categories {found}." if found else " root holds no MVTec AD category folder."
-        raise FileNotFoundError(f"MVTec AD category folder {self.category_dir} not found.{hint}\n{_LAYOUT}")
+        raise FileNotFoundError(f"MVTec AD category folder {folder} not found.{hint}\n{LAYOUT}")
 
-    def draw_split(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Seeded per-label split of the test set into ``val`` and ``test`` positions (``"from_test"`` mode)."""
+    def draw_split(self, labels: torch.Tensor, categories: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Seeded split of the test set into ``val`` and ``test`` positions (``"from_test"`` mode), per category
+        and label (the categories in order, good before anomalous)."""
         generator = torch.Generator().manual_seed(self.seed)
+        categories = torch.zeros_like(labels) if categories is None else categories
         val_parts, test_parts = [], []
-        for label in (0, 1):
-            members = (labels == label).nonzero().flatten()
+        for category, label in ((c, lab) for c in range(len(self.category_names)) for lab in (0, 1)):
+            members = ((labels == label) & (categories == category)).nonzero().flatten()
             members = members[torch.randperm(len(members), generator=generator)]
             num_val = min(max(round(len(members) * self.val_fraction), 1), len(members) - 1)
             val_parts.append(members[:num_val])
             test_parts.append(members[num_val:])
         return {"val": torch.cat(val_parts).sort().values, "test": torch.cat(test_parts).sort().values}
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         self._check_root()
-        train, test = scan_category(self.category_dir, self.root)
-        self.defect_types = tuple(sorted({defect for _, _, defect in test} - {"good"}))
-        test_items = [(image, mask, int(defect != "good")) for image, mask, defect in test]
-        all_test = _MVTecImages(test_items, self.transform)
+        train_items, train_ids, test_items, test_ids, defects = [], [], [], [], set()
+        for position, name in enumerate(self.category_names):
+            train, test = scan_category(self.root / name, self.root)
+            defects |= {defect for _, _, defect in test} - {"good"}
+            train_items += [(image, None, 0) for image in train]
+            test_items += [(image, mask, int(defect != "good")) for image, mask, defect in test]
+            train_ids += [position] * len(train)
+            test_ids += [position] * len(test)
+        self.defect_types = tuple(sorted(defects))
+        all_test = _MVTecImages(test_items, self.transform, test_ids)
         if self.num_test_files is not None and self.num_test_files != len(test_items):
+            where = self.category_dir / "test" if len(self.category_names) == 1 else "the categories' test folders"
             raise ValueError(
                 f"The checkpoint's val/test split was drawn over {self.num_test_files} test images but "
-                f"{self.category_dir / 'test'} now holds {len(test_items)}: the data changed since the checkpoint."
+                f"{where} now holds {len(test_items)}: the data changed since the checkpoint."
             )
         self.num_test_files = len(test_items)
-        self.datasets = {"train": _MVTecImages([(image, None, 0) for image in train], self.transform)}
+        self.datasets = {"train": _MVTecImages(train_items, self.transform, train_ids)}
         if self.val_split == "test":
             self.datasets["val"] = self.datasets["test"] = all_test
             return
         if not self.split_indices:
-            self.split_indices = self.draw_split(all_test.labels)
+            self.split_indices = self.draw_split(all_test.labels, all_test.categories)
         for split in ("val", "test"):
-            self.datasets[split] = _MVTecImages(
-                [test_items[i] for i in self.split_indices[split].tolist()], self.transform
-            )
+            self.datasets[split] = all_test.subset(self.split_indices[split].tolist())
 
+    @override
     def one_sided_split_fix(self, split: str) -> str:
-        where = self.category_dir / "test"
+        where = self.category_dir / "test" if len(self.category_names) == 1 else "each category's test folder"
         if self.val_split == "from_test":
             return (
                 f"With val_split='from_test' each of {where}'s two kinds (good, defect folders) needs at least 2 "
@@ -351,8 +263,10 @@ class MVTecADDataModule(SplitDataModule):
             )
         return f"Add images to {where}: test/good and at least one defect folder."
 
+    @override
     def extra_state(self) -> dict[str, Any]:
         return {"num_test_files": self.num_test_files}
 
+    @override
     def load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         self.num_test_files = state_dict.get("num_test_files")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
 from lightning_regs.datamodules.base import SplitDataModule, check_class_names
 from lightning_regs.datamodules.indexed import IndexedDataset
@@ -65,9 +66,11 @@ class DatasetDataModule(SplitDataModule):
         self.sources = {"train": train, "val": val, "test": test}
         self.wrapped = {split: IndexedDataset(data) for split, data in self.sources.items() if data is not None}
 
+    @override
     def num_classes_found(self) -> int | None:
         return self.wrapped["train"].num_classes
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
             classes = _classes(self.sources["train"])
@@ -78,12 +81,15 @@ class DatasetDataModule(SplitDataModule):
             if found is not None:
                 self.check_num_classes(found, "the training data set's `classes`")
 
+    @override
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", train=False) if "val" in self.wrapped else []
 
+    @override
     def test_dataloader(self) -> DataLoader | list:
         return self._loader("test", train=False) if "test" in self.wrapped else []
 
+    @override
     def predict_dataloader(self) -> DataLoader | list:
         return self.test_dataloader()
 

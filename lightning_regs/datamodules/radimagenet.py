@@ -2,42 +2,36 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import Dataset
-from torchvision import tv_tensors
 from torchvision.transforms import v2
+from typing_extensions import override
 
-from lightning_regs.batch import IMAGE, INDEX, TARGET
 from lightning_regs.datamodules.base import SplitDataModule, check_class_names
-from lightning_regs.datamodules.files import RootGuard, open_image, read_json
+from lightning_regs.datamodules.files import RootGuard
 from lightning_regs.datamodules.image_report import REPORT_KINDS, format_report, image_report
-from lightning_regs.datamodules.mvtec import IMAGENET_MEAN, IMAGENET_STD
-
-__all__ = ["RadImageNetDataModule"]
-
-SPLITS = ("train", "val", "test")
-MODALITIES, IMAGE_SUFFIXES = ("CT", "MR", "US"), (".png", ".jpg", ".jpeg")
-_LAYOUT = (
-    "Expected the RadImageNet layout:\n"
-    "  <root>/RadiologyAI_train.csv, RadiologyAI_val.csv, RadiologyAI_test.csv  (columns filename,label; "
-    "filenames relative to root)\n"
-    "  <root>/radiology_ai/<CT|MR>/<anatomy>/<label>/<image>.png\n"
-    "  <root>/radiology_ai/US/<label>/<image>.png  (ultrasound has no anatomy level)\n"
-    "The data is available only by request under a data-use agreement (https://www.radimagenet.com, "
-    "github.com/BMEII-AI/RadImageNet); it is never downloaded automatically."
+from lightning_regs.datamodules.normalization import IMAGENET_MEAN, IMAGENET_STD
+from lightning_regs.datamodules.radimagenet_files import (
+    IMAGE_SUFFIXES,
+    LAYOUT,
+    LISTED_TWICE,
+    MODALITIES,
+    SPLITS,
+    RadImages,
+    keep_rows,
+    levels,
+    read_class_index,
+    read_csv,
 )
-_LISTED_TWICE = (
-    "\n(listed_twice: the same path in more than one CSV row, e.g. in train and test; 'drop' keeps its first "
-    "listing, in train, then val, then test)"
-)
+
+# SPLITS, MODALITIES and IMAGE_SUFFIXES stay importable from here, where they were defined
+__all__ = ["IMAGE_SUFFIXES", "MODALITIES", "SPLITS", "RadImageNetDataModule"]
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -49,117 +43,6 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-
-
-def _levels(filename: str) -> tuple[str, str]:
-    """``(modality, anatomy)`` of a path ``.../<CT|MR>/<anatomy>/<label>/x.png`` or ``.../US/<label>/x.png``."""
-    parts = Path(filename).parts
-    for position, part in enumerate(parts[:-2]):
-        if part.upper() in MODALITIES:
-            modality = part.upper()
-            return modality, modality if modality == "US" else f"{modality}/{parts[position + 1]}"
-    raise ValueError(
-        f"Cannot read the modality and anatomy of {filename!r}: no CT/MR/US folder in its path. Use "
-        f"label_level='label', or keep the original paths.\n{_LAYOUT}"
-    )
-
-
-def _read_csv(path: Path, guard: RootGuard) -> list[tuple[str, str]]:
-    """The ``(filename, label)`` rows of one split CSV; a malformed row, or one leading out of the root, is named."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (mode='csv').\n{_LAYOUT}")
-    rows = []
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, [])
-        if not {"filename", "label"} <= set(header):
-            raise ValueError(f"{path} has columns {header}; expected filename,label.\n{_LAYOUT}")
-        columns = (header.index("filename"), header.index("label"))
-        for fields in reader:
-            if not fields:
-                continue  # a blank line
-            where = f"{path}, line {reader.line_num}"
-            problem = _row_problem(fields, len(header), columns)
-            if problem:
-                raise ValueError(f"{where}: {problem}; expected filename,label, got {fields!r}. Fix or remove the row.")
-            filename, label = (fields[column] for column in columns)
-            guard(filename, where)
-            rows.append((filename, label))
-    return rows
-
-
-def _row_problem(fields: list[str], width: int, columns: tuple[int, int]) -> str | None:
-    """What is wrong with one CSV row of ``width`` columns (``columns``: where filename and label are), or None."""
-    if len(fields) != width:
-        return f"has {len(fields)} field{'s' if len(fields) != 1 else ''} under a header of {width}"
-    for name, column in zip(("filename", "label"), columns, strict=True):
-        if not fields[column].strip():
-            return f"has an empty {name}"
-    return None
-
-
-def _keep(
-    rows: dict[str, list[tuple[str, str]]], drop: set[str], first_listing_only: bool
-) -> dict[str, list[tuple[str, str]]]:
-    """``rows`` without the files in ``drop`` and, with ``first_listing_only``, without repeated listings.
-
-    The first listing of a file is kept: train, then val, then test, in row order (as for duplicates).
-    """
-    seen: set[str] = set()
-    kept: dict[str, list[tuple[str, str]]] = {}
-    for split in SPLITS:
-        kept[split] = []
-        for filename, label in rows[split]:
-            if filename in drop or (first_listing_only and filename in seen):
-                continue
-            seen.add(filename)
-            kept[split].append((filename, label))
-    return kept
-
-
-def _read_class_index(path: Path, label_level: str) -> tuple[str, ...]:
-    """The class names of a class-index JSON file (as :meth:`RadImageNetDataModule.save_class_index` writes it)."""
-    fix = "Delete it (it is written again from the training split) or fix it."
-    content = read_json(path, fix)
-    names = content.get("class_names") if isinstance(content, dict) else None
-    if not isinstance(names, list):
-        raise ValueError(
-            f"{path} must be a JSON object with a 'class_names' list (and 'label_level'), as save_class_index writes "
-            f"it. {fix}"
-        )
-    level = content.get("label_level", label_level)
-    repeated = next((name for name in names if names.count(name) > 1), None)
-    if level != label_level:
-        problem = f"was written at label_level={level!r}, not {label_level!r}: its classes mean something else"
-    elif not names:
-        problem = "'class_names' is empty"
-    elif not all(isinstance(name, str) and name for name in names):
-        problem = f"'class_names' must hold class names (strings), got {names[:5]}"
-    elif repeated is not None:
-        problem = f"'class_names' names {repeated!r} twice"
-    else:
-        return tuple(names)
-    raise ValueError(f"{path}: {problem}. {fix}")
-
-
-class _RadImages(Dataset):
-    def __init__(self, items: Sequence[tuple[Path, int]], transform: Callable[..., Any], mode: str) -> None:
-        self.items = list(items)
-        self.targets = torch.tensor([target for _, target in self.items], dtype=torch.long)
-        self.transform = transform
-        self.mode = mode
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        path, target = self.items[index]
-        pixels = v2.functional.pil_to_tensor(open_image(path, self.mode))  # a damaged file is an error naming it
-        return {
-            IMAGE: self.transform(tv_tensors.Image(pixels)).as_subclass(torch.Tensor),
-            TARGET: torch.tensor(target, dtype=torch.long),
-            INDEX: torch.tensor(index, dtype=torch.long),
-        }
 
 
 class RadImageNetDataModule(SplitDataModule):
@@ -229,6 +112,7 @@ class RadImageNetDataModule(SplitDataModule):
     """
 
     @property
+    @override
     def split_arguments(self) -> tuple[str, ...]:  # type: ignore[override]
         # The fractions draw the split in folder mode only; the CSVs fix it otherwise.
         return ("mode", "val_fraction", "test_fraction") if self.hparams.get("mode") == "folder" else ("mode",)
@@ -277,6 +161,7 @@ class RadImageNetDataModule(SplitDataModule):
         self.num_files: int | None = None
         self.report: dict[str, Any] = {}
 
+    @override
     def num_classes_found(self) -> int | None:
         """Number of classes at ``label_level``: the class index's length, once set."""
         return len(self.class_names) or None
@@ -285,6 +170,7 @@ class RadImageNetDataModule(SplitDataModule):
     def class_to_idx(self) -> dict[str, int]:
         return {name: position for position, name in enumerate(self.class_names)}
 
+    @override
     def evaluation_transform(self) -> v2.Compose:
         return self._transform(train=False)
 
@@ -302,12 +188,12 @@ class RadImageNetDataModule(SplitDataModule):
 
     def _read_csvs(self) -> dict[str, list[tuple[str, str]]]:
         guard = RootGuard(self.root)
-        return {split: _read_csv(self.root / f"RadiologyAI_{split}.csv", guard) for split in SPLITS}
+        return {split: read_csv(self.root / f"RadiologyAI_{split}.csv", guard) for split in SPLITS}
 
     def _walk_folders(self) -> dict[str, list[tuple[str, str]]]:
         base = self.root / "radiology_ai" if (self.root / "radiology_ai").is_dir() else self.root
         if not base.is_dir():
-            raise FileNotFoundError(f"{base} not found (mode='folder').\n{_LAYOUT}")
+            raise FileNotFoundError(f"{base} not found (mode='folder').\n{LAYOUT}")
         guard, source = RootGuard(self.root), f"the folder walk of {base}"
         found: list[tuple[str, str]] = []
         for modality in sorted(d for d in base.iterdir() if d.is_dir() and d.name.upper() in MODALITIES):
@@ -322,7 +208,7 @@ class RadImageNetDataModule(SplitDataModule):
                             guard(entry, source)  # a symlinked file or folder may lead out of the root
                             found.append((entry, name))
         if not found:
-            raise FileNotFoundError(f"No images under {base} in <CT|MR>/<anatomy>/<label>/ or US/<label>/.\n{_LAYOUT}")
+            raise FileNotFoundError(f"No images under {base} in <CT|MR>/<anatomy>/<label>/ or US/<label>/.\n{LAYOUT}")
         if self.num_files is not None and self.num_files != len(found):
             raise ValueError(
                 f"The checkpoint's split was drawn over {self.num_files} files but {base} now holds {len(found)}: "
@@ -341,7 +227,7 @@ class RadImageNetDataModule(SplitDataModule):
         """The image report over all rows, and the filenames to drop under ``bad_images``.
 
         Under ``"drop"``, a file listed more than once also loses every listing after its first
-        (see :func:`_keep`); that is not in the returned set, which names files dropped everywhere.
+        (see :func:`keep_rows`); that is not in the returned set, which names files dropped everywhere.
         """
         filenames = [filename for split in SPLITS for filename, _ in rows[split]]
         full = self.hparams.check_images == "full"
@@ -351,16 +237,17 @@ class RadImageNetDataModule(SplitDataModule):
             drop |= set(report["blank"]) | {name for group in report["duplicates"] for name in group[1:]}
         return report, drop
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         if not self.root.is_dir():
-            raise FileNotFoundError(f"RadImageNet root {self.root} does not exist.\n{_LAYOUT}")
+            raise FileNotFoundError(f"RadImageNet root {self.root} does not exist.\n{LAYOUT}")
         rows = self._read_csvs() if self.hparams.mode == "csv" else self._walk_folders()
         level = self.hparams.label_level
         if level != "label":
             index = 0 if level == "modality" else 1
-            rows = {split: [(f, _levels(f)[index]) for f, _ in split_rows] for split, split_rows in rows.items()}
+            rows = {split: [(f, levels(f)[index]) for f, _ in split_rows] for split, split_rows in rows.items()}
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:  # one rank reads the files, the others get its verdict
             self.report, drop = trainer.strategy.broadcast(self.check(rows) if trainer.is_global_zero else None)
@@ -368,10 +255,10 @@ class RadImageNetDataModule(SplitDataModule):
             self.report, drop = self.check(rows)
         problems = sum(len(self.report[kind]) for kind in REPORT_KINDS)
         summary = format_report(self.report, "RadImageNet image check")
-        summary += _LISTED_TWICE if self.report["listed_twice"] else ""
+        summary += LISTED_TWICE if self.report["listed_twice"] else ""
         if problems and self.hparams.bad_images == "raise":
             raise ValueError(f"{summary}\nFix the files and CSVs, or set bad_images='drop' or 'warn'.")
-        kept = _keep(rows, drop, first_listing_only=self.hparams.bad_images == "drop")
+        kept = keep_rows(rows, drop, first_listing_only=self.hparams.bad_images == "drop")
         if problems:
             dropped = sum(map(len, rows.values())) - sum(map(len, kept.values()))
             rank_zero_warn(f"{summary}\n{dropped} files dropped (bad_images='{self.hparams.bad_images}').")
@@ -391,13 +278,13 @@ class RadImageNetDataModule(SplitDataModule):
         pil_mode = "RGB" if self.hparams.channels == 3 else "L"
         for split, split_rows in rows.items():
             items = [(self.root / f, mapping[label]) for f, label in split_rows]
-            self.datasets[split] = _RadImages(items, self._transform(split == "train"), pil_mode)
+            self.datasets[split] = RadImages(items, self._transform(split == "train"), pil_mode)
         self._write_files()
 
     def _set_classes(self, train_classes: list[str]) -> None:
         path = self.hparams.class_index_path
         if not self.class_names and path is not None and Path(path).is_file():
-            self.class_names = _read_class_index(Path(path), self.hparams.label_level)
+            self.class_names = read_class_index(Path(path), self.hparams.label_level)
         if not self.class_names:
             self.class_names = tuple(train_classes)
             return
@@ -431,9 +318,11 @@ class RadImageNetDataModule(SplitDataModule):
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             _write_atomically(Path(log_dir) / "radimagenet_image_report.json", json.dumps(self.report, indent=1))
 
+    @override
     def extra_state(self) -> dict[str, Any]:
         return {"class_names": list(self.class_names), "num_files": self.num_files}
 
+    @override
     def load_extra_state(self, state_dict: Mapping[str, Any]) -> None:
         self.class_names = tuple(state_dict.get("class_names", ()))
         self.num_files = state_dict.get("num_files")

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+from typing_extensions import override
 
 __all__ = ["EpochShuffleSampler", "RankReadingSampler"]
 
@@ -30,6 +31,7 @@ class RankReadingSampler(DistributedSampler):
     def rank(self) -> int:
         return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
+    @override
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 

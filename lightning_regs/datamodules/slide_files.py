@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from lightning_regs.batch import IMAGE, INDEX, TARGET
+from lightning_regs.datamodules.indexed import indexed_sample
 
 __all__ = ["SUFFIXES", "load_features"]
 
@@ -129,11 +129,8 @@ class _SlideBags(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {
-            IMAGE: load_features(self.paths[index], self.feature_dim, self.reference),
-            TARGET: self.targets[index].clone(),
-            INDEX: torch.tensor(index, dtype=torch.long),
-        }
+        features = load_features(self.paths[index], self.feature_dim, self.reference)
+        return indexed_sample(features, self.targets[index].clone(), index)
 
 
 def _file_record(path: Path, digest: bool) -> tuple[int, str]:

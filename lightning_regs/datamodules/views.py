@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 __all__ = ["TwoViews"]
 
@@ -29,5 +30,6 @@ class TwoViews(nn.Module):
             raise ValueError(f"views must be at least 1, got {views}.")
         self.transform, self.views = transform, views
 
+    @override
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.transform(image) for _ in range(self.views)])

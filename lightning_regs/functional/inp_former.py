@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from typing_extensions import override
 
 from lightning_regs.functional._checks import check_int, check_number
 
@@ -95,11 +96,13 @@ class _ScaleGradient(torch.autograd.Function):
     """Identity forward; the backward multiplies the incoming gradient by a fixed factor (broadcast)."""
 
     @staticmethod
+    @override
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(factor)
         return x.view_as(x)
 
     @staticmethod
+    @override
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (factor,) = ctx.saved_tensors
         return grad * factor, None

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_regs.functional.classification import classification_loss
 from lightning_regs.local_learning.heads import TokenMean
@@ -242,5 +243,6 @@ class AugLocalHead(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.layers(h))
 
+    @override
     def forward(self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         return classification_loss(self.logits(h), target)

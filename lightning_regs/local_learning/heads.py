@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from lightning_regs.functional._checks import check_bool, check_int, check_number
 from lightning_regs.functional.classification import classification_loss, hard_labels
@@ -192,6 +193,7 @@ class DGLHead(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(h))
 
+    @override
     def forward(self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         check_batch_for_norm(self, h, getattr(self, "norm", True))
         return classification_loss(self.logits(h), target)
@@ -206,6 +208,7 @@ class TokenMean(nn.Module):
         torch.Size([2, 3])
     """
 
+    @override
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h.mean(dim=1)
 
@@ -291,7 +294,7 @@ class InfoProHead(nn.Module):
                 f"image_mean and image_std need one value per input channel ({image_shape[0]}), std > 0; got "
                 f"{tuple(image_mean)} and {tuple(image_std)}."
             )
-        # Not persistent: constants of the data, not state (older checkpoints load unchanged).
+        # Not persistent: constants of the data, not state (not in the checkpoint).
         self.register_buffer("image_mean", torch.tensor(image_mean or (), dtype=torch.float32), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std or (), dtype=torch.float32), persistent=False)
         self.supcon_anchors = supcon_anchors
@@ -322,6 +325,7 @@ class InfoProHead(nn.Module):
         """Whether the reconstruction target is the un-normalized image (``image_mean``/``image_std`` given)."""
         return self.image_mean.numel() > 0
 
+    @override
     def forward(self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
         loss = h.new_zeros(())
         if self.lambda_recon > 0:

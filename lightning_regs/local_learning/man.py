@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 __all__ = ["ManInit", "ManUpdate", "MomentumAuxiliaryHead", "reinitialize"]
 
@@ -123,5 +124,6 @@ class MomentumAuxiliaryHead(nn.Module):
         for ema, tracked in zip(self.ema.parameters(), self.tracked.parameters(), strict=True):
             ema.lerp_(tracked, weight)
 
+    @override
     def forward(self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.ema(h) + self.correction(h), target, image)

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+from typing_extensions import override
 
 from lightning_regs.functional._checks import check_choice, check_number
 from lightning_regs.functional.classification import classification_loss
@@ -440,6 +441,7 @@ class LocalLearningMixin(TrustedCheckpointLoading, pl.LightningModule):
                     continue
             self.lr_scheduler_step(config.scheduler, metric)
 
+    @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)
         self._local_batch_idx = batch_idx
@@ -453,6 +455,7 @@ class LocalLearningMixin(TrustedCheckpointLoading, pl.LightningModule):
             self._local_stepped = False
             self._step_lr_schedulers("step", plateau=True)
 
+    @override
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
         self._flush_step_plateau()
@@ -460,6 +463,7 @@ class LocalLearningMixin(TrustedCheckpointLoading, pl.LightningModule):
             # After validation, whose metrics ReduceLROnPlateau usually monitors.
             self._step_lr_schedulers("epoch", plateau=True)
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         metrics = self.trainer.callback_metrics
@@ -470,11 +474,13 @@ class LocalLearningMixin(TrustedCheckpointLoading, pl.LightningModule):
         if getattr(self, "local_input_shape", None) is not None:
             checkpoint[_INPUT_SHAPE_KEY] = list(self.local_input_shape)
 
+    @override
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit":
             self._build_pending_from_data()
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if getattr(self, "_local_pending", None) is not None and _INPUT_SHAPE_KEY in checkpoint:

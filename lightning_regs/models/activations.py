@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_regs.functional.activations import crrelu
 
@@ -76,9 +77,11 @@ class CRReLU(nn.Module):
         else:
             self.register_buffer("eps", value)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return crrelu(x, self.eps.reshape(()))  # 0-dim: the result keeps x's dtype
 
+    @override
     def extra_repr(self) -> str:
         eps = self.eps.detach()
         if eps.is_meta:  # deferred initialization: no value yet

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd
 from torchvision.models import VGG, ConvNeXt, ResNet, VisionTransformer
 from torchvision.models.convnext import CNBlock
+from typing_extensions import override
 
 from lightning_regs._compat import NormBase, compiled_original
 from lightning_regs.models.layered import SUPPORTED_FAMILIES, LayeredModel
@@ -124,6 +125,7 @@ class _ViTEmbedding(nn.Module):
         self.pos_embedding = model.encoder.pos_embedding
         self.dropout = model.encoder.dropout
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_proj(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
@@ -131,6 +133,7 @@ class _ViTEmbedding(nn.Module):
 
 
 class _ClassToken(nn.Module):
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 0]
 

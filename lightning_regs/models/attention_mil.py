@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_regs.functional.mil import masked_attention
 
@@ -92,6 +93,7 @@ class AttentionMIL(nn.Module):
         self.attention_w = nn.Linear(attention_dim, heads, bias=False)
         self.classifier = nn.Linear(heads * embed_dim, num_classes)
 
+    @override
     def forward(self, bags: torch.Tensor, instance_mask: torch.Tensor | None = None) -> MILOutput:
         """Classify ``bags`` ``(B, N, ...)`` (or one bag ``(N, ...)``); ``instance_mask`` ``(B, N)`` marks real ones."""
         if self.encoder is None and bags.dim() == 2:

@@ -10,6 +10,7 @@ bases, so local-learning splits written as ``(stage, block)`` map directly onto 
 from __future__ import annotations
 
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_regs.models.layered import LayeredModel
 
@@ -52,6 +53,7 @@ class BasicBlock(nn.Module):
         else:
             self.shortcut = nn.Identity()
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))

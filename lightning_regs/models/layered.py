@@ -30,6 +30,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 __all__ = ["SUPPORTED_FAMILIES", "LayeredModel", "layer_sequence"]
 
@@ -87,6 +88,7 @@ class LayeredModel(nn.Module):
         """Names of the layers, in execution order."""
         return tuple(name for name, _ in self.layers.named_children())
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.layers(x))
 

@@ -11,6 +11,7 @@ has a ``2k``-parameter BN after the stem instead. With ``use_batchnorm=False`` e
 from __future__ import annotations
 
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_regs.models.layered import LayeredModel
 
@@ -55,6 +56,7 @@ class PreActBlock(nn.Module):
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False)
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu1(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 __all__ = ["TimmHead", "TimmViTEmbedding", "is_timm_model", "timm_adapter"]
 
@@ -90,6 +91,7 @@ class TimmViTEmbedding(_OwnerPart):
         names = ("patch_embed", "pos_drop", "patch_drop", "norm_pre")
         super().__init__(owner, names, [name for name, _ in owner.named_parameters(recurse=False)])
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         owner = self.owner
         x = self._call(owner._pos_embed, owner.patch_embed(x))
@@ -106,6 +108,7 @@ class TimmHead(_OwnerPart):
         super().__init__(owner, children)
         self.pre = pre
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre is not None:
             x = getattr(self.owner, self.pre)(x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
+from typing_extensions import override
 
 __all__ = ["ViTFeatures"]
 
@@ -49,5 +50,6 @@ class ViTFeatures(nn.Module):
             for layer in layers[len(layers) - trainable_blocks :]:
                 layer.requires_grad_(True)  # the final norm stays frozen, as in SimGCD
 
+    @override
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.vit(image)

@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from typing_extensions import override
 
 from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import BAG_ID, INDEX, read_inputs, unpack_batch
@@ -137,6 +138,7 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
         """The instance-level metric of validation and test: ``"mse"`` or ``"acc"``."""
         return "mse" if self.task_settings.loss == "mse" else "acc"
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Instance predictions: ``(B,)`` values (``"mse"``) or ``(B, C)`` logits (``"ce"``)."""
         output = logits_of(self.model(x))
@@ -156,10 +158,12 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
             )
         return output
 
+    @override
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``, shard with FSDP2 (the task is the one unit); under any other, nothing."""
         shard_under_model_parallel(self)
 
+    @override
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if attached_trainer(self) is not None else None
         data_classes = getattr(datamodule, "num_classes", None)
@@ -170,6 +174,7 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
                 f"num_classes={given}. Give the task (and the model) {data_classes} classes."
             )
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
         if not isinstance(batch, Mapping) or BAG_ID not in batch:
             keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
@@ -214,6 +219,7 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
             finite = self.trainer.strategy.reduce((~finite).float(), reduce_op="sum") == 0  # every rank skips
         return bool(finite)
 
+    @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         super().on_before_optimizer_step(optimizer)
         drop_skipped_gradients(self, optimizer)
@@ -346,22 +352,28 @@ class AggregateResponseTask(TrustedCheckpointLoading, pl.LightningModule):
         # every rank scores the same gathered predictions; sync_dist only averages equal values
         self.log(f"{stage}/{self.metric_name}", value, prog_bar=stage == "val", sync_dist=True)
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._collect(batch, "val", batch_idx)
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._collect(batch, "test", batch_idx)
 
+    @override
     def on_validation_epoch_end(self) -> None:
         self._score("val")
 
+    @override
     def on_test_epoch_end(self) -> None:
         self._score("test")
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Instance predictions: values (``"mse"``) or class probabilities (``"ce"``)."""
         preds = self(read_inputs(batch))
         return preds if self.task_settings.loss == "mse" else preds.softmax(dim=-1)
 
+    @override
     def configure_optimizers(self) -> dict[str, Any]:
         return recipe_optimizers(self, self.task_settings)

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
+from typing_extensions import override
 
 from lightning_regs.functional._checks import check_bool, check_int, check_number
 from lightning_regs.functional.anomaly import _check_binary, image_auroc, pixel_auroc
@@ -45,6 +46,10 @@ class AnomalyEvaluation(Metric):
       pixels are present;
     * ``num_images``: the samples counted.
 
+    With ``groups`` given to ``update`` (MVTec's ``category`` of a multi-class set) and more than one group seen,
+    every metric is computed within each group and the dict holds their mean over the groups (NaN if a group leaves
+    it undefined), ``num_images`` the total, and ``"per_group"``: ``{group id: that group's dict}``.
+
     Every metric is the :mod:`lightning_regs.functional.anomaly_metrics` / :mod:`~lightning_regs.functional.anomaly`
     function on the deduplicated set, so the values equal the single-process ones. An undefined metric is NaN
     with one warning per ``compute`` naming it and why (``warn_undefined=False`` silences it); a set without
@@ -52,12 +57,12 @@ class AnomalyEvaluation(Metric):
     within ``duplicate_tolerance`` times the largest absolute value of the set (another rank's batch may run
     other kernels; 0 asks for identity), else ``compute`` raises a ``ValueError`` naming the index.
 
-    Memory: per image ``5·H·W + 17`` bytes on CPU (the map in float32, the mask and the label in uint8, the index
-    and the score in 8 bytes each), e.g. 320 KiB for a 256x256 map. ``compute`` gathers the whole set onto every
-    process (under NCCL through a CUDA copy of the states) and sorts all pixels: its peak is about 100 bytes per
+    Memory: per image ``5·H·W + 21`` bytes on CPU (the map in float32, the mask and the label in uint8, the index and
+    the score in 8 bytes each, the group in 4), e.g. 320 KiB for a 256x256 map. ``compute`` gathers the whole set onto
+    every process (under NCCL through a CUDA copy of the states) and sorts all pixels: its peak is about 100 bytes per
     pixel of the set more (measured on 100 maps of 256x256: 100 B/pixel, 4-6 s on one CPU thread; the exact pixel
-    AUROC's ranks are the largest step). Every rank must call ``update`` at least once before a distributed
-    ``compute`` (``DistributedSampler`` gives every rank a sample).
+    AUROC's ranks are the largest step). Every rank must call ``update`` at least once before a distributed ``compute``
+    (``DistributedSampler`` gives every rank a sample).
 
     Args:
         fpr_limit: the AUPRO integration limit, in (0, 1]; 0.3 in the MVTec AD papers.
@@ -100,9 +105,10 @@ class AnomalyEvaluation(Metric):
         self.pixel_auroc_bins = None if bins is None else check_int(owner, "pixel_auroc_bins", bins, low=1)
         self.duplicate_tolerance = check_number(owner, "duplicate_tolerance", duplicate_tolerance, low=0.0)
         self.warn_undefined = check_bool(owner, "warn_undefined", warn_undefined)
-        for name in ("index", "scores", "labels", "maps", "masks"):
+        for name in ("index", "scores", "labels", "maps", "masks", "groups"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
+    @override
     def update(
         self,
         scores: torch.Tensor,
@@ -110,9 +116,11 @@ class AnomalyEvaluation(Metric):
         maps: torch.Tensor,
         masks: torch.Tensor,
         index: torch.Tensor,
+        groups: torch.Tensor | None = None,
     ) -> None:
         """Add a batch: image ``scores`` ``(B,)``, 0/1 ``labels`` ``(B,)``, raw ``maps`` and 0/1 ``masks``
-        ``(B, H, W)`` or ``(B, 1, H, W)``, and each sample's ``index`` ``(B,)`` (the batch's ``index``)."""
+        ``(B, H, W)`` or ``(B, 1, H, W)``, each sample's ``index`` ``(B,)`` (the batch's ``index``) and, optionally,
+        its group ``(B,)`` (the batch's ``category``; metrics are computed per group and averaged)."""
         owner = type(self).__name__
         size = index.shape[0] if index.dim() == 1 else -1
         if scores.dim() != 1 or labels.dim() != 1 or size < 0 or scores.shape[0] != size or labels.shape[0] != size:
@@ -140,6 +148,18 @@ class AnomalyEvaluation(Metric):
                     f"{owner}.update: {name} hold NaN or infinite values; every metric would be undefined. Leave "
                     "such images out (or clean the scores) before updating."
                 )
+        if groups is None:
+            groups = torch.zeros(size, dtype=torch.long)
+        elif (
+            groups.shape != (size,)
+            or groups.dtype.is_floating_point
+            or not bool(((groups >= 0) & (groups < 2**31)).all())
+        ):
+            raise ValueError(
+                f"{owner}.update: groups must be non-negative integer ids, one per image (shape ({size},)); got "
+                f"{groups.dtype} {tuple(groups.shape)}."
+            )
+        self.groups.append(groups.detach().to("cpu", torch.int32))
         self.index.append(index.detach().to("cpu", torch.long))
         self.scores.append(scores.detach().to("cpu", torch.float64))
         self.labels.append(_check_binary(labels.detach(), "labels").to("cpu", torch.uint8))
@@ -169,6 +189,7 @@ class AnomalyEvaluation(Metric):
                     "that the model is in eval mode (no dropout, no batch statistics)."
                 )
 
+    @override
     def compute(self) -> dict[str, torch.Tensor]:
         """The metrics of every sample counted once (see the class docstring); undefined ones are NaN."""
         owner = type(self).__name__
@@ -181,15 +202,36 @@ class AnomalyEvaluation(Metric):
             "labels": dim_zero_cat(self.labels),
             "maps": dim_zero_cat(self.maps),
             "masks": dim_zero_cat(self.masks),
+            "groups": dim_zero_cat(self.groups),
         }
         index = index.long()
         self._check_duplicates(index, named)
-        index, scores, labels, maps, masks = unique_by_index(index, *named.values())
+        index, scores, labels, maps, masks, groups = unique_by_index(index, *named.values())
         del named  # the deduplicated copies are kept, the concatenated ones freed
         labels, masks = labels.bool(), masks.bool()
+        ids = groups.unique().tolist()
+        if len(ids) == 1:
+            return self._suite(scores, labels, maps, masks)
+        per_group = {}
+        for group in ids:
+            chosen = groups == group
+            per_group[group] = self._suite(
+                scores[chosen], labels[chosen], maps[chosen], masks[chosen], f"group {group}"
+            )
+        result = {name: torch.stack([r[name] for r in per_group.values()]).mean() for name in METRICS}
+        nan = torch.tensor(math.nan, dtype=torch.float64)
+        result.update(image_f1_threshold=nan, pixel_f1_threshold=nan, per_group=per_group)
+        result["num_images"] = torch.tensor(float(index.numel()), dtype=torch.float64)
+        return result
+
+    def _suite(
+        self, scores: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor, where: str = ""
+    ) -> dict[str, torch.Tensor]:
+        """The metrics of one deduplicated set (or group): NaN where undefined, with one warning if asked."""
+        owner = type(self).__name__
         nan = torch.tensor(math.nan, dtype=torch.float64)
         result = {name: nan for name in (*METRICS, "image_f1_threshold", "pixel_f1_threshold")}
-        result["num_images"] = torch.tensor(float(index.numel()), dtype=torch.float64)
+        result["num_images"] = torch.tensor(float(labels.numel()), dtype=torch.float64)
         undefined = []
         num_anomalous = int(labels.sum())
         if 0 < num_anomalous < labels.numel():
@@ -209,5 +251,6 @@ class AnomalyEvaluation(Metric):
             missing = "pixel_auroc, pixel_aupro" if anomalous_pixels else "pixel_*"
             undefined.append(f"{missing} ({anomalous_pixels} of {masks.numel()} pixels anomalous)")
         if undefined and self.warn_undefined:
-            rank_zero_warn(f"{owner}: undefined, returned as NaN: {'; '.join(undefined)}.")
+            place = f" in {where}" if where else ""
+            rank_zero_warn(f"{owner}: undefined{place}, returned as NaN: {'; '.join(undefined)}.")
         return result

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from lightning_regs.batch import INSTANCE_MASK
 from lightning_regs.functional.mil import attention_entropy_loss
@@ -46,6 +47,7 @@ class AttentionEntropyTerm(LossTerm):
             )
         self.key = key
 
+    @override
     def forward(self, outputs: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
         if self.key not in outputs:
             held = sorted(outputs)
@@ -59,5 +61,6 @@ class AttentionEntropyTerm(LossTerm):
         mask = batch.get(INSTANCE_MASK) if isinstance(batch, Mapping) else None
         return attention_entropy_loss(outputs[self.key], mask)
 
+    @override
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, key={self.key!r}"

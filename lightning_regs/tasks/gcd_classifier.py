@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
@@ -259,6 +260,7 @@ class GCDClassifier(LegoGCDMixin):
         """``cos(h_i, c_k)`` between features and the prototypes, in [-1, 1]."""
         return F.normalize(features, dim=1) @ F.normalize(self.prototypes, dim=1).T
 
+    @override
     def forward(self, image: torch.Tensor, embed: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The cosine logits of ``image``; with ``embed``, also its L2-normalized projection.
 
@@ -271,6 +273,7 @@ class GCDClassifier(LegoGCDMixin):
             return logits
         return logits, F.normalize(self.projection(features), dim=1)
 
+    @override
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``, shard with FSDP2 (backbone layers are units; see ``docs/fsdp2.md``)."""
         shard_under_model_parallel(self)
@@ -307,6 +310,7 @@ class GCDClassifier(LegoGCDMixin):
         )
         return terms, logits
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         terms, logits = self.compute_losses(batch)
         self.update_logit_prior(logits)
@@ -327,9 +331,11 @@ class GCDClassifier(LegoGCDMixin):
             index = (seen + torch.arange(len(truth), device=truth.device)) * world_size + rank
         rows.append(torch.stack([index, predictions, truth]))
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._collect(batch, "val")
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._collect(batch, "test")
 
@@ -345,12 +351,15 @@ class GCDClassifier(LegoGCDMixin):
                 # every rank scores the same gathered predictions; sync_dist only averages equal values
                 self.log(f"{prefix}{version}{group}", value, prog_bar=not version and stage == "val", sync_dist=True)
 
+    @override
     def on_validation_epoch_end(self) -> None:
         self._score("val")
 
+    @override
     def on_test_epoch_end(self) -> None:
         self._score("test")
 
+    @override
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.task_settings
         optimizer = build_optimizer(

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from lightning_regs.batch import read_step
 from lightning_regs.functional.soft_targets import target_distribution
@@ -63,6 +64,7 @@ class GrokkingClassifier(ImageClassifier):
         )
         self.loss_name = loss
 
+    @override
     def compute_loss(self, logits: torch.Tensor, batch: Any) -> torch.Tensor:
         """MSE between the logits and the one-hot (or soft) targets; cross-entropy with ``loss="cross_entropy"``."""
         if self.loss_name == "cross_entropy":

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+from typing_extensions import override
 
 from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import (
@@ -211,6 +212,7 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
         self.loss_terms[term.name] = term
         return term
 
+    @override
     def on_fit_start(self) -> None:
         rewriting = [
             type(c).__name__
@@ -224,10 +226,12 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
                 "the LabelSmoothing callback alone)."
             )
 
+    @override
     def forward(self, image: torch.Tensor) -> Any:
         """The backbone's output: logits, a dict with ``"logits"``, or an object with ``.logits``."""
         return self.backbone(image)
 
+    @override
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if attached_trainer(self) is not None else None
         data_classes = getattr(datamodule, "num_classes", None)
@@ -237,6 +241,7 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
                 f"with num_classes={self.num_classes}. Set model num_classes (and the backbone's) to {data_classes}."
             )
 
+    @override
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``, shard the model with FSDP2; under any other strategy, nothing.
 
@@ -439,6 +444,7 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
             return f"{what} {verb} {found}"
         return f"{what} of another process held NaN or inf (every rank skips the step together)"
 
+    @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         super().on_before_optimizer_step(optimizer)
         drop_skipped_gradients(self, optimizer)
@@ -466,6 +472,7 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
         self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
         return {"loss": loss, "logits": logits}
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
         step = read_step(batch)
         if self.check_batch(step, "train", batch_idx) is not None:  # nonfinite="skip" and a non-finite input
@@ -487,6 +494,7 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
         self.update_loss_terms(outputs, step.batch)
         return result
 
+    @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if len(self.loss_terms) and not self._loss_terms_applied:
             raise RuntimeError(
@@ -525,12 +533,15 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
         self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], prog_bar=stage == "val")
         self.log(f"{stage}/ece", self.metrics[f"{stage}_ece"])
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "val", batch_idx)
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "test", batch_idx)
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse, with a named error, a checkpoint without weights (truncated, or not a Lightning checkpoint)."""
         super().on_load_checkpoint(checkpoint)
@@ -546,8 +557,10 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
                 "written by Trainer.fit (ModelCheckpoint) of this task."
             )
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return model_outputs(self(read_inputs(batch)))["logits"].softmax(dim=-1)
 
+    @override
     def configure_optimizers(self) -> dict[str, Any]:
         return recipe_optimizers(self, self.task_settings)

@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+from typing_extensions import override
 
 from lightning_regs.batch import IMAGE, LABEL
 from lightning_regs.datamodules.mvtec import IMAGENET_MEAN, IMAGENET_STD
@@ -25,6 +26,7 @@ from lightning_regs.functional.inp_former import anomaly_map, coherence_loss, im
 from lightning_regs.models.frozen_encoder import FrozenEncoder
 from lightning_regs.tasks.anomaly_steps import AnomalyEvaluationSteps
 from lightning_regs.tasks.inp_former_model import INPFormerNetwork
+from lightning_regs.tasks.stable_adamw import StableAdamW
 from lightning_regs.trusted_loading import TrustedCheckpointLoading
 
 __all__ = ["INPFormer", "WarmCosine"]
@@ -63,17 +65,17 @@ class INPFormer(AnomalyEvaluationSteps, TrustedCheckpointLoading, pl.LightningMo
     """INP-Former: a frozen encoder, intrinsic normal prototypes and an INP-guided decoder that reconstructs the
     encoder's features; the anomaly map is where the reconstruction fails.
 
-    Training (normal images only; a training batch with ``label == 1`` is a named error) minimizes
-    ``L = L_sm + coherence_weight * L_c`` (:func:`~lightning_regs.functional.inp_former.soft_mining_cosine_loss`,
-    :func:`~lightning_regs.functional.inp_former.coherence_loss`), logged as ``train/loss``, ``train/soft_mining``
-    and ``train/coherence``. The encoder is frozen and out of the optimizer: AdamW (amsgrad, ``eps=1e-10``) with the
-    official warm-up and cosine decay per step, gradients clipped to norm ``grad_clip_norm``. Validation and test log
-    ``<stage>/num_images`` and the seven :data:`~lightning_regs.tasks.anomaly_evaluation.METRICS` through
-    :class:`~lightning_regs.tasks.AnomalyEvaluation` (as :class:`~lightning_regs.tasks.MeanImageAnomalyBaseline`:
-    images with non-finite pixels left out and counted in ``<stage>/nonfinite_inputs``); predict returns
-    ``anomaly_map``, ``score`` and ``index`` per batch. Batches are MVTec dicts (``image``, ``mask``, ``label``,
-    ``index``), the image normalized with ``input_mean``/``input_std`` (the DataModule's); they are renormalized for
-    the encoder.
+    Training (normal images only; a training batch with ``label == 1`` is a named error) minimizes ``L = L_sm +
+    coherence_weight * L_c`` (:func:`~lightning_regs.functional.inp_former.soft_mining_cosine_loss`,
+    :func:`~lightning_regs.functional.inp_former.coherence_loss`), logged as ``train/loss``, ``train/soft_mining`` and
+    ``train/coherence``. The encoder is frozen and out of the optimizer: AdamW (amsgrad, ``eps=1e-10``; or the official
+    StableAdamW with ``update_clip=1.0``) with the official warm-up and cosine decay per step, gradients clipped to norm
+    ``grad_clip_norm``. Validation and test log ``<stage>/num_images`` and the seven
+    :data:`~lightning_regs.tasks.anomaly_evaluation.METRICS` through :class:`~lightning_regs.tasks.AnomalyEvaluation`
+    (as :class:`~lightning_regs.tasks.MeanImageAnomalyBaseline`: images with non-finite pixels left out and counted in
+    ``<stage>/nonfinite_inputs``); predict returns ``anomaly_map``, ``score`` and ``index`` per batch. Batches are MVTec
+    dicts (``image``, ``mask``, ``label``, ``index``), the image normalized with ``input_mean``/``input_std`` (the
+    DataModule's); they are renormalized for the encoder.
 
     Args:
         encoder: the :class:`~lightning_regs.models.FrozenEncoder` name (the paper's DINOv2-reg ViT-B/14 by default;
@@ -85,6 +87,9 @@ class INPFormer(AnomalyEvaluationSteps, TrustedCheckpointLoading, pl.LightningMo
         gamma: the soft-mining exponent (3). coherence_weight: the weight of ``L_c`` (0.2).
         lr, final_lr, warmup_steps: the schedule (1e-3 to 1e-4, 100 warm-up steps, over the run's steps).
         weight_decay, betas, eps, amsgrad: AdamW's (1e-4, (0.9, 0.999), 1e-10, True).
+        update_clip: None: ``torch.optim.AdamW``; a number: the official StableAdamW
+            (:class:`~lightning_regs.tasks.stable_adamw.StableAdamW`, 1.0 in the official code), whose step on each
+            tensor is divided by ``max(1, RMS(g / denominator) / update_clip)``.
         grad_clip_norm: gradient norm clip (0.1); None leaves clipping to the Trainer's ``gradient_clip_val``.
         top_ratio: the image score is the mean of the map's top ``top_ratio`` pixels (0.01; 0: the maximum).
         blur_sigma, blur_kernel_size: the map's Gaussian smoothing (4 and 5, as the official code; sigma None: none).
@@ -111,6 +116,7 @@ class INPFormer(AnomalyEvaluationSteps, TrustedCheckpointLoading, pl.LightningMo
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-10,
         amsgrad: bool = True,
+        update_clip: float | None = None,
         grad_clip_norm: float | None = 0.1,
         top_ratio: float = 0.01,
         blur_sigma: float | None = 4.0,
@@ -132,6 +138,7 @@ class INPFormer(AnomalyEvaluationSteps, TrustedCheckpointLoading, pl.LightningMo
         self.betas = tuple(check_number(owner, "betas", b, low=0.0, high=1.0, high_open=True) for b in betas)
         self.eps = check_number(owner, "eps", eps, low=0.0)
         self.amsgrad = check_bool(owner, "amsgrad", amsgrad)
+        self.update_clip = check_optional_number(owner, "update_clip", update_clip, low=0.0, low_open=True)
         self.grad_clip_norm = check_optional_number(owner, "grad_clip_norm", grad_clip_norm, low=0.0, low_open=True)
         self.top_ratio = check_number(owner, "top_ratio", top_ratio, low=0.0, high=1.0)
         self.blur_sigma = check_optional_number(owner, "blur_sigma", blur_sigma, low=0.0, low_open=True)
@@ -157,6 +164,7 @@ class INPFormer(AnomalyEvaluationSteps, TrustedCheckpointLoading, pl.LightningMo
         self.setup_anomaly_evaluation(self.pixel_bins)
 
     # The model.
+    @override
     def forward(self, image: torch.Tensor) -> Any:
         """The network's :class:`~lightning_regs.tasks.inp_former_model.INPFormerOutput` for a batch of images."""
         if image.ndim != 4 or image.shape[1] != 3:
@@ -189,15 +197,19 @@ class INPFormer(AnomalyEvaluationSteps, TrustedCheckpointLoading, pl.LightningMo
         return maps, image_score(maps, self.top_ratio)
 
     # Training.
+    @override
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(
-            self.net.trainable(), lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
-            amsgrad=self.amsgrad,
-        )  # fmt: skip
+        settings = {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay,
+                    "amsgrad": self.amsgrad}  # fmt: skip
+        if self.update_clip is None:
+            optimizer: torch.optim.Optimizer = torch.optim.AdamW(self.net.trainable(), **settings)
+        else:
+            optimizer = StableAdamW(self.net.trainable(), **settings, clip_threshold=self.update_clip)
         total = int(self.trainer.estimated_stepping_batches)
         schedule = LambdaLR(optimizer, WarmCosine(self.lr, self.final_lr, total, self.warmup_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    @override
     def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,
@@ -209,6 +221,7 @@ class INPFormer(AnomalyEvaluationSteps, TrustedCheckpointLoading, pl.LightningMo
         else:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm")
 
+    @override
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         if LABEL in batch and bool((batch[LABEL] != 0).any()):
             raise ValueError(
@@ -222,6 +235,7 @@ class INPFormer(AnomalyEvaluationSteps, TrustedCheckpointLoading, pl.LightningMo
             self.log(f"train/{name}", terms[name].detach(), prog_bar=name == "loss", batch_size=size)
         return {"loss": terms["loss"], "features": terms["features"]}  # the decoder's output, for callbacks
 
+    @override
     def anomaly_scores(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps and scores of :meth:`score`, for the shared evaluation steps."""
         return self.score(image)

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from lightning_regs.functional._checks import check_int
 from lightning_regs.models.frozen_encoder import EncoderFeatures, FrozenEncoder
@@ -69,6 +70,7 @@ class AggregationBlock(nn.Module):
         self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
         self.mlp = _mlp(dim, int(dim * mlp_ratio))
 
+    @override
     def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Queries ``(B, M, C)`` attend over ``tokens`` ``(B, N, C)``; returns ``(B, M, C)``."""
         q_in, t_in = self.norm1(queries), self.norm1(tokens)
@@ -97,6 +99,7 @@ class DecoderBlock(nn.Module):
         self.scale = nn.Parameter(torch.ones(num_heads, 1, 1))
         self.mlp = _mlp(dim, int(dim * mlp_ratio))
 
+    @override
     def forward(self, tokens: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, N, C)`` attend to the prototypes ``(B, M, C)``; returns ``(B, N, C)``."""
         x_in, p_in = self.norm1(tokens), self.norm1(prototypes)
@@ -206,6 +209,7 @@ class INPFormerNetwork(nn.Module):
         tokens = torch.cat(resized, dim=1).flatten(2).transpose(1, 2)
         return tokens, [tokens] * self.num_groups, grid
 
+    @override
     def forward(self, image: torch.Tensor) -> INPFormerOutput:
         """Run the network on images normalized for the encoder."""
         tokens, targets, grid = self.encode(image)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
+from typing_extensions import override
 
 from lightning_regs.batch import LABELED, unpack_batch
 from lightning_regs.functional._checks import check_bool, check_int, check_int_ids, check_number
@@ -102,6 +103,7 @@ class LocalEntropyTerm(LossTerm):
         self.lambda_ler = lambda_ler
         self.prior_ema = LogitPriorEMA(num_classes, prior_momentum)
 
+    @override
     def forward(self, outputs: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
         logits = _view_major_logits(outputs, "LER")
         return local_entropy_regularization(
@@ -114,6 +116,7 @@ class LocalEntropyTerm(LossTerm):
         )
 
     @torch.no_grad()
+    @override
     def update(self, outputs: Mapping[str, torch.Tensor], batch: Any) -> None:
         self.update_prior(outputs["logits"])
 
@@ -152,6 +155,7 @@ class DualViewKLTerm(LossTerm):
         self.form = form
         self.tau = tau
 
+    @override
     def forward(self, outputs: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
         return dual_view_kl(*_view_major_logits(outputs, "DKL").chunk(2), tau=self.tau, form=self.form)
 
@@ -175,7 +179,7 @@ class LegoGCDMixin(TrustedCheckpointLoading, pl.LightningModule):
     ``setup_lego_gcd`` builds LER and DKL as :class:`~lightning_regs.tasks.LossTerm` modules
     (:attr:`lego_gcd_loss_terms`: a :class:`LocalEntropyTerm` ``"ler"`` and a :class:`DualViewKLTerm` ``"dkl"``).
     ``q̂`` (the LER prior), owned by the LER term, is registered on the module as ``prior_ema``: the buffer
-    ``prior_ema.prior``, saved in checkpoints under the key it always had (the terms are not registered, so ``q̂`` is
+    ``prior_ema.prior``, saved in checkpoints under that key (the terms are not registered, so ``q̂`` is
     saved once). Its update averages the batch-mean prediction over ranks first, so every rank keeps the same
     ``q̂`` under DDP and FSDP2 (the official code runs its ``q̂`` on one GPU only; its DDP script has none). Logits
     are cosine logits of the two views in view-major order (``2B`` rows: the first view's ``B`` rows, then the
@@ -247,7 +251,7 @@ class LegoGCDMixin(TrustedCheckpointLoading, pl.LightningModule):
             prior_momentum=prior_momentum,
         )  # fmt: skip
         dkl = DualViewKLTerm(weight=dkl_weight, form="official" if preset == "official" else "kl")
-        # A plain dict, not registered: q̂ is registered once, below, at the key old checkpoints hold.
+        # A plain dict, not registered: q̂ is registered once, below, as prior_ema (its checkpoint key).
         self._lego_gcd_loss_terms: dict[str, LossTerm] = {"ler": ler, "dkl": dkl}
         self.prior_ema = ler.prior_ema
         self.lego_gcd = LegoGCDSettings(known, ler_weight, ler_threshold, ler_prior, ler_lambda, dkl_weight, preset)

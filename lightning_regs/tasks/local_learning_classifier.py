@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import read_step
@@ -135,6 +136,7 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
     #: The local heads train on each row's own target: MixUp(mode="loss") would be ignored by them, so it is refused.
     interpolates_mixed_loss = False
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
         step = read_step(batch)
         if self.check_batch(step, "train", batch_idx) is not None:  # nonfinite="skip" and a non-finite input
@@ -149,6 +151,7 @@ class LocalLearningClassifier(LocalLearningMixin, ImageClassifier):
         self._log_skipped(0.0)
         return self.log_training(loss, logits, step)
 
+    @override
     def local_backward(
         self,
         image: torch.Tensor,

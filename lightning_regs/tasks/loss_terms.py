@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_regs.functional.outputs import model_outputs  # re-exported: tasks.model_outputs is public
 
@@ -83,6 +84,7 @@ class LossTerm(nn.Module):
         """The term's weight at optimizer step ``step`` of epoch ``epoch``: ``weight``; override for a schedule."""
         return self.weight
 
+    @override
     def forward(self, outputs: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
         """The unweighted scalar term of ``outputs`` (at least ``"logits"``; see :func:`model_outputs`) on ``batch``."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward(outputs, batch) -> scalar Tensor.")
@@ -90,5 +92,6 @@ class LossTerm(nn.Module):
     def update(self, outputs: Mapping[str, torch.Tensor], batch: Any) -> None:
         """Called once per training step after the loss, without gradients; update buffers here. Default: nothing."""
 
+    @override
     def extra_repr(self) -> str:
         return f"name={self.name!r}, weight={self.weight}"

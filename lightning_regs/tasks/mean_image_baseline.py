@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
+from typing_extensions import override
 
 from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import IMAGE
@@ -67,9 +68,11 @@ class MeanImageAnomalyBaseline(AnomalyEvaluationSteps, TrustedCheckpointLoading,
         self.register_load_state_dict_pre_hook(self._adopt_saved_shape)
         self.setup_anomaly_evaluation(pixel_bins)
 
+    @override
     def configure_optimizers(self) -> None:
         return None
 
+    @override
     def configure_model(self) -> None:
         from lightning.pytorch.strategies import ModelParallelStrategy
 
@@ -82,11 +85,10 @@ class MeanImageAnomalyBaseline(AnomalyEvaluationSteps, TrustedCheckpointLoading,
     @staticmethod
     def _adopt_saved_shape(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # The mean's shape is that of the data, unknown until it is computed: take the saved one (checkpoints,
-        # and the weights ddp_spawn hands back to the main process). Older checkpoints have no anchor.
+        # and the weights ddp_spawn hands back to the main process).
         saved = state_dict.get(f"{prefix}mean_image")
         if saved is not None:
             module.mean_image = torch.zeros_like(saved, device=module.mean_image.device)
-        state_dict.setdefault(f"{prefix}ddp_anchor", torch.zeros(()))
 
     def anomaly_map(self, image: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` map of the channel-mean absolute difference to the mean training image."""
@@ -135,6 +137,7 @@ class MeanImageAnomalyBaseline(AnomalyEvaluationSteps, TrustedCheckpointLoading,
             )
         self.mean_image = (total / count).float()
 
+    @override
     def on_train_start(self) -> None:
         loader = self.trainer.train_dataloader
         if not isinstance(loader, DataLoader):
@@ -144,6 +147,7 @@ class MeanImageAnomalyBaseline(AnomalyEvaluationSteps, TrustedCheckpointLoading,
             )
         self.fit_mean_image(loader.dataset, loader.batch_size or 1, loader.num_workers, loader.collate_fn)
 
+    @override
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         return None  # the mean was computed in on_train_start
 
@@ -151,19 +155,24 @@ class MeanImageAnomalyBaseline(AnomalyEvaluationSteps, TrustedCheckpointLoading,
         if self.mean_image.numel() == 0 and not self.trainer.sanity_checking:
             raise ValueError(
                 f"MeanImageAnomalyBaseline has no mean image to {stage} against: nothing was fitted. Run fit first "
-                "(lightning-regs fit logs val/* on the held-out set), or load a checkpoint written by fit "
-                "(--ckpt_path, or MeanImageAnomalyBaseline.load_from_checkpoint)."
+                "(lightning-regs fit logs val/* on the held-out set, the test set by default). fit takes no optimizer "
+                "step, so Lightning writes no checkpoint: to test later, save one after fit (trainer.save_checkpoint) "
+                "and pass it as --ckpt_path, or MeanImageAnomalyBaseline.load_from_checkpoint."
             )
 
+    @override
     def on_validation_start(self) -> None:
         self._require_mean_image("validate")
 
+    @override
     def on_test_start(self) -> None:
         self._require_mean_image("test")
 
+    @override
     def on_predict_start(self) -> None:
         self._require_mean_image("predict")
 
+    @override
     def anomaly_scores(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The maps of :meth:`anomaly_map` and their means, the image scores."""
         maps = self.anomaly_map(image)

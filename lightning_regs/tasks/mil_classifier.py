@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC, MulticlassAUROC
+from typing_extensions import override
 
 from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import INDEX, INSTANCE_MASK, INSTANCE_TARGET, StepBatch, read_inputs
@@ -100,6 +101,7 @@ class MILClassifier(ImageClassifier):
                 BinaryAUROC() if num_classes == 2 else MulticlassAUROC(num_classes, average="macro")
             )
 
+    @override
     def on_fit_start(self) -> None:
         super().on_fit_start()
         rewriting = [type(c).__name__ for c in self.trainer.callbacks if isinstance(c, InputRewritingCallback)]
@@ -110,6 +112,7 @@ class MILClassifier(ImageClassifier):
                 "input-rewriting callbacks; remove them (target callbacks such as LabelSmoothing work on bag labels)."
             )
 
+    @override
     def setup(self, stage: str) -> None:
         super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None) if attached_trainer(self) is not None else None
@@ -123,6 +126,7 @@ class MILClassifier(ImageClassifier):
                 f"(--model.init_args.backbone.init_args.in_features={width})."
             )
 
+    @override
     def forward(self, bags: torch.Tensor, instance_mask: torch.Tensor | None = None) -> Any:
         """The model's output on ``bags``; the mask is passed only when it pads (see the class docstring)."""
         if instance_mask is None or bool(instance_mask.all()):
@@ -135,6 +139,7 @@ class MILClassifier(ImageClassifier):
             )
         return self.backbone(bags, instance_mask)
 
+    @override
     def _forward_outputs(self, step: StepBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         batch = step.batch if isinstance(step.batch, Mapping) else {}
         mask = batch.get(INSTANCE_MASK)
@@ -206,10 +211,12 @@ class MILClassifier(ImageClassifier):
             if count > 0:
                 self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"])
 
+    @override
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         self._log_evaluated_bag_metrics("val")
 
+    @override
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
         self._log_evaluated_bag_metrics("test")
@@ -224,6 +231,7 @@ class MILClassifier(ImageClassifier):
                 "such as lightning_regs.models.MILOutput."
             ) from None
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """Each bag's class probabilities, and its attention over its instances for heat maps.
 

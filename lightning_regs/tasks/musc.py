@@ -8,15 +8,16 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
-from lightning_regs.batch import IMAGE, INDEX, LABEL, MASK
+from lightning_regs.batch import CATEGORY, IMAGE, INDEX, LABEL, MASK
 from lightning_regs.functional._checks import check_int, check_int_ids, check_number, check_range_pair
 from lightning_regs.functional.distributed import all_gather_variable, unique_by_index
 from lightning_regs.functional.musc import musc_anomaly_maps, rscin
 from lightning_regs.models.encoder_weights import IMAGENET_MEAN, IMAGENET_STD, STAND_IN
 from lightning_regs.models.frozen_encoder import FrozenEncoder
-from lightning_regs.tasks.anomaly_evaluation import METRICS, AnomalyEvaluation
+from lightning_regs.tasks.anomaly_evaluation import AnomalyEvaluation
+from lightning_regs.tasks.anomaly_steps import category_name, log_anomaly_results
 from lightning_regs.tasks.input_checks import report_nonfinite_inputs
 from lightning_regs.trusted_loading import TrustedCheckpointLoading
 
@@ -42,19 +43,21 @@ class MuScZeroShot(TrustedCheckpointLoading, pl.LightningModule):
     """MuSc: every test image's patches scored against all the other test images; nothing is trained.
 
     ``test_step`` (and ``validation_step``, ``predict_step``) only encode: each image's chosen ``layers`` of a frozen
-    :class:`~lightning_regs.models.FrozenEncoder`, a global feature (the L2-normalized spatial mean of the last
-    layer) and its ``index`` are kept on CPU. At the epoch's end every rank gathers all ranks' features and keeps
-    each ``index`` once (``DistributedSampler``'s padded duplicates count once), scores *its own* images against the
-    whole set (:func:`~lightning_regs.functional.musc.musc_anomaly_maps`: LNAMD for each degree, mutual scoring
-    with the interval average, the mean over layers and degrees), takes each map's maximum as the image score,
-    gathers the scores and re-scores them with RsCIN (:func:`~lightning_regs.functional.musc.rscin`) on the whole
-    set; :class:`~lightning_regs.tasks.AnomalyEvaluation` then gathers the maps (resized bilinearly to the masks,
+    :class:`~lightning_regs.models.FrozenEncoder`, a global feature (the L2-normalized spatial mean of the last layer)
+    and its ``index`` are kept on CPU. At the epoch's end every rank gathers all ranks' features and keeps each
+    ``index`` once (``DistributedSampler``'s padded duplicates count once), scores *its own* images against the whole
+    set (:func:`~lightning_regs.functional.musc.musc_anomaly_maps`: LNAMD for each degree, mutual scoring with the
+    interval average, the mean over layers and degrees), takes each map's maximum as the image score, gathers the scores
+    and re-scores them with RsCIN (:func:`~lightning_regs.functional.musc.rscin`) on the whole set;
+    :class:`~lightning_regs.tasks.AnomalyEvaluation` then gathers the maps (resized bilinearly to the masks,
     ``align_corners=True`` as the official code) and logs ``<stage>/num_images`` and the 7 metrics
     (``<stage>/image_auroc``, ``image_ap``, ``image_f1_max``, ``pixel_auroc``, ``pixel_ap``, ``pixel_f1_max``,
-    ``pixel_aupro``). So every value equals the one-process value whatever the number of ranks, and each rank
-    computes only its share of the mutual scoring. ``predict`` leaves each rank's ``{"index", "score",
-    "anomaly_map"}`` in :attr:`predictions` (no label needed). Images with a NaN or inf pixel are left out and
-    counted in ``<stage>/nonfinite_inputs``. ``fit`` is a named error: there is nothing to train (run
+    ``pixel_aupro``). So every value equals the one-process value whatever the number of ranks, and each rank computes
+    only its share of the mutual scoring. A multi-class set (batches carrying several ``category`` ids) is scored one
+    category at a time, as the paper does: images are scored against their own category's images only, RsCIN re-scores
+    within the category, and the metrics are logged per category and as their mean. ``predict`` leaves each rank's
+    ``{"index", "score", "anomaly_map"}`` in :attr:`predictions` (no label needed). Images with a NaN or inf pixel are
+    left out and counted in ``<stage>/nonfinite_inputs``. ``fit`` is a named error: there is nothing to train (run
     ``lightning-regs test``, no checkpoint needed). Fewer than 2 distinct images is a named error.
 
     Memory: the features of every image, ``sum_l C_l h_l w_l`` float32 values each, on every rank's CPU (and on its
@@ -129,9 +132,11 @@ class MuScZeroShot(TrustedCheckpointLoading, pl.LightningModule):
         self.predictions: dict[str, torch.Tensor] | None = None
 
     # Nothing to train.
+    @override
     def configure_optimizers(self) -> None:
         return None
 
+    @override
     def setup(self, stage: str) -> None:
         if stage == "fit":
             raise RuntimeError(
@@ -139,6 +144,7 @@ class MuScZeroShot(TrustedCheckpointLoading, pl.LightningModule):
                 "`lightning-regs test --config ...` (Trainer.test; no checkpoint is needed), not fit."
             )
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> None:
         self.setup("fit")
 
@@ -187,7 +193,7 @@ class MuScZeroShot(TrustedCheckpointLoading, pl.LightningModule):
             )
         maps, features = self.encode(batch[IMAGE])
         kept = self._kept.setdefault(stage, [])
-        extra = {key: batch[key].detach().cpu() for key in (LABEL, MASK) if key in batch}
+        extra = {key: batch[key].detach().cpu() for key in (LABEL, MASK, CATEGORY) if key in batch}
         kept.append(([m.cpu() for m in maps], features.cpu(), batch[INDEX].detach().cpu().long(), extra))
         self._size = tuple(batch[IMAGE].shape[-2:])
 
@@ -202,17 +208,30 @@ class MuScZeroShot(TrustedCheckpointLoading, pl.LightningModule):
         else:  # a rank without images still joins the collectives
             local_maps = [torch.zeros(0, c, 1, 1) for c in self.encoder.channels]
             local_features, local_index = torch.zeros(0, self.encoder.channels[-1]), torch.zeros(0, dtype=torch.long)
-        gathered = [all_gather_variable(t.to(device)) for t in (local_index, local_features, *local_maps)]
-        index, features, *maps = unique_by_index(*gathered)
+        has_groups = bool(kept) and CATEGORY in kept[0][3]
+        local_groups = torch.cat([k[3][CATEGORY] for k in kept]).long() if has_groups else torch.zeros_like(local_index)
+        gathered = [all_gather_variable(t.to(device)) for t in (local_index, local_groups, local_features, *local_maps)]
+        index, groups, features, *maps = unique_by_index(*gathered)
         _require_two(index.numel(), f"the {stage} set")
-        queries = torch.searchsorted(index, local_index.to(device))
-        scores, grids = self._score(maps, queries)
+        local_positions = torch.searchsorted(index, local_index.to(device))
+        scores = torch.zeros(len(local_index), device=device)
+        grids = torch.zeros(len(local_index), *maps[0].shape[-2:], device=device)
+        for group in groups.unique().tolist():  # each category's images are scored against their own category only
+            members = (groups == group).nonzero().flatten()
+            _require_two(members.numel(), f"category {category_name(self, group)!r} of the {stage} set")
+            mine = (local_groups.to(device) == group).nonzero().flatten()
+            if mine.numel():
+                queries = torch.searchsorted(members, local_positions[mine])
+                scores[mine], grids[mine] = self._score([m[members] for m in maps], queries)
         all_index, all_scores = unique_by_index(
             all_gather_variable(local_index.to(device)), all_gather_variable(scores)
         )
-        rescored = rscin(all_scores.double(), features.double(), self.rscin_k)
+        rescored = torch.zeros_like(all_scores, dtype=torch.float64)
+        for group in groups.unique().tolist():
+            members = groups == group
+            rescored[members] = rscin(all_scores[members].double(), features[members].double(), self.rscin_k)
         scores = rescored[torch.searchsorted(all_index, local_index.to(device))]
-        result = {"index": local_index, "score": scores.cpu(), "grid": grids.cpu()}
+        result = {"index": local_index, "score": scores.cpu(), "grid": grids.cpu(), CATEGORY: local_groups}
         for key in (LABEL, MASK):
             if kept and key in kept[0][3]:
                 result[key] = torch.cat([k[3][key] for k in kept])
@@ -225,33 +244,32 @@ class MuScZeroShot(TrustedCheckpointLoading, pl.LightningModule):
             raise KeyError(f"MuScZeroShot: the {stage} batches need `label` and `mask` (MVTec AD's batch keys).")
         masks = result[MASK]
         maps = self._resize(result["grid"], tuple(masks.shape[-2:])) if len(masks) else masks[:, 0]
-        evaluation.update(result["score"], result[LABEL], maps, masks, result[INDEX])
-        results = evaluation.compute()
-        self.log(f"{stage}/num_images", float(results["num_images"]))
-        if results["image_auroc"].isnan():
-            rank_zero_warn(f"MuScZeroShot: the {stage} set holds one label only; no AUROC is logged.")
-            return
-        for name in METRICS:
-            if not results[name].isnan():
-                self.log(f"{stage}/{name}", results[name].float().to(self.device))
+        evaluation.update(result["score"], result[LABEL], maps, masks, result[INDEX], result[CATEGORY])
+        log_anomaly_results(self, stage, evaluation.compute())
 
+    @override
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._collect(batch, "test")
 
+    @override
     def on_test_epoch_end(self) -> None:
         self._report("test")
 
+    @override
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._collect(batch, "val")
 
+    @override
     def on_validation_epoch_end(self) -> None:
         self._report("val")
 
+    @override
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._collect(batch, "predict")
 
+    @override
     def on_predict_epoch_end(self) -> None:
         result = self._score_stage("predict")
         grids = result.pop("grid")
-        result["anomaly_map"] = self._resize(grids, self._size)
+        result["anomaly_map"] = self._resize(grids, self._size)[:, None]  # (N, 1, H, W), as the other tasks
         self.predictions = {key: result[key] for key in ("index", "score", "anomaly_map")}

@@ -24,7 +24,7 @@ def _state() -> dict:
 
 
 @pytest.mark.fault(area="checkpoints", outcome="refused")
-@pytest.mark.parametrize("key", ["alpha_T", "total_epochs", "table"])
+@pytest.mark.parametrize("key", ["alpha_T", "total_epochs", "table", "fingerprint"])
 def test_a_missing_pskd_key_is_named(key: str) -> None:
     state = _state()
     del state[key]
@@ -57,15 +57,6 @@ def test_a_non_positive_total_epochs_is_named() -> None:
     state = {**_state(), "total_epochs": 0}
     with pytest.raises(ValueError, match=rf"total_epochs=0.*{NOT_THIS_VERSION}"):
         ProgressiveSelfKD().load_state_dict(state)
-
-
-@pytest.mark.fault(area="checkpoints", outcome="handled")
-def test_a_state_of_an_earlier_version_without_fingerprint_loads() -> None:
-    state = _state()
-    del state["fingerprint"]
-    callback = ProgressiveSelfKD()
-    callback.load_state_dict(state)
-    assert callback.total_epochs == 3
 
 
 @pytest.mark.fault(area="checkpoints", outcome="refused")

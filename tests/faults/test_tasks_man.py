@@ -1,4 +1,4 @@
-"""MAN configured in one place (kind 4): ``man=True`` alone moves the EMA; the old callback cannot silently disagree."""
+"""MAN configured in one place (kind 4): ``man=True`` alone moves the EMA, ``man_momentum`` sets it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from lightning_regs.callbacks import MomentumAuxiliaryNetworks
 from lightning_regs.models import MLP
 from lightning_regs.tasks import LocalLearningClassifier
 from tests.faults._tasks_helpers import batches, loader
@@ -49,30 +48,3 @@ def test_man_true_alone_moves_the_ema(preset) -> None:
     start = [p.detach().clone() for p in head.ema.parameters()]
     _fit(task)
     assert all(not torch.equal(a, b) for a, b in zip(start, head.ema.parameters(), strict=True))
-
-
-@REFUSED
-@pytest.mark.parametrize(
-    ("callback", "words"),
-    [
-        ({"momentum": 0.9}, r"momentum=0\.9, preset='library'\) disagrees .*\(momentum=0\.5.*man_momentum=0\.9"),
-        ({"momentum": 0.5, "preset": "official"}, r"preset='official'\) disagrees .* update='after_step'"),
-    ],
-    ids=["momentum", "preset"],
-)
-def test_the_deprecated_callback_disagreeing_with_the_task_stops_the_run(callback, words) -> None:
-    with pytest.warns(FutureWarning, match="deprecated and updates nothing"):
-        alias = MomentumAuxiliaryNetworks(**callback)
-    with pytest.raises(ValueError, match=words):
-        _fit(_task(man_momentum=0.5), [alias])
-
-
-@HANDLED
-def test_the_deprecated_callback_agreeing_with_the_task_moves_the_ema_once_per_step() -> None:
-    with_alias, alone = _task(man_momentum=0.5), _task(man_momentum=0.5)
-    with pytest.warns(FutureWarning):
-        alias = MomentumAuxiliaryNetworks(momentum=0.5)
-    _fit(with_alias, [alias])
-    _fit(alone)
-    for a, b in zip(with_alias.aux_heads["0"].ema.parameters(), alone.aux_heads["0"].ema.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)

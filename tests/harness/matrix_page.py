@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.harness.matrix import COLUMNS, DECLARED, cell
 from tests.harness.matrix_cells import HARNESS_TESTS, Cell, Column, Error, Proven
 from tests.harness.matrix_runs import qualified
-from tests.harness.registry import REGISTRY
+from tests.harness.registry import EVALUATION_ONLY_COLUMNS, REGISTRY
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "compatibility.md"
 
@@ -98,6 +98,18 @@ def render() -> str:
         "",
         f"{_HARNESS_MARK} proven by `{HARNESS_TESTS}` (the test named in the column's description below); every other "
         "cell by `tests/test_compatibility_matrix.py`.",
+        "",
+        "## Evaluation-only tasks",
+        "",
+        "They train nothing (`Trainer.test` or `Trainer.predict` only), so the columns above that train do not "
+        "apply; each cell says which test proves it, or why the column does not apply.",
+        "",
+        "| task | " + " | ".join(col.title for col in COLUMNS) + " |",
+        "|" + "---|" * (len(COLUMNS) + 1),
+        *[
+            f"| `{task}` | " + " | ".join(columns[col.key] for col in COLUMNS) + " |"
+            for task, columns in EVALUATION_ONLY_COLUMNS.items()
+        ],
         "",
         "## Errors",
         "",

@@ -147,10 +147,6 @@ def local_learning(head: str, man: bool = False, preset: str = "library") -> Cal
     return _LocalLearning(head, man, preset)
 
 
-#: Public classes kept as deprecated aliases that do nothing but warn; no entry proves them (their tests do).
-DEPRECATED_ALIASES: tuple[type, ...] = (cb.MomentumAuxiliaryNetworks,)
-
-
 @dataclass(frozen=True)
 class _LocalLearning:
     head: str
@@ -272,6 +268,34 @@ def inp_former() -> pl.LightningModule:
 #: Public tasks that train nothing, so no fit/resume/DDP-training entry applies; the tests named prove them.
 EVALUATION_ONLY: dict[str, str] = {
     "MuScZeroShot": "tests/test_musc.py (zero-shot: test-time only; 2 processes equal one, CLI test without fit)",
+    "AnomalyPredictionWriter": "tests/test_anomaly_prediction_writer.py (acts in predict only: writes the maps)",
+}
+
+#: The compatibility matrix's columns for each evaluation-only task (``docs/compatibility.md`` renders them): the
+#: test proving a cell that applies, "not run" for one that applies and is not proven yet, or why it does not apply.
+EVALUATION_ONLY_COLUMNS: dict[str, dict[str, str]] = {
+    "MuScZeroShot": {
+        "single": "✓ `tests/test_musc.py::test_trainer_test_logs_the_seven_metrics_without_fit`",
+        "ddp": "✓ atol 1e-6 `tests/test_musc.py::test_two_ddp_processes_give_the_one_process_values`",
+        "bf16": "✓ ±0.05 `tests/test_musc.py::test_bf16_mixed_encodes_in_bf16_and_scores_near_the_fp32_values`",
+        "accumulate": "does not apply: no optimizer step",
+        "compile": "applies, not run yet",
+        "clip": "does not apply: no gradient",
+        "resume": "does not apply: one pass, nothing trained (no checkpoint needed)",
+        "nodes": "applies, not run yet (the gather is over the world; `ddp` proves two processes)",
+        "fsdp2": "does not apply: no trained parameter to shard",
+    },
+    "AnomalyPredictionWriter": {
+        "single": "✓ `tests/test_anomaly_prediction_writer.py::test_musc_predictions_made_at_the_epochs_end_are_written`",  # noqa: E501
+        "ddp": "applies, not run yet (each rank writes its own file)",
+        "bf16": "does not apply: it writes what predict returns",
+        "accumulate": "does not apply: predict only",
+        "compile": "does not apply: it writes what predict returns",
+        "clip": "does not apply: predict only",
+        "resume": "does not apply: predict only, no state",
+        "nodes": "applies, not run yet (each rank writes its own file)",
+        "fsdp2": "does not apply: it writes what predict returns",
+    },
 }
 
 

@@ -8,27 +8,27 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
 import traceback
 import warnings
 from pathlib import Path
 
-TESTED = re.compile(r"<!-- tested-example -->\s*```python\n(.*?)```", re.S)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository, for tests.helpers
+from tests.helpers.doc_blocks import fenced_blocks, run_python
 
 
 def run_card(card: Path) -> dict:
     """Execute the card's first tested block in a fresh directory; what ran, what it measured, what it warned."""
-    (code, *_) = TESTED.findall(card.read_text())
-    namespace: dict = {"__name__": card.stem + "_example"}
+    (code, *_) = fenced_blocks(card.read_text(), "python", "tested-example")
+    namespace: dict = {}
     result: dict = {"card": card.name, "ok": True, "error": None, "measured_steps": {}, "warnings": []}
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as directory, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         os.chdir(directory)
         try:
-            exec(compile(code, str(card), "exec"), namespace)
+            namespace = run_python(code, card, card.stem + "_example")
         except BaseException:  # reported to the parent test, which fails with it
             result["ok"], result["error"] = False, traceback.format_exc()[-3000:]
         finally:
