@@ -129,12 +129,13 @@ DATA: dict[str, Callable[[Path], list[str]]] = {
 
 
 def command_of(config: Path) -> str:
-    """The subcommand of the command line in the config's header (``lightning-regs <command> --config ...``)."""
+    """The subcommand of the first command line in the config's header (``lightning-regs <command> --config ...``);
+    later lines may show other subcommands (``predict`` after ``fit``)."""
     header = [line for line in config.read_text().splitlines()[:8] if line.startswith("#")]
     pattern = re.compile(rf"lightning-regs (\w+) --config examples/{re.escape(config.name)}")
-    commands = {match.group(1) for line in header for match in pattern.finditer(line)}
-    assert len(commands) == 1, f"{config.name}: the header names no command, or several ({sorted(commands)})"
-    return commands.pop()
+    commands = [match.group(1) for line in header for match in pattern.finditer(line)]
+    assert commands, f"{config.name}: the header's first 8 lines name no `lightning-regs <command> --config` line"
+    return commands[0]
 
 
 def callback(cli: LightningRegsCLI, kind: type):
