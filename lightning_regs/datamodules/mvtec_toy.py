@@ -19,16 +19,16 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from typing_extensions import override
 
 from lightning_regs.datamodules.folder_lock import folder_lock, remove_leftovers
-from lightning_regs.datamodules.mvtec import IMAGENET_MEAN, IMAGENET_STD, MVTecADDataModule
+from lightning_regs.datamodules.mvtec import MVTecADDataModule
 from lightning_regs.datamodules.mvtec_toy_render import (
     TOY_CATEGORIES,
     TOY_DEFECTS,
@@ -165,14 +165,15 @@ class MVTecToyDataModule(MVTecADDataModule):
         root: the folder the toy is written into and read from.
         category: one of :data:`TOY_CATEGORIES` (``digit``, ``speckle``, ``stripes``), or a list of them
             (multi-class, as :class:`~lightning_regs.datamodules.mvtec.MVTecADDataModule`).
-        image_size: resize to this side; ``None`` (default) keeps the toy's ``toy_size``. This argument and the
-            others up to ``persistent_workers`` are :class:`~lightning_regs.datamodules.mvtec.MVTecADDataModule`'s
-            (``seed`` is the training order's and the ``"from_test"`` split's, not the toy's: ``toy_seed``).
+        image_size: resize to this side; ``None`` (default) keeps the toy's ``toy_size``.
         toy_size: side of the written images.
         num_train: training images written.
         num_test_good: good test images written.
         num_test_defect: test images written per defect type.
         toy_seed: the seed the toy is rendered from.
+        **kwargs: :class:`~lightning_regs.datamodules.mvtec.MVTecADDataModule`'s other arguments (``batch_size``,
+            ``val_split``, ``seed``: the training order's and the ``"from_test"`` split's, not the toy's, ...);
+            LightningCLI lists them under this class too.
 
     Example::
 
@@ -193,30 +194,17 @@ class MVTecToyDataModule(MVTecADDataModule):
         root: str | Path = "data/mvtec_toy",
         category: str | list[str] = "stripes",
         image_size: int | tuple[int, int] | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        val_split: Literal["test", "from_test"] = "test",
-        val_fraction: float = 0.5,
-        seed: int = 0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        transform: Callable[..., Any] | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
         toy_size: int = 64,
         num_train: int = 40,
         num_test_good: int = 16,
         num_test_defect: int = 8,
         toy_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         owner = type(self).__name__
         _check_category(owner, category)
         self._toy = _settings(owner, toy_size, num_train, num_test_good, num_test_defect, toy_seed)
-        # fmt: off
-        super().__init__(root, category, image_size, batch_size, eval_batch_size, val_split, val_fraction, seed, mean,
-                         std, transform, num_workers, pin_memory, persistent_workers)
-        # fmt: on
+        super().__init__(root, category, image_size, **kwargs)
 
     @override
     def prepare_data(self) -> None:

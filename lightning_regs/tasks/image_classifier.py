@@ -10,8 +10,6 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 from typing_extensions import override
 
 from lightning_regs._compat import attached_trainer
@@ -28,21 +26,19 @@ from lightning_regs.batch import (
 )
 from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback
 from lightning_regs.functional.classification import classification_loss
-from lightning_regs.functional.mixing import combine_interpolated, mixed_accuracy
+from lightning_regs.functional.mixing import combine_interpolated
 from lightning_regs.functional.outputs import model_outputs
+
+# The parts of the task, one module each: non-finite handling, loss terms, metrics (optimizers: tasks/optim.py).
+from lightning_regs.tasks.classifier_loss_terms import LossTermHost
+from lightning_regs.tasks.classifier_metrics import ClassifierMetrics, classification_metrics
+from lightning_regs.tasks.classifier_nonfinite import NonFiniteSteps
 from lightning_regs.tasks.input_checks import (
-    NONFINITE_FIX,
     NonFinite,
     check_ignore_index,
     check_nonfinite_option,
-    describe_nonfinite,
-    drop_skipped_gradients,
-    label_problem,
-    report_nonfinite_inputs,
-    row_count,
     select_rows,
     skipped_step_output,
-    target_flags,
 )
 from lightning_regs.tasks.loss_terms import LossTerm
 from lightning_regs.tasks.optim import OptimizerName, SchedulerName, recipe_optimizers
@@ -53,7 +49,7 @@ from lightning_regs.trusted_loading import TrustedCheckpointLoading
 __all__ = ["ImageClassifier"]
 
 
-class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
+class ImageClassifier(TrustedCheckpointLoading, LossTermHost, NonFiniteSteps, ClassifierMetrics, pl.LightningModule):
     """Classify ``batch["image"]`` into ``num_classes`` with cross-entropy on hard or soft targets.
 
     ``training_step`` returns ``{"loss", "logits"}`` (logits detached) so callbacks can read the
@@ -169,16 +165,7 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
         self.task_settings = own_settings(ImageClassifier.__init__, locals(), exclude=("backbone", "loss_terms"))
         self.backbone = backbone
         self.num_classes = num_classes
-        self.metrics = nn.ModuleDict(
-            {
-                # the mean of mixed_accuracy's per-row credit: plain accuracy on unmixed batches
-                "train_acc": MeanMetric(),
-                "val_acc": MulticlassAccuracy(num_classes, average="micro"),
-                "val_ece": MulticlassCalibrationError(num_classes, n_bins=ece_bins, norm="l1"),
-                "test_acc": MulticlassAccuracy(num_classes, average="micro"),
-                "test_ece": MulticlassCalibrationError(num_classes, n_bins=ece_bins, norm="l1"),
-            }
-        )
+        self.metrics = classification_metrics(num_classes, ece_bins)
         self._skipped_warnings = 0
         self._dropped_rows = 0
         self._warned_nonfinite_stages: set[str] = set()
@@ -186,31 +173,6 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
         for term in loss_terms or ():
             self.add_loss_term(term)
         self._loss_terms_applied = False
-
-    def add_loss_term(self, term: LossTerm) -> LossTerm:
-        """Add ``term`` to the training loss, under ``loss_terms[term.name]``; returns it.
-
-        Raises:
-            TypeError: when ``term`` is not a :class:`~lightning_regs.tasks.LossTerm`.
-            ValueError: when the task already has a term of that name, or the name is one of the task's metrics.
-        """
-        if not isinstance(term, LossTerm):
-            raise TypeError(
-                f"loss_terms take lightning_regs.tasks.LossTerm modules (forward(outputs, batch) -> scalar, a name "
-                f"and a weight), got {type(term).__name__}."
-            )
-        if term.name in self.loss_terms:
-            raise ValueError(
-                f"Two loss terms are named {term.name!r} ({type(self.loss_terms[term.name]).__name__} and "
-                f"{type(term).__name__}): a term's name is its key in the checkpoint and its metric train/<name>; "
-                "give each term its own name."
-            )
-        if term.name in self.reserved_term_names:
-            raise ValueError(
-                f"A loss term may not be named {term.name!r}: train/{term.name} is {type(self).__name__}'s own metric."
-            )
-        self.loss_terms[term.name] = term
-        return term
 
     @override
     def on_fit_start(self) -> None:
@@ -315,29 +277,6 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
             return logits.sum() * 0.0  # every row ignored: no loss, the graph kept
         return self.objective(logits[keep], select_rows(step, keep))
 
-    def term_losses(
-        self, outputs: Mapping[str, torch.Tensor], batch: Any
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``Σ current_weight·term(outputs, batch)`` over :attr:`loss_terms` and each term's unweighted value.
-
-        A subclass with its own ``training_step`` calls this (and :meth:`update_loss_terms`) to keep its terms;
-        a run whose training step never calls it while the task has terms stops with a named error.
-        """
-        self._loss_terms_applied = True
-        values = {name: term(outputs, batch) for name, term in self.loss_terms.items()}
-        step, epoch = self.global_step, self.current_epoch
-        total = sum(
-            (self.loss_terms[name].current_weight(step, epoch) * value for name, value in values.items()),
-            start=outputs["logits"].new_zeros(()),
-        )
-        return total, values
-
-    @torch.no_grad()
-    def update_loss_terms(self, outputs: Mapping[str, torch.Tensor], batch: Any) -> None:
-        """Let each loss term update its state (:meth:`LossTerm.update`), once per training step."""
-        for term in self.loss_terms.values():
-            term.update(outputs, batch)
-
     def check_logits(self, logits: torch.Tensor) -> None:
         """Raise a named error unless ``logits`` is ``(batch, num_classes)``."""
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
@@ -345,132 +284,6 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
                 f"The backbone returned logits of shape {tuple(logits.shape)}; expected (batch, {self.num_classes}). "
                 "Build the backbone with the same num_classes as the task."
             )
-
-    def check_batch(
-        self, step: StepBatch, stage: str, batch_idx: int | None, nonfinite: NonFinite | None = None
-    ) -> torch.Tensor | None:
-        """Check ``step``'s labels and inputs with one host read; what to do with rows whose input is not finite.
-
-        Labels out of range (and soft targets that are not distributions) are a named error in every stage. In
-        training, a non-finite input is a named error (``nonfinite="raise"``) or returns a 0-d ``False`` tensor
-        (``"skip"``: the caller skips the step); in evaluation it returns the bool ``(B,)`` mask of the rows to keep
-        (finite inputs, labels other than ``ignore_index``). ``None``: keep everything.
-        """
-        owner, rows = type(self).__name__, row_count(step.image)
-        where = f"{stage} batch {batch_idx}" if batch_idx is not None else f"a {stage} batch"
-        ignore = self.task_settings.ignore_index
-        flags = target_flags(owner, where, step.target, step.labels, self.num_classes, ignore, rows)
-        image = step.image
-        if stage == "train":
-            finite = torch.isfinite(image).all() if image.is_floating_point() else image.new_ones((), dtype=torch.bool)
-            if (nonfinite or self.task_settings.nonfinite) == "skip":
-                finite = self._agree_across_ranks(finite)
-            read = torch.stack([*flags, finite]).tolist()
-        else:
-            finite_rows = torch.isfinite(image.flatten(1)).all(1) if image.is_floating_point() else None
-            keep = finite_rows
-            if ignore is not None and not step.target.is_floating_point():
-                labelled = step.labels != ignore
-                keep = labelled if keep is None else keep & labelled
-            read = torch.stack([*flags, keep.all() if keep is not None else flags[0]]).tolist()
-        if not all(read[: len(flags)]):
-            raise ValueError(label_problem(owner, where, step.target, step.labels, self.num_classes, ignore))
-        if stage == "train":
-            if read[-1]:
-                return None
-            if (nonfinite or self.task_settings.nonfinite) == "raise":
-                raise ValueError(
-                    f"{owner}: training step {self.global_step} (batch {batch_idx}) has non-finite values in "
-                    f"batch['image'] ({describe_nonfinite(image)}); the step would turn every weight into NaN. Fix: "
-                    f"{NONFINITE_FIX}."
-                )
-            return image.new_zeros((), dtype=torch.bool)
-        self._dropped_rows = 0
-        if read[-1]:
-            return None
-        if finite_rows is not None:
-            self._dropped_rows = int((~finite_rows).sum())
-        return keep
-
-    def _agree_across_ranks(self, finite: torch.Tensor) -> torch.Tensor:
-        # Under DDP a rank that skips alone would leave the others waiting in the gradient all-reduce.
-        trainer = attached_trainer(self)
-        if trainer is None or trainer.world_size == 1:
-            return finite
-        bad = trainer.strategy.reduce((~finite).float(), reduce_op="sum")
-        return bad == 0
-
-    def check_loss(self, loss: torch.Tensor, batch_idx: int | None, names: Sequence[str] = ()) -> bool:
-        """``True`` when ``loss`` is finite; else a named error (``nonfinite="raise"``), or ``False`` (``"skip"``).
-
-        ``loss`` may stack several losses, ``names`` naming each for the message. One host read (all-reduced under
-        DDP with ``"skip"``, so every rank skips together).
-        """
-        loss = loss.detach()
-        finite = torch.isfinite(loss).all()
-        skip = self.task_settings.nonfinite == "skip"
-        if skip:
-            finite = self._agree_across_ranks(finite)
-        if bool(finite):
-            return True
-        if not skip:
-            what = "loss"
-            if names:
-                bad = [name for name, ok in zip(names, torch.isfinite(loss).flatten().tolist(), strict=True) if not ok]
-                what = f"loss ({', '.join(bad)})"
-            raise ValueError(
-                f"{type(self).__name__}: training step {self.global_step} (batch {batch_idx}) has a non-finite "
-                f"{what}: {describe_nonfinite(loss)}, although its inputs are finite: the model diverged "
-                "or a loss term overflowed. Lower the learning rate, clip gradients (Trainer(gradient_clip_val=1.0)) "
-                f"or find it with Trainer(detect_anomaly=True); {NONFINITE_FIX}."
-            )
-        return False
-
-    def skip_step(self, batch_idx: int | None, reason: str) -> None:
-        """Count (``train/skipped_nonfinite``) and warn about a training step skipped under ``nonfinite="skip"``."""
-        self._log_skipped(1.0)
-        self._skipped_warnings += 1
-        if self._skipped_warnings <= 5:
-            rank_zero_warn(
-                f"{type(self).__name__}(nonfinite='skip'): skipped training step {self.global_step} (batch "
-                f"{batch_idx}): {reason}. Skipped steps are counted in train/skipped_nonfinite"
-                + (" (no further warnings)." if self._skipped_warnings == 5 else ".")
-            )
-
-    def _nonfinite_reason(self, what: str, verb: str, value: torch.Tensor) -> str:
-        """``"<what> <verb> <the non-finite values>"``, or, where this rank's are finite, that another rank's were."""
-        found = describe_nonfinite(value)
-        if found:
-            return f"{what} {verb} {found}"
-        return f"{what} of another process held NaN or inf (every rank skips the step together)"
-
-    @override
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        super().on_before_optimizer_step(optimizer)
-        drop_skipped_gradients(self, optimizer)
-
-    def _log_skipped(self, value: float) -> None:
-        if self.task_settings.nonfinite == "skip" and attached_trainer(self) is not None:
-            self.log("train/skipped_nonfinite", value, on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1)
-
-    def log_training(self, loss: torch.Tensor, logits: torch.Tensor, batch: Any | StepBatch) -> dict[str, torch.Tensor]:
-        """Log ``train/loss`` and ``train/acc`` and return ``{"loss", "logits"}`` (logits detached) for callbacks.
-
-        Under MixUp/CutMix ``train/acc`` credits both labels of a mixed row in proportion ``λ``
-        (:func:`~lightning_regs.functional.mixed_accuracy`); on unmixed batches it is the plain accuracy.
-        """
-        logits = logits.detach()
-        step = batch if isinstance(batch, StepBatch) else read_step(batch)
-        mixing = step.batch if isinstance(step.batch, Mapping) and MIX_PARTNER in step.batch else {}
-        credit = mixed_accuracy(logits, step.labels, mixing.get(MIX_PARTNER), mixing.get(MIX_LAMBDA))
-        ignore = self.task_settings.ignore_index
-        if ignore is not None and not step.target.is_floating_point():
-            self.metrics["train_acc"](credit, (step.labels != ignore).to(credit.dtype))  # ignored rows weigh 0
-        else:
-            self.metrics["train_acc"](credit)
-        self.log("train/loss", loss.detach(), prog_bar=True)
-        self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
-        return {"loss": loss, "logits": logits}
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
@@ -493,53 +306,6 @@ class ImageClassifier(TrustedCheckpointLoading, pl.LightningModule):
         result = self.log_training(loss, outputs["logits"], step)
         self.update_loss_terms(outputs, step.batch)
         return result
-
-    @override
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if len(self.loss_terms) and not self._loss_terms_applied:
-            raise RuntimeError(
-                f"{type(self).__name__} has loss terms {sorted(self.loss_terms)} but its training_step never added "
-                "them: call `self.term_losses(outputs, batch)` (and `self.update_loss_terms(outputs, batch)`) in it, "
-                "as ImageClassifier.training_step does, or build the task without loss_terms."
-            )
-
-    def evaluation_rows(self, batch: Any, stage: str, batch_idx: int | None) -> StepBatch | None:
-        """The batch's rows that count in ``stage``'s metrics (see the class docstring); ``None`` when there are none.
-
-        Checks the labels (a named error), leaves out rows with non-finite inputs or an ``ignore_index`` label, and
-        logs ``<stage>/nonfinite_inputs`` (on every step: under DDP every rank logs the same metrics).
-        """
-        step = read_step(batch)
-        keep = self.check_batch(step, stage, batch_idx)
-        report_nonfinite_inputs(
-            self, self._warned_nonfinite_stages, stage, self._dropped_rows, row_count(step.image) or 0,
-            f"{stage} batch {batch_idx}", f"every {stage} metric",
-        )  # fmt: skip
-        if keep is None:
-            return step
-        return select_rows(step, keep) if bool(keep.any()) else None
-
-    def _evaluate(self, batch: Any, stage: str, batch_idx: int | None = None) -> None:
-        step = self.evaluation_rows(batch, stage, batch_idx)
-        if step is not None:
-            logits, loss = self._forward_step(step)
-            probabilities = logits.float().softmax(dim=-1)
-            self.metrics[f"{stage}_acc"](probabilities, step.labels)
-            self.metrics[f"{stage}_ece"](probabilities, step.labels)
-            rows = len(step.labels)
-        else:  # no row counts: nothing is added, but every metric is still logged (DDP)
-            loss, rows = torch.zeros((), device=self.device), 0
-        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=rows)
-        self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], prog_bar=stage == "val")
-        self.log(f"{stage}/ece", self.metrics[f"{stage}_ece"])
-
-    @override
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "val", batch_idx)
-
-    @override
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "test", batch_idx)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
