@@ -26,6 +26,7 @@ import logging
 import math
 import shlex
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -74,7 +75,11 @@ def run(args: argparse.Namespace, method: str, categories: Sequence[str], seed: 
     ]  # fmt: skip
     if method != "musc":
         cli_args.append("--trainer.limit_val_batches=0")  # no validation: one test after the fit
-    cli = LightningRegsCLI(args=cli_args, run=False)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the runner's own flags are not the CLI's (LightningCLI warns otherwise)
+    try:
+        cli = LightningRegsCLI(args=cli_args, run=False)
+    finally:
+        sys.argv = argv
     start = time.perf_counter()
     if method != "musc":
         cli.trainer.fit(cli.model, cli.datamodule)
