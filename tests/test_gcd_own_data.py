@@ -91,8 +91,8 @@ def test_evaluation_without_index_scores_every_batch_not_only_the_first():
     task = small_task()
     for _ in range(3):  # three (image, class) batches: positions must not repeat, or two batches are dropped
         task.validation_step((torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 3])), 0)
-    rows = torch.cat(task._eval_rows["val"], dim=1)
-    assert len(unique_by_index(rows[0])[0]) == 12
+    index = torch.cat(task.evaluation_rows["val"].index)
+    assert len(unique_by_index(index)[0]) == 12
     with pytest.raises(TypeError, match=r"evaluates on a dict batch with 'image' and 'target'.*got a tuple of 1"):
         task.validation_step((torch.randn(4, 1, 4, 4),), 0)
 

@@ -15,10 +15,10 @@ from lightning_regs.callbacks._features import FeatureTap, chunked_features, fin
 from lightning_regs.callbacks._labelled_points import SETS, LabelledPointsMonitor
 from lightning_regs.functional._checks import check_int, check_number
 from lightning_regs.functional.bootstrap import derive_seed
-from lightning_regs.functional.modes import unwrap_compiled
 from lightning_regs.functional.neural_collapse import NeuralCollapseAccumulator
 from lightning_regs.functional.neural_collapse_bootstrap import NeuralCollapseBootstrap
 from lightning_regs.functional.outputs import logits_of
+from lightning_regs.modes import unwrap_compiled
 
 __all__ = ["NeuralCollapseMonitor"]
 

@@ -10,13 +10,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_regs.batch import CLEAN_IMAGE, INDEX, INDEXED_DATASET_HINT, MIX_PARTNER, TARGET
-from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback, num_classes_of, read_labels
+from lightning_regs.batch import CLEAN_IMAGE, INDEX, MIX_PARTNER
+from lightning_regs.callbacks._pskd_checks import check_callback_state, check_index_range, read_index
+from lightning_regs.callbacks.prediction_table import PredictionTable, Storage, check_table_state
+from lightning_regs.callbacks.soft_target_callback import SoftTargetCallback, num_classes_of
 from lightning_regs.datamodules.fingerprint import data_fingerprint, fingerprint_difference
-from lightning_regs.functional.modes import side_effect_free
 from lightning_regs.functional.outputs import describe_output, logits_of
-from lightning_regs.functional.prediction_table import PredictionTable, Storage, check_table_state
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
+from lightning_regs.modes import side_effect_free
 
 __all__ = ["ProgressiveSelfKD"]
 
@@ -174,9 +175,9 @@ class ProgressiveSelfKD(SoftTargetCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        index = _read_index(batch)
+        index = read_index(batch)
         if self.table is not None and self._check_indices:
-            _check_index_range(index, self.table.num_samples)
+            check_index_range(index, self.table.num_samples)
         self._pending_index = index
         if trainer.current_epoch > 0 and self.table is not None:
             self.soften(trainer, pl_module, batch)
@@ -236,7 +237,7 @@ class ProgressiveSelfKD(SoftTargetCallback):
         if self.table is None:
             device = torch.device(self.table_device) if self.table_device else pl_module.device
             self._allocate(trainer, logits.shape[1], device)
-            _check_index_range(index, self.table.num_samples)
+            check_index_range(index, self.table.num_samples)
         # Only gathered batches can repeat an index (DistributedSampler pads with duplicates).
         keep = "last" if self.preset == "official" else "first"
         self.table.write(index, probabilities, deduplicate=trainer.world_size > 1, keep=keep)
@@ -302,7 +303,7 @@ class ProgressiveSelfKD(SoftTargetCallback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        _check_callback_state(state_dict)
+        check_callback_state(state_dict)
         if state_dict.get("table") is not None:
             check_table_state(state_dict["table"])  # before anything is changed: a named error, not a raw one
         self.total_epochs = state_dict["total_epochs"]
@@ -354,60 +355,4 @@ class ProgressiveSelfKD(SoftTargetCallback):
     def _allocate(self, trainer: pl.Trainer, num_classes: int, device: torch.device) -> None:
         self.table = PredictionTable(
             self._resolve_num_samples(trainer), num_classes, self.storage, self.top_k, device=device
-        )
-
-
-def _check_callback_state(state: Any) -> None:
-    """A named error when ``state`` is not a :meth:`ProgressiveSelfKD.state_dict` (missing key, wrong type)."""
-    fix = (
-        "The checkpoint is not from this version of ProgressiveSelfKD (or another method's state was saved under its "
-        "key, or the file was truncated or edited): resume from a checkpoint this callback wrote, or start a new run."
-    )
-    if not isinstance(state, Mapping):
-        raise ValueError(f"ProgressiveSelfKD's checkpoint state is a {type(state).__name__}, not a dict. {fix}")
-    missing = [key for key in ("alpha_T", "total_epochs", "table", "fingerprint") if key not in state]
-    if missing:
-        raise ValueError(f"ProgressiveSelfKD's checkpoint state lacks {missing} (it has {sorted(state)}). {fix}")
-    expected = {
-        "alpha_T": ((int, float), "a number"),
-        "total_epochs": ((int, type(None)), "an int or None"),
-        "table": ((dict, type(None)), "a dict or None"),
-        "fingerprint": ((dict, type(None)), "a dict or None"),
-    }
-    for key, (types, what) in expected.items():
-        value = state.get(key)
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise ValueError(
-                f"ProgressiveSelfKD's checkpoint state has {key}={value!r} ({type(value).__name__}); expected {what}. "
-                f"{fix}"
-            )
-    if state["total_epochs"] is not None and state["total_epochs"] < 1:
-        raise ValueError(f"ProgressiveSelfKD's checkpoint state has total_epochs={state['total_epochs']}. {fix}")
-
-
-def _read_index(batch: Any) -> torch.Tensor:
-    if not isinstance(batch, Mapping) or INDEX not in batch or TARGET not in batch:
-        keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
-        raise TypeError(
-            f"ProgressiveSelfKD keys its per-sample table by batch['{INDEX}'] and refines batch['{TARGET}'], but the "
-            f"batch is {keys}. Yield dict batches with '{TARGET}' (int64 class ids) and '{INDEX}' (each sample's "
-            f"position in the training set), as every lightning_regs DataModule does: {INDEXED_DATASET_HINT}."
-        )
-    labels = read_labels(batch, "ProgressiveSelfKD")
-    index = batch[INDEX]
-    if index.is_floating_point() or index.shape != labels.shape:
-        raise ValueError(
-            f"batch['{INDEX}'] must be int64 of shape {tuple(labels.shape)}, one per sample; got dtype {index.dtype} "
-            f"and shape {tuple(index.shape)}."
-        )
-    return index
-
-
-def _check_index_range(index: torch.Tensor, num_samples: int) -> None:
-    # A device sync, so it runs only until every index has been seen once (the first epoch).
-    if bool(((index < 0) | (index >= num_samples)).any()):
-        raise IndexError(
-            f"batch['{INDEX}'] holds values in [{int(index.min())}, {int(index.max())}] but the PS-KD table has "
-            f"{num_samples} rows: indices must be positions in the training set, 0 <= index < len(train set). Pass "
-            "ProgressiveSelfKD(num_samples=N) if the training DataLoader's dataset is not the indexed one."
         )

@@ -1,5 +1,16 @@
-"""Pure torch computations behind every method: no Lightning import, tested against equations."""
+"""Pure torch computations behind every method: no Lightning import, tested against equations.
 
+State lives beside its user; two stateful classes that once lived here are still importable from here, looked up
+on first use so that importing this package imports no Lightning module: ``PredictionTable``
+(:mod:`lightning_regs.callbacks.prediction_table`) and ``LogitPriorEMA`` (:mod:`lightning_regs.tasks.logit_prior`).
+``eval_mode``, ``all_gather_variable``, ``gather_unique_by_index`` and ``unique_by_index`` are plumbing, re-exported
+from :mod:`lightning_regs.modes` and :mod:`lightning_regs.distributed`.
+"""
+
+import importlib
+from typing import Any
+
+from lightning_regs.distributed import all_gather_variable, gather_unique_by_index, unique_by_index
 from lightning_regs.functional.activations import crrelu
 from lightning_regs.functional.adversarial import pgd_attack, predict, random_perturbation, robust_accuracy
 from lightning_regs.functional.aggregate import (
@@ -34,7 +45,6 @@ from lightning_regs.functional.diffusion_entropy import (
     diffusion_spectral_entropy,
     diffusion_spectral_mutual_information,
 )
-from lightning_regs.functional.distributed import all_gather_variable, gather_unique_by_index, unique_by_index
 from lightning_regs.functional.gcd import gcd_accuracy, gcd_accuracy_balanced, gcd_accuracy_v1
 from lightning_regs.functional.information_plane import (
     InformationPlanePoint,
@@ -46,7 +56,6 @@ from lightning_regs.functional.information_plane import (
 from lightning_regs.functional.information_plane_knn import knn_entropy, lossy_knn
 from lightning_regs.functional.inp_former import coherence_loss, soft_mining_cosine_loss, soft_mining_factor
 from lightning_regs.functional.lego_gcd import (
-    LogitPriorEMA,
     dual_view_kl,
     local_entropy_regularization,
     mean_entropy_maximization,
@@ -77,16 +86,15 @@ from lightning_regs.functional.mixing import (
     mix_targets,
     mixed_accuracy,
 )
-from lightning_regs.functional.modes import eval_mode
 from lightning_regs.functional.musc import interval_average, lnamd_features, musc_anomaly_maps, mutual_scores, rscin
 from lightning_regs.functional.neural_collapse import NeuralCollapseAccumulator, neural_collapse
 from lightning_regs.functional.neural_collapse_bootstrap import NeuralCollapseBootstrap
 from lightning_regs.functional.outputs import logits_of, model_outputs
-from lightning_regs.functional.prediction_table import PredictionTable
 from lightning_regs.functional.pskd import pskd_alpha, pskd_targets
 from lightning_regs.functional.sampling_error import mean_and_standard_error
 from lightning_regs.functional.soft_targets import label_smoothing_targets, target_distribution
 from lightning_regs.functional.supcon import supervised_contrastive_loss
+from lightning_regs.modes import eval_mode
 
 __all__ = [
     "aggregate_response_loss",
@@ -183,3 +191,14 @@ __all__ = [
     "unique_by_index",
     "unsupervised_contrastive_loss",
 ]
+
+_MOVED = {
+    "LogitPriorEMA": "lightning_regs.tasks.logit_prior",
+    "PredictionTable": "lightning_regs.callbacks.prediction_table",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_regs.functional.modes import eval_mode
 from lightning_regs.functional.outputs import logits_of
+from lightning_regs.modes import eval_mode
 
 __all__ = ["Norm", "pgd_attack", "predict", "random_perturbation", "robust_accuracy"]
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from lightning_regs.functional.distributed import unique_by_index
+from lightning_regs.distributed import unique_by_index
 
 __all__ = ["gcd_accuracy", "gcd_accuracy_balanced", "gcd_accuracy_v1"]
 

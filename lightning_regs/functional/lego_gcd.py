@@ -10,21 +10,20 @@ Two-view tensors are view-major: rows ``0..B-1`` are the first view of the ``B``
   :func:`unsupervised_contrastive_loss`; the supervised terms are cross-entropy and
   :func:`~lightning_regs.functional.supcon.supervised_contrastive_loss` on the labelled rows.
 - LegoGCD (Cao et al., CVPR 2024): :func:`local_entropy_regularization` (Eqs. 6-10, with the
-  margin-aware prior ``q̂`` kept by :class:`LogitPriorEMA`) and :func:`dual_view_kl` (Eq. 12).
+  margin-aware prior ``q̂`` kept by :class:`~lightning_regs.tasks.logit_prior.LogitPriorEMA`, state that lives
+  beside its user, the LegoGCD mixin) and :func:`dual_view_kl` (Eq. 12).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 __all__ = [
-    "LogitPriorEMA",
     "dual_view_kl",
     "known_class_mask",
     "local_entropy_regularization",
@@ -186,7 +185,8 @@ def local_entropy_regularization(
         threshold: δ (CUB 0.7, SCars 0.85, Aircraft 0.9, CIFAR-10 0.95, CIFAR-100 0.85, IN-100 0.8).
         tau_conf: temperature of the confidence test.
         tau_o: temperature of the entropy.
-        prior: ``q̂`` ``(K,)``, the EMA of the mean prediction (:class:`LogitPriorEMA`); ``None``: no MAP.
+        prior: ``q̂`` ``(K,)``, the EMA of the mean prediction
+            (:class:`~lightning_regs.tasks.logit_prior.LogitPriorEMA`); ``None``: no MAP.
         lambda_ler: λ, the weight of ``log q̂``.
 
     Example::
@@ -215,31 +215,10 @@ def local_entropy_regularization(
     return (per_row * selected.to(per_row)).sum() / logits.shape[0]
 
 
-class LogitPriorEMA(nn.Module):
-    """The margin-aware prior ``q̂``: an EMA of the batch-mean prediction, kept as a (checkpointed) buffer.
+def __getattr__(name: str) -> Any:
+    """``LogitPriorEMA`` moved beside its user (:mod:`lightning_regs.tasks.logit_prior`); the old path still works."""
+    if name == "LogitPriorEMA":
+        from lightning_regs.tasks.logit_prior import LogitPriorEMA
 
-    ``q̂ ← m·q̂ + (1 - m)·mean_rows(probs)`` with ``probs = softmax(z)`` at temperature 1 over all rows,
-    detached; ``q̂₀ = 1/K`` and ``m = 0.999`` in LegoGCD.
-
-    Example::
-
-        >>> ema = LogitPriorEMA(2, momentum=0.5)
-        >>> ema.update(torch.tensor([[1.0, 0.0], [1.0, 0.0]])).tolist()
-        [0.75, 0.25]
-    """
-
-    prior: torch.Tensor
-
-    def __init__(self, num_classes: int, momentum: float = 0.999) -> None:
-        super().__init__()
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must lie in [0, 1), got {momentum}.")
-        self.momentum = momentum
-        self.register_buffer("prior", torch.full((num_classes,), 1.0 / num_classes))
-
-    @torch.no_grad()
-    def update(self, probs: torch.Tensor) -> torch.Tensor:
-        """Fold ``probs`` ``(N, K)`` (or an already averaged ``(K,)``) into ``q̂`` and return it."""
-        mean = probs.detach().to(self.prior).reshape(-1, self.prior.numel()).mean(dim=0)
-        self.prior.mul_(self.momentum).add_(mean, alpha=1 - self.momentum)
-        return self.prior
+        return LogitPriorEMA
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lightning_regs.functional._checks import check_number
-from lightning_regs.functional.modes import eval_mode
+from lightning_regs.modes import eval_mode
 
 __all__ = [
     "LocalComplexity",

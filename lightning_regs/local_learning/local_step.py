@@ -34,6 +34,18 @@ class LocalTrainingStep:
     _local_stepped: bool
     _local_epoch_finished: bool
 
+    def shard_units(self) -> list[torch.nn.Module]:
+        """The FSDP2 units beyond the backbone (:mod:`lightning_regs.tasks.sharding`): each local module's entries,
+        the last module's head, then each auxiliary head's own units (a momentum head's ``ema`` before the head)."""
+        from lightning_regs.tasks.sharding import declared_units  # tasks import local learning: import when sharding
+
+        units = [entry for module in getattr(self, "_local_modules", None) or () for entry in module]
+        units += getattr(self, "_local_head", None) or ()
+        aux_heads = getattr(self, "aux_heads", None)
+        if isinstance(aux_heads, torch.nn.ModuleDict):
+            units += [unit for head in aux_heads.values() for unit in declared_units(head)]
+        return units
+
     def _check_can_train_locally(self) -> None:
         if getattr(self, "_local_modules", None) is None:
             raise RuntimeError(

@@ -110,6 +110,11 @@ class MomentumAuxiliaryHead(nn.Module):
         """The backbone block the EMA follows."""
         return self._tracked[0]
 
+    def shard_units(self) -> list[nn.Module]:
+        """The FSDP2 units of this head, children first: ``ema`` alone, so it is sharded exactly like the block it
+        tracks (:meth:`update_ema` then averages shard by shard), then the head itself (``tasks.sharding``)."""
+        return [self.ema, self]
+
     @torch.no_grad()
     def update_ema(self, momentum: float | None = None) -> None:
         """``theta_ema <- momentum · theta_ema + (1 - momentum) · theta_block`` over parameters (not buffers).

@@ -14,7 +14,6 @@ from typing_extensions import override
 from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import IMAGE, INDEX, LABELED, TARGET, TRUE_TARGET
 from lightning_regs.functional._checks import check_int, check_int_ids, check_number
-from lightning_regs.functional.distributed import gather_unique_by_index
 from lightning_regs.functional.gcd import gcd_accuracy, gcd_accuracy_balanced, gcd_accuracy_v1
 from lightning_regs.functional.lego_gcd import (
     mean_entropy_maximization,
@@ -24,6 +23,7 @@ from lightning_regs.functional.lego_gcd import (
 )
 from lightning_regs.functional.outputs import describe_output
 from lightning_regs.functional.supcon import supervised_contrastive_loss
+from lightning_regs.tasks.gcd_evaluation import GCDEvaluationRows
 from lightning_regs.tasks.lego_gcd_mixin import LegoGCDMixin
 from lightning_regs.tasks.optim import WarmupSchedule, build_optimizer
 from lightning_regs.tasks.settings import own_settings
@@ -245,7 +245,8 @@ class GCDClassifier(LegoGCDMixin):
             num_classes, known, ler_weight=ler_weight, ler_threshold=ler_threshold, ler_prior=ler_prior,
             ler_lambda=ler_lambda, prior_momentum=prior_momentum, dkl_weight=dkl_weight, preset=preset,
         )  # fmt: skip
-        self._eval_rows: dict[str, list[torch.Tensor]] = {}
+        # the rows scored at the end of each evaluation epoch (torchmetrics states: not in the state dict)
+        self.evaluation_rows = nn.ModuleDict({"val": GCDEvaluationRows(), "test": GCDEvaluationRows()})
 
     @property
     def known_classes(self) -> list[int]:
@@ -324,12 +325,11 @@ class GCDClassifier(LegoGCDMixin):
         if image.dim() == 5:  # evaluation on the first view when the loader gives two
             image = image[:, 0]
         predictions = self(image).argmax(dim=1)
-        rows = self._eval_rows.setdefault(stage, [])
+        rows = self.evaluation_rows[stage]
         if index is None:  # positions unique over the batches and ranks, so that no row is dropped as a duplicate
-            seen = sum(part.shape[1] for part in rows)
             world_size, rank = getattr(attached_trainer(self), "world_size", 1), self.global_rank
-            index = (seen + torch.arange(len(truth), device=truth.device)) * world_size + rank
-        rows.append(torch.stack([index, predictions, truth]))
+            index = (rows.num_rows + torch.arange(len(truth), device=truth.device)) * world_size + rank
+        rows.update(*torch.stack([index, predictions, truth]))  # one dtype for the three, as they are gathered
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -340,9 +340,11 @@ class GCDClassifier(LegoGCDMixin):
         self._collect(batch, "test")
 
     def _score(self, stage: str) -> None:
-        rows = self._eval_rows.pop(stage, [])
-        local = torch.cat(rows, dim=1) if rows else torch.zeros(3, 0, dtype=torch.long, device=self.device)
-        _, predictions, truth = gather_unique_by_index(local[0], local[1], local[2])
+        rows = self.evaluation_rows[stage]
+        if not rows.index:  # no batch on this process: it still takes part in the gather
+            rows.add_nothing(self.device)
+        _, predictions, truth = rows.compute()
+        rows.reset()
         if not len(truth) or self.trainer.sanity_checking:
             return
         prefix = "gcd/" if stage == "val" else "gcd/test_"

@@ -18,7 +18,8 @@ from typing_extensions import override
 
 from lightning_regs.batch import LABELED, unpack_batch
 from lightning_regs.functional._checks import check_bool, check_int, check_int_ids, check_number
-from lightning_regs.functional.lego_gcd import LogitPriorEMA, dual_view_kl, local_entropy_regularization
+from lightning_regs.functional.lego_gcd import dual_view_kl, local_entropy_regularization
+from lightning_regs.tasks.logit_prior import LogitPriorEMA
 from lightning_regs.tasks.loss_terms import LossTerm
 from lightning_regs.trusted_loading import TrustedCheckpointLoading
 

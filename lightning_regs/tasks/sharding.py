@@ -22,6 +22,9 @@ after, and reduce-scatters its gradients as soon as its backward is done. The un
   :meth:`~lightning_regs.local_learning.man.MomentumAuxiliaryHead.update_ema` averages shard by shard;
 * the LightningModule itself, the root (it holds whatever is left).
 
+Each part declares its own units with a ``shard_units()`` method where it needs more than one
+(:func:`declared_units`); a LightningModule's ``shard_units()`` names its parts beyond the backbone.
+
 Buffers (BatchNorm statistics) are not sharded: each rank keeps its own, as under DDP.
 
 Example::
@@ -52,7 +55,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from lightning_regs._compat import attached_trainer, fsdp_lazy_init
 
-__all__ = ["fully_shard_task", "shard_under_model_parallel", "sharding_units"]
+__all__ = ["declared_units", "fully_shard_task", "shard_under_model_parallel", "sharding_units"]
 
 
 def _layer_entries(model: nn.Module) -> list[nn.Module]:
@@ -66,21 +69,30 @@ def _layer_entries(model: nn.Module) -> list[nn.Module]:
     return [*view.layers, view.head]
 
 
-def _candidates(pl_module: nn.Module) -> Iterator[nn.Module]:
-    from lightning_regs.local_learning.man import MomentumAuxiliaryHead
+def declared_units(part: nn.Module) -> list[nn.Module]:
+    """The units ``part`` declares with a ``shard_units()`` method (children first), else ``[part]``.
 
+    A part that must be sharded in pieces says so itself: a momentum auxiliary head declares its ``ema`` copy as a
+    unit of its own (:meth:`~lightning_regs.local_learning.man.MomentumAuxiliaryHead.shard_units`).
+
+    Example::
+
+        >>> from torch import nn
+        >>> layer = nn.Linear(2, 2)
+        >>> declared_units(layer) == [layer]
+        True
+    """
+    declare = getattr(part, "shard_units", None)
+    return list(declare()) if callable(declare) else [part]
+
+
+def _candidates(pl_module: nn.Module) -> Iterator[nn.Module]:
     backbone = getattr(pl_module, "backbone", None)
     if isinstance(backbone, nn.Module):
         yield from _layer_entries(backbone)
-    for module in getattr(pl_module, "_local_modules", None) or ():  # local learning's modules: layer slices
-        yield from module
-    yield from getattr(pl_module, "_local_head", None) or ()
-    aux_heads = getattr(pl_module, "aux_heads", None)
-    if isinstance(aux_heads, nn.ModuleDict):
-        for head in aux_heads.values():
-            if isinstance(head, MomentumAuxiliaryHead):
-                yield head.ema  # sharded like the tracked block (a unit too), so update_ema works shard by shard
-            yield head
+    declare = getattr(pl_module, "shard_units", None)  # the module's own parts beyond its backbone (local learning)
+    if callable(declare):
+        yield from declare()
 
 
 def sharding_units(pl_module: nn.Module) -> list[tuple[str, nn.Module]]:
