@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
+from lightning_regs.distributed import all_gather_variable, gather_unique_by_index, unique_by_index
 from lightning_regs.functional.anomaly import image_auroc
-from lightning_regs.functional.distributed import all_gather_variable, gather_unique_by_index, unique_by_index
 from tests.helpers.ddp import run_in_ddp
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_regs.functional.modes import eval_mode
+from lightning_regs.modes import eval_mode
 
 
 def mixed() -> nn.Sequential:

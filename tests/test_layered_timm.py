@@ -14,9 +14,9 @@ from lightning.pytorch import LightningModule, Trainer, seed_everything
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_regs.functional.modes import eval_mode
 from lightning_regs.local_learning import LocalLearningMixin
 from lightning_regs.models import LayeredModel, layered
+from lightning_regs.modes import eval_mode
 from tests.helpers.trainers import QUIET
 
 timm = pytest.importorskip("timm")

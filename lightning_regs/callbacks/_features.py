@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
-from lightning_regs.functional.modes import eval_mode
+from lightning_regs.modes import eval_mode
 
 __all__ = ["FeatureTap", "chunked_features", "find_classifier", "full_tensor", "gathered_features"]
 

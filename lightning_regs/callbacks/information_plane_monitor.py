@@ -27,7 +27,7 @@ from lightning_regs.functional._checks import check_choice, check_int, check_num
 from lightning_regs.functional.bootstrap import derive_seed, half_sample_errors
 from lightning_regs.functional.information_plane import InformationPlanePoint, adaptive_binning, kde_upper
 from lightning_regs.functional.information_plane_knn import lossy_knn
-from lightning_regs.functional.modes import uncompiled
+from lightning_regs.modes import uncompiled
 
 __all__ = ["InformationPlaneMonitor"]
 

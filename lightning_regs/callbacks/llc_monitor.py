@@ -17,7 +17,7 @@ from lightning_regs.callbacks.monitor_points import draw_from_dataset
 from lightning_regs.callbacks.scheduled_monitor import ScheduledMonitor
 from lightning_regs.functional._checks import check_bool, check_int, check_number
 from lightning_regs.functional.llc import default_n_beta, estimate_llc
-from lightning_regs.functional.modes import eval_mode
+from lightning_regs.modes import eval_mode
 
 __all__ = ["LocalLearningCoefficientMonitor"]
 

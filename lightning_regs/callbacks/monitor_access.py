@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from lightning_regs._compat import COMPILED_WRAPPER_ATTRIBUTE
 from lightning_regs.callbacks.monitor_points import draw_from_dataset, trainer_loaders
-from lightning_regs.functional.modes import unwrap_compiled
+from lightning_regs.modes import unwrap_compiled
 
 __all__ = ["MonitorAccess"]
 

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_regs._compat import set_callback_metric
-from lightning_regs.functional.modes import uncompiled
+from lightning_regs.modes import uncompiled
 
 __all__ = ["MonitorMeasuring"]
 

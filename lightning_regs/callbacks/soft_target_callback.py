@@ -23,9 +23,9 @@ from lightning_regs.batch import (
 )
 from lightning_regs.functional._checks import check_int
 from lightning_regs.functional.mixing import mix_targets
-from lightning_regs.functional.modes import eval_mode
 from lightning_regs.functional.outputs import logits_of
 from lightning_regs.functional.soft_targets import target_distribution
+from lightning_regs.modes import eval_mode
 
 __all__ = ["SoftTargetCallback", "num_classes_of"]
 

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from lightning_regs.functional.classification import classification_loss
-from lightning_regs.functional.modes import eval_mode
 from lightning_regs.local_learning.auglocal import AugLocalHead, auglocal_depths
 from lightning_regs.local_learning.heads import INFOPRO_LAMBDAS, DGLHead, InfoProHead, TaskLoss, infopro_lambdas
 from lightning_regs.local_learning.man import MomentumAuxiliaryHead, check_momentum
 from lightning_regs.local_learning.splits import every_layer_split, resolve_split
 from lightning_regs.models.layered import layer_sequence
+from lightning_regs.modes import eval_mode
 
 __all__ = ["EndToEndWarning", "HeadName", "LocalLearningSpec", "Preset", "warn_end_to_end"]
 

@@ -15,8 +15,8 @@ from typing_extensions import override
 
 from lightning_regs._compat import attached_trainer
 from lightning_regs.batch import BAG_ID, INDEX, read_inputs, unpack_batch
+from lightning_regs.distributed import gather_unique_by_index
 from lightning_regs.functional.aggregate import BagWeights, aggregate_response_terms
-from lightning_regs.functional.distributed import gather_unique_by_index
 from lightning_regs.functional.outputs import logits_of
 from lightning_regs.tasks.input_checks import (
     NONFINITE_FIX,

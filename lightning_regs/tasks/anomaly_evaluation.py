@@ -13,10 +13,10 @@ from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 from typing_extensions import override
 
+from lightning_regs.distributed import unique_by_index
 from lightning_regs.functional._checks import check_bool, check_int, check_number
 from lightning_regs.functional.anomaly import _check_binary, image_auroc, pixel_auroc
 from lightning_regs.functional.anomaly_metrics import _ap_and_f1_max, aupro
-from lightning_regs.functional.distributed import unique_by_index
 
 __all__ = ["AnomalyEvaluation"]
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from typing_extensions import override
 
 from lightning_regs.batch import CATEGORY, IMAGE, INDEX, LABEL, MASK
+from lightning_regs.distributed import all_gather_variable, unique_by_index
 from lightning_regs.functional._checks import check_int, check_int_ids, check_number, check_range_pair
-from lightning_regs.functional.distributed import all_gather_variable, unique_by_index
 from lightning_regs.functional.musc import musc_anomaly_maps, rscin
 from lightning_regs.models.encoder_weights import IMAGENET_MEAN, IMAGENET_STD, STAND_IN
 from lightning_regs.models.frozen_encoder import FrozenEncoder
