@@ -184,8 +184,6 @@ def main(argv: Sequence[str] | None = None) -> str:
     log = out / "runs.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     done = {(r["method"], r["category"], r["seed"]) for r in records}
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     for seed in args.seeds:
         for method in args.methods:
             multi = method == "inp_former" and args.setting == "multi-class"
@@ -207,5 +205,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     return text
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # quiet Lightning here only: main() called from a test leaves logging as it was
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     main()
